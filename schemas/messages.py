@@ -1,0 +1,240 @@
+"""Every message on the bus, one ``msgspec.Struct`` per kind, and the registry receivers decode with.
+
+Subjects (see ``schemas.names``): ``tx.<event>.<tx_id>`` carry the lifecycle events below,
+``vote.<tx_id>.<node>`` a :class:`Vote`, ``proto.<protocol>.<session>.<round>.<from>[.<to>]`` the
+protocol messages, ``node.heartbeat.<node>`` a :class:`Heartbeat`. Each struct travels inside a signed
+envelope (``schemas.envelope``); its ``type`` field is the registry key below. Bytes fields are raw bytes
+(msgpack bin); amounts are integer satoshis. Version: bump ``SCHEMA_VERSION`` on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base for bus messages: immutable, unknown fields refused."""
+
+
+class InputRef(Struct):
+    """One input of an unsigned spend: the outpoint and what it spends (for the sighash)."""
+
+    txid: str  # hex, display order
+    vout: int
+    amount: int  # satoshis of the prevout
+    script_pubkey: bytes
+    derivation: list[int] = []  # non-hardened BIP-32 path from the threshold key (empty = root)
+
+
+class TxRequested(Struct):
+    """``tx.requested.<tx_id>``: a spend proposed by intake; every signer votes on it."""
+
+    tx_id: str
+    key_id: str
+    scheme: str  # "frost" (P2TR key path); "cggmp" (P2WPKH) later
+    network: str
+    recipient: str
+    amount: int
+    fee_rate: float  # sat/vB the spend was built for
+    fee: int
+    unsigned_tx: bytes  # serialized transaction without witnesses
+    inputs: list[InputRef]
+    change_index: int | None = None  # output index of the change, None when there is none
+    change_derivation: list[int] = []
+    requested_by: str = ""
+    requested_at_ms: int = 0
+
+
+class Vote(Struct):
+    """``vote.<tx_id>.<node>``: one node's verdict after checking the request itself."""
+
+    tx_id: str
+    node: str
+    approve: bool
+    reasons: list[str] = []
+    sighashes: list[bytes] = []  # the node's own recomputation, one per input
+    policy_version: int = 0
+
+
+class TxVoting(Struct):
+    """``tx.voting.<tx_id>``: consensus opened the voting round."""
+
+    tx_id: str
+    round_id: str
+    threshold: int
+    total_nodes: int
+
+
+class TxApproved(Struct):
+    """``tx.approved.<tx_id>``: quorum reached; ``certificate`` holds the ``t`` signed vote envelopes."""
+
+    tx_id: str
+    round_id: str
+    certificate: list[bytes]  # raw signed envelopes of approving votes
+
+
+class TxRejected(Struct):
+    """``tx.rejected.<tx_id>``: approval became impossible (or the request was invalid)."""
+
+    tx_id: str
+    reasons: list[str]
+    certificate: list[bytes] = []  # raw signed envelopes of the rejecting votes
+
+
+class NonceRef(Struct):
+    """A pooled FROST nonce commitment claimed for one input of one signing attempt."""
+
+    nonce_id: str
+    pubnonce: bytes  # 66 bytes, BIP-445 encoding
+
+
+class TxSigning(Struct):
+    """``tx.signing.<tx_id>``: one signing attempt: the signer set and, per signer, a nonce per input."""
+
+    tx_id: str
+    attempt: int
+    session_id: str
+    signers: list[str]  # node names
+    signer_ids: list[int]  # their BIP-445 participant identifiers (0-based)
+    nonces: dict[str, list[NonceRef]]  # node -> one nonce per input
+    certificate: list[bytes]  # the quorum certificate again, so a signer needs nothing else
+
+
+class PartialSignatures(Struct):
+    """``proto.frost.<session>.2.<node>``: a signer's partial signatures, one per input."""
+
+    tx_id: str
+    session_id: str
+    attempt: int
+    node: str
+    psigs: list[bytes]  # 32 bytes each
+
+
+class SigningRefused(Struct):
+    """``proto.frost.<session>.2.<node>`` alternative: why a signer will not sign this attempt."""
+
+    tx_id: str
+    session_id: str
+    attempt: int
+    node: str
+    reason: str
+
+
+class TxSigned(Struct):
+    """``tx.signed.<tx_id>``: the finished transaction, verified."""
+
+    tx_id: str
+    txid: str
+    signed_tx: bytes
+    attempt: int
+
+
+class TxBroadcast(Struct):
+    tx_id: str
+    txid: str
+
+
+class TxConfirmed(Struct):
+    tx_id: str
+    txid: str
+    block_height: int
+    confirmations: int
+
+
+class TxFailed(Struct):
+    tx_id: str
+    reason: str
+
+
+class Heartbeat(Struct):
+    """``node.heartbeat.<node>``."""
+
+    node: str
+    ts_ms: int
+    version: str = ""
+    ready: bool = True
+    detail: dict[str, int] = {}
+
+
+class Violation(Struct):
+    """``node.violation.<node>``: a node (or unknown sender) misbehaved; reported to the monitor."""
+
+    offender: str
+    kind: str  # e.g. "bad-envelope", "invalid-partial-sig", "equivocation", "bad-vote"
+    detail: str
+    reporter: str
+    subject: str = ""
+    tx_id: str = ""
+
+
+class NonceBatchRequest(Struct):
+    """``proto.noncegen.<batch>.1.presig.<node>``: presig asks a signer to precompute nonces."""
+
+    batch_id: str
+    node: str
+    count: int
+
+
+class NonceBatch(Struct):
+    """``proto.noncegen.<batch>.2.<node>``: the signer's new nonce commitments (public halves only)."""
+
+    batch_id: str
+    node: str
+    nonces: list[NonceRef]
+
+
+class DkgStart(Struct):
+    """``proto.chilldkg.<session>.0.<coordinator>``: start ChillDKG among ``nodes``."""
+
+    session_id: str
+    scheme: str
+    nodes: list[str]
+    threshold: int
+    hostpubkeys: list[bytes]
+
+
+class DkgMessage(Struct):
+    """``proto.chilldkg.<session>.<round>.<from>[.<to>]``: one ChillDKG message, encoded as the draft does."""
+
+    session_id: str
+    round: int
+    data: bytes
+
+
+class DkgResult(Struct):
+    """``proto.chilldkg.<session>.9.<node>``: a participant finished: the public output it holds."""
+
+    session_id: str
+    node: str
+    threshold_pubkey: bytes
+    pubshares: list[bytes]
+    ok: bool = True
+    reason: str = ""
+
+
+REGISTRY: dict[str, type[msgspec.Struct]] = {
+    cls.__name__: cls
+    for cls in (
+        TxRequested,
+        Vote,
+        TxVoting,
+        TxApproved,
+        TxRejected,
+        TxSigning,
+        PartialSignatures,
+        SigningRefused,
+        TxSigned,
+        TxBroadcast,
+        TxConfirmed,
+        TxFailed,
+        Heartbeat,
+        Violation,
+        NonceBatchRequest,
+        NonceBatch,
+        DkgStart,
+        DkgMessage,
+        DkgResult,
+    )
+}
