@@ -2,7 +2,7 @@
 
 Scalars are Python ints reduced mod ``N``. Points are ``coincurve.PublicKey`` objects; the point at
 infinity is ``None`` (libsecp256k1 cannot represent it), so every function here takes and returns
-``Point = Optional[PublicKey]``. No point arithmetic is done in Python: additions go through
+``Point: TypeAlias = PublicKey | None``. No point arithmetic is done in Python: additions go through
 ``secp256k1_ec_pubkey_combine``, multiplications through ``secp256k1_ec_pubkey_tweak_mul`` and
 ``secp256k1_ec_pubkey_create``.
 
@@ -13,7 +13,8 @@ Encodings follow BIP-340 / BIP-327 / BIP-445: ``cbytes`` (33-byte compressed), `
 from __future__ import annotations
 
 import hashlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import TypeAlias
 
 from coincurve import PublicKey, PublicKeyXOnly
 from coincurve._libsecp256k1 import ffi, lib
@@ -22,7 +23,7 @@ from coincurve.context import GLOBAL_CONTEXT
 P = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEFFFFFC2F
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
-Point = Optional[PublicKey]
+Point: TypeAlias = PublicKey | None
 """A curve point; ``None`` is the point at infinity."""
 
 _CTX = GLOBAL_CONTEXT.ctx
@@ -139,7 +140,7 @@ def lincomb(terms: Sequence[tuple[Point, int]]) -> Point:
 def point_eq(p: Point, q: Point) -> bool:
     if p is None or q is None:
         return p is None and q is None
-    return lib.secp256k1_ec_pubkey_cmp(_CTX, p.public_key, q.public_key) == 0
+    return bool(lib.secp256k1_ec_pubkey_cmp(_CTX, p.public_key, q.public_key) == 0)
 
 
 # ---------------------------------------------------------------------------------------------
