@@ -146,12 +146,22 @@ def _is_int(x: object) -> bool:
 
 
 def _as_bytes(x: object, what: str, length: int | None = None) -> bytes:
-    if not isinstance(x, bytes | bytearray | memoryview):
+    if type(x) is bytes:
+        b = x
+    elif isinstance(x, bytes | bytearray | memoryview):
+        b = bytes(x)
+    else:
         raise ValueError(f"{what} must be a byte string")
-    b = bytes(x)
     if length is not None and len(b) != length:
         raise ValueError(f"{what} must be {length} bytes")
     return b
+
+
+@lru_cache(maxsize=4096)
+def _cpoint(b: bytes) -> PublicKey:
+    """``cpoint`` memoised: pubshares and pubnonces are parsed once however many algorithms see them.
+    Only public points pass through here; the cached objects are never mutated."""
+    return cpoint(b)
 
 
 def _xor_bytes(a: bytes, b: bytes) -> bytes:
@@ -232,10 +242,14 @@ def _signers_key(signers_ctx: SignersContext) -> tuple[int, int, tuple[int, ...]
         raise ValueError("ids must be a list of integers")
     if isinstance(pubshares, str | bytes) or not isinstance(pubshares, Sequence):
         raise ValueError("pubshares must be a list of byte strings")
-    if not all(_is_int(i) for i in ids):
+    ids_t = tuple(ids)
+    if not all(type(i) is int or _is_int(i) for i in ids_t):
         raise ValueError("ids must be a list of integers")
-    pubs = tuple(_as_bytes(p, "pubshare") for p in pubshares)
-    return n, t, tuple(ids), pubs, _as_bytes(thresh_pk, "thresh_pk")
+    pubs = tuple(pubshares)
+    if not all(type(p) is bytes for p in pubs):
+        pubs = tuple(_as_bytes(p, "pubshare") for p in pubs)
+    tpk = thresh_pk if type(thresh_pk) is bytes else _as_bytes(thresh_pk, "thresh_pk")
+    return n, t, ids_t, pubs, tpk
 
 
 @lru_cache(maxsize=256)
@@ -253,7 +267,7 @@ def _validated_signers(
         if not 0 <= i <= n - 1:
             raise ValueError(f"participant identifier at index {idx} is out of range")
         try:
-            points.append(cpoint(pubshare))
+            points.append(_cpoint(pubshare))
         except ValueError:
             # The signers context is agreed before signing: a bad pubshare is bad input, not a contribution.
             raise ValueError(f"invalid pubshare at index {idx}") from None
@@ -438,8 +452,8 @@ def nonce_agg(pubnonces: Sequence[bytes]) -> bytes:
     for idx, pubnonce in enumerate(pubnonces):
         try:
             pn = _as_bytes(pubnonce, "pubnonce", 66)
-            firsts.append(cpoint(pn[0:33]))
-            seconds.append(cpoint(pn[33:66]))
+            firsts.append(_cpoint(pn[0:33]))
+            seconds.append(_cpoint(pn[33:66]))
         except ValueError:
             raise InvalidContributionError(idx, "pubnonce") from None
     return cbytes_ext(point_sum(firsts)) + cbytes_ext(point_sum(seconds))
@@ -552,7 +566,8 @@ def sign(secnonce: bytearray, secshare: bytes, my_id: int, session_ctx: SessionC
     if not _is_int(my_id):
         raise ValueError("my_id must be an integer")
     signers = sv.signers
-    my_pubshare = cbytes(point_mul_base(d_))
+    my_point = point_mul_base(d_)
+    my_pubshare = cbytes(my_point)
     if my_pubshare not in signers.pubshares:
         raise ValueError("the signer's pubshare is not in the list of pubshares")
     if my_id not in signers.ids:
@@ -567,9 +582,15 @@ def sign(secnonce: bytearray, secshare: bytes, my_id: int, session_ctx: SessionC
     d = sv.g * sv.gacc * d_
     s = (k_1 + sv.b * k_2 + sv.e * lam * d) % N
     psig = scalar_to_bytes(s)
-    pubnonce = cbytes(point_mul_base(k_1_)) + cbytes(point_mul_base(k_2_))
-    # Self-check (BIP-445 recommends it): never release a partial signature that does not verify.
-    if not _partial_sig_verify_internal(psig, my_id, pubnonce, my_pubshare, sv):
+    # Self-check (BIP-445 recommends it): never release a partial signature that does not verify. This
+    # is PartialSigVerifyInternal's equation s*G == Re + e*lambda*g'*P, with the signer's own pubnonce
+    # points k1'*G, k2'*G entering as R1 + b*R2 = (k1' + b*k2')*G: one constant-time base multiplication
+    # instead of two plus a variable-base one. P = d'*G is the independently computed pubshare.
+    re = point_mul_base(k_1_ + sv.b * k_2_)
+    if not sv.r_even:
+        re = point_neg(re)
+    lhs = point_tweak_add(point_mul(my_point, -sv.e * lam * sv.g * sv.gacc), s)
+    if not point_eq(lhs, re):
         raise ValueError("partial signature failed its own verification")
     return psig
 
@@ -659,9 +680,9 @@ def _partial_sig_verify_internal(
     if not isinstance(pubnonce, bytes | bytearray) or len(pubnonce) != 66:
         return False
     try:
-        r_1 = cpoint(bytes(pubnonce[0:33]))
-        r_2 = cpoint(bytes(pubnonce[33:66]))
-        p = cpoint(bytes(pubshare))
+        r_1 = _cpoint(bytes(pubnonce[0:33]))
+        r_2 = _cpoint(bytes(pubnonce[33:66]))
+        p = _cpoint(bytes(pubshare))
     except ValueError:
         return False
     # s*G == Re + e*lambda*g*gacc*P  <=>  s*G - e*lambda*g*gacc*P == +-(R_1 + b*R_2)
