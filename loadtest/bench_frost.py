@@ -98,7 +98,8 @@ def main() -> None:
     times = time_runs(ours, args.runs)
     med = statistics.median(times) * 1e3
 
-    rows = [("mpc-wallet `tss.frost` (coincurve)", med, statistics.quantiles(times, n=20)[-1] * 1e3, args.runs)]
+    p95 = statistics.quantiles(times, n=20)[-1] * 1e3
+    rows = [("mpc-wallet `tss.frost` (coincurve)", med, p95, args.runs)]
     ref_dir = os.environ.get("MPCW_BIP445_REF_DIR")
     ratio = None
     if ref_dir:

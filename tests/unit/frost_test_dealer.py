@@ -38,7 +38,8 @@ def deal(n: int, t: int, rng: random.Random | None = None, secret: int | None = 
     if not 1 <= t <= n:
         raise ValueError("need 1 <= t <= n")
     while True:
-        coeffs = [secret if secret is not None else _rand_scalar(rng)] + [_rand_scalar(rng) for _ in range(t - 1)]
+        constant = secret if secret is not None else _rand_scalar(rng)
+        coeffs = [constant] + [_rand_scalar(rng) for _ in range(t - 1)]
         shares = []
         for i in range(n):
             x = i + 1
