@@ -17,10 +17,10 @@ reported by :func:`is_replay` so handlers can stay idempotent.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class TxState(str, Enum):
+class TxState(StrEnum):
     PENDING = "pending"
     VOTING = "voting"
     APPROVED = "approved"

@@ -3,7 +3,8 @@
 Subjects (see ``schemas.names``): ``tx.<event>.<tx_id>`` carry the lifecycle events below,
 ``vote.<tx_id>.<node>`` a :class:`Vote`, ``proto.<protocol>.<session>.<round>.<from>[.<to>]`` the
 protocol messages, ``node.heartbeat.<node>`` a :class:`Heartbeat`. Each struct travels inside a signed
-envelope (``schemas.envelope``); its ``type`` field is the registry key below. Bytes fields are raw bytes
+envelope (``schemas.envelope``); its ``type`` field is the registry key below. Every struct is
+frozen, keyword-only and refuses unknown fields. Bytes fields are raw bytes
 (msgpack bin); amounts are integer satoshis. Version: bump ``SCHEMA_VERSION`` on any incompatible change.
 """
 
@@ -14,11 +15,7 @@ import msgspec
 SCHEMA_VERSION = 1
 
 
-class Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Base for bus messages: immutable, unknown fields refused."""
-
-
-class InputRef(Struct):
+class InputRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One input of an unsigned spend: the outpoint and what it spends (for the sighash)."""
 
     txid: str  # hex, display order
@@ -28,7 +25,7 @@ class InputRef(Struct):
     derivation: list[int] = []  # non-hardened BIP-32 path from the threshold key (empty = root)
 
 
-class TxRequested(Struct):
+class TxRequested(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``tx.requested.<tx_id>``: a spend proposed by intake; every signer votes on it."""
 
     tx_id: str
@@ -47,7 +44,7 @@ class TxRequested(Struct):
     requested_at_ms: int = 0
 
 
-class Vote(Struct):
+class Vote(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``vote.<tx_id>.<node>``: one node's verdict after checking the request itself."""
 
     tx_id: str
@@ -58,7 +55,7 @@ class Vote(Struct):
     policy_version: int = 0
 
 
-class TxVoting(Struct):
+class TxVoting(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``tx.voting.<tx_id>``: consensus opened the voting round."""
 
     tx_id: str
@@ -67,7 +64,7 @@ class TxVoting(Struct):
     total_nodes: int
 
 
-class TxApproved(Struct):
+class TxApproved(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``tx.approved.<tx_id>``: quorum reached; ``certificate`` holds the ``t`` signed vote envelopes."""
 
     tx_id: str
@@ -75,7 +72,7 @@ class TxApproved(Struct):
     certificate: list[bytes]  # raw signed envelopes of approving votes
 
 
-class TxRejected(Struct):
+class TxRejected(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``tx.rejected.<tx_id>``: approval became impossible (or the request was invalid)."""
 
     tx_id: str
@@ -83,14 +80,14 @@ class TxRejected(Struct):
     certificate: list[bytes] = []  # raw signed envelopes of the rejecting votes
 
 
-class NonceRef(Struct):
+class NonceRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A pooled FROST nonce commitment claimed for one input of one signing attempt."""
 
     nonce_id: str
     pubnonce: bytes  # 66 bytes, BIP-445 encoding
 
 
-class TxSigning(Struct):
+class TxSigning(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``tx.signing.<tx_id>``: one signing attempt: the signer set and, per signer, a nonce per input."""
 
     tx_id: str
@@ -102,7 +99,7 @@ class TxSigning(Struct):
     certificate: list[bytes]  # the quorum certificate again, so a signer needs nothing else
 
 
-class PartialSignatures(Struct):
+class PartialSignatures(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``proto.frost.<session>.2.<node>``: a signer's partial signatures, one per input."""
 
     tx_id: str
@@ -112,7 +109,7 @@ class PartialSignatures(Struct):
     psigs: list[bytes]  # 32 bytes each
 
 
-class SigningRefused(Struct):
+class SigningRefused(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``proto.frost.<session>.2.<node>`` alternative: why a signer will not sign this attempt."""
 
     tx_id: str
@@ -122,7 +119,7 @@ class SigningRefused(Struct):
     reason: str
 
 
-class TxSigned(Struct):
+class TxSigned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``tx.signed.<tx_id>``: the finished transaction, verified."""
 
     tx_id: str
@@ -131,24 +128,24 @@ class TxSigned(Struct):
     attempt: int
 
 
-class TxBroadcast(Struct):
+class TxBroadcast(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     tx_id: str
     txid: str
 
 
-class TxConfirmed(Struct):
+class TxConfirmed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     tx_id: str
     txid: str
     block_height: int
     confirmations: int
 
 
-class TxFailed(Struct):
+class TxFailed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     tx_id: str
     reason: str
 
 
-class Heartbeat(Struct):
+class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``node.heartbeat.<node>``."""
 
     node: str
@@ -158,7 +155,7 @@ class Heartbeat(Struct):
     detail: dict[str, int] = {}
 
 
-class Violation(Struct):
+class Violation(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``node.violation.<node>``: a node (or unknown sender) misbehaved; reported to the monitor."""
 
     offender: str
@@ -169,7 +166,7 @@ class Violation(Struct):
     tx_id: str = ""
 
 
-class NonceBatchRequest(Struct):
+class NonceBatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``proto.noncegen.<batch>.1.presig.<node>``: presig asks a signer to precompute nonces."""
 
     batch_id: str
@@ -177,7 +174,7 @@ class NonceBatchRequest(Struct):
     count: int
 
 
-class NonceBatch(Struct):
+class NonceBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``proto.noncegen.<batch>.2.<node>``: the signer's new nonce commitments (public halves only)."""
 
     batch_id: str
@@ -185,7 +182,7 @@ class NonceBatch(Struct):
     nonces: list[NonceRef]
 
 
-class DkgStart(Struct):
+class DkgStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``proto.chilldkg.<session>.0.<coordinator>``: start ChillDKG among ``nodes``."""
 
     session_id: str
@@ -195,7 +192,7 @@ class DkgStart(Struct):
     hostpubkeys: list[bytes]
 
 
-class DkgMessage(Struct):
+class DkgMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``proto.chilldkg.<session>.<round>.<from>[.<to>]``: one ChillDKG message, encoded as the draft does."""
 
     session_id: str
@@ -203,7 +200,7 @@ class DkgMessage(Struct):
     data: bytes
 
 
-class DkgResult(Struct):
+class DkgResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``proto.chilldkg.<session>.9.<node>``: a participant finished: the public output it holds."""
 
     session_id: str

@@ -1,0 +1,168 @@
+"""A signer node's secrets on disk, encrypted at rest: key shares, the ChillDKG host key, pooled nonces.
+
+Layout under ``<data_dir>/nodes/<node>/``::
+
+    kek.salt            scrypt salt when a passphrase is used (MPCW_NODE_PASSPHRASE)
+    kek                 random key-encryption key (0600) when no passphrase is set: development mode
+    hostkey.enc         the ChillDKG host secret key
+    shares/<key>.enc    a DKG output: secret share + public data (msgpack), one file per key id
+    nonces/<id>.enc     a pooled FROST secret nonce; deleted (and the directory fsynced) BEFORE it is used
+
+Every file is ``nonce(12) || ChaCha20-Poly1305(kek, plaintext, aad=node|kind|name)``, written to a temp
+file, fsynced and renamed, so a crash never leaves a torn secret. Binding the AAD to node, kind and name
+means a file copied to another name or node does not decrypt. Nothing here logs or raises with secret
+content in the message.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import msgspec
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+PASSPHRASE_ENV = "MPCW_NODE_PASSPHRASE"
+
+
+class KeystoreError(Exception):
+    """A secret file is missing, corrupt or was encrypted under another key."""
+
+
+class NonceConsumed(KeystoreError):
+    """The pooled nonce was already used (or never existed on this node)."""
+
+
+class ShareRecord(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str
+    scheme: str
+    index: int  # this node's participant index (0-based)
+    secshare: bytes
+    threshold_pubkey: bytes  # 33-byte compressed
+    pubshares: list[bytes]
+    chain_code: bytes
+    n: int
+    t: int
+    recovery_data: bytes = b""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Keystore:
+    def __init__(self, data_dir: Path, node: str, passphrase: str | None = None) -> None:
+        self.node = node
+        self.root = Path(data_dir) / "nodes" / node
+        for sub in ("", "shares", "nonces"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        if passphrase is None:
+            passphrase = os.environ.get(PASSPHRASE_ENV) or None
+        self._aead = ChaCha20Poly1305(self._kek(passphrase))
+
+    def _kek(self, passphrase: str | None) -> bytes:
+        if passphrase:
+            salt_path = self.root / "kek.salt"
+            if not salt_path.exists():
+                _write_atomic(salt_path, secrets.token_bytes(16))
+            salt = salt_path.read_bytes()
+            return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(passphrase.encode())
+        kek_path = self.root / "kek"
+        if not kek_path.exists():
+            _write_atomic(kek_path, secrets.token_bytes(32))
+        kek = kek_path.read_bytes()
+        if len(kek) != 32:
+            raise KeystoreError(f"{kek_path} is corrupt")
+        return kek
+
+    # -- generic encrypted blobs ---------------------------------------------------------------
+    def _aad(self, kind: str, name: str) -> bytes:
+        return f"mpcw/{self.node}/{kind}/{name}".encode()
+
+    def _seal(self, path: Path, kind: str, name: str, plaintext: bytes) -> None:
+        nonce = secrets.token_bytes(12)
+        _write_atomic(path, nonce + self._aead.encrypt(nonce, plaintext, self._aad(kind, name)))
+
+    def _open(self, path: Path, kind: str, name: str) -> bytes:
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            raise KeystoreError(f"no {kind} {name!r} on {self.node}") from None
+        try:
+            return self._aead.decrypt(blob[:12], blob[12:], self._aad(kind, name))
+        except Exception:
+            raise KeystoreError(
+                f"{kind} {name!r} on {self.node} does not decrypt (wrong key or corrupt)"
+            ) from None
+
+    # -- ChillDKG host key ---------------------------------------------------------------------
+    def host_seckey(self) -> bytes:
+        """The node's long-term ChillDKG host secret key, created on first use."""
+        path = self.root / "hostkey.enc"
+        if not path.exists():
+            self._seal(path, "hostkey", "host", secrets.token_bytes(32))
+        return self._open(path, "hostkey", "host")
+
+    # -- key shares ----------------------------------------------------------------------------
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+            raise ValueError(f"invalid identifier {name!r}")
+
+    def save_share(self, record: ShareRecord) -> None:
+        self._check_name(record.key_id)
+        self._seal(self.root / "shares" / f"{record.key_id}.enc", "share", record.key_id,
+                   msgspec.msgpack.encode(record))
+
+    def load_share(self, key_id: str) -> ShareRecord:
+        self._check_name(key_id)
+        raw = self._open(self.root / "shares" / f"{key_id}.enc", "share", key_id)
+        return msgspec.msgpack.decode(raw, type=ShareRecord)
+
+    def has_share(self, key_id: str) -> bool:
+        self._check_name(key_id)
+        return (self.root / "shares" / f"{key_id}.enc").exists()
+
+    # -- pooled secret nonces ------------------------------------------------------------------
+    def save_nonce(self, nonce_id: str, secnonce: bytes) -> None:
+        self._check_name(nonce_id)
+        path = self.root / "nonces" / f"{nonce_id}.enc"
+        if path.exists():
+            raise KeystoreError(f"nonce {nonce_id!r} already exists")
+        self._seal(path, "nonce", nonce_id, bytes(secnonce))
+
+    def take_nonce(self, nonce_id: str) -> bytearray:
+        """Read and irrevocably delete a secret nonce: it can be used at most once, even across restarts.
+
+        The file is removed and the directory fsynced before the nonce is returned, so a crash after
+        this call loses the nonce rather than allowing a second use.
+        """
+        self._check_name(nonce_id)
+        path = self.root / "nonces" / f"{nonce_id}.enc"
+        if not path.exists():
+            raise NonceConsumed(f"nonce {nonce_id!r} is used or unknown on {self.node}")
+        secnonce = bytearray(self._open(path, "nonce", nonce_id))
+        path.unlink()
+        _fsync_dir(path.parent)
+        return secnonce
+
+    def nonce_count(self) -> int:
+        return sum(1 for _ in (self.root / "nonces").glob("*.enc"))
