@@ -589,7 +589,7 @@ def sign(secnonce: bytearray, secshare: bytes, my_id: int, session_ctx: SessionC
     re = point_mul_base(k_1_ + sv.b * k_2_)
     if not sv.r_even:
         re = point_neg(re)
-    lhs = point_tweak_add(point_mul(my_point, -sv.e * lam * sv.g * sv.gacc), s)
+    lhs = point_tweak_add(point_mul(my_point, -sv.e * lam * sv.g * sv.gacc), int.from_bytes(psig, "big"))
     if not point_eq(lhs, re):
         raise ValueError("partial signature failed its own verification")
     return psig

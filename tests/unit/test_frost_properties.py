@@ -227,6 +227,20 @@ def test_secnonce_is_consumed() -> None:
     assert n1[0] == bytearray(64)
 
 
+def test_sign_self_check_catches_a_faulty_psig(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A computation fault in the released bytes is caught by sign's own verification."""
+    import tss.frost as frost_mod
+
+    key = deal(3, 2, rng=random.Random(2))
+    ctx = signers_ctx(key, [0, 2])
+    n0, n2 = nonce_gen(), nonce_gen()
+    session = SessionContext(nonce_agg([n0[1], n2[1]]), ctx, [], [], b"msg")
+    real = frost_mod.scalar_to_bytes
+    monkeypatch.setattr(frost_mod, "scalar_to_bytes", lambda x: real(x ^ 1))
+    with pytest.raises(ValueError, match="own verification"):
+        sign(n0[0], key.secshares[0], 0, session)
+
+
 # ---------------------------------------------------------------------------------------------
 # garbage in: only ValueError / InvalidContributionError out
 
