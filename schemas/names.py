@@ -1,0 +1,208 @@
+"""Subject, stream, bucket and identity names, and who may publish what: one table, used twice.
+
+``PUBLISH_RIGHTS`` is the authorization table of the bus. The nats-server configuration is rendered from
+it (``services.runtime.natsconf``) so the broker refuses a client that publishes outside its rights, and
+every consumer checks it again for the *envelope* sender (``sender_may_publish``), so a message signed by
+node-2 is only accepted on subjects node-2 may publish (``vote.<tx>.node-2``, ``proto.*.*.*.node-2``...).
+Patterns use NATS wildcards; ``{self}`` stands for the identity's own name.
+
+Subjects (first token = stream):
+
+- ``tx.<event>.<tx_id>``
+- ``vote.<tx_id>.<node>``
+- ``proto.<protocol>.<session>.<round>.<from>`` (broadcast), ``...<from>.<to>`` (point to point)
+- ``node.heartbeat.<identity>``, ``node.violation.<offender>`` (any identity may report)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+# ---- identities -----------------------------------------------------------------------------------------
+
+SERVICE_IDENTITIES: Final[tuple[str, ...]] = (
+    "intake",
+    "consensus",
+    "monitor",
+    "presig",
+    "broadcaster",
+    "recorder",
+    "admin",
+)
+UNKNOWN: Final = "unknown"  # offender token when the sender of a bad message cannot be established
+
+_NODE_RE = re.compile(r"^node-([1-9][0-9]*)$")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def node_names(n: int) -> list[str]:
+    return [f"node-{i}" for i in range(1, n + 1)]
+
+
+def all_identities(n: int) -> list[str]:
+    return [*node_names(n), *SERVICE_IDENTITIES]
+
+
+def is_node(identity: str) -> bool:
+    return _NODE_RE.match(identity) is not None
+
+
+def node_index(identity: str) -> int:
+    """``node-3`` -> 3."""
+    m = _NODE_RE.match(identity)
+    if m is None:
+        raise ValueError(f"not a node identity: {identity!r}")
+    return int(m.group(1))
+
+
+def check_token(token: str) -> str:
+    """A subject token must be non-empty and contain no ``.``, ``*``, ``>`` or whitespace."""
+    if not _TOKEN_RE.match(token):
+        raise ValueError(f"invalid subject token: {token!r}")
+    return token
+
+
+# ---- streams and subjects -------------------------------------------------------------------------------
+
+STREAM_TX: Final = "TX"
+STREAM_VOTE: Final = "VOTE"
+STREAM_PROTO: Final = "PROTO"
+STREAM_NODE: Final = "NODE"
+STREAM_FOR_PREFIX: Final[dict[str, str]] = {
+    "tx": STREAM_TX,
+    "vote": STREAM_VOTE,
+    "proto": STREAM_PROTO,
+    "node": STREAM_NODE,
+}
+
+
+def stream_for(subject: str) -> str:
+    return STREAM_FOR_PREFIX[subject.split(".", 1)[0]]
+
+
+def tx_subject(event: str, tx_id: str) -> str:
+    return f"tx.{check_token(event)}.{check_token(tx_id)}"
+
+
+def vote_subject(tx_id: str, node: str) -> str:
+    return f"vote.{check_token(tx_id)}.{check_token(node)}"
+
+
+def proto_subject(protocol: str, session: str, round_: int | str, sender: str, to: str | None = None) -> str:
+    tokens = [check_token(t) for t in (protocol, session, str(round_), sender)]
+    base = "proto." + ".".join(tokens)
+    return base if to is None else f"{base}.{check_token(to)}"
+
+
+def heartbeat_subject(identity: str) -> str:
+    return f"node.heartbeat.{check_token(identity)}"
+
+
+def violation_subject(offender: str) -> str:
+    return f"node.violation.{check_token(offender)}"
+
+
+def proto_recipient(subject: str) -> str | None:
+    """The ``<to>`` token of a point-to-point protocol subject, else None."""
+    parts = subject.split(".")
+    if parts[0] == "proto" and len(parts) == 6:
+        return parts[5]
+    return None
+
+
+# ---- buckets --------------------------------------------------------------------------------------------
+
+BUCKET_NODES: Final = "nodes"
+BUCKET_BANS: Final = "bans"
+BUCKET_ROUNDS: Final = "rounds"
+BUCKET_PRESIG: Final = "presig"
+BUCKET_KEYS: Final = "keys"
+BUCKET_CONFIG: Final = "config"
+BUCKETS: Final[tuple[str, ...]] = (
+    BUCKET_NODES,
+    BUCKET_BANS,
+    BUCKET_ROUNDS,
+    BUCKET_PRESIG,
+    BUCKET_KEYS,
+    BUCKET_CONFIG,
+)
+
+# ---- authorization table --------------------------------------------------------------------------------
+
+_OWN: Final[tuple[str, ...]] = (
+    "node.heartbeat.{self}",
+    "node.violation.*",
+    "proto.*.*.*.{self}",
+    "proto.*.*.*.{self}.*",
+    "$KV.nodes.{self}",
+)
+_NODE: Final[tuple[str, ...]] = (
+    *_OWN,
+    "vote.*.{self}",
+    "$KV.presig.>",
+    "$KV.keys.>",
+)
+
+# identity (or "node" for every node-k) -> subjects it may publish (stream subjects and KV writes)
+PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
+    "node": _NODE,
+    "intake": (*_OWN, "tx.requested.>"),
+    "consensus": (
+        *_OWN,
+        "tx.voting.>",
+        "tx.approved.>",
+        "tx.rejected.>",
+        "tx.signing.>",
+        "tx.signed.>",
+        "tx.failed.>",
+        "$KV.rounds.>",
+        "$KV.presig.>",
+        "$KV.config.>",
+    ),
+    "monitor": (*_OWN, "node.violation.>", "$KV.bans.>"),
+    "presig": (*_OWN, "$KV.presig.>"),
+    "broadcaster": (*_OWN, "tx.signed.>", "tx.broadcast.>", "tx.confirmed.>", "tx.failed.>"),
+    "recorder": _OWN,
+    "admin": (">",),
+}
+
+# every JetStream client also needs these (see DESIGN.md, Known pitfalls); "{inbox}" is its inbox prefix
+JS_CLIENT_PUBLISH: Final[tuple[str, ...]] = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
+JS_CLIENT_SUBSCRIBE: Final[tuple[str, ...]] = ("{inbox}.>",)
+
+
+def inbox_prefix(identity: str) -> str:
+    """Each identity's private reply-subject prefix (the server lets it subscribe only there)."""
+    return f"_INBOX.{check_token(identity)}"
+
+
+def publish_rights(identity: str) -> list[str]:
+    """The concrete publish patterns of ``identity`` (``{self}`` substituted)."""
+    key = "node" if is_node(identity) else identity
+    patterns = PUBLISH_RIGHTS.get(key)
+    if patterns is None:
+        return []
+    return [p.replace("{self}", identity) for p in patterns]
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: ``*`` one token, ``>`` one or more trailing tokens."""
+    p = pattern.split(".")
+    s = subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(s) > i
+        if i >= len(s):
+            return False
+        if tok != "*" and tok != s[i]:
+            return False
+    return len(p) == len(s)
+
+
+def sender_may_publish(identity: str, subject: str) -> bool:
+    """Whether ``identity`` may be the (signed) sender of a message on ``subject``."""
+    if identity == "admin":
+        # the operator may write anything the broker lets it, but never speaks for a node or a service
+        return subject.startswith("node.violation.") or subject == heartbeat_subject("admin")
+    return any(subject_matches(p, subject) for p in publish_rights(identity) if not p.startswith("$"))

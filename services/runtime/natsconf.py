@@ -1,0 +1,134 @@
+"""Render the nats-server configuration (``nats/*.tmpl``) and read the JetStream definitions.
+
+The users table is generated from ``schemas.names.PUBLISH_RIGHTS`` so broker and bus enforce the same rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from schemas.names import (
+    JS_CLIENT_SUBSCRIBE,
+    inbox_prefix,
+    publish_rights,
+)
+
+# JetStream API subjects every (non-admin) client may use: no stream create/update/delete/purge
+JS_API_CLIENT: tuple[str, ...] = (
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.*",
+    "$JS.API.STREAM.NAMES",
+    "$JS.API.STREAM.LIST",
+    "$JS.API.STREAM.MSG.GET.*",
+    "$JS.API.DIRECT.GET.>",
+    "$JS.API.CONSUMER.>",
+    "$JS.ACK.>",
+    "$JS.FC.>",
+)
+
+
+def nats_conf_dir() -> Path:
+    env = os.environ.get("MPCW_NATS_CONF_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "nats"
+
+
+def jetstream_definitions() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((nats_conf_dir() / "jetstream.json").read_text())
+    return data
+
+
+def _q(s: str) -> str:
+    return json.dumps(s)  # a double-quoted string, valid in nats config
+
+
+def user_entry(identity: str) -> str:
+    if identity == "admin":
+        pub = [">"]
+        sub = [">"]
+    else:
+        pub = [*publish_rights(identity), *JS_API_CLIENT]
+        sub = [p.replace("{inbox}", inbox_prefix(identity)) for p in JS_CLIENT_SUBSCRIBE]
+    return (
+        f"    {{ user: {_q('CN=' + identity)}, permissions: {{\n"
+        f"        publish: {{ allow: [{', '.join(_q(p) for p in pub)}] }},\n"
+        f"        subscribe: {{ allow: [{', '.join(_q(p) for p in sub)}] }} }} }}"
+    )
+
+
+@dataclass(frozen=True)
+class NatsPorts:
+    client: int
+    http: int
+    cluster: int | None = None
+
+
+def render_server_config(
+    *,
+    identities: list[str],
+    ports: NatsPorts,
+    store_dir: Path,
+    ca_file: Path,
+    server_cert: Path,
+    server_key: Path,
+    server_name: str = "mpcw-1",
+    routes: list[int] | None = None,
+    cluster_name: str = "mpcw",
+) -> str:
+    d = nats_conf_dir()
+    common = {
+        "server_cert": str(server_cert),
+        "server_key": str(server_key),
+        "ca_file": str(ca_file),
+    }
+    cluster = ""
+    if ports.cluster is not None:
+        cluster = Template((d / "cluster.conf.tmpl").read_text()).substitute(
+            cluster_name=cluster_name,
+            cluster_port=ports.cluster,
+            routes="\n".join(f"    nats-route://localhost:{p}" for p in (routes or [])),
+            **common,
+        )
+    return Template((d / "server.conf.tmpl").read_text()).substitute(
+        server_name=server_name,
+        port=ports.client,
+        http_port=ports.http,
+        store_dir=str(store_dir),
+        users="\n".join(user_entry(i) for i in identities),
+        cluster=cluster,
+        **common,
+    )
+
+
+def render_cluster_configs(
+    *,
+    identities: list[str],
+    ports: list[NatsPorts],
+    store_root: Path,
+    ca_file: Path,
+    server_cert: Path,
+    server_key: Path,
+) -> list[str]:
+    """One config per server of a JetStream cluster (each routes to all the others)."""
+    confs = []
+    for i, p in enumerate(ports):
+        others = [q.cluster for j, q in enumerate(ports) if j != i and q.cluster is not None]
+        confs.append(
+            render_server_config(
+                identities=identities,
+                ports=p,
+                store_dir=store_root / f"n{i + 1}",
+                ca_file=ca_file,
+                server_cert=server_cert,
+                server_key=server_key,
+                server_name=f"mpcw-{i + 1}",
+                routes=others,
+            )
+        )
+    return confs

@@ -1,0 +1,222 @@
+"""The local PKI: a CA, TLS client certificates per identity, a server certificate, node identity keys.
+
+Layout under the data directory (private files 0600, directories 0700)::
+
+    pki/ca.crt ca.key                 the CA (ECDSA P-256)
+    pki/server.crt server.key         nats-server (CN/SAN localhost, 127.0.0.1; also clientAuth for routes)
+    pki/<identity>.crt <identity>.key TLS client certificate, subject ``CN=<identity>`` (nats verify_and_map)
+    pki/identities.json               {identity: {"ed25519": hex, "x25519": hex}}: public identity keys
+    identities/<identity>/ed25519.key raw 32-byte Ed25519 seed (signs envelopes)
+    identities/<identity>/x25519.key  raw 32-byte X25519 private key (point-to-point encryption)
+
+``init_pki`` is idempotent: it keeps what exists and adds missing identities (e.g. more nodes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from schemas.names import all_identities
+
+CA_NAME = "mpcw-ca"
+VALID_DAYS = 3650
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def pki_dir(data_dir: Path) -> Path:
+    return data_dir / "pki"
+
+
+def identities_path(data_dir: Path) -> Path:
+    return pki_dir(data_dir) / "identities.json"
+
+
+def tls_files(data_dir: Path, identity: str) -> TlsFiles:
+    d = pki_dir(data_dir)
+    return TlsFiles(ca=d / "ca.crt", cert=d / f"{identity}.crt", key=d / f"{identity}.key")
+
+
+def server_tls_files(data_dir: Path) -> TlsFiles:
+    d = pki_dir(data_dir)
+    return TlsFiles(ca=d / "ca.crt", cert=d / "server.crt", key=d / "server.key")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _load_ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+    key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return cert, key
+
+
+def _make_ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(CA_NAME))
+        .issuer_name(_name(CA_NAME))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(d / "ca.key", _key_pem(key))
+    _write_public(d / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def _issue(
+    d: Path,
+    stem: str,
+    cn: str,
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    *,
+    server: bool,
+) -> None:
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if server:
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write_private(d / f"{stem}.key", _key_pem(key))
+    _write_public(d / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _raw_public(key: ed25519.Ed25519PublicKey | x25519.X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _ensure_identity_keys(data_dir: Path, name: str) -> dict[str, str]:
+    d = data_dir / "identities" / name
+    ed_path, x_path = d / "ed25519.key", d / "x25519.key"
+    if not ed_path.exists():
+        _write_private(
+            ed_path,
+            ed25519.Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            ),
+        )
+    if not x_path.exists():
+        _write_private(
+            x_path,
+            x25519.X25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            ),
+        )
+    ed = ed25519.Ed25519PrivateKey.from_private_bytes(ed_path.read_bytes())
+    xk = x25519.X25519PrivateKey.from_private_bytes(x_path.read_bytes())
+    return {"ed25519": _raw_public(ed.public_key()).hex(), "x25519": _raw_public(xk.public_key()).hex()}
+
+
+def init_pki(data_dir: Path, nodes: int = 5, extra: tuple[str, ...] = ()) -> list[str]:
+    """Create (or complete) the PKI for ``node-1..node-<nodes>``, the services and ``extra`` identities.
+
+    Returns the identity names that were newly created.
+    """
+    if nodes < 1:
+        raise ValueError("nodes must be >= 1")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d = pki_dir(data_dir)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ca = _load_ca(d) if (d / "ca.crt").exists() and (d / "ca.key").exists() else _make_ca(d)
+    if not (d / "server.crt").exists():
+        _issue(d, "server", "localhost", ca, server=True)
+    created: list[str] = []
+    ids_file = identities_path(data_dir)
+    public: dict[str, dict[str, str]] = json.loads(ids_file.read_text()) if ids_file.exists() else {}
+    for name in [*all_identities(nodes), *extra]:
+        if not (d / f"{name}.crt").exists():
+            _issue(d, name, name, ca, server=False)
+            created.append(name)
+        public[name] = _ensure_identity_keys(data_dir, name)
+    _write_public(ids_file, (json.dumps(public, indent=2, sort_keys=True) + "\n").encode())
+    return created
+
+
+def pki_exists(data_dir: Path) -> bool:
+    d = pki_dir(data_dir)
+    return (d / "ca.crt").exists() and (d / "server.crt").exists() and identities_path(data_dir).exists()
