@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,14 +119,20 @@ class Devchain:
         return list(r.json())
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devchain]:
-    dc = Devchain(tmp_path_factory.mktemp("devchain"))
+@contextmanager
+def running_devchain(data_dir: Path) -> Iterator[Devchain]:
+    dc = Devchain(data_dir)
     dc.start()
     try:
         yield dc
     finally:
         dc.stop()
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devchain]:
+    with running_devchain(tmp_path_factory.mktemp("devchain")) as dc:
+        yield dc
 
 
 # -- single-key wallets -------------------------------------------------------------------------
