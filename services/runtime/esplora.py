@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -125,7 +125,7 @@ def parse_broadcast_error(body: str) -> BroadcastRejected:
     return BroadcastRejected(text or "rejected without a reason")
 
 
-class EsploraClient:
+class EsploraClient(AbstractAsyncContextManager["EsploraClient"]):
     """``async with EsploraClient("http://127.0.0.1:3002") as esplora: await esplora.tip_height()``."""
 
     def __init__(
@@ -149,12 +149,7 @@ class EsploraClient:
             headers={"User-Agent": "mpc-wallet"},
         )
 
-    async def __aenter__(self) -> EsploraClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
