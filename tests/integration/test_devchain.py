@@ -342,6 +342,14 @@ def test_state_survives_restart(chain: Devchain) -> None:
     assert txid(pending) in after["mempool"]
     rejected(chain.broadcast(confirmed), "already in block chain")
     height = chain.mine(1)["height"]
+    wrong = subprocess.run(
+        [sys.executable, "-m", "services.devchain", "--data-dir", str(chain.data_dir), "--network=testnet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert wrong.returncode == 2 and "holds a regtest chain" in wrong.stderr
     assert chain.c.get(f"/tx/{txid(pending)}/status").json()["block_height"] == height
 
 
