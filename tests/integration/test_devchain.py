@@ -287,6 +287,11 @@ def test_double_spend_rejected(chain: Devchain) -> None:
     second = spend([coin], [(b.script_pubkey, 45_000)])  # higher fee: no RBF here either
     assert chain.broadcast(first).status_code == 200
     rejected(chain.broadcast(second), "txn-mempool-conflict")
+    # the same transaction with another witness (SIGHASH_ALL instead of DEFAULT): same txid, new wtxid
+    prevouts = [Prevout(coin.amount, coin.key.script_pubkey)]
+    malleated = with_witnesses(first, [sign_input(first, prevouts, 0, coin.key, SIGHASH_ALL)])
+    assert txid(malleated) == txid(first) and serialize(malleated) != serialize(first)
+    rejected(chain.broadcast(malleated), "txn-same-nonwitness-data-in-mempool")
     chain.mine(1)
     rejected(chain.broadcast(second), "bad-txns-inputs-missingorspent")
     # an input that never existed
