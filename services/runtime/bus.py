@@ -112,6 +112,13 @@ class KvEntry:
         return msgspec.msgpack.decode(self.value, type=typ)
 
 
+def _is_cas_error(exc: Exception) -> bool:
+    """KV wrong-last-sequence (JetStream error 10071), however the client chose to type it."""
+    if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError):
+        return True
+    return getattr(exc, "err_code", None) == 10071
+
+
 def _value_bytes(value: bytes | msgspec.Struct) -> bytes:
     return value if isinstance(value, bytes) else msgspec.msgpack.encode(value)
 
@@ -144,7 +151,7 @@ class KV:
         try:
             return await self._kv.create(key, _value_bytes(value))
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as exc:
-            if isinstance(exc, nats.js.errors.BadRequestError) and exc.err_code != 10071:
+            if not _is_cas_error(exc):
                 raise
             raise CasConflict(self.bucket, key, None) from None
 
@@ -155,7 +162,7 @@ class KV:
         try:
             return await self._kv.update(key, _value_bytes(value), last=revision)
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError) as exc:
-            if isinstance(exc, nats.js.errors.BadRequestError) and exc.err_code != 10071:
+            if not _is_cas_error(exc):
                 raise
             raise CasConflict(self.bucket, key, revision) from None
 
@@ -277,7 +284,8 @@ class Bus:
             log.warning("nats error", error=repr(exc)[:300])
 
         async def on_disconnect() -> None:
-            log.warning("nats disconnected")
+            if not (holder and holder[0]._stopping.is_set()):
+                log.warning("nats disconnected")
 
         async def on_reconnect() -> None:
             M.NATS_RECONNECTS.labels(cfg.name).inc()

@@ -1,0 +1,159 @@
+"""The broker itself enforces identity: TLS client certificates (verify_and_map) and publish rights."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats.errors
+import pytest
+
+import nats
+from schemas.names import all_identities, publish_rights, sender_may_publish
+from services.runtime.bus import Bus
+from services.runtime.natsconf import NatsPorts, render_cluster_configs, render_server_config
+from services.runtime.pki import init_pki
+
+BusFactory = Callable[..., Awaitable[Bus]]
+
+
+def ctx(pki: Path, identity: str | None) -> ssl.SSLContext:
+    c = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "pki" / "ca.crt"))
+    if identity:
+        c.load_cert_chain(str(pki / "pki" / f"{identity}.crt"), str(pki / "pki" / f"{identity}.key"))
+    return c
+
+
+async def connect(url: str, tls: ssl.SSLContext | None, errors: list[str] | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    async def on_error(e: Exception) -> None:
+        if errors is not None:
+            errors.append(str(e))
+
+    return await nats.connect(
+        servers=url.split(","),
+        tls=tls,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        connect_timeout=3,
+        error_cb=on_error,
+        **kw,
+    )
+
+
+async def test_client_without_certificate_is_refused(pki: Path, nats_server: str) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - TLS handshake failure or NoServers, depending on timing
+        nc = await connect(nats_server, ctx(pki, None))
+        await nc.flush(timeout=2)
+        await nc.close()
+
+
+async def test_plaintext_client_is_refused(nats_server: str) -> None:
+    with pytest.raises(Exception):  # noqa: B017
+        nc = await connect(nats_server.replace("tls://", "nats://"), None)
+        await nc.flush(timeout=2)
+
+
+async def test_certificate_from_another_ca_is_refused(tmp_path: Path, nats_server: str) -> None:
+    init_pki(tmp_path, nodes=1)  # a different CA, also issuing "node-1"
+    other = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=None)
+    other.check_hostname = False
+    other.verify_mode = ssl.CERT_NONE
+    other.load_cert_chain(str(tmp_path / "pki" / "node-1.crt"), str(tmp_path / "pki" / "node-1.key"))
+    with pytest.raises(Exception):  # noqa: B017
+        nc = await connect(nats_server, other)
+        await nc.flush(timeout=2)
+
+
+async def test_node3_cannot_publish_as_node2(pki: Path, nats_server: str) -> None:
+    errors: list[str] = []
+    nc = await connect(nats_server, ctx(pki, "node-3"), errors, inbox_prefix="_INBOX.node-3")
+    try:
+        js = nc.jetstream()
+        with pytest.raises(nats.errors.TimeoutError):  # the server drops it: no PubAck
+            await js.publish("vote.x.node-2", b"forged vote", timeout=1.0)
+        await asyncio.sleep(0.2)
+        assert any("permissions violation" in e.lower() and "vote.x.node-2" in e for e in errors), errors
+        # its own subject works
+        ack = await js.publish("vote.x.node-3", b"own vote (unsigned: consumers would drop it)", timeout=5.0)
+        assert ack.stream == "VOTE"
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("identity", "subject"),
+    [
+        ("node-3", "tx.approved.t1"),  # only consensus
+        ("node-3", "proto.frost.s.1.node-2"),  # protocol message as another node
+        ("node-3", "node.heartbeat.node-2"),
+        ("intake", "tx.approved.t1"),
+        ("broadcaster", "tx.requested.t1"),
+        ("recorder", "tx.confirmed.t1"),
+        ("node-3", "$JS.API.STREAM.DELETE.TX"),  # only admin manages streams
+        ("node-3", "$KV.bans.node-3"),  # only monitor bans
+    ],
+)
+async def test_publish_rights(pki: Path, nats_server: str, identity: str, subject: str) -> None:
+    errors: list[str] = []
+    nc = await connect(nats_server, ctx(pki, identity), errors, inbox_prefix=f"_INBOX.{identity}")
+    try:
+        await nc.publish(subject, b"x")
+        await nc.flush(timeout=2)
+        await asyncio.sleep(0.2)
+        assert any("permissions violation for publish" in e.lower() for e in errors), errors
+    finally:
+        await nc.close()
+
+
+async def test_subscribe_only_own_inbox(pki: Path, nats_server: str) -> None:
+    errors: list[str] = []
+    nc = await connect(nats_server, ctx(pki, "node-3"), errors, inbox_prefix="_INBOX.node-3")
+    try:
+        await nc.subscribe("_INBOX.node-2.>")  # another identity's replies
+        await nc.subscribe("proto.>")  # core tap on the protocol traffic
+        await nc.flush(timeout=2)
+        await asyncio.sleep(0.2)
+        assert sum("permissions violation for subscription" in e.lower() for e in errors) == 2, errors
+    finally:
+        await nc.close()
+
+
+def test_rights_table_and_bus_check_agree() -> None:
+    assert "vote.*.node-3" in publish_rights("node-3")
+    assert sender_may_publish("node-3", "vote.t.node-3")
+    assert not sender_may_publish("node-3", "vote.t.node-2")
+    assert sender_may_publish("node-3", "proto.frost.s.1.node-3")
+    assert sender_may_publish("node-3", "proto.frost.s.1.node-3.node-1")
+    assert not sender_may_publish("node-3", "proto.frost.s.1.node-1.node-3")
+    assert sender_may_publish("intake", "tx.requested.t")
+    assert not sender_may_publish("intake", "tx.approved.t")
+    assert sender_may_publish("consensus", "tx.approved.t")
+    assert not sender_may_publish("admin", "vote.t.node-1")  # the operator never speaks for a node
+    for ident in all_identities(5):
+        assert sender_may_publish(ident, "node.violation.unknown")
+
+
+def test_cluster_config_renders(pki: Path) -> None:
+    ports = [NatsPorts(4301 + i, 8301 + i, 6301 + i) for i in range(3)]
+    confs = render_cluster_configs(
+        identities=all_identities(5),
+        ports=ports,
+        store_root=pki / "x",
+        ca_file=pki / "pki" / "ca.crt",
+        server_cert=pki / "pki" / "server.crt",
+        server_key=pki / "pki" / "server.key",
+    )
+    assert len(confs) == 3
+    assert "nats-route://localhost:6302" in confs[0] and "nats-route://localhost:6301" not in confs[0]
+    assert all("verify_and_map: true" in c and 'user: "CN=node-3"' in c for c in confs)
+    single = render_server_config(
+        identities=["node-1"],
+        ports=NatsPorts(4301, 8301),
+        store_dir=pki / "s",
+        ca_file=pki / "pki" / "ca.crt",
+        server_cert=pki / "pki" / "server.crt",
+        server_key=pki / "pki" / "server.key",
+    )
+    assert "cluster {" not in single and '"vote.*.node-1"' in single
