@@ -1,0 +1,1 @@
+"""``mpcw``: the admin CLI (click). The group lives in ``services.mpcw.cli``."""

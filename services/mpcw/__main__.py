@@ -1,0 +1,3 @@
+from services.mpcw.cli import main
+
+main()

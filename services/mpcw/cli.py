@@ -1,0 +1,266 @@
+"""``mpcw``: the admin command line.
+
+Global option ``--data-dir`` (env ``MPCW_DATA_DIR``, default ``~/.mpcw``) goes before the subcommand::
+
+    mpcw --data-dir /tmp/c certs init --nodes 5
+    mpcw --data-dir /tmp/c up --nodes 5 --threshold 4
+    mpcw --data-dir /tmp/c status
+    mpcw --data-dir /tmp/c down
+
+Adding commands: put them in a module ``services/mpcw/cmd_<name>.py`` that does
+``from services.mpcw.cli import main, data_dir_of`` and decorates with ``@main.command()`` /
+``@main.group()``; every ``cmd_*`` module in this package is imported when the CLI starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import pkgutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from services.runtime.config import default_data_dir, read_cluster
+from services.runtime.pki import init_pki, pki_dir
+from services.runtime.supervisor import pid_alive, read_pid, run_dir
+
+
+@click.group()
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="cluster directory (env MPCW_DATA_DIR, default ~/.mpcw)",
+)
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path | None) -> None:
+    """mpc-wallet admin tool."""
+    ctx.ensure_object(dict)
+    ctx.obj["data_dir"] = data_dir.expanduser().resolve() if data_dir else default_data_dir()
+
+
+def data_dir_of(ctx: click.Context) -> Path:
+    d: Path = ctx.find_root().obj["data_dir"]
+    return d
+
+
+# ---- certs ----------------------------------------------------------------------------------------------
+
+
+@main.group()
+def certs() -> None:
+    """The PKI: CA, TLS certificates, node identity keys."""
+
+
+@certs.command("init")
+@click.option("--nodes", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.pass_context
+def certs_init(ctx: click.Context, nodes: int) -> None:
+    """Create the CA, one client certificate and identity keys per identity, and the server certificate."""
+    d = data_dir_of(ctx)
+    created = init_pki(d, nodes)
+    click.echo(
+        f"PKI in {pki_dir(d)}: {len(created)} new identities"
+        + (f" ({', '.join(created)})" if created else "")
+    )
+
+
+# ---- db -------------------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The PostgreSQL schema."""
+
+
+@db.command("migrate")
+@click.option("--database-url", envvar="MPCW_DATABASE_URL", default=None, help="default: cluster.json")
+@click.pass_context
+def db_migrate(ctx: click.Context, database_url: str | None) -> None:
+    """Apply the pending migrations of db/ (idempotent)."""
+    from services.runtime.db import migrate
+
+    url = database_url or read_cluster(data_dir_of(ctx)).get("database_url")
+    if not url:
+        raise click.ClickException("no database: pass --database-url, set MPCW_DATABASE_URL or run `mpcw up`")
+    applied = asyncio.run(migrate(url))
+    click.echo(
+        f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else " (up to date)")
+    )
+
+
+# ---- up / down / status ---------------------------------------------------------------------------------
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _state(d: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads((run_dir(d) / "supervisor.json").read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--threshold", type=int, default=4, show_default=True)
+@click.option("--timeout", type=float, default=90.0, show_default=True, help="seconds to wait for readiness")
+@click.pass_context
+def up(ctx: click.Context, nodes: int, threshold: int, timeout: float) -> None:
+    """Start a local cluster (NATS, PostgreSQL, every service) and return once it is ready."""
+    d = data_dir_of(ctx)
+    if not (threshold * 2 > nodes and threshold <= nodes):
+        raise click.BadParameter(f"need {nodes} // 2 < threshold <= {nodes}", param_hint="--threshold")
+    run = run_dir(d)
+    pid = read_pid(run / "supervisor.pid")
+    if pid is not None:
+        click.echo(f"already running (supervisor pid {pid}); `mpcw down` first")
+        return
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run.mkdir(parents=True, exist_ok=True)
+    (d / "logs").mkdir(parents=True, exist_ok=True)
+    init_pki(d, nodes)
+    for stale in ("cluster.ready", "supervisor.failed", "supervisor.json"):
+        with contextlib.suppress(FileNotFoundError):
+            (run / stale).unlink()
+    with open(d / "logs" / "supervisor.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.runtime.supervisor", "--data-dir", str(d),
+             "--nodes", str(nodes), "--threshold", str(threshold)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        if (run / "cluster.ready").exists():
+            break
+        failed = run / "supervisor.failed"
+        if failed.exists() or proc.poll() is not None or time.monotonic() > deadline:
+            reason = failed.read_text().strip() if failed.exists() else (
+                f"supervisor exited with {proc.returncode}" if proc.poll() is not None
+                else f"not ready after {timeout:.0f}s"
+            )  # fmt: skip
+            state = _state(d)
+            waiting = [
+                p["name"] for p in state.get("processes", []) if p["status"] not in ("ready", "missing")
+            ]
+            click.echo(f"mpcw up failed: {reason}", err=True)
+            if waiting:
+                click.echo(f"not ready: {', '.join(waiting)}", err=True)
+                click.echo(f"--- {waiting[0]}.log ---\n{_tail(d / 'logs' / f'{waiting[0]}.log')}", err=True)
+            else:
+                click.echo(f"--- supervisor.log ---\n{_tail(d / 'logs' / 'supervisor.log')}", err=True)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(30)
+            ctx.exit(1)
+        time.sleep(0.1)
+    cluster = read_cluster(d)
+    state = _state(d)
+    missing = [p["name"] for p in state.get("processes", []) if p["status"] == "missing"]
+    click.echo(f"cluster ready in {d} (supervisor pid {proc.pid})")
+    click.echo(f"  nats     {cluster.get('nats_url')}")
+    click.echo(f"  postgres {cluster.get('database_url')}")
+    click.echo(f"  intake   {cluster.get('intake_url')}   devchain {cluster.get('devchain_url')}")
+    click.echo(f"  n={cluster.get('n')} t={cluster.get('t')}; admin API key in {d / 'cluster.json'}")
+    if missing:
+        click.echo(f"  not installed yet (skipped): {', '.join(missing)}")
+
+
+@main.command()
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def down(ctx: click.Context, timeout: float) -> None:
+    """Stop the services (SIGTERM, then SIGKILL after --timeout) and the embedded servers."""
+    d = data_dir_of(ctx)
+    run = run_dir(d)
+    pid = read_pid(run / "supervisor.pid")
+    if pid is None:
+        click.echo("not running")
+        _cleanup_orphans(d)
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if pid_alive(pid):
+        click.echo(f"supervisor {pid} did not stop in {timeout:.0f}s: killing its process group", err=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        _cleanup_orphans(d)
+    click.echo("stopped")
+
+
+def _cleanup_orphans(d: Path) -> None:
+    """After a killed supervisor: its recorded children, nats, postgres."""
+    from services.runtime.embedded import stop_postgres
+
+    state = _state(d)
+    pids = [p["pid"] for p in state.get("processes", []) if p.get("pid")] + list(state.get("nats_pids", []))
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    stop_postgres(d / "pg")
+    for f in ("cluster.ready", "supervisor.pid"):
+        with contextlib.suppress(FileNotFoundError):
+            (run_dir(d) / f).unlink()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Which processes run. Exit status 3 when the cluster is not running."""
+    d = data_dir_of(ctx)
+    pid = read_pid(run_dir(d) / "supervisor.pid")
+    state = _state(d) if pid is not None else {}
+    procs = state.get("processes", [])
+    for p in procs:
+        if p.get("pid") and not pid_alive(p["pid"]):
+            p["status"] = "dead"
+    if as_json:
+        summary = {"running": pid is not None, "supervisor_pid": pid, "ready": state.get("ready", False)}
+        click.echo(json.dumps({**summary, "processes": procs}, indent=2))
+    elif pid is None:
+        click.echo(f"not running ({d})")
+    else:
+        click.echo(f"supervisor pid {pid}; cluster {'ready' if state.get('ready') else 'starting'}; {d}")
+        for p in procs:
+            click.echo(
+                f"  {p['name']:<20} {p['status']:<9} pid={p.get('pid') or '-':<8} restarts={p['restarts']}"
+            )
+    if pid is None:
+        ctx.exit(3)
+
+
+# ---- command modules ------------------------------------------------------------------------------------
+
+
+def _load_command_modules() -> None:
+    pkg = Path(__file__).parent
+    for info in pkgutil.iter_modules([str(pkg)]):
+        if info.name.startswith("cmd_"):
+            importlib.import_module(f"services.mpcw.{info.name}")
+
+
+_load_command_modules()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The pool of FROST nonce commitments, as seen from KV ``presig``.
+
+Each signer puts the public halves of the nonces it precomputed under
+``frost.<key_id>.<node>.<nonce_id>`` (state ``free``). A watch mirrors the free ones per node; ``claim``
+moves an entry to ``claimed`` by compare-and-set on its revision, so however many consensus instances
+race for it, a nonce is handed out at most once, ever. A claimed nonce is never freed again: an attempt
+that fails simply burns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from schemas import kv as K
+from schemas.messages import NonceRef
+from schemas.names import BUCKET_PRESIG
+
+from .bus import Bus, CasConflict
+
+
+class NoncePool:
+    """Free FROST nonce commitments per node, mirrored from KV ``presig`` by a watch; claimed by CAS."""
+
+    def __init__(self, bus: Bus, key_id: str = K.DEFAULT_KEY_ID) -> None:
+        self.bus = bus
+        self.key_id = key_id
+        self.free: dict[str, dict[str, None]] = {}  # node -> ordered set of KV keys
+        self.loaded = asyncio.Event()
+
+    async def run(self) -> None:
+        kv = await self.bus.kv(BUCKET_PRESIG)
+        prefix = f"frost.{self.key_id}."
+        async for entry in kv.watch(f"frost.{self.key_id}.>"):
+            if entry is None:
+                self.loaded.set()
+                continue
+            node = entry.key[len(prefix) :].split(".", 1)[0]
+            bucket = self.free.setdefault(node, {})
+            if entry.operation != "PUT":
+                bucket.pop(entry.key, None)
+                continue
+            try:
+                ne = entry.decode(K.NonceEntry)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                bucket.pop(entry.key, None)
+                continue
+            if ne.state == "free":
+                bucket[entry.key] = None
+            else:
+                bucket.pop(entry.key, None)
+
+    def level(self, node: str) -> int:
+        return len(self.free.get(node, {}))
+
+    async def claim(self, node: str, count: int, tx_id: str, attempt: int) -> list[NonceRef] | None:
+        kv = await self.bus.kv(BUCKET_PRESIG)
+        got: list[NonceRef] = []
+        bucket = self.free.get(node, {})
+        while len(got) < count and bucket:
+            key = next(iter(bucket))
+            bucket.pop(key, None)
+            entry = await kv.get(key)
+            if entry is None:
+                continue
+            ne = entry.decode(K.NonceEntry)
+            if ne.state != "free":
+                continue
+            claimed = msgspec.structs.replace(ne, state="claimed", tx_id=tx_id, attempt=attempt)
+            try:
+                await kv.update_cas(key, claimed, entry.revision)
+            except CasConflict:
+                continue
+            got.append(NonceRef(nonce_id=ne.nonce_id, pubnonce=ne.pubnonce))
+        if len(got) < count:
+            return None  # the claimed ones stay claimed: a nonce is never handed out twice
+        return got

@@ -1,0 +1,382 @@
+"""The local cluster supervisor behind ``mpcw up`` / ``mpcw down`` / ``mpcw status``.
+
+``mpcw up`` starts ``python -m services.runtime.supervisor --data-dir DIR`` in a new session (detached from
+the terminal) and waits. The supervisor:
+
+1. writes ``DIR/run/supervisor.pid``; completes the PKI when missing;
+2. starts the embedded nats-server (TLS, JetStream, store ``DIR/nats/``) and PostgreSQL (``DIR/pg/``) on free
+   ports, migrates, creates streams and buckets as ``admin``;
+3. writes ``DIR/cluster.json`` (endpoints, ports, n, t, network, the admin API key; its hash in ``api_keys``);
+4. starts every service of the table (``DIR/services.json`` when present, else :func:`default_table`) as a
+   subprocess, logs in ``DIR/logs/<name>.log``, and restarts crashed ones with exponential backoff;
+5. writes ``DIR/run/cluster.ready`` once every service wrote its ready file (``DIR/run/<name>.ready`` with
+   the pid it started, see ``services.runtime.service``), or ``DIR/run/supervisor.failed`` (a one-line
+   reason) when a service keeps crashing before it gets ready or a server does not start;
+6. keeps ``DIR/run/supervisor.json`` up to date (processes, pids, restarts, readiness) for ``mpcw status``;
+7. on SIGTERM/SIGINT stops the services (SIGTERM, then SIGKILL after a timeout), then NATS and PostgreSQL.
+
+A service module that cannot be imported (not written yet) is skipped with status ``missing``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.names import all_identities, node_names
+
+from .config import load_config, read_cluster, write_cluster
+from .embedded import NatsServers, Postgres, free_port, start_nats, start_postgres, stop_postgres
+from .pki import init_pki, pki_exists
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STOP_TIMEOUT = 15.0
+START_FAILURES_ALLOWED = 3  # crashes before the first readiness that make `up` fail
+BACKOFF_MAX = 30.0
+
+
+def default_table(n: int) -> list[dict[str, Any]]:
+    """The services of a local cluster: name, module, extra args."""
+    table: list[dict[str, Any]] = [
+        {"name": "devchain", "module": "services.devchain", "args": []},
+        {"name": "recorder", "module": "services.recorder", "args": []},
+        {"name": "monitor", "module": "services.monitor", "args": []},
+        {"name": "consensus", "module": "services.consensus", "args": []},
+    ]
+    table += [
+        {"name": f"signer-{node}", "module": "services.signer", "args": ["--identity", node]}
+        for node in node_names(n)
+    ]
+    table += [
+        {"name": "presig", "module": "services.presig", "args": []},
+        {"name": "broadcaster", "module": "services.broadcaster", "args": []},
+        {"name": "intake", "module": "services.intake", "args": []},
+    ]
+    return table
+
+
+def run_dir(data_dir: Path) -> Path:
+    return data_dir / "run"
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as dead
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+@dataclass
+class Proc:
+    name: str
+    module: str
+    args: list[str]
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    failures_before_ready: int = 0
+    ever_ready: bool = False
+    next_start: float = 0.0
+    started_at: float = 0.0
+    status: str = "pending"  # pending, starting, ready, backoff, missing, failed, stopped
+    last_exit: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, data_dir: Path, n: int, t: int) -> None:
+        self.data_dir = data_dir
+        self.n = n
+        self.t = t
+        self.run = run_dir(data_dir)
+        self.logs = data_dir / "logs"
+        self.procs: list[Proc] = []
+        self.nats: NatsServers | None = None
+        self.pg: Postgres | None = None
+        self.stopping = False
+        self.failed: str | None = None
+        self.cluster_ready = False
+
+    # ---- files ----------------------------------------------------------------------------------------
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "ts": time.time(),
+            "ready": self.cluster_ready,
+            "failed": self.failed,
+            "nats_pids": self.nats.pids if self.nats else [],
+            "processes": [
+                {
+                    "name": p.name,
+                    "module": p.module,
+                    "pid": p.popen.pid if p.popen and p.popen.poll() is None else None,
+                    "status": p.status,
+                    "restarts": p.restarts,
+                    "last_exit": p.last_exit,
+                }
+                for p in self.procs
+            ],
+        }
+        tmp = self.run / "supervisor.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.run / "supervisor.json")
+
+    def _fail(self, reason: str) -> None:
+        self.failed = reason
+        (self.run / "supervisor.failed").write_text(reason + "\n")
+
+    # ---- startup --------------------------------------------------------------------------------------
+
+    def start_servers(self) -> dict[str, Any]:
+        if not pki_exists(self.data_dir):
+            init_pki(self.data_dir, self.n)
+        else:
+            init_pki(self.data_dir, self.n)  # adds identities when n grew; keeps the rest
+        self.nats = start_nats(self.data_dir, all_identities(self.n))
+        self.pg = start_postgres(self.data_dir)
+        from .db import migrate, new_api_key, store_api_key
+
+        asyncio.run(migrate(self.pg.url))
+        old = read_cluster(self.data_dir)
+        admin_key = old.get("admin_api_key") or new_api_key()[1]
+
+        async def setup() -> None:
+            import asyncpg
+
+            from .bus import Bus
+
+            conn = await asyncpg.connect(self.pg.url if self.pg else "")
+            try:
+                await store_api_key(conn, admin_key, "admin", "admin")
+            finally:
+                await conn.close()
+            admin = await Bus.connect(
+                load_config("admin", self.data_dir, nats_url=self.nats.url if self.nats else ""), ensure=True
+            )
+            await admin.close()
+
+        asyncio.run(setup())
+        table = self._table()
+        intake_port, devchain_port = free_port(), free_port()
+        cluster = {
+            "version": 1,
+            "data_dir": str(self.data_dir),
+            "n": self.n,
+            "t": self.t,
+            "nodes": node_names(self.n),
+            "network": "regtest",
+            "nats_url": self.nats.url,
+            "nats_monitor_url": f"http://127.0.0.1:{self.nats.ports[0].http}",
+            "nats_replicas": 1,
+            "database_url": self.pg.url,
+            "intake_port": intake_port,
+            "intake_url": f"http://127.0.0.1:{intake_port}",
+            "devchain_port": devchain_port,
+            "devchain_url": f"http://127.0.0.1:{devchain_port}",
+            "esplora_url": f"http://127.0.0.1:{devchain_port}",
+            "metrics_ports": {e["name"]: free_port() for e in table},
+            "admin_api_key": admin_key,
+            "services": [e["name"] for e in table],
+        }
+        write_cluster(self.data_dir, cluster)
+        for e in table:
+            self.procs.append(Proc(name=e["name"], module=e["module"], args=list(e.get("args", []))))
+        return cluster
+
+    def _table(self) -> list[dict[str, Any]]:
+        custom = self.data_dir / "services.json"
+        if custom.exists():
+            data = json.loads(custom.read_text())
+            table: list[dict[str, Any]] = data["services"] if isinstance(data, dict) else data
+            return table
+        return default_table(self.n)
+
+    # ---- processes ------------------------------------------------------------------------------------
+
+    def _spawn(self, p: Proc) -> None:
+        if importlib.util.find_spec(p.module.split(".")[0]) is None or not _module_exists(p.module):
+            p.status = "missing"
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (self.run / f"{p.name}.ready").unlink()
+        env = {
+            **os.environ,
+            "MPCW_SERVICE_NAME": p.name,
+            "MPCW_DATA_DIR": str(self.data_dir),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])),
+            "PYTHONUNBUFFERED": "1",
+            **p.env,
+        }
+        env.pop("MPCW_NATS_URL", None)  # the cluster's own servers, from cluster.json
+        env.pop("MPCW_DATABASE_URL", None)
+        with open(self.logs / f"{p.name}.log", "ab") as out:
+            p.popen = subprocess.Popen(
+                [sys.executable, "-m", p.module, "--data-dir", str(self.data_dir), *p.args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(REPO_ROOT),
+                env=env,
+            )
+        p.started_at = time.monotonic()
+        p.status = "starting"
+
+    def _is_ready(self, p: Proc) -> bool:
+        if p.popen is None or p.popen.poll() is not None:
+            return False
+        try:
+            info = json.loads((self.run / f"{p.name}.ready").read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(info.get("pid") == p.popen.pid)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for p in self.procs:
+            if p.status in ("missing", "failed"):
+                continue
+            if p.popen is None:
+                if now >= p.next_start:
+                    self._spawn(p)
+                continue
+            code = p.popen.poll()
+            if code is None:
+                if p.status == "starting" and self._is_ready(p):
+                    p.status = "ready"
+                    p.ever_ready = True
+                    p.failures_before_ready = 0
+                continue
+            # exited
+            p.last_exit = code
+            p.popen = None
+            with contextlib.suppress(FileNotFoundError):
+                (self.run / f"{p.name}.ready").unlink()
+            if not p.ever_ready:
+                p.failures_before_ready += 1
+                if p.failures_before_ready >= START_FAILURES_ALLOWED and not self.cluster_ready:
+                    p.status = "failed"
+                    self._fail(
+                        f"{p.name} exited with {code} {p.failures_before_ready} times before it was ready; "
+                        f"see {self.logs / (p.name + '.log')}"
+                    )
+                    continue
+            stable = now - p.started_at > 60
+            delay = 0.5 if stable else min(BACKOFF_MAX, 0.5 * 2 ** min(p.restarts, 6))
+            p.restarts += 1
+            p.next_start = now + delay
+            p.status = "backoff"
+        if not self.cluster_ready and self.failed is None:
+            live = [p for p in self.procs if p.status != "missing"]
+            if all(p.status == "ready" for p in live) and all(p.status != "pending" for p in self.procs):
+                self.cluster_ready = True
+                (self.run / "cluster.ready").write_text(json.dumps({"ts": time.time()}))
+
+    def stop_all(self) -> None:
+        procs = [p for p in self.procs if p.popen is not None and p.popen.poll() is None]
+        for p in procs:
+            assert p.popen is not None
+            with contextlib.suppress(ProcessLookupError):
+                p.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for p in procs:
+            assert p.popen is not None
+            try:
+                p.last_exit = p.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.last_exit = p.popen.wait()
+            p.status = "stopped"
+            with contextlib.suppress(FileNotFoundError):
+                (self.run / f"{p.name}.ready").unlink()
+        for p in self.procs:
+            if p.status not in ("missing",):
+                p.status = "stopped"
+        if self.nats is not None:
+            self.nats.stop()
+        stop_postgres(self.data_dir / "pg")
+
+    def main(self) -> int:
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for stale in ("cluster.ready", "supervisor.failed"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.run / stale).unlink()
+        (self.run / "supervisor.pid").write_text(str(os.getpid()))
+
+        def on_signal(signum: int, frame: Any) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        code = 0
+        try:
+            try:
+                self.start_servers()
+            except Exception as exc:
+                self._fail(f"could not start the servers: {type(exc).__name__}: {str(exc)[:500]}")
+                print(self.failed, file=sys.stderr, flush=True)
+                code = 1
+            while not self.stopping and self.failed is None:
+                self.tick()
+                self._write_state()
+                time.sleep(0.1)
+            if self.failed is not None:
+                code = 1
+                print(f"supervisor: {self.failed}", file=sys.stderr, flush=True)
+        finally:
+            self.stop_all()
+            self.cluster_ready = False
+            with contextlib.suppress(Exception):
+                self._write_state()
+            for f in ("cluster.ready", "supervisor.pid"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.run / f).unlink()
+        return code
+
+
+def _module_exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m services.runtime.supervisor")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--threshold", type=int, default=4)
+    a = p.parse_args(argv)
+    sys.exit(Supervisor(Path(a.data_dir).expanduser().resolve(), a.nodes, a.threshold).main())
+
+
+if __name__ == "__main__":
+    main()
