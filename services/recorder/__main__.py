@@ -1,51 +1,29 @@
-"""``python -m services.recorder --data-dir DIR [--metrics-port N]``: runs until SIGTERM/SIGINT, then
-finishes the message in hand (committed and acked) and exits 0."""
+"""``python -m services.recorder --data-dir DIR [--ack-wait S] [--durable-prefix P]``: runs until
+SIGTERM/SIGINT, finishes the message in hand (committed and acked), exits 0."""
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import signal
-import sys
-
-from services.runtime.config import load_config
-from services.runtime.logging import setup_logging
-from services.runtime.metrics import UP, start_metrics_server
+from schemas.messages import REGISTRY
+from services.runtime.service import ServiceContext, run_service, service_argparser
 
 from .service import Recorder
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m services.recorder", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None, help="cluster data dir (default $MPCW_DATA_DIR or ~/.mpcw)")
-    p.add_argument("--metrics-port", type=int, default=None)
-    p.add_argument("--ack-wait", type=float, default=10.0, help="seconds before an unacked message returns")
-    p.add_argument("--durable-prefix", default="recorder", help="consumer names <prefix>-tx, -vote, ...")
-    return p.parse_args(argv)
+async def serve(ctx: ServiceContext) -> None:
+    recorder = Recorder(ctx.cfg, ctx.bus, ctx.pool)
+    recorder.start(ack_wait=ctx.args.ack_wait, durable_prefix=ctx.args.durable_prefix)
+    ctx.ready()
+    await ctx.stopped()
 
 
-async def amain(args: argparse.Namespace) -> int:
-    cfg = load_config("recorder", args.data_dir)
-    log = setup_logging(cfg.name)
-    start_metrics_server(args.metrics_port or cfg.metrics_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    recorder = await Recorder.start(cfg, ack_wait=args.ack_wait, durable_prefix=args.durable_prefix)
-    UP.labels(cfg.name).set(1)
-    try:
-        await stop.wait()
-    finally:
-        UP.labels(cfg.name).set(0)
-        log.info("stopping")
-        await recorder.stop()
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(amain(parse_args(argv)))
+def main(argv: list[str] | None = None) -> None:
+    parser = service_argparser("recorder")
+    parser.add_argument(
+        "--ack-wait", type=float, default=10.0, help="unacked message returns after S"
+    )
+    parser.add_argument("--durable-prefix", default="recorder", help="consumer names <prefix>-tx, -vote, ...")
+    run_service("recorder", serve, argv=argv, registry=REGISTRY, use_db=True, parser=parser)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

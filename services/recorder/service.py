@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from schemas.messages import REGISTRY
 from schemas.names import violation_subject
 from services.runtime.bus import Bus, Received
 from services.runtime.config import ServiceConfig
-from services.runtime.db import advance_stream_position, audit_append, create_pool
+from services.runtime.db import advance_stream_position, audit_append
 from services.runtime.logging import get_logger
 
 from .project import CONSUMER, Message, Outcome, record
@@ -76,21 +75,11 @@ class Recorder:
         self.log = get_logger(cfg.name)
         self.tasks: list[asyncio.Task[None]] = []
 
-    @classmethod
-    async def start(
-        cls, cfg: ServiceConfig, *, ack_wait: float = 10.0, durable_prefix: str = "recorder"
-    ) -> Recorder:
-        """Connect and start the consumers (durables ``<prefix>-tx``, ``-vote``, ``-violation``)."""
-        pool = await create_pool(cfg, min_size=1, max_size=4)
-        try:
-            bus = await Bus.connect(cfg, registry=REGISTRY)
-        except BaseException:
-            await pool.close()
-            raise
-        self = cls(cfg, bus, pool)
+    def start(self, *, ack_wait: float = 10.0, durable_prefix: str = "recorder") -> None:
+        """Start the consumers (durables ``<prefix>-tx``, ``-vote``, ``-violation``)."""
         for s in SUBSCRIPTIONS:
             self.tasks.append(
-                bus.start_consumer(
+                self.bus.start_consumer(
                     s.subject,
                     f"{durable_prefix}-{s.durable}",
                     self.handle,
@@ -101,11 +90,6 @@ class Recorder:
                 )
             )
         self.log.info("recorder consuming", subjects=[s.subject for s in SUBSCRIPTIONS])
-        return self
-
-    async def stop(self) -> None:
-        await self.bus.close(timeout=15)
-        await self.pool.close()
 
     async def handle(self, rec: Received) -> None:
         msg = Message(
