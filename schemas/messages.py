@@ -190,6 +190,7 @@ class DkgStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     nodes: list[str]
     threshold: int
     hostpubkeys: list[bytes]
+    key_id: str = "default"
 
 
 class DkgMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -14,10 +14,20 @@ from functools import lru_cache
 
 from wallet.address import p2tr_address
 from wallet.bip32 import ExtendedPubKey, derive, from_threshold_key, parse_path
+from tss.secp256k1 import tagged_hash
 from wallet.taproot import key_path_output
 
 RECEIVE = 0
 CHANGE = 1
+
+
+def dkg_chain_code(params_hash: bytes, threshold_pubkey: bytes) -> bytes:
+    """The BIP-32 chain code of a DKG's threshold key: every participant and the coordinator compute the
+    same value from the session's public transcript, so no extra round is needed. (It is public key
+    material, like an xpub's chain code: whoever knows it can link the wallet's addresses.)"""
+    if len(params_hash) != 32 or len(threshold_pubkey) != 33:
+        raise ValueError("params hash must be 32 bytes and the threshold key 33")
+    return tagged_hash("mpcw/chaincode", params_hash + threshold_pubkey)
 
 
 @dataclass(frozen=True)

@@ -1,47 +1,23 @@
-"""Vote counting for one voting round (pure).
+"""Vote counting for one voting round (pure), over the ``RoundRecord`` kept in KV ``rounds``.
 
 A round decides as soon as the outcome is certain: approved at ``t`` approvals; rejected as soon as
 approval is impossible (more than ``n - t`` rejections). A node's first vote counts; a different second
 vote from the same node is equivocation (reported, not counted); an identical repeat is a replay and is
-ignored. Signer sets for signing attempts are drawn from the approving nodes, skipping banned or
-unavailable ones and, on retries, the ones that failed before.
+ignored. Signer sets for signing attempts are drawn from the approving nodes, skipping the ones that
+failed before (rotating with the attempt number).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
+
+from schemas.kv import RoundRecord
 
 
 class Outcome(StrEnum):
     OPEN = "open"
     APPROVED = "approved"
     REJECTED = "rejected"
-
-
-@dataclass
-class Round:
-    tx_id: str
-    n: int
-    t: int
-    nodes: list[str]
-    approvals: dict[str, bytes] = field(default_factory=dict)  # node -> raw signed vote envelope
-    rejections: dict[str, bytes] = field(default_factory=dict)
-    reasons: dict[str, list[str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.t <= self.n or 2 * self.t <= self.n:
-            raise ValueError(f"threshold {self.t} of {self.n} must satisfy n/2 < t <= n")
-        if len(self.nodes) != self.n or len(set(self.nodes)) != self.n:
-            raise ValueError("nodes must be n distinct names")
-
-    @property
-    def outcome(self) -> Outcome:
-        if len(self.approvals) >= self.t:
-            return Outcome.APPROVED
-        if len(self.rejections) > self.n - self.t:
-            return Outcome.REJECTED
-        return Outcome.OPEN
 
 
 class VoteResult(StrEnum):
@@ -51,28 +27,48 @@ class VoteResult(StrEnum):
     UNKNOWN_NODE = "unknown-node"
 
 
-def add_vote(rnd: Round, node: str, approve: bool, reasons: list[str], envelope: bytes) -> VoteResult:
+def new_round(tx_id: str, n: int, t: int, nodes: list[str]) -> RoundRecord:
+    if not 1 <= t <= n or 2 * t <= n:
+        raise ValueError(f"threshold {t} of {n} must satisfy n/2 < t <= n")
+    if len(nodes) != n or len(set(nodes)) != n:
+        raise ValueError("nodes must be n distinct names")
+    return RoundRecord(tx_id=tx_id, n=n, t=t, nodes=list(nodes))
+
+
+def outcome(rnd: RoundRecord) -> Outcome:
+    approvals = sum(1 for v in rnd.approve.values() if v)
+    rejections = len(rnd.approve) - approvals
+    if approvals >= rnd.t:
+        return Outcome.APPROVED
+    if rejections > rnd.n - rnd.t:
+        return Outcome.REJECTED
+    return Outcome.OPEN
+
+
+def add_vote(rnd: RoundRecord, node: str, approve: bool, reasons: list[str], envelope: bytes) -> VoteResult:
     if node not in rnd.nodes:
         return VoteResult.UNKNOWN_NODE
-    previous = rnd.approvals.get(node) if node in rnd.approvals else rnd.rejections.get(node)
-    if previous is not None:
-        same_side = (node in rnd.approvals) == approve
-        return VoteResult.REPLAY if same_side else VoteResult.EQUIVOCATION
-    (rnd.approvals if approve else rnd.rejections)[node] = envelope
+    if node in rnd.approve:
+        return VoteResult.REPLAY if rnd.approve[node] == approve else VoteResult.EQUIVOCATION
+    rnd.approve[node] = approve
+    rnd.votes[node] = envelope
     if not approve:
         rnd.reasons[node] = list(reasons)
     return VoteResult.COUNTED
 
 
-def certificate(rnd: Round) -> list[bytes]:
+def approvers(rnd: RoundRecord) -> list[str]:
+    return [n for n in rnd.nodes if rnd.approve.get(n) is True]
+
+
+def certificate(rnd: RoundRecord) -> list[bytes]:
     """The ``t`` approving envelopes that prove the quorum (in node order)."""
-    if rnd.outcome is not Outcome.APPROVED:
+    if outcome(rnd) is not Outcome.APPROVED:
         raise ValueError("round is not approved")
-    chosen = [n for n in rnd.nodes if n in rnd.approvals][: rnd.t]
-    return [rnd.approvals[n] for n in chosen]
+    return [rnd.votes[n] for n in approvers(rnd)[: rnd.t]]
 
 
-def rejection_reasons(rnd: Round) -> list[str]:
+def rejection_reasons(rnd: RoundRecord) -> list[str]:
     out: list[str] = []
     for node in rnd.nodes:
         for reason in rnd.reasons.get(node, []):

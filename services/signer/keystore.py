@@ -129,8 +129,12 @@ class Keystore:
 
     def save_share(self, record: ShareRecord) -> None:
         self._check_name(record.key_id)
-        self._seal(self.root / "shares" / f"{record.key_id}.enc", "share", record.key_id,
-                   msgspec.msgpack.encode(record))
+        self._seal(
+            self.root / "shares" / f"{record.key_id}.enc",
+            "share",
+            record.key_id,
+            msgspec.msgpack.encode(record),
+        )
 
     def load_share(self, key_id: str) -> ShareRecord:
         self._check_name(key_id)

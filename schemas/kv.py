@@ -1,0 +1,87 @@
+"""Values stored in the JetStream key-value buckets (msgpack), and their key names.
+
+- ``keys``: ``hostpubkey.<node>`` -> :class:`HostPubkey`; ``<scheme>.<key_id>`` -> :class:`KeyRecord`
+- ``presig``: ``frost.<key_id>.<node>.<nonce_id>`` -> :class:`NonceEntry` (claimed once, by CAS)
+- ``rounds``: ``<tx_id>`` -> :class:`RoundRecord` (CAS on revision)
+- ``config``: ``policy`` -> ``schemas.rest.Policy``; ``dkg.<session>`` -> :class:`DkgRequest`
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.names import check_token
+
+DEFAULT_KEY_ID = "default"
+POLICY_KEY = "policy"
+
+
+class HostPubkey(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    hostpubkey: bytes  # ChillDKG host public key (33 bytes)
+
+
+class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The public result of a DKG: what anyone needs to derive addresses and check signatures."""
+
+    key_id: str
+    scheme: str
+    threshold_pubkey: bytes  # 33-byte compressed
+    pubshares: list[bytes]  # in participant order (= ``nodes`` order)
+    chain_code: bytes
+    nodes: list[str]
+    n: int
+    t: int
+    session_id: str
+    hostpubkeys: list[bytes]
+    recovery_data: bytes = b""  # ChillDKG recovery data: public, lets any node restore its share
+    created_ms: int = 0
+
+
+class NonceEntry(msgspec.Struct, frozen=True, kw_only=True):
+    node: str
+    nonce_id: str
+    pubnonce: bytes
+    state: str = "free"  # free | claimed
+    tx_id: str = ""
+    attempt: int = 0
+    created_ms: int = 0
+
+
+class DkgRequest(msgspec.Struct, frozen=True, kw_only=True):
+    session_id: str
+    scheme: str
+    key_id: str
+    nodes: list[str]
+    threshold: int
+    requested_ms: int = 0
+
+
+class RoundRecord(msgspec.Struct, kw_only=True):
+    tx_id: str
+    n: int
+    t: int
+    nodes: list[str]
+    opened: bool = False  # tx.voting published
+    votes: dict[str, bytes] = {}  # node -> raw signed vote envelope (first vote counts)
+    approve: dict[str, bool] = {}
+    reasons: dict[str, list[str]] = {}
+    outcome: str = "open"  # open | approved | rejected
+    amount: int = 0
+    inputs: int = 0
+    attempt: int = 0
+    attempt_started_ms: int = 0
+    failed_signers: list[str] = []
+    done: bool = False  # signed, rejected or failed
+
+
+def key_record_key(scheme: str, key_id: str) -> str:
+    return f"{check_token(scheme)}.{check_token(key_id)}"
+
+
+def hostpubkey_key(node: str) -> str:
+    return f"hostpubkey.{check_token(node)}"
+
+
+def nonce_key(key_id: str, node: str, nonce_id: str) -> str:
+    return f"frost.{check_token(key_id)}.{check_token(node)}.{check_token(nonce_id)}"

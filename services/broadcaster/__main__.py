@@ -1,0 +1,213 @@
+"""``python -m services.broadcaster --data-dir DIR``: aggregate, verify, broadcast, follow confirmations.
+
+Theory of operation
+-------------------
+Stateless over the streams. Each partial-signature message makes the broadcaster read back, from the
+streams, the attempt it belongs to (``tx.signing.<tx>``: only the newest attempt counts), the request
+(``tx.requested.<tx>``) and every signer's partial signatures for that session. When all are there it
+checks each with BIP-445 ``partial_sig_verify`` (an invalid one is blamed on its signer and reported as a
+violation; consensus then retries with another signer set), aggregates them, checks every BIP-340
+signature against the input's output key, assembles the witnesses and runs ``verify_transaction`` on the
+whole transaction before publishing ``tx.signed``. ``tx.signed`` is broadcast through the Esplora client
+(a transaction the backend already knows counts as broadcast) and announced as ``tx.broadcast``;
+``tx.broadcast`` is then re-checked until the chain confirms it, and ``tx.confirmed`` is published.
+All publishes use ``Nats-Msg-Id`` derived from the transaction, so a crash and redelivery repeat nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from schemas import kv as K
+from schemas.messages import (
+    REGISTRY,
+    PartialSignatures,
+    TxBroadcast,
+    TxConfirmed,
+    TxFailed,
+    TxRequested,
+    TxSigned,
+    TxSigning,
+    Violation,
+)
+from schemas.names import BUCKET_KEYS, proto_subject, tx_subject, violation_subject
+from services.runtime.bus import Received
+from services.runtime.esplora import BroadcastRejected, EsploraClient
+from services.runtime.lookup import last_message
+from services.runtime.service import ServiceContext, run_service
+from tss import frost
+from tss.secp256k1 import schnorr_verify
+from wallet.threshold_account import ThresholdAccount
+from wallet.transaction import Prevout, parse_transaction, serialize, txid, with_witnesses
+from wallet.verify import TransactionInvalid, verify_transaction
+from wallet.witness import p2tr_key_path_witness
+
+ALREADY_KNOWN = ("already in block chain", "txn-already-known", "txn-already-in-mempool")
+
+
+class ConfirmationPending(Exception):
+    """Not confirmed yet: the message is redelivered later."""
+
+
+class Broadcaster:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.bus = ctx.bus
+        self.cfg = ctx.cfg
+        self.log = ctx.log
+        url = self.cfg.esplora_url or self.cfg.devchain_url
+        if not url:
+            raise SystemExit("no chain backend configured (esplora_url / devchain_url in cluster.json)")
+        self.chain = EsploraClient(url)
+        self.accounts: dict[str, tuple[K.KeyRecord, ThresholdAccount]] = {}
+
+    async def account(self, key_id: str) -> tuple[K.KeyRecord, ThresholdAccount]:
+        got = self.accounts.get(key_id)
+        if got is None:
+            kv = await self.bus.kv(BUCKET_KEYS)
+            entry = await kv.get(K.key_record_key("frost", key_id))
+            if entry is None:
+                raise RuntimeError(f"no key record for {key_id!r}")
+            rec = entry.decode(K.KeyRecord)
+            got = (rec, ThresholdAccount(rec.threshold_pubkey, rec.chain_code, self.cfg.network))
+            self.accounts[key_id] = got
+        return got
+
+    # ---- aggregation --------------------------------------------------------------------------------
+    async def on_psig(self, rec: Received) -> None:
+        msg = rec.payload
+        if not isinstance(msg, PartialSignatures) or msg.node != rec.sender:
+            return
+        if await last_message(self.bus, tx_subject("signed", msg.tx_id)) is not None:
+            return  # done already
+        signing_msg = await last_message(self.bus, tx_subject("signing", msg.tx_id))
+        if signing_msg is None or not isinstance(signing_msg.payload, TxSigning):
+            return
+        signing: TxSigning = signing_msg.payload
+        if signing.session_id != msg.session_id or signing_msg.sender != "consensus":
+            return  # an older attempt
+        psigs: dict[str, list[bytes]] = {}
+        for node in signing.signers:
+            m = await last_message(self.bus, proto_subject("frost", signing.session_id, 2, node))
+            if m is None or not isinstance(m.payload, PartialSignatures) or m.sender != node:
+                return  # not all there yet (or this signer refused: consensus retries)
+            psigs[node] = list(m.payload.psigs)
+        req_msg = await last_message(self.bus, tx_subject("requested", msg.tx_id))
+        if req_msg is None or not isinstance(req_msg.payload, TxRequested) or req_msg.sender != "intake":
+            return
+        await self._aggregate(req_msg.payload, signing, psigs)
+
+    async def _aggregate(self, req: TxRequested, signing: TxSigning, psigs: dict[str, list[bytes]]) -> None:
+        key, account = await self.account(req.key_id)
+        tx = parse_transaction(req.unsigned_tx)
+        prevouts = [Prevout(i.amount, i.script_pubkey) for i in req.inputs]
+        from wallet.sighash import SighashCache, bip341_sighash
+
+        cache = SighashCache(tx, prevouts)
+        ids = list(signing.signer_ids)
+        signers_ctx = frost.SignersContext(
+            key.n, key.t, ids, [key.pubshares[i] for i in ids], key.threshold_pubkey
+        )
+        witnesses: list[list[bytes]] = []
+        for i, ref in enumerate(req.inputs):
+            spend_key = account.key(tuple(ref.derivation))
+            msg = bip341_sighash(tx, prevouts, i, cache=cache)
+            pubnonces = [signing.nonces[s][i].pubnonce for s in signing.signers]
+            mine = [psigs[s][i] if i < len(psigs[s]) else b"" for s in signing.signers]
+            tweaks, is_xonly = list(spend_key.tweaks), list(spend_key.is_xonly)
+            for j, node in enumerate(signing.signers):
+                ok = False
+                try:
+                    ok = frost.partial_sig_verify(mine[j], pubnonces, signers_ctx, tweaks, is_xonly, msg, j)
+                except (ValueError, frost.InvalidContributionError):
+                    ok = False
+                if not ok:
+                    await self._blame(node, req.tx_id, f"input {i}: invalid partial signature")
+                    return
+            session_ctx = frost.SessionContext(frost.nonce_agg(pubnonces), signers_ctx, tweaks, is_xonly, msg)
+            sig = frost.partial_sig_agg(mine, session_ctx)
+            if not schnorr_verify(msg, spend_key.output_xonly, sig):
+                await self._fail(req.tx_id, f"input {i}: aggregate signature does not verify")
+                return
+            witnesses.append(p2tr_key_path_witness(sig))
+        signed = with_witnesses(tx, witnesses)
+        try:
+            verify_transaction(signed, prevouts)
+        except TransactionInvalid as exc:
+            await self._fail(req.tx_id, f"signed transaction does not verify: {exc}")
+            return
+        raw = serialize(signed)
+        out = TxSigned(tx_id=req.tx_id, txid=txid(signed), signed_tx=raw, attempt=signing.attempt)
+        await self.bus.publish(tx_subject("signed", req.tx_id), out, f"signed.{req.tx_id}")
+        self.log.info("signed", tx_id=req.tx_id, txid=out.txid, attempt=signing.attempt)
+
+    async def _blame(self, node: str, tx_id: str, detail: str) -> None:
+        self.log.warning("invalid partial signature", node=node, tx_id=tx_id, detail=detail)
+        v = Violation(
+            offender=node, kind="invalid-partial-sig", detail=detail, reporter=self.cfg.identity, tx_id=tx_id
+        )
+        await self.bus.publish(violation_subject(node), v, f"viol.psig.{node}.{tx_id}")
+
+    async def _fail(self, tx_id: str, reason: str) -> None:
+        self.log.error("spend failed", tx_id=tx_id, reason=reason)
+        await self.bus.publish(
+            tx_subject("failed", tx_id), TxFailed(tx_id=tx_id, reason=reason), f"failed.{tx_id}"
+        )
+
+    # ---- broadcast and confirmations ----------------------------------------------------------------
+    async def on_signed(self, rec: Received) -> None:
+        msg = rec.payload
+        if not isinstance(msg, TxSigned) or rec.sender not in ("broadcaster", "consensus"):
+            return
+        try:
+            got = await self.chain.broadcast(msg.signed_tx.hex())
+            if got != msg.txid:
+                raise RuntimeError(f"backend answered txid {got}, expected {msg.txid}")
+        except BroadcastRejected as exc:
+            if not any(k in str(exc) for k in ALREADY_KNOWN):
+                await self._fail(msg.tx_id, f"broadcast rejected: {exc}")
+                return
+        await self.bus.publish(
+            tx_subject("broadcast", msg.tx_id),
+            TxBroadcast(tx_id=msg.tx_id, txid=msg.txid),
+            f"broadcast.{msg.tx_id}",
+        )
+        self.log.info("broadcast", tx_id=msg.tx_id, txid=msg.txid)
+
+    async def on_broadcast(self, rec: Received) -> None:
+        msg = rec.payload
+        if not isinstance(msg, TxBroadcast) or rec.sender != "broadcaster":
+            return
+        status = await self.chain.tx_status(msg.txid)
+        if not status.confirmed or status.block_height is None:
+            raise ConfirmationPending(msg.txid)
+        tip = await self.chain.tip_height()
+        out = TxConfirmed(
+            tx_id=msg.tx_id,
+            txid=msg.txid,
+            block_height=status.block_height,
+            confirmations=tip - status.block_height + 1,
+        )
+        await self.bus.publish(tx_subject("confirmed", msg.tx_id), out, f"confirmed.{msg.tx_id}")
+        self.log.info("confirmed", tx_id=msg.tx_id, txid=msg.txid, height=status.block_height)
+
+
+async def serve(ctx: ServiceContext) -> None:
+    b = Broadcaster(ctx)
+    bus = ctx.bus
+    bus.start_consumer("proto.frost.*.2.*", "broadcaster-psigs", b.on_psig)
+    bus.start_consumer("tx.signed.>", "broadcaster-signed", b.on_signed)
+    bus.start_consumer(
+        "tx.broadcast.>", "broadcaster-confirm", b.on_broadcast, nak_delay=0.25, poison_after=1_000_000
+    )
+    ctx.ready()
+    await ctx.stopped()
+    await asyncio.sleep(0)
+
+
+def main() -> None:
+    run_service("broadcaster", serve, registry=REGISTRY)
+
+
+if __name__ == "__main__":
+    main()

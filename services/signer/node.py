@@ -1,0 +1,397 @@
+"""One signer node: votes on spends, takes part in ChillDKG, precomputes nonces, signs with FROST.
+
+Theory of operation
+-------------------
+The node holds its key share and its pooled secret nonces in its own data directory, encrypted at rest
+(:mod:`services.signer.keystore`); nothing secret ever leaves the process except as a ChillDKG message
+(whose shares are encrypted to the recipients' host keys) or a partial signature.
+
+- ``tx.requested.<tx>``: recheck the spend from scratch (:mod:`services.signer.spend_check`) against the
+  policy in KV ``config``, record the verdict in the node's vote journal, publish a signed
+  :class:`Vote` on ``vote.<tx>.<node>``. A replayed request re-publishes the recorded vote (same
+  ``Nats-Msg-Id``), never a different one.
+- ``tx.signing.<tx>``: if this node is in the signer set, check the quorum certificate (``t`` distinct
+  approving votes, each signed by its node, each over the sighashes this node recomputes), then for every
+  input take (and irrevocably delete) the pooled secret nonce consensus claimed for it and publish the
+  BIP-445 partial signatures on ``proto.frost.<session>.2.<node>``. Partial signatures already produced
+  for a session are re-published as they were, so a redelivery never needs a nonce twice.
+- ``proto.noncegen.<batch>.1.presig.<node>``: generate nonces, store the secret halves, put the public
+  halves in KV ``presig`` where consensus claims them by CAS.
+- ``proto.chilldkg.<session>.*.consensus``: the participant side of ChillDKG
+  (:mod:`services.signer.dkg_participant`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from schemas import kv as K
+from schemas.messages import (
+    DkgMessage,
+    DkgResult,
+    DkgStart,
+    Heartbeat,
+    NonceBatchRequest,
+    PartialSignatures,
+    SigningRefused,
+    TxRequested,
+    TxSigning,
+    Vote,
+)
+from schemas.names import (
+    BUCKET_CONFIG,
+    BUCKET_KEYS,
+    BUCKET_PRESIG,
+    heartbeat_subject,
+    proto_subject,
+    tx_subject,
+)
+from schemas.rest import Policy
+from services.runtime.bus import Bus, Received
+from services.runtime.config import ServiceConfig
+from services.runtime.lookup import last_message
+from services.runtime.seal import EnvelopeError, verify_certificate
+from services.signer.dkg_participant import DkgParticipant
+from services.signer.keystore import Keystore, KeystoreError, ShareRecord
+from services.signer.spend_check import check_spend
+from tss import frost
+from tss.secp256k1 import cbytes, point_mul_base
+from wallet.threshold_account import ThresholdAccount
+
+DAY_MS = 24 * 3600 * 1000
+HEARTBEAT_SECONDS = 2.0
+
+
+class SigningError(Exception):
+    """This node refuses to sign this attempt (the reason is safe to publish)."""
+
+
+@dataclass
+class JournalEntry:
+    tx_id: str
+    approve: bool
+    amount: int
+    ts_ms: int
+    sighashes: list[str]
+    reasons: list[str]
+
+
+class VoteJournal:
+    """Append-only record of this node's votes: replays re-send the same vote; daily limits count it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, JournalEntry] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    d = json.loads(line)
+                    self.entries[d["tx_id"]] = JournalEntry(**d)
+
+    def spent_since(self, since_ms: int) -> int:
+        return sum(e.amount for e in self.entries.values() if e.approve and e.ts_ms >= since_ms)
+
+    def record(self, entry: JournalEntry) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry.__dict__) + "\n")
+            f.flush()
+        self.entries[entry.tx_id] = entry
+
+
+class SignerNode:
+    def __init__(self, cfg: ServiceConfig, bus: Bus, keystore: Keystore) -> None:
+        self.cfg = cfg
+        self.bus = bus
+        self.node = cfg.identity
+        self.keystore = keystore
+        self.log = bus.log
+        self.journal = VoteJournal(keystore.root / "votes.jsonl")
+        self.psig_dir = keystore.root / "psigs"
+        self.psig_dir.mkdir(exist_ok=True)
+        self.policy = Policy()
+        self.dkg = DkgParticipant(self)
+        self._share_cache: dict[str, tuple[ShareRecord, ThresholdAccount]] = {}
+        self._lock = asyncio.Lock()
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> list[asyncio.Task[Any]]:
+        keys = await self.bus.kv(BUCKET_KEYS)
+        hostpub = self.dkg.hostpubkey()
+        await keys.put(K.hostpubkey_key(self.node), K.HostPubkey(node=self.node, hostpubkey=hostpub))
+        await self._load_policy()
+        me = self.node
+        return [
+            self.bus.start_consumer("tx.requested.>", f"signer-{me}-requests", self.on_request),
+            self.bus.start_consumer("tx.signing.>", f"signer-{me}-signing", self.on_signing),
+            self.bus.start_consumer(
+                f"proto.noncegen.*.1.presig.{me}", f"signer-{me}-noncegen", self.on_noncegen
+            ),
+            self.bus.start_consumer("proto.chilldkg.*.*.consensus", f"signer-{me}-dkg", self.dkg.on_message),
+            asyncio.create_task(self._watch_policy()),
+            asyncio.create_task(self._heartbeat()),
+        ]
+
+    async def _load_policy(self) -> None:
+        cfg = await self.bus.kv(BUCKET_CONFIG)
+        entry = await cfg.get(K.POLICY_KEY)
+        if entry is not None:
+            self.policy = self._decode_policy(entry.value)
+
+    def _decode_policy(self, raw: bytes) -> Policy:
+        try:
+            return msgspec.msgpack.decode(raw, type=Policy)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.log.error("policy in KV does not decode; keeping the previous one", error=str(exc)[:200])
+            return self.policy
+
+    async def _watch_policy(self) -> None:
+        cfg = await self.bus.kv(BUCKET_CONFIG)
+        async for entry in cfg.watch(K.POLICY_KEY):
+            if entry is not None and entry.operation == "PUT":
+                self.policy = self._decode_policy(entry.value)
+
+    async def _heartbeat(self) -> None:
+        while not self.bus.stopping.is_set():
+            now = int(time.time() * 1000)
+            hb = Heartbeat(
+                node=self.node, ts_ms=now, ready=True, detail={"nonces": self.keystore.nonce_count()}
+            )
+            try:
+                await self.bus.publish(heartbeat_subject(self.node), hb, f"hb.{self.node}.{now}")
+            except Exception as exc:
+                self.log.warning("heartbeat failed", error=repr(exc)[:200])
+            try:
+                await asyncio.wait_for(self.bus.stopping.wait(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                pass
+
+    # ---- key material -------------------------------------------------------------------------------
+    def share(self, key_id: str) -> tuple[ShareRecord, ThresholdAccount]:
+        cached = self._share_cache.get(key_id)
+        if cached is None:
+            rec = self.keystore.load_share(key_id)
+            cached = (rec, ThresholdAccount(rec.threshold_pubkey, rec.chain_code, self.cfg.network))
+            self._share_cache[key_id] = cached
+        return cached
+
+    def forget_share_cache(self) -> None:
+        self._share_cache.clear()
+
+    # ---- voting -------------------------------------------------------------------------------------
+    async def on_request(self, rec: Received) -> None:
+        req = rec.payload
+        if not isinstance(req, TxRequested) or rec.sender != "intake":
+            return
+        async with self._lock:
+            entry = self.journal.entries.get(req.tx_id)
+            if entry is None:
+                entry = self._decide(req)
+                self.journal.record(entry)
+        vote = Vote(
+            tx_id=req.tx_id,
+            node=self.node,
+            approve=entry.approve,
+            reasons=entry.reasons,
+            sighashes=[bytes.fromhex(h) for h in entry.sighashes],
+            policy_version=self.policy.version,
+        )
+        await self.bus.publish(f"vote.{req.tx_id}.{self.node}", vote, f"vote.{req.tx_id}.{self.node}")
+
+    def _decide(self, req: TxRequested) -> JournalEntry:
+        now = int(time.time() * 1000)
+        try:
+            _, account = self.share(req.key_id)
+        except (KeystoreError, ValueError):
+            reasons, sighashes = [f"this node holds no share of key {req.key_id!r}"], []
+        else:
+            res = check_spend(req, self.policy, account, self.journal.spent_since(now - DAY_MS))
+            reasons, sighashes = res.reasons, res.sighashes
+        self.log.info("vote", tx_id=req.tx_id, approve=not reasons, reasons=reasons[:5])
+        return JournalEntry(req.tx_id, not reasons, req.amount, now, [h.hex() for h in sighashes], reasons)
+
+    # ---- signing ------------------------------------------------------------------------------------
+    async def on_signing(self, rec: Received) -> None:
+        sig = rec.payload
+        if not isinstance(sig, TxSigning) or rec.sender != "consensus" or self.node not in sig.signers:
+            return
+        subject = proto_subject("frost", sig.session_id, 2, self.node)
+        msg_id = f"psig.{sig.session_id}.{self.node}"
+        done = self.psig_dir / f"{sig.session_id}.psig"
+        refused = self.psig_dir / f"{sig.session_id}.refused"
+        out: PartialSignatures | SigningRefused
+        if done.exists():  # redelivery: publish exactly what was produced before
+            out = msgspec.msgpack.decode(done.read_bytes(), type=PartialSignatures)
+        elif refused.exists():
+            out = msgspec.msgpack.decode(refused.read_bytes(), type=SigningRefused)
+        else:
+            async with self._lock:
+                try:
+                    psigs = await self._sign(sig)
+                    out = PartialSignatures(
+                        tx_id=sig.tx_id,
+                        session_id=sig.session_id,
+                        attempt=sig.attempt,
+                        node=self.node,
+                        psigs=psigs,
+                    )
+                    done.write_bytes(msgspec.msgpack.encode(out))
+                except SigningError as exc:
+                    self.log.warning(
+                        "refusing to sign", tx_id=sig.tx_id, attempt=sig.attempt, reason=str(exc)
+                    )
+                    out = SigningRefused(
+                        tx_id=sig.tx_id,
+                        session_id=sig.session_id,
+                        attempt=sig.attempt,
+                        node=self.node,
+                        reason=str(exc),
+                    )
+                    refused.write_bytes(msgspec.msgpack.encode(out))
+        await self.bus.publish(subject, out, msg_id)
+
+    async def _sign(self, sig: TxSigning) -> list[bytes]:
+        req_msg = await last_message(self.bus, tx_subject("requested", sig.tx_id))
+        if req_msg is None or not isinstance(req_msg.payload, TxRequested) or req_msg.sender != "intake":
+            raise SigningError("no verified spend request for this transaction")
+        req: TxRequested = req_msg.payload
+        entry = self.journal.entries.get(sig.tx_id)
+        if entry is None or not entry.approve:
+            raise SigningError("this node did not approve this transaction")
+        try:
+            share, account = self.share(req.key_id)
+        except (KeystoreError, ValueError) as exc:
+            raise SigningError(f"no share of key {req.key_id!r}") from exc
+        # the spend as this node sees it now (structure only: the policy was applied when voting)
+        res = check_spend(
+            req,
+            Policy(max_tx_sats=req.amount, daily_limit_sats=2**62, max_fee_rate=1e5, max_fee_sats=2**62),
+            account,
+            0,
+        )
+        structural = [r for r in res.reasons if "relay minimum" not in r]
+        if structural or [h.hex() for h in res.sighashes] != entry.sighashes:
+            raise SigningError("the spend no longer matches what this node approved")
+        self._check_certificate(sig, res.sighashes)
+        self._check_signer_set(sig, share)
+
+        ids = sig.signer_ids
+        pubshares = [share.pubshares[i] for i in ids]
+        signers_ctx = frost.SignersContext(share.n, share.t, ids, pubshares, share.threshold_pubkey)
+        my_id = share.index
+        psigs: list[bytes] = []
+        for i, ref in enumerate(req.inputs):
+            key = account.key(tuple(ref.derivation))
+            pubnonces = [sig.nonces[s][i].pubnonce for s in sig.signers]
+            my_ref = sig.nonces[self.node][i]
+            try:
+                secnonce = self.keystore.take_nonce(my_ref.nonce_id)
+            except KeystoreError as exc:
+                raise SigningError(f"input {i}: nonce {my_ref.nonce_id} is used or unknown") from exc
+            if _pubnonce_of(secnonce) != my_ref.pubnonce:
+                secnonce[:] = bytes(len(secnonce))
+                raise SigningError(f"input {i}: the pubnonce listed for this node is not its own")
+            try:
+                aggnonce = frost.nonce_agg(pubnonces)
+                session_ctx = frost.SessionContext(
+                    aggnonce, signers_ctx, list(key.tweaks), list(key.is_xonly), res.sighashes[i]
+                )
+                psigs.append(frost.sign(secnonce, share.secshare, my_id, session_ctx))
+            except (ValueError, frost.InvalidContributionError) as exc:
+                raise SigningError(f"input {i}: {type(exc).__name__}") from exc
+        self.log.info("signed", tx_id=sig.tx_id, attempt=sig.attempt, inputs=len(psigs))
+        return psigs
+
+    def _check_certificate(self, sig: TxSigning, sighashes: list[bytes]) -> None:
+        try:
+            envs = verify_certificate(sig.certificate, self.bus.identities)
+        except EnvelopeError as exc:
+            raise SigningError(f"quorum certificate does not verify: {exc.kind}") from exc
+        voters: set[str] = set()
+        for env in envs:
+            try:
+                vote = msgspec.msgpack.decode(env.payload, type=Vote)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise SigningError("certificate vote does not decode") from exc
+            if not isinstance(vote, Vote) or vote.node != env.sender or env.sender not in self.cfg.nodes:
+                raise SigningError("certificate holds something other than a node's own vote")
+            if vote.tx_id != sig.tx_id or not vote.approve:
+                raise SigningError("certificate holds a vote for another transaction or a rejection")
+            if list(vote.sighashes) != sighashes:
+                raise SigningError(f"{vote.node} approved different sighashes")
+            voters.add(vote.node)
+        if len(voters) < self.cfg.t:
+            raise SigningError(f"certificate has {len(voters)} approvals, {self.cfg.t} needed")
+
+    def _check_signer_set(self, sig: TxSigning, share: ShareRecord) -> None:
+        if len(sig.signers) != len(sig.signer_ids) or len(set(sig.signers)) != len(sig.signers):
+            raise SigningError("malformed signer set")
+        if len(sig.signers) < share.t:
+            raise SigningError(f"{len(sig.signers)} signers, {share.t} needed")
+        for name, pid in zip(sig.signers, sig.signer_ids, strict=True):
+            if name not in self.cfg.nodes or self.cfg.nodes.index(name) != pid:
+                raise SigningError(f"signer {name} listed with the wrong participant id")
+            if name not in sig.nonces:
+                raise SigningError(f"no nonces listed for {name}")
+        if share.index != self.cfg.nodes.index(self.node):
+            raise SigningError("this node's share index does not match its position")
+
+    # ---- nonce pool ---------------------------------------------------------------------------------
+    async def on_noncegen(self, rec: Received) -> None:
+        req = rec.payload
+        if not isinstance(req, NonceBatchRequest) or rec.sender != "presig" or req.node != self.node:
+            return
+        key_id = K.DEFAULT_KEY_ID
+        try:
+            share, _ = self.share(key_id)
+        except (KeystoreError, ValueError):
+            self.log.info("nonce request before DKG; ignored", batch=req.batch_id)
+            return
+        presig = await self.bus.kv(BUCKET_PRESIG)
+        pubshare = share.pubshares[share.index]
+        count = max(0, min(req.count, 1000))
+        for k in range(count):
+            nonce_id = f"{req.batch_id}-{k}"
+            if (self.keystore.root / "nonces" / f"{nonce_id}.enc").exists():
+                continue  # redelivered request: this one exists already
+            secnonce, pubnonce = frost.nonce_gen(share.secshare, pubshare, None, None, nonce_id.encode())
+            self.keystore.save_nonce(nonce_id, bytes(secnonce))
+            secnonce[:] = bytes(len(secnonce))
+            entry = K.NonceEntry(
+                node=self.node, nonce_id=nonce_id, pubnonce=pubnonce, created_ms=int(time.time() * 1000)
+            )
+            try:
+                await presig.create(K.nonce_key(key_id, self.node, nonce_id), entry)
+            except Exception as exc:  # CasConflict: already announced
+                self.log.debug("nonce already announced", nonce_id=nonce_id, error=type(exc).__name__)
+
+    # ---- DKG glue -----------------------------------------------------------------------------------
+    async def publish_dkg(self, session_id: str, round_: int, data: bytes) -> None:
+        msg = DkgMessage(session_id=session_id, round=round_, data=data)
+        await self.bus.publish(
+            proto_subject("chilldkg", session_id, round_, self.node),
+            msg,
+            f"dkg.{session_id}.{round_}.{self.node}",
+        )
+
+    async def publish_dkg_result(self, result: DkgResult) -> None:
+        await self.bus.publish(
+            proto_subject("chilldkg", result.session_id, 9, self.node),
+            result,
+            f"dkg.{result.session_id}.9.{self.node}",
+        )
+
+    def dkg_start_ok(self, start: DkgStart) -> bool:
+        return self.node in start.nodes
+
+
+def _pubnonce_of(secnonce: bytearray) -> bytes:
+    k1 = int.from_bytes(secnonce[0:32], "big")
+    k2 = int.from_bytes(secnonce[32:64], "big")
+    return cbytes(point_mul_base(k1)) + cbytes(point_mul_base(k2))
