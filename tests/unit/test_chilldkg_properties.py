@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import coincurve
@@ -286,3 +287,113 @@ def test_chilldkg_output_signs_with_frost(
         psigs.append(psig)
     sig = frost.partial_sig_agg(psigs, session)
     assert coincurve.PublicKeyXOnly(out_key).verify(sig, msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: a clear ValueError or one of the draft's errors, never anything else
+
+EXPECTED = (ValueError, chilldkg.ProtocolError)
+FIXED = run_dkg(2, 3, seed=11)
+NOT_ON_CURVE = bytes.fromhex("02" + "00" * 31 + "05")  # x = 5 has no y on secp256k1
+
+
+def _bad_bytes(length: int) -> st.SearchStrategy[bytes]:
+    """Random bytes of about the right length, or of exactly the right length with a corrupt prefix."""
+    return st.one_of(
+        st.binary(max_size=length + 40),
+        st.binary(min_size=length, max_size=length),
+        st.binary(min_size=max(0, length - 33), max_size=max(0, length - 33)).map(lambda b: NOT_ON_CURVE + b),
+        st.just(b"\xff" * length),
+        st.just(b"\x00" * length),
+    )
+
+
+def _raises_cleanly(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except EXPECTED:
+        pass
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_bad_messages_raise_clean_errors(data: st.DataObject) -> None:
+    t, n = FIXED.params.t, len(FIXED.seckeys)
+    k = FIXED.seckeys[0]
+    s1, pmsg1 = chilldkg.participant_step1(k, FIXED.params, _det("rand", 0, 99))
+    cmsg1 = data.draw(_bad_bytes(chilldkg.CoordinatorMsg1.len_bytes(t, n)), label="cmsg1")
+    _raises_cleanly(lambda: chilldkg.participant_step2(k, s1, cmsg1, b"\x01" * 32))
+    pmsgs = [pmsg1, *(data.draw(_bad_bytes(len(pmsg1))) for _ in range(n - 1))]
+    _raises_cleanly(lambda: chilldkg.coordinator_step1(pmsgs, FIXED.params))
+    _raises_cleanly(lambda: chilldkg.coordinator_investigate(pmsgs, FIXED.params))
+    rec = data.draw(_bad_bytes(len(FIXED.recovery_data)), label="recovery data")
+    _raises_cleanly(lambda: chilldkg.participant_recover(k, rec))
+    _raises_cleanly(lambda: chilldkg.coordinator_recover(rec))
+    _raises_cleanly(lambda: chilldkg.hostpubkey_gen(data.draw(_bad_bytes(32))))
+    sigs = [data.draw(_bad_bytes(64)) for _ in range(n)]
+    _raises_cleanly(
+        lambda: chilldkg.participant_recovery_acks_verify(FIXED.recovery_data, FIXED.params, sigs)
+    )
+
+
+@pytest.mark.parametrize(
+    ("hostpubkeys", "t", "error"),
+    [
+        (lambda pks: pks, 0, chilldkg.ThresholdOrCountError),
+        (lambda pks: pks, 4, chilldkg.ThresholdOrCountError),
+        (lambda pks: pks, -1, chilldkg.ThresholdOrCountError),
+        (lambda pks: pks, True, chilldkg.ThresholdOrCountError),
+        (lambda pks: [], 1, chilldkg.ThresholdOrCountError),
+        (lambda pks: [pks[0], pks[1], pks[0]], 2, chilldkg.DuplicateHostPubkeyError),
+        (lambda pks: [pks[0], NOT_ON_CURVE, pks[2]], 2, chilldkg.InvalidHostPubkeyError),
+        (lambda pks: [pks[0], pks[1][:32], pks[2]], 2, chilldkg.InvalidHostPubkeyError),
+        (lambda pks: [pks[0], b"\x00" * 33, pks[2]], 2, chilldkg.InvalidHostPubkeyError),
+        (lambda pks: [pks[0], b"\x04" + pks[1][1:], pks[2]], 2, chilldkg.InvalidHostPubkeyError),
+        (lambda pks: [pks[0], "not bytes", pks[2]], 2, chilldkg.InvalidHostPubkeyError),
+    ],
+    ids=["t0", "t>n", "t<0", "t-bool", "n0", "duplicate", "off-curve", "short", "infinity", "prefix", "str"],
+)
+def test_bad_session_params(hostpubkeys: Callable[[list[bytes]], list[bytes]], t: int, error: type) -> None:
+    params = SessionParams(hostpubkeys(list(FIXED.params.hostpubkeys)), t)
+    for fn in (
+        lambda: chilldkg.params_hash(params),
+        lambda: chilldkg.participant_step1(FIXED.seckeys[0], params, b"\x01" * 32),
+        lambda: chilldkg.coordinator_step1([b""] * len(params.hostpubkeys), params),
+    ):
+        with pytest.raises(error):
+            fn()
+
+
+def test_bad_local_input() -> None:
+    k, params = FIXED.seckeys[0], FIXED.params
+    with pytest.raises(chilldkg.HostSeckeyError):
+        chilldkg.hostpubkey_gen(b"\x00" * 32)
+    with pytest.raises(chilldkg.HostSeckeyError):
+        chilldkg.hostpubkey_gen(N.to_bytes(32, "big"))
+    with pytest.raises(ValueError):
+        chilldkg.hostpubkey_gen(b"\x01" * 31)
+    with pytest.raises(chilldkg.RandomnessError):
+        chilldkg.participant_step1(k, params, b"\x00" * 32)
+    with pytest.raises(ValueError):
+        chilldkg.participant_step1(k, params, b"\x01" * 31)
+    with pytest.raises(chilldkg.HostSeckeyError):
+        chilldkg.participant_step1(b"\x07" * 32, params, b"\x01" * 32)
+    with pytest.raises(ValueError):
+        chilldkg.coordinator_step1([], params)
+    with pytest.raises(chilldkg.RecoveryDataError):
+        chilldkg.coordinator_recover(b"")
+    with pytest.raises(chilldkg.HostSeckeyError):
+        chilldkg.participant_recover(b"\x07" * 32, FIXED.recovery_data)
+    ack = chilldkg.participant_recovery_ack_sign(k, FIXED.recovery_data, params, b"\x02" * 32)
+    acks = [
+        chilldkg.participant_recovery_ack_sign(s, FIXED.recovery_data, params, b"\x02" * 32)
+        for s in FIXED.seckeys
+    ]
+    assert acks[0] == ack
+    chilldkg.participant_recovery_acks_verify(FIXED.recovery_data, params, acks)
+    with pytest.raises(chilldkg.InvalidRecoveryAckError) as info:
+        chilldkg.participant_recovery_acks_verify(FIXED.recovery_data, params, [acks[0], acks[2], acks[1]])
+    assert info.value.participant_id == 1
+    other = SessionParams(params.hostpubkeys, 3)
+    with pytest.raises(chilldkg.RecoveryDataError):
+        chilldkg.participant_recovery_ack_sign(k, FIXED.recovery_data, other, b"\x02" * 32)
