@@ -23,7 +23,7 @@ from schemas.names import tx_subject, vote_subject
 from services.recorder import verify_chain
 from services.runtime.bus import Bus
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120), pytest.mark.asyncio(loop_scope="session")]
 
 ROOT = Path(__file__).resolve().parents[2]
 

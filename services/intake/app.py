@@ -1,0 +1,526 @@
+"""The intake REST API (Sanic): spend requests in, ``tx.requested`` out; reads over the recorder's projection.
+
+Routes (``/api/v1``)::
+
+    GET  /health                          liveness
+    GET  /metrics                         Prometheus
+    GET  /api/v1/cluster/status           n, t, nodes alive, key present, nonce pool
+    GET  /api/v1/cluster/nodes            node_status rows (+ KV ``nodes`` / ``bans``)
+    GET  /api/v1/wallet/address           the receive address (P2TR of the threshold key, path 0/0)
+    GET  /api/v1/wallet/balance           confirmed / unconfirmed / reserved / spendable sats
+    POST /api/v1/transactions             a spend (API key required) -> 202 {id, state}; repeat -> 200
+    GET  /api/v1/transactions             ?state=&limit=&offset=, newest first
+    GET  /api/v1/transactions/{id}        state, timeline, votes, txid, signed tx
+
+``POST /api/v1/transactions`` answers every bad input with a 4xx before anything is published:
+401/403 (API key missing, unknown, revoked, read-only), 400 (body not JSON, recipient invalid or of
+another network), 422 (schema: unknown field, wrong type, out of range, amount below dust, fee rate
+above the policy ceiling; ``detail`` names the field), 409 (insufficient funds with the numbers; no
+key yet; idempotency key reused for another request). Only after the request and its UTXO reservations
+are committed is ``TxRequested`` published on ``tx.requested.<tx_id>`` with ``Nats-Msg-Id = tx_id``.
+The API key is never logged; only its key id is stored with the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import asyncpg
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sanic import Request, Sanic
+from sanic.response import HTTPResponse, raw
+
+from schemas.kv import POLICY_KEY
+from schemas.lifecycle import TxState
+from schemas.messages import TxRequested
+from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, BUCKET_NODES, BUCKET_PRESIG, tx_subject
+from schemas.rest import ErrorBody, Policy, SpendRequest
+from services.runtime.bus import Bus
+from services.runtime.config import ServiceConfig
+from services.runtime.db import lookup_api_key
+from services.runtime.esplora import EsploraClient, EsploraError
+from services.runtime.logging import Logger
+from wallet.address import InvalidAddress, address_to_script
+from wallet.coin_selection import AmountBelowDust, FeeTooHigh, InsufficientFunds, build_spend
+
+from . import store
+from .wallet_state import NoKey, Wallet, WalletUtxo, load_key
+
+TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_KEY_LEN = 256
+MAX_BODY = 64 * 1024
+DEFAULT_FEE_TARGET = 6  # blocks
+ALIVE_SECONDS = 30.0
+WRITE_ROLES = frozenset({"admin", "operator"})
+
+REQUESTS = Counter("mpcw_intake_requests_total", "HTTP requests", ["route", "status"])
+LATENCY = Histogram(
+    "mpcw_intake_request_seconds",
+    "HTTP request latency",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+SPENDS = Counter("mpcw_intake_spends_total", "Spend requests by outcome", ["outcome"])
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str = "", **extra: Any) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.extra = extra
+
+
+def fail(status: int, error: str, detail: str = "", **extra: Any) -> NoReturn:
+    raise ApiError(status, error, detail, **extra)
+
+
+def json_response(body: Any, status: int = 200) -> HTTPResponse:
+    return raw(msgspec.json.encode(body), status=status, content_type="application/json")
+
+
+def error_response(exc: ApiError) -> HTTPResponse:
+    body = msgspec.structs.asdict(ErrorBody(error=exc.error, detail=exc.detail))
+    return json_response({**body, **exc.extra}, exc.status)
+
+
+@dataclass
+class Intake:
+    """What the handlers share: config, bus, pool, chain backend, the wallet once its key exists."""
+
+    cfg: ServiceConfig
+    bus: Bus
+    pool: asyncpg.Pool
+    log: Logger
+    esplora: EsploraClient | None = None
+    wallet: Wallet | None = None
+    started: float = field(default_factory=time.time)
+
+    async def get_wallet(self) -> Wallet:
+        if self.wallet is None:
+            try:
+                record = await load_key(await self.bus.kv(BUCKET_KEYS))
+            except NoKey:
+                fail(409, "no key yet", "no key yet: run mpcw dkg start")
+            self.wallet = Wallet(record, self.cfg.network)
+        return self.wallet
+
+    def chain(self) -> EsploraClient:
+        if self.esplora is None:
+            fail(503, "no chain backend", "no esplora_url configured (cluster.json)")
+        return self.esplora
+
+    async def policy(self) -> Policy:
+        entry = await (await self.bus.kv(BUCKET_CONFIG)).get(POLICY_KEY)
+        if entry is None:
+            return Policy()
+        try:
+            return msgspec.msgpack.decode(entry.value, type=Policy)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.log.error("policy in KV does not decode; using defaults")
+            return Policy()
+
+    async def wallet_utxos(self, wallet: Wallet) -> list[WalletUtxo]:
+        try:
+            return await wallet.utxos(self.chain())
+        except EsploraError as exc:
+            fail(503, "chain backend unavailable", str(exc)[:300])
+
+    async def default_fee_rate(self) -> float:
+        try:
+            estimates = await self.chain().fee_estimates()
+        except EsploraError as exc:
+            fail(503, "chain backend unavailable", f"fee estimates: {str(exc)[:300]}")
+        if not estimates:
+            return 1.0
+        target = min(estimates, key=lambda k: (abs(k - DEFAULT_FEE_TARGET), k))
+        return max(1.0, float(estimates[target]))
+
+
+# ---- request decoding -----------------------------------------------------------------------------------
+
+
+def presented_api_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+async def authenticate(intake: Intake, request: Request) -> asyncpg.Record:
+    key = presented_api_key(request)
+    if key is None:
+        fail(401, "unauthorized", "API key required: Authorization: Bearer <key> or X-API-Key")
+    if len(key) > MAX_KEY_LEN:
+        fail(401, "unauthorized", "unknown or revoked API key")
+    row = await lookup_api_key(intake.pool, key)
+    if row is None:
+        fail(401, "unauthorized", "unknown or revoked API key")
+    if row["role"] not in WRITE_ROLES:
+        fail(403, "forbidden", f"API key role {row['role']!r} may not request spends")
+    return row
+
+
+def decode_spend(body: bytes) -> SpendRequest:
+    if not body:
+        fail(400, "malformed request", "empty body: a JSON object is expected")
+    try:
+        return msgspec.json.decode(body, type=SpendRequest)
+    except msgspec.ValidationError as exc:
+        fail(422, "invalid request", str(exc))
+    except msgspec.DecodeError as exc:
+        fail(400, "malformed request", f"body is not valid JSON: {exc}")
+
+
+def request_hash(req: SpendRequest) -> bytes:
+    content = msgspec.structs.asdict(req)
+    content.pop("idempotency_key", None)
+    return hashlib.sha256(msgspec.json.encode(dict(sorted(content.items())))).digest()
+
+
+def parse_tx_id(tx_id: str) -> str:
+    if not TX_ID_RE.match(tx_id):
+        fail(400, "malformed id", "transaction ids are 1-64 characters of [A-Za-z0-9_-]")
+    return tx_id
+
+
+def int_arg(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        fail(400, "bad query", f"{name}: not an integer")
+    if not lo <= n <= hi:
+        fail(400, "bad query", f"{name}: must be in {lo}..{hi}")
+    return n
+
+
+# ---- the spend ------------------------------------------------------------------------------------------
+
+
+async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
+    api_key = await authenticate(intake, request)
+    req = decode_spend(request.body)
+    network = intake.cfg.network
+    try:
+        recipient_script = address_to_script(req.recipient, network)
+    except InvalidAddress as exc:
+        fail(400, "invalid recipient", f"recipient: {exc}")
+    digest = request_hash(req)
+
+    if req.idempotency_key is not None:
+        existing = await store.find_by_idempotency_key(intake.pool, req.idempotency_key)
+        if existing is not None:
+            return await repeat(intake, existing, digest)
+
+    wallet = await intake.get_wallet()
+    policy = await intake.policy()
+    if req.fee_rate is not None:
+        fee_rate = req.fee_rate
+    else:
+        fee_rate = min(await intake.default_fee_rate(), policy.max_fee_rate)
+    utxos = await intake.wallet_utxos(wallet)
+    tx_id = uuid.uuid4().hex
+    now_ms = int(time.time() * 1000)
+
+    def select(reserved: set[tuple[str, int]]) -> store.NewRequest:
+        free = [u for u in utxos if u.spendable and (u.txid, u.vout) not in reserved]
+        try:
+            spend = build_spend(
+                [u.coin() for u in free],
+                recipient_script,
+                req.amount_sats,
+                wallet.change_script,
+                fee_rate,
+                max_fee=policy.max_fee_sats,
+                max_fee_rate=policy.max_fee_rate,
+            )
+        except AmountBelowDust as exc:
+            fail(422, "invalid request", f"amount_sats: {exc}")
+        except FeeTooHigh as exc:
+            fail(422, "invalid request", f"fee_rate: {exc}")
+        except InsufficientFunds as exc:
+            locked = sum(u.value for u in utxos if (u.txid, u.vout) in reserved)
+            unconfirmed = sum(u.value for u in utxos if not u.spendable)
+            fail(
+                409,
+                "insufficient funds",
+                f"{exc.needed} sat needed (amount + fee at {fee_rate} sat/vB), {exc.available} sat spendable;"
+                f" {locked} sat reserved by in-flight spends, {unconfirmed} sat unconfirmed",
+                needed_sats=exc.needed,
+                available_sats=exc.available,
+                reserved_sats=locked,
+                unconfirmed_sats=unconfirmed,
+            )
+        message = wallet.request(
+            tx_id,
+            spend,
+            free,
+            recipient=req.recipient,
+            amount=req.amount_sats,
+            fee_rate=fee_rate,
+            requested_by=f"api:{api_key['key_id']}",
+            requested_at_ms=now_ms,
+        )
+        return store.NewRequest(
+            tx_id=tx_id,
+            idempotency_key=req.idempotency_key,
+            request_hash=digest,
+            api_key_id=api_key["key_id"],
+            recipient=req.recipient,
+            amount=req.amount_sats,
+            fee=spend.fee,
+            fee_rate=fee_rate,
+            memo=req.memo,
+            message=msgspec.msgpack.encode(message),
+            outpoints=[(c.outpoint.txid, c.outpoint.vout, c.amount) for c in spend.inputs],
+        )
+
+    try:
+        stored = await store.reserve(intake.pool, req.idempotency_key, select)
+    except asyncpg.UniqueViolationError:
+        # another request took an outpoint or the key between our read and insert: the lock makes
+        # this impossible for intake processes sharing the database; answer as a conflict anyway
+        fail(409, "conflict", "a concurrent request reserved the same funds or key; retry")
+    if isinstance(stored, store.Existing):
+        return await repeat(intake, stored, digest)
+    msg = msgspec.msgpack.decode(stored.message, type=TxRequested)
+    try:
+        await intake.bus.publish(tx_subject("requested", tx_id), msg, tx_id)
+    except Exception as exc:
+        await store.forget(intake.pool, tx_id)
+        SPENDS.labels("publish-failed").inc()
+        intake.log.error("publishing tx.requested failed", tx_id=tx_id, error=repr(exc)[:300])
+        fail(503, "bus unavailable", "the request could not be queued; nothing was reserved")
+    await store.mark_published(intake.pool, tx_id)
+    SPENDS.labels("accepted").inc()
+    intake.log.info(
+        "spend requested",
+        tx_id=tx_id,
+        amount=req.amount_sats,
+        fee=msg.fee,
+        inputs=len(msg.inputs),
+        key_id=api_key["key_id"],
+    )
+    view = await store.get_transaction(intake.pool, tx_id)
+    return json_response(view, 202)
+
+
+async def repeat(intake: Intake, existing: store.Existing, digest: bytes) -> HTTPResponse:
+    """A request with an idempotency key seen before: the same transaction (200), published now if the
+    first attempt stopped between storing and publishing."""
+    if existing.request_hash != digest:
+        fail(409, "idempotency key reused", "idempotency_key was already used for a different request")
+    if not existing.published:
+        msg = msgspec.msgpack.decode(existing.message, type=TxRequested)
+        try:
+            await intake.bus.publish(tx_subject("requested", existing.tx_id), msg, existing.tx_id)
+        except Exception as exc:
+            fail(503, "bus unavailable", f"the request could not be queued: {type(exc).__name__}")
+        await store.mark_published(intake.pool, existing.tx_id)
+    SPENDS.labels("repeat").inc()
+    view = await store.get_transaction(intake.pool, existing.tx_id)
+    return json_response(view, 200)
+
+
+async def republish_pending(intake: Intake) -> int:
+    """At startup: publish requests stored but not published (a crash in between). Idempotent: the
+    message id is the tx id."""
+    n = 0
+    for tx_id, raw_msg in await store.unpublished(intake.pool):
+        msg = msgspec.msgpack.decode(raw_msg, type=TxRequested)
+        await intake.bus.publish(tx_subject("requested", tx_id), msg, tx_id)
+        await store.mark_published(intake.pool, tx_id)
+        n += 1
+    return n
+
+
+# ---- cluster and wallet views ---------------------------------------------------------------------------
+
+
+async def kv_keys(intake: Intake, bucket: str) -> list[str]:
+    try:
+        return await (await intake.bus.kv(bucket)).keys()
+    except Exception as exc:
+        intake.log.warning("kv listing failed", bucket=bucket, error=repr(exc)[:200])
+        return []
+
+
+async def nodes_view(intake: Intake) -> list[dict[str, Any]]:
+    now = time.time()
+    rows = {r["node_id"]: r for r in await store.node_rows(intake.pool)}
+    in_kv = set(await kv_keys(intake, BUCKET_NODES))
+    out = []
+    for node in sorted(set(intake.cfg.nodes) | set(rows)):
+        r = rows.get(node)
+        last = r["last_heartbeat"].timestamp() if r is not None and r["last_heartbeat"] else None
+        banned_until = r["banned_until"].timestamp() if r is not None and r["banned_until"] else None
+        banned = banned_until is not None and banned_until > now
+        fresh = last is not None and now - last <= ALIVE_SECONDS and r is not None and r["status"] != "down"
+        out.append(
+            {
+                "node": node,
+                "alive": (fresh or node in in_kv) and not banned,
+                "status": r["status"] if r is not None else "unknown",
+                "last_heartbeat_ms": int(last * 1000) if last else None,
+                "version": r["version"] if r is not None else "",
+                "violations": r["violations"] if r is not None else 0,
+                "banned": banned,
+                "banned_until_ms": int(banned_until * 1000) if banned_until else None,
+            }
+        )
+    return out
+
+
+async def cluster_status(intake: Intake) -> dict[str, Any]:
+    nodes = [n for n in await nodes_view(intake) if n["node"] in intake.cfg.nodes]
+    alive = sum(1 for n in nodes if n["alive"])
+    key: dict[str, Any] = {"present": False}
+    try:
+        wallet = await intake.get_wallet()
+        key = {
+            "present": True,
+            "key_id": wallet.key_id,
+            "threshold_pubkey": wallet.record.threshold_pubkey.hex(),
+            "n": wallet.record.n,
+            "t": wallet.record.t,
+        }
+    except ApiError:
+        pass
+    pool: dict[str, int] = {}
+    for k in await kv_keys(intake, BUCKET_PRESIG):
+        parts = k.split(".")
+        if len(parts) == 4:
+            pool[parts[2]] = pool.get(parts[2], 0) + 1
+    return {
+        "n": intake.cfg.n,
+        "t": intake.cfg.t,
+        "network": intake.cfg.network,
+        "nodes_alive": alive,
+        "quorum": alive >= intake.cfg.t,
+        "key": key,
+        "nonce_pool": pool,
+        "nodes": nodes,
+    }
+
+
+async def balance(intake: Intake) -> dict[str, Any]:
+    wallet = await intake.get_wallet()
+    utxos = await intake.wallet_utxos(wallet)
+    reserved, _ = await store.reserved_total(intake.pool)
+    is_reserved = [(u.txid, u.vout) in reserved for u in utxos]
+    return {
+        "address": wallet.receive_address,
+        "confirmed_sats": sum(u.value for u in utxos if u.confirmed),
+        "unconfirmed_sats": sum(u.value for u in utxos if not u.confirmed),
+        "reserved_sats": sum(u.value for u, r in zip(utxos, is_reserved, strict=True) if r),
+        "spendable_sats": sum(
+            u.value for u, r in zip(utxos, is_reserved, strict=True) if u.spendable and not r
+        ),
+        "utxos": len(utxos),
+    }
+
+
+# ---- the app --------------------------------------------------------------------------------------------
+
+
+def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
+    app: Sanic[Any, Any] = Sanic(name)
+    app.config.REQUEST_MAX_SIZE = MAX_BODY
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.KEEP_ALIVE_TIMEOUT = 5
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = 5.0
+    app.ctx.intake = intake
+
+    @app.on_request
+    async def start_timer(request: Request) -> None:
+        request.ctx.t0 = time.perf_counter()
+
+    @app.on_response
+    async def observe(request: Request, response: HTTPResponse) -> None:
+        route = request.route.name.split(".")[-1] if request.route else "unmatched"
+        elapsed = time.perf_counter() - getattr(request.ctx, "t0", time.perf_counter())
+        REQUESTS.labels(route, str(response.status)).inc()
+        LATENCY.labels(route).observe(elapsed)
+        intake.log.info(
+            "http",
+            method=request.method,
+            path=request.path,
+            route=route,
+            status=response.status,
+            ms=round(elapsed * 1000, 2),
+        )
+
+    @app.exception(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> HTTPResponse:
+        return error_response(exc)
+
+    @app.get("/health")
+    async def health(request: Request) -> HTTPResponse:
+        return json_response(
+            {"status": "ok", "service": "intake", "uptime_s": int(time.time() - intake.started)}
+        )
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> HTTPResponse:
+        return raw(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/v1/cluster/status")
+    async def status(request: Request) -> HTTPResponse:
+        return json_response(await cluster_status(intake))
+
+    @app.get("/api/v1/cluster/nodes")
+    async def nodes(request: Request) -> HTTPResponse:
+        return json_response({"nodes": await nodes_view(intake)})
+
+    @app.get("/api/v1/wallet/address")
+    async def address(request: Request) -> HTTPResponse:
+        wallet = await intake.get_wallet()
+        return json_response(
+            {
+                "address": wallet.receive_address,
+                "network": wallet.network,
+                "key_id": wallet.key_id,
+                "derivation": "0/0",
+                "xpub": wallet.account.xpub(),
+            }
+        )
+
+    @app.get("/api/v1/wallet/balance")
+    async def wallet_balance(request: Request) -> HTTPResponse:
+        return json_response(await balance(intake))
+
+    @app.post("/api/v1/transactions")
+    async def post_transaction(request: Request) -> HTTPResponse:
+        return await create_spend(intake, request)
+
+    @app.get("/api/v1/transactions")
+    async def list_transactions(request: Request) -> HTTPResponse:
+        state = request.args.get("state")
+        if state is not None and state not in {s.value for s in TxState}:
+            fail(400, "bad query", f"state: must be one of {', '.join(s.value for s in TxState)}")
+        limit = int_arg(request, "limit", 50, 1, 500)
+        offset = int_arg(request, "offset", 0, 0, 10_000_000)
+        views = await store.list_transactions(intake.pool, state, limit, offset)
+        return json_response({"transactions": views, "limit": limit, "offset": offset})
+
+    @app.get("/api/v1/transactions/<tx_id:str>")
+    async def get_transaction(request: Request, tx_id: str) -> HTTPResponse:
+        view = await store.get_transaction(intake.pool, parse_tx_id(tx_id))
+        if view is None:
+            fail(404, "not found", f"no transaction {tx_id}")
+        return json_response(view)
+
+    return app

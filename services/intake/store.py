@@ -1,0 +1,211 @@
+"""The intake's PostgreSQL side: spend requests, UTXO reservations (``db/040_intake_spends.sql``) and the
+read views over the recorder's projection.
+
+Reservations: :func:`reserve` runs under one advisory lock (``RESERVE_LOCK``) in one transaction: it
+re-checks the idempotency key, reads the reserved outpoints, lets the caller select coins from the rest,
+then inserts the request and its reservations. Two concurrent spends therefore never pick the same
+outpoint, and a repeated idempotency key never creates a second transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from schemas.rest import TransactionView, TransitionView, VoteView
+
+RESERVE_LOCK = 7405310113880
+T = TypeVar("T")
+
+
+def ms(ts: dt.datetime | None) -> int:
+    return int(ts.timestamp() * 1000) if ts is not None else 0
+
+
+@dataclass(frozen=True)
+class Existing:
+    """A spend request already stored under the idempotency key."""
+
+    tx_id: str
+    request_hash: bytes
+    published: bool
+    message: bytes
+
+
+async def find_by_idempotency_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> Existing | None:
+    row = await conn.fetchrow(
+        "SELECT tx_id, request_hash, published_at, message FROM spend_requests WHERE idempotency_key = $1",
+        key,
+    )
+    if row is None:
+        return None
+    return Existing(
+        row["tx_id"], bytes(row["request_hash"]), row["published_at"] is not None, bytes(row["message"])
+    )
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    tx_id: str
+    idempotency_key: str | None
+    request_hash: bytes
+    api_key_id: str
+    recipient: str
+    amount: int
+    fee: int
+    fee_rate: float
+    memo: str
+    message: bytes
+    outpoints: list[tuple[str, int, int]]  # txid, vout, amount
+
+
+async def reserve(
+    pool: asyncpg.Pool,
+    idempotency_key: str | None,
+    select: Callable[[set[tuple[str, int]]], NewRequest],
+) -> NewRequest | Existing:
+    """Under the reservation lock: the existing request for ``idempotency_key``, or ``select(reserved)``
+    (which may raise to abort) stored with its reservations."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", RESERVE_LOCK)
+        if idempotency_key is not None:
+            existing = await find_by_idempotency_key(conn, idempotency_key)
+            if existing is not None:
+                return existing
+        reserved = {
+            (r["txid"], r["vout"]) for r in await conn.fetch("SELECT txid, vout FROM utxo_reservations")
+        }
+        req = select(reserved)
+        await conn.execute(
+            """INSERT INTO spend_requests (tx_id, idempotency_key, request_hash, api_key_id, recipient,
+                   amount, fee, fee_rate, memo, message)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+            req.tx_id,
+            req.idempotency_key,
+            req.request_hash,
+            req.api_key_id,
+            req.recipient,
+            req.amount,
+            req.fee,
+            req.fee_rate,
+            req.memo,
+            req.message,
+        )
+        await conn.executemany(
+            "INSERT INTO utxo_reservations (txid, vout, tx_id, amount) VALUES ($1, $2, $3, $4)",
+            [(txid, vout, req.tx_id, amount) for txid, vout, amount in req.outpoints],
+        )
+        return req
+
+
+async def mark_published(pool: asyncpg.Pool, tx_id: str) -> None:
+    await pool.execute(
+        "UPDATE spend_requests SET published_at = now() WHERE tx_id = $1 AND published_at IS NULL", tx_id
+    )
+
+
+async def forget(pool: asyncpg.Pool, tx_id: str) -> None:
+    """Undo a request that could not be published (its reservations go with it)."""
+    await pool.execute("DELETE FROM spend_requests WHERE tx_id = $1 AND published_at IS NULL", tx_id)
+
+
+async def unpublished(pool: asyncpg.Pool) -> list[tuple[str, bytes]]:
+    rows = await pool.fetch(
+        "SELECT tx_id, message FROM spend_requests WHERE published_at IS NULL ORDER BY created_at"
+    )
+    return [(r["tx_id"], bytes(r["message"])) for r in rows]
+
+
+async def reserved_total(pool: asyncpg.Pool) -> tuple[set[tuple[str, int]], int]:
+    rows = await pool.fetch("SELECT txid, vout, amount FROM utxo_reservations")
+    return {(r["txid"], r["vout"]) for r in rows}, sum(int(r["amount"]) for r in rows)
+
+
+# ---- views ----------------------------------------------------------------------------------------------
+
+_LIST_SQL = """
+SELECT * FROM (
+    SELECT t.id, t.state, t.recipient, t.amount, t.fee, t.fee_rate, t.txid, t.reasons,
+           t.created_at, t.updated_at
+    FROM transactions t
+    UNION ALL
+    SELECT s.tx_id, 'pending', s.recipient, s.amount, s.fee, s.fee_rate, NULL, '{}'::text[],
+           s.created_at, s.created_at
+    FROM spend_requests s
+    WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.id = s.tx_id)
+) v
+WHERE ($1::text IS NULL OR v.state = $1)
+ORDER BY v.created_at DESC, v.id
+LIMIT $2 OFFSET $3
+"""
+
+
+def _view(row: asyncpg.Record, **more: Any) -> TransactionView:
+    return TransactionView(
+        id=row["id"],
+        state=row["state"],
+        recipient=row["recipient"],
+        amount_sats=int(row["amount"]),
+        fee_sats=row["fee"],
+        fee_rate=row["fee_rate"],
+        txid=row["txid"],
+        reasons=list(row["reasons"] or []),
+        created_at_ms=ms(row["created_at"]),
+        updated_at_ms=ms(row["updated_at"]),
+        **more,
+    )
+
+
+async def list_transactions(
+    pool: asyncpg.Pool, state: str | None, limit: int, offset: int
+) -> list[TransactionView]:
+    return [_view(r) for r in await pool.fetch(_LIST_SQL, state, limit, offset)]
+
+
+async def get_transaction(pool: asyncpg.Pool, tx_id: str) -> TransactionView | None:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            """SELECT id, state, recipient, amount, fee, fee_rate, txid, signed_tx, reasons, created_at,
+                      updated_at FROM transactions WHERE id = $1""",
+            tx_id,
+        )
+        if row is None:
+            pending = await conn.fetchrow(
+                """SELECT tx_id AS id, 'pending' AS state, recipient, amount, fee, fee_rate, NULL AS txid,
+                          '{}'::text[] AS reasons, created_at, created_at AS updated_at
+                   FROM spend_requests WHERE tx_id = $1""",
+                tx_id,
+            )
+            if pending is None:
+                return None
+            return _view(pending, timeline=[TransitionView(state="pending", at_ms=ms(pending["created_at"]))])
+        timeline = [
+            TransitionView(state=r["to_state"], at_ms=ms(r["at"]), detail=r["detail"])
+            for r in await conn.fetch(
+                "SELECT to_state, at, detail FROM transaction_transitions WHERE tx_id = $1 ORDER BY id", tx_id
+            )
+        ]
+        votes = [
+            VoteView(node=r["node_id"], approve=r["approve"], reasons=list(r["reasons"]))
+            for r in await conn.fetch(
+                "SELECT node_id, approve, reasons FROM votes WHERE tx_id = $1 ORDER BY node_id", tx_id
+            )
+        ]
+        signed = row["signed_tx"]
+        return _view(
+            row,
+            timeline=timeline,
+            votes=votes,
+            signed_tx_hex=bytes(signed).hex() if signed is not None else None,
+        )
+
+
+async def node_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        """SELECT node_id, status, last_heartbeat, version, violations, banned_until, detail
+           FROM node_status ORDER BY node_id"""
+    )
