@@ -30,6 +30,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,13 @@ BACKOFF_MAX = 30.0
 def default_table(n: int) -> list[dict[str, Any]]:
     """The services of a local cluster: name, module, extra args."""
     table: list[dict[str, Any]] = [
-        {"name": "devchain", "module": "services.devchain", "args": []},
+        # devchain is a plain HTTP server: ready when it answers on cluster.json's devchain_url
+        {
+            "name": "devchain",
+            "module": "services.devchain",
+            "args": ["--port", "{devchain_port}"],  # "{key}" in args: a value of cluster.json
+            "ready_http": "devchain_url",
+        },
         {"name": "recorder", "module": "services.recorder", "args": []},
         {"name": "monitor", "module": "services.monitor", "args": []},
         {"name": "consensus", "module": "services.consensus", "args": []},
@@ -107,6 +115,7 @@ class Proc:
     status: str = "pending"  # pending, starting, ready, backoff, missing, failed, stopped
     last_exit: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    ready_http: str = ""  # cluster.json key of a URL: any HTTP answer there also means ready
 
 
 class Supervisor:
@@ -122,6 +131,7 @@ class Supervisor:
         self.stopping = False
         self.failed: str | None = None
         self.cluster_ready = False
+        self.cluster: dict[str, Any] = {}
 
     # ---- files ----------------------------------------------------------------------------------------
 
@@ -206,8 +216,16 @@ class Supervisor:
             "services": [e["name"] for e in table],
         }
         write_cluster(self.data_dir, cluster)
+        self.cluster = cluster
         for e in table:
-            self.procs.append(Proc(name=e["name"], module=e["module"], args=list(e.get("args", []))))
+            self.procs.append(
+                Proc(
+                    name=e["name"],
+                    module=e["module"],
+                    args=list(e.get("args", [])),
+                    ready_http=str(cluster.get(e.get("ready_http", ""), "")),
+                )
+            )
         return cluster
 
     def _table(self) -> list[dict[str, Any]]:
@@ -238,7 +256,7 @@ class Supervisor:
         env.pop("MPCW_DATABASE_URL", None)
         with open(self.logs / f"{p.name}.log", "ab") as out:
             p.popen = subprocess.Popen(
-                [sys.executable, "-m", p.module, "--data-dir", str(self.data_dir), *p.args],
+                [sys.executable, "-m", p.module, "--data-dir", str(self.data_dir), *self._args(p)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -248,9 +266,14 @@ class Supervisor:
         p.started_at = time.monotonic()
         p.status = "starting"
 
+    def _args(self, p: Proc) -> list[str]:
+        return [a.format_map(self.cluster) if "{" in a else a for a in p.args]
+
     def _is_ready(self, p: Proc) -> bool:
         if p.popen is None or p.popen.poll() is not None:
             return False
+        if p.ready_http and _http_answers(p.ready_http):
+            return True
         try:
             info = json.loads((self.run / f"{p.name}.ready").read_text())
         except (OSError, ValueError):
@@ -360,6 +383,16 @@ class Supervisor:
                 with contextlib.suppress(FileNotFoundError):
                     (self.run / f).unlink()
         return code
+
+
+def _http_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.3):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except Exception:
+        return False
 
 
 def _module_exists(module: str) -> bool:
