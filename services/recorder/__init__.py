@@ -3,6 +3,6 @@
 ``python -m services.recorder --data-dir DIR``; the projection is :mod:`services.recorder.project`.
 """
 
-from .project import Message, Outcome, record, verify_chain
+from .project import Message, Outcome, record, verify_audit, verify_chain
 
-__all__ = ["Message", "Outcome", "record", "verify_chain"]
+__all__ = ["Message", "Outcome", "record", "verify_audit", "verify_chain"]

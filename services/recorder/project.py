@@ -477,5 +477,14 @@ async def verify_chain(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[bool, i
     return False, (min(ids) if ids else 0)
 
 
+async def verify_audit(database_url: str) -> tuple[bool, int | None]:
+    """For ``mpcw``: connect, :func:`verify_chain`, disconnect."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await verify_chain(conn)
+    finally:
+        await conn.close()
+
+
 def utc_ms(ts: dt.datetime | None) -> int:
     return int(ts.timestamp() * 1000) if ts is not None else 0
