@@ -159,6 +159,7 @@ PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
         "$KV.rounds.>",
         "$KV.presig.>",
         "$KV.config.>",
+        "$KV.keys.frost.>",  # the public DKG result, as ChillDKG coordinator
     ),
     "monitor": (*_OWN, "node.violation.>", "$KV.bans.>"),
     "presig": (*_OWN, "$KV.presig.>"),

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from tss.secp256k1 import tagged_hash
 from wallet.address import p2tr_address
 from wallet.bip32 import ExtendedPubKey, derive, from_threshold_key, parse_path
-from tss.secp256k1 import tagged_hash
 from wallet.taproot import key_path_output
 
 RECEIVE = 0

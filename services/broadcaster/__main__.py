@@ -31,7 +31,7 @@ from schemas.messages import (
     Violation,
 )
 from schemas.names import BUCKET_KEYS, proto_subject, tx_subject, violation_subject
-from services.runtime.bus import Received
+from services.runtime.bus import Received, RetryLater
 from services.runtime.esplora import BroadcastRejected, EsploraClient
 from services.runtime.lookup import last_message
 from services.runtime.service import ServiceContext, run_service
@@ -42,11 +42,8 @@ from wallet.transaction import Prevout, parse_transaction, serialize, txid, with
 from wallet.verify import TransactionInvalid, verify_transaction
 from wallet.witness import p2tr_key_path_witness
 
+CONFIRMATION_POLL_S = 1.0
 ALREADY_KNOWN = ("already in block chain", "txn-already-known", "txn-already-in-mempool")
-
-
-class ConfirmationPending(Exception):
-    """Not confirmed yet: the message is redelivered later."""
 
 
 class Broadcaster:
@@ -180,7 +177,7 @@ class Broadcaster:
             return
         status = await self.chain.tx_status(msg.txid)
         if not status.confirmed or status.block_height is None:
-            raise ConfirmationPending(msg.txid)
+            raise RetryLater(CONFIRMATION_POLL_S, "not confirmed yet")
         tip = await self.chain.tip_height()
         out = TxConfirmed(
             tx_id=msg.tx_id,
@@ -197,9 +194,7 @@ async def serve(ctx: ServiceContext) -> None:
     bus = ctx.bus
     bus.start_consumer("proto.frost.*.2.*", "broadcaster-psigs", b.on_psig)
     bus.start_consumer("tx.signed.>", "broadcaster-signed", b.on_signed)
-    bus.start_consumer(
-        "tx.broadcast.>", "broadcaster-confirm", b.on_broadcast, nak_delay=0.25, poison_after=1_000_000
-    )
+    bus.start_consumer("tx.broadcast.>", "broadcaster-confirm", b.on_broadcast)
     ctx.ready()
     await ctx.stopped()
     await asyncio.sleep(0)

@@ -9,6 +9,8 @@ picks a free port. Once the server accepts connections it prints one line
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import socket
 import sys
@@ -25,13 +27,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m services.devchain", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, type=Path, help="where the SQLite state lives")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0, help="0 = pick a free port (default)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="0 = pick a free port (default: devchain_port of DIR/cluster.json when present, else 0)",
+    )
     p.add_argument("--network", default="regtest", choices=NETWORKS)
+    p.add_argument(
+        "--block-interval",
+        type=float,
+        default=None,
+        help="mine a block every N seconds while the mempool is not empty (0 = only on POST /dev/mine; "
+        "default: block_interval of DIR/cluster.json when present, else 0)",
+    )
     return p.parse_args(argv)
+
+
+async def _auto_mine(chain: Chain, interval: float) -> None:
+    """Like a regtest node with a miner attached: a block every ``interval`` seconds while there is
+    something to confirm."""
+    while True:
+        await asyncio.sleep(interval)
+        if chain.mempool_txids():
+            chain.mine(1)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cluster_file = args.data_dir / "cluster.json"
+    cluster = json.loads(cluster_file.read_text()) if cluster_file.exists() else {}
+    if args.port is None:
+        args.port = int(cluster.get("devchain_port", 0))
+    if args.block_interval is None:
+        args.block_interval = float(cluster.get("block_interval", 0))
     try:
         chain = Chain(args.data_dir, args.network)
     except ValueError as exc:
@@ -58,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(url + "\n")
         os.replace(tmp, url_file)
         print(f"devchain listening on {url} (network {args.network}, data {args.data_dir})", flush=True)
+
+    @app.after_server_start
+    async def start_miner(_app: object) -> None:
+        if args.block_interval > 0:
+            asyncio.get_running_loop().create_task(_auto_mine(chain, args.block_interval))
 
     @app.before_server_stop
     async def withdraw(_app: object) -> None:

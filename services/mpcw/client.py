@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -77,6 +78,7 @@ def with_admin_bus(d: Path, fn: Callable[[Any], Awaitable[T]]) -> T:
     from services.runtime.bus import Bus
 
     cluster_of(d)
+    logging.getLogger("asyncio").setLevel(logging.ERROR)  # TLS close chatter is not the user's business
 
     async def go() -> T:
         cfg = load_config("admin", d, service="mpcw")

@@ -97,6 +97,15 @@ class CasConflict(Exception):
         self.expected = expected
 
 
+class RetryLater(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a handler that cannot do its work *yet* (e.g. a transaction not confirmed): the message
+    is nak'ed with this fixed ``delay`` and never counts towards poisoning."""
+
+    def __init__(self, delay: float, why: str = "") -> None:
+        super().__init__(why or f"retry in {delay}s")
+        self.delay = delay
+
+
 class StreamsMissing(RuntimeError):
     pass
 
@@ -594,6 +603,9 @@ class Bus:
             await handler(rec)
         except asyncio.CancelledError:
             raise  # a crash: no ack, the server redelivers after ack_wait
+        except RetryLater as later:
+            await msg.nak(delay=later.delay)
+            return
         except Exception as exc:
             M.HANDLER_FAILURES.labels(self.service, durable).inc()
             poison = meta.num_delivered >= poison_after
@@ -674,6 +686,7 @@ __all__ = [
     "Identities",
     "KvEntry",
     "Received",
+    "RetryLater",
     "StreamsMissing",
     "verify_envelope",
 ]

@@ -211,6 +211,7 @@ class Supervisor:
             "devchain_port": devchain_port,
             "devchain_url": f"http://127.0.0.1:{devchain_port}",
             "esplora_url": f"http://127.0.0.1:{devchain_port}",
+            "block_interval": 1.0,  # devchain mines a block every second while its mempool is not empty
             "metrics_ports": {e["name"]: free_port() for e in table},
             "admin_api_key": admin_key,
             "services": [e["name"] for e in table],
