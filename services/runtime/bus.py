@@ -97,7 +97,7 @@ class CasConflict(Exception):
         self.expected = expected
 
 
-class RetryLater(Exception):  # noqa: N818 - a signal, not an error
+class RetryLater(Exception):
     """Raised by a handler that cannot do its work *yet* (e.g. a transaction not confirmed): the message
     is nak'ed with this fixed ``delay`` and never counts towards poisoning."""
 
