@@ -74,7 +74,9 @@ class Publishers:
             fee_rate=2.0,
             fee=300,
             unsigned_tx=b"\x02\x00\x00\x00" + os.urandom(60),
-            inputs=[m.InputRef(txid="ab" * 32, vout=1, amount=100_000, script_pubkey=b"\x51\x20" + bytes(32))],
+            inputs=[
+                m.InputRef(txid="ab" * 32, vout=1, amount=100_000, script_pubkey=b"\x51\x20" + bytes(32))
+            ],
             requested_by="bench",
         )
         await b["intake"].publish(tx_subject("requested", tx), req, tx)
@@ -108,7 +110,9 @@ class Publishers:
             m.TxSigned(tx_id=tx, txid=txid, signed_tx=b"\x02signed" + os.urandom(100), attempt=1),
             f"d.{tx}",
         )
-        await b["broadcaster"].publish(tx_subject("broadcast", tx), m.TxBroadcast(tx_id=tx, txid=txid), f"b.{tx}")
+        await b["broadcaster"].publish(
+            tx_subject("broadcast", tx), m.TxBroadcast(tx_id=tx, txid=txid), f"b.{tx}"
+        )
         await b["broadcaster"].publish(
             tx_subject("confirmed", tx),
             m.TxConfirmed(tx_id=tx, txid=txid, block_height=101, confirmations=1),
@@ -160,7 +164,7 @@ async def run(d: Path, spends: int, concurrency: int, timeout: float) -> dict[st
         pubs = Publishers(buses)
         conn = await asyncpg.connect(pg.url)
         env = {**os.environ, "MPCW_NATS_URL": nats.url, "MPCW_DATABASE_URL": pg.url}
-        log = open(d / "recorder.log", "wb")  # noqa: SIM115
+        log = open(d / "recorder.log", "wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.recorder", "--data-dir", str(d)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
