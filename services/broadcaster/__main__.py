@@ -17,6 +17,8 @@ All publishes use ``Nats-Msg-Id`` derived from the transaction, so a crash and r
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 from schemas import kv as K
 from schemas.messages import (
@@ -37,12 +39,28 @@ from services.runtime.lookup import last_message
 from services.runtime.service import ServiceContext, run_service
 from tss import frost
 from tss.secp256k1 import schnorr_verify
+from wallet.sighash import SighashCache, bip341_sighash
 from wallet.threshold_account import ThresholdAccount
 from wallet.transaction import Prevout, parse_transaction, serialize, txid, with_witnesses
 from wallet.verify import TransactionInvalid, verify_transaction
 from wallet.witness import p2tr_key_path_witness
 
 CONFIRMATION_POLL_S = 1.0
+CACHE_ENTRIES = 10_000
+
+
+class _Unknown:
+    """Sessions whose first partial signatures this process may have missed: all of them, for the
+    first ``STARTUP_GRACE_S`` after a start (a restart loses what was acked before it)."""
+
+    def __init__(self) -> None:
+        self.until = time.monotonic() + STARTUP_GRACE_S
+
+    def __contains__(self, session: object) -> bool:
+        return time.monotonic() < self.until
+
+
+STARTUP_GRACE_S = 30.0
 ALREADY_KNOWN = ("already in block chain", "txn-already-known", "txn-already-in-mempool")
 
 
@@ -57,6 +75,11 @@ class Broadcaster:
             raise SystemExit("no chain backend configured (esplora_url / devchain_url in cluster.json)")
         self.chain = EsploraClient(url)
         self.accounts: dict[str, tuple[K.KeyRecord, ThresholdAccount]] = {}
+        # in-memory fast path; the streams stay the truth (see on_psig)
+        self.signing: dict[str, TxSigning] = {}  # tx_id -> newest attempt seen
+        self.psigs: dict[str, dict[str, list[bytes]]] = {}  # session -> node -> psigs
+        self.signed: dict[str, None] = {}  # tx_ids aggregated by this process
+        self.before_start: _Unknown = _Unknown()
 
     async def account(self, key_id: str) -> tuple[K.KeyRecord, ThresholdAccount]:
         got = self.accounts.get(key_id)
@@ -73,33 +96,55 @@ class Broadcaster:
     # ---- aggregation --------------------------------------------------------------------------------
     async def on_psig(self, rec: Received) -> None:
         msg = rec.payload
-        if not isinstance(msg, PartialSignatures) or msg.node != rec.sender:
+        if not isinstance(msg, PartialSignatures) or msg.node != rec.sender or msg.tx_id in self.signed:
             return
-        if await last_message(self.bus, tx_subject("signed", msg.tx_id)) is not None:
-            return  # done already
-        signing_msg = await last_message(self.bus, tx_subject("signing", msg.tx_id))
-        if signing_msg is None or not isinstance(signing_msg.payload, TxSigning):
-            return
-        signing: TxSigning = signing_msg.payload
-        if signing.session_id != msg.session_id or signing_msg.sender != "consensus":
-            return  # an older attempt
-        psigs: dict[str, list[bytes]] = {}
-        for node in signing.signers:
-            m = await last_message(self.bus, proto_subject("frost", signing.session_id, 2, node))
-            if m is None or not isinstance(m.payload, PartialSignatures) or m.sender != node:
-                return  # not all there yet (or this signer refused: consensus retries)
-            psigs[node] = list(m.payload.psigs)
+        signing = self.signing.get(msg.tx_id)
+        if signing is None or signing.session_id != msg.session_id:
+            signing_msg = await last_message(self.bus, tx_subject("signing", msg.tx_id))
+            if signing_msg is None or signing_msg.sender != "consensus":
+                return
+            if not isinstance(signing_msg.payload, TxSigning):
+                return
+            signing = signing_msg.payload
+            self.signing[msg.tx_id] = signing
+            self._trim(self.signing)
+        if signing.session_id != msg.session_id or msg.node not in signing.signers:
+            return  # an older attempt, or not a signer of this one
+        got = self.psigs.setdefault(msg.session_id, {})
+        got[msg.node] = list(msg.psigs)
+        self._trim(self.psigs)
+        if len(got) < len(signing.signers):
+            if rec.num_delivered == 1 and msg.session_id not in self.before_start:
+                return  # the others are still on their way
+            # a redelivery (we may have crashed after acking the others): read them back from the stream
+            for node in signing.signers:
+                if node in got:
+                    continue
+                m = await last_message(self.bus, proto_subject("frost", signing.session_id, 2, node))
+                if m is None or not isinstance(m.payload, PartialSignatures) or m.sender != node:
+                    return  # not all there yet (or this signer refused: consensus retries)
+                got[node] = list(m.payload.psigs)
         req_msg = await last_message(self.bus, tx_subject("requested", msg.tx_id))
         if req_msg is None or not isinstance(req_msg.payload, TxRequested) or req_msg.sender != "intake":
             return
-        await self._aggregate(req_msg.payload, signing, psigs)
+        done = await self._aggregate(req_msg.payload, signing, got)
+        if done:
+            self.signed[msg.tx_id] = None
+            self._trim(self.signed)
+        self.psigs.pop(msg.session_id, None)
+        self.signing.pop(msg.tx_id, None)
 
-    async def _aggregate(self, req: TxRequested, signing: TxSigning, psigs: dict[str, list[bytes]]) -> None:
+    @staticmethod
+    def _trim(d: dict[str, Any]) -> None:
+        while len(d) > CACHE_ENTRIES:
+            d.pop(next(iter(d)))
+
+    async def _aggregate(self, req: TxRequested, signing: TxSigning, psigs: dict[str, list[bytes]]) -> bool:
+        """True when the transaction is signed and published; False when a signer is blamed (consensus
+        retries) or the spend failed."""
         key, account = await self.account(req.key_id)
         tx = parse_transaction(req.unsigned_tx)
         prevouts = [Prevout(i.amount, i.script_pubkey) for i in req.inputs]
-        from wallet.sighash import SighashCache, bip341_sighash
-
         cache = SighashCache(tx, prevouts)
         ids = list(signing.signer_ids)
         signers_ctx = frost.SignersContext(
@@ -120,23 +165,24 @@ class Broadcaster:
                     ok = False
                 if not ok:
                     await self._blame(node, req.tx_id, f"input {i}: invalid partial signature")
-                    return
+                    return False
             session_ctx = frost.SessionContext(frost.nonce_agg(pubnonces), signers_ctx, tweaks, is_xonly, msg)
             sig = frost.partial_sig_agg(mine, session_ctx)
             if not schnorr_verify(msg, spend_key.output_xonly, sig):
                 await self._fail(req.tx_id, f"input {i}: aggregate signature does not verify")
-                return
+                return False
             witnesses.append(p2tr_key_path_witness(sig))
         signed = with_witnesses(tx, witnesses)
         try:
             verify_transaction(signed, prevouts)
         except TransactionInvalid as exc:
             await self._fail(req.tx_id, f"signed transaction does not verify: {exc}")
-            return
+            return False
         raw = serialize(signed)
         out = TxSigned(tx_id=req.tx_id, txid=txid(signed), signed_tx=raw, attempt=signing.attempt)
         await self.bus.publish(tx_subject("signed", req.tx_id), out, f"signed.{req.tx_id}")
         self.log.info("signed", tx_id=req.tx_id, txid=out.txid, attempt=signing.attempt)
+        return True
 
     async def _blame(self, node: str, tx_id: str, detail: str) -> None:
         self.log.warning("invalid partial signature", node=node, tx_id=tx_id, detail=detail)

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+
+import msgspec
 
 from schemas import kv as K
 from schemas.messages import (
@@ -77,28 +80,53 @@ class Consensus:
         self.nodes = list(self.cfg.nodes)
         self.pool = NoncePool(self.bus)
         self.active: dict[str, tuple[int, float]] = {}  # tx_id -> (attempt, started monotonic)
+        self.rounds: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # tx_id -> (revision, record)
 
     # ---- rounds in KV -------------------------------------------------------------------------------
     async def _update(self, tx_id: str, change: RoundChange) -> K.RoundRecord:
+        """Apply ``change`` to the round by compare-and-set, starting from the cached copy (one round trip
+        when this instance was the last writer), re-reading on a conflict."""
         kv = await self.bus.kv(BUCKET_ROUNDS)
+        cached = self.rounds.get(tx_id)
         while True:
+            if cached is not None:
+                revision, raw = cached
+                cached = None
+                rnd = msgspec.msgpack.decode(raw, type=K.RoundRecord)
+                if not change(rnd):
+                    continue  # nothing to do on the cached copy: decide on a fresh read
+                try:
+                    rev = await kv.update_cas(tx_id, rnd, revision)
+                    self._cache(tx_id, rev, rnd)
+                    return rnd
+                except CasConflict:
+                    continue
             entry = await kv.get(tx_id)
             if entry is None:
                 rnd = tally.new_round(tx_id, self.cfg.n, self.cfg.t, self.nodes)
                 change(rnd)
                 try:
-                    await kv.create(tx_id, rnd)
+                    rev = await kv.create(tx_id, rnd)
+                    self._cache(tx_id, rev, rnd)
                     return rnd
                 except CasConflict:
                     continue
             rnd = entry.decode(K.RoundRecord)
             if not change(rnd):
+                self._cache(tx_id, entry.revision, rnd)
                 return rnd
             try:
-                await kv.update_cas(tx_id, rnd, entry.revision)
+                rev = await kv.update_cas(tx_id, rnd, entry.revision)
+                self._cache(tx_id, rev, rnd)
                 return rnd
             except CasConflict:
                 continue
+
+    def _cache(self, tx_id: str, revision: int, rnd: K.RoundRecord) -> None:
+        self.rounds[tx_id] = (revision, msgspec.msgpack.encode(rnd))
+        self.rounds.move_to_end(tx_id)
+        while len(self.rounds) > 10_000:
+            self.rounds.popitem(last=False)
 
     # ---- voting -------------------------------------------------------------------------------------
     async def on_requested(self, rec: Received) -> None:
@@ -202,9 +230,9 @@ class Consensus:
             await self._fail(tx_id, "fewer than t approving signers available")
             return
         await self.pool.loaded.wait()
+        claims = await asyncio.gather(*(self.pool.claim(n, rnd.inputs, tx_id, attempt) for n in signers))
         nonces: dict[str, list[NonceRef]] = {}
-        for node in signers:
-            got = await self.pool.claim(node, rnd.inputs, tx_id, attempt)
+        for node, got in zip(signers, claims, strict=True):
             if got is None:
                 self.log.warning("nonce pool empty", node=node, tx_id=tx_id)
                 self.active[tx_id] = (attempt, time.monotonic() - SIGNING_TIMEOUT_S + 1.0)
@@ -246,6 +274,15 @@ class Consensus:
             return
         self.log.warning("signer refused", tx_id=msg.tx_id, node=msg.node, reason=msg.reason)
         await self._next_attempt(msg.tx_id, failed=msg.node, from_attempt=msg.attempt)
+
+    async def on_violation(self, rec: Received) -> None:
+        """The broadcaster blamed a signer for an invalid partial signature: retry without it now."""
+        v = rec.payload
+        if not isinstance(v, Violation) or rec.sender != "broadcaster" or v.kind != "invalid-partial-sig":
+            return
+        current = self.active.get(v.tx_id)
+        if current is not None:
+            await self._next_attempt(v.tx_id, failed=v.offender, from_attempt=current[0])
 
     async def watch_timeouts(self) -> None:
         while not self.ctx.stop.is_set():
@@ -407,6 +444,7 @@ async def serve(ctx: ServiceContext) -> None:
         bus.start_consumer("tx.*.>", "consensus-tx-events", c.on_tx_event),
         bus.start_consumer("proto.frost.*.2.*", "consensus-refusals", c.on_refused),
         bus.start_consumer("proto.chilldkg.*.*.*", "consensus-dkg", c.on_dkg),
+        bus.start_consumer("node.violation.*", "consensus-violations", c.on_violation),
     ]
     await c.resume()
     ctx.ready()

@@ -26,7 +26,8 @@ class NoncePool:
     def __init__(self, bus: Bus, key_id: str = K.DEFAULT_KEY_ID) -> None:
         self.bus = bus
         self.key_id = key_id
-        self.free: dict[str, dict[str, None]] = {}  # node -> ordered set of KV keys
+        # node -> KV key -> (revision, entry) of the free ones, oldest first
+        self.free: dict[str, dict[str, tuple[int, K.NonceEntry]]] = {}
         self.loaded = asyncio.Event()
 
     async def run(self) -> None:
@@ -47,7 +48,7 @@ class NoncePool:
                 bucket.pop(entry.key, None)
                 continue
             if ne.state == "free":
-                bucket[entry.key] = None
+                bucket[entry.key] = (entry.revision, ne)
             else:
                 bucket.pop(entry.key, None)
 
@@ -60,16 +61,11 @@ class NoncePool:
         bucket = self.free.get(node, {})
         while len(got) < count and bucket:
             key = next(iter(bucket))
-            bucket.pop(key, None)
-            entry = await kv.get(key)
-            if entry is None:
-                continue
-            ne = entry.decode(K.NonceEntry)
-            if ne.state != "free":
-                continue
+            revision, ne = bucket.pop(key)
             claimed = msgspec.structs.replace(ne, state="claimed", tx_id=tx_id, attempt=attempt)
             try:
-                await kv.update_cas(key, claimed, entry.revision)
+                # the revision the watch saw: if anything changed the entry since, the CAS fails
+                await kv.update_cas(key, claimed, revision)
             except CasConflict:
                 continue
             got.append(NonceRef(nonce_id=ne.nonce_id, pubnonce=ne.pubnonce))

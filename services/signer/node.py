@@ -118,6 +118,8 @@ class SignerNode:
         self.policy = Policy()
         self.dkg = DkgParticipant(self)
         self._share_cache: dict[str, tuple[ShareRecord, ThresholdAccount]] = {}
+        # requests this process approved (checked when voting): signing them needs no second look-up
+        self.approved: dict[str, TxRequested] = {}
         self._lock = asyncio.Lock()
 
     # ---- lifecycle ----------------------------------------------------------------------------------
@@ -194,6 +196,10 @@ class SignerNode:
             if entry is None:
                 entry = self._decide(req)
                 self.journal.record(entry)
+            if entry.approve:
+                self.approved[req.tx_id] = req
+                while len(self.approved) > 10_000:
+                    self.approved.pop(next(iter(self.approved)))
         vote = Vote(
             tx_id=req.tx_id,
             node=self.node,
@@ -257,28 +263,30 @@ class SignerNode:
         await self.bus.publish(subject, out, msg_id)
 
     async def _sign(self, sig: TxSigning) -> list[bytes]:
-        req_msg = await last_message(self.bus, tx_subject("requested", sig.tx_id))
-        if req_msg is None or not isinstance(req_msg.payload, TxRequested) or req_msg.sender != "intake":
-            raise SigningError("no verified spend request for this transaction")
-        req: TxRequested = req_msg.payload
         entry = self.journal.entries.get(sig.tx_id)
         if entry is None or not entry.approve:
             raise SigningError("this node did not approve this transaction")
+        req = self.approved.get(sig.tx_id)
+        if req is None:  # approved before a restart: fetch the request and check it again
+            req_msg = await last_message(self.bus, tx_subject("requested", sig.tx_id))
+            if req_msg is None or not isinstance(req_msg.payload, TxRequested) or req_msg.sender != "intake":
+                raise SigningError("no verified spend request for this transaction")
+            req = req_msg.payload
         try:
             share, account = self.share(req.key_id)
         except (KeystoreError, ValueError) as exc:
             raise SigningError(f"no share of key {req.key_id!r}") from exc
-        # the spend as this node sees it now (structure only: the policy was applied when voting)
-        res = check_spend(
-            req,
-            Policy(max_tx_sats=req.amount, daily_limit_sats=2**62, max_fee_rate=1e5, max_fee_sats=2**62),
-            account,
-            0,
-        )
-        structural = [r for r in res.reasons if "relay minimum" not in r]
-        if structural or [h.hex() for h in res.sighashes] != entry.sighashes:
-            raise SigningError("the spend no longer matches what this node approved")
-        self._check_certificate(sig, res.sighashes)
+        if req.tx_id not in self.approved:
+            # the spend as this node sees it now (structure only: the policy was applied when voting)
+            lenient = Policy(
+                max_tx_sats=req.amount, daily_limit_sats=2**62, max_fee_rate=1e5, max_fee_sats=2**62
+            )
+            res = check_spend(req, lenient, account, 0)
+            structural = [r for r in res.reasons if "relay minimum" not in r]
+            if structural or [h.hex() for h in res.sighashes] != entry.sighashes:
+                raise SigningError("the spend no longer matches what this node approved")
+        sighashes = [bytes.fromhex(h) for h in entry.sighashes]
+        self._check_certificate(sig, sighashes)
         self._check_signer_set(sig, share)
 
         ids = sig.signer_ids
@@ -300,7 +308,7 @@ class SignerNode:
             try:
                 aggnonce = frost.nonce_agg(pubnonces)
                 session_ctx = frost.SessionContext(
-                    aggnonce, signers_ctx, list(key.tweaks), list(key.is_xonly), res.sighashes[i]
+                    aggnonce, signers_ctx, list(key.tweaks), list(key.is_xonly), sighashes[i]
                 )
                 psigs.append(frost.sign(secnonce, share.secshare, my_id, session_ctx))
             except (ValueError, frost.InvalidContributionError) as exc:

@@ -1,0 +1,204 @@
+"""End-to-end latency and throughput of Taproot spends on a local cluster (5 nodes, every service).
+
+    python loadtest/bench_e2e.py [--data-dir DIR] [--spends 50] [--concurrent 200] [--workers 32]
+
+Starts a cluster with ``mpcw up`` in a fresh temporary directory (or uses a running one with
+``--data-dir``), runs the DKG, funds the wallet with enough coins, then measures:
+
+- latency, one spend at a time: request -> signed and request -> broadcast (p50, p99), taken from the
+  transaction's timeline (publish times of ``tx.signed`` / ``tx.broadcast``) against the moment the
+  client sent the request (same machine, same clock);
+- sustained throughput: ``--concurrent`` spends submitted by ``--workers`` concurrent clients; spends per
+  second from the first request to the last ``broadcast``.
+
+Prints a markdown table (with the command and the machine) for BENCHMARKS.md. Bounded: every wait has a
+timeout, every request loop a count; it talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPIENT = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
+
+
+def mpcw(d: Path, *args: str, timeout: float = 180) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "services.mpcw", "--data-dir", str(d), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise SystemExit(f"mpcw {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+async def wait_state(
+    client: httpx.AsyncClient, tx_id: str, states: set[str], timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = await client.get(f"/api/v1/transactions/{tx_id}")
+        if r.status_code == 200:
+            body: dict[str, Any] = r.json()
+            if body["state"] in states or body["state"] in ("rejected", "failed"):
+                return body
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"{tx_id} not in {states} after {timeout}s")
+
+
+def at(body: dict[str, Any], state: str) -> float | None:
+    for step in body.get("timeline", []):
+        if step["state"] == state:
+            return float(step["at_ms"]) / 1000
+    return None
+
+
+async def spend(client: httpx.AsyncClient, amount: int) -> tuple[str, float]:
+    t0 = time.time()
+    r = await client.post(
+        "/api/v1/transactions", json={"recipient": RECIPIENT, "amount_sats": amount, "fee_rate": 2.0}
+    )
+    if r.status_code not in (200, 201, 202):
+        raise RuntimeError(f"spend refused: {r.status_code} {r.text[:200]}")
+    return r.json()["id"], t0
+
+
+async def latency(client: httpx.AsyncClient, count: int) -> tuple[list[float], list[float]]:
+    to_signed: list[float] = []
+    to_broadcast: list[float] = []
+    for _ in range(count):
+        tx_id, t0 = await spend(client, 10_000)
+        body = await wait_state(client, tx_id, {"broadcast", "confirmed"}, 30)
+        s, b = at(body, "signed"), at(body, "broadcast")
+        if s is None or b is None:
+            raise RuntimeError(f"{tx_id} ended {body['state']}: {body.get('reasons')}")
+        to_signed.append((s - t0) * 1000)
+        to_broadcast.append((b - t0) * 1000)
+    return to_signed, to_broadcast
+
+
+async def throughput(client: httpx.AsyncClient, total: int, workers: int) -> tuple[float, int, int]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(i)
+    ids: list[str] = []
+    refused = 0
+
+    async def worker() -> None:
+        nonlocal refused
+        while True:
+            try:
+                queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                tx_id, _ = await spend(client, 10_000)
+                ids.append(tx_id)
+            except RuntimeError:
+                refused += 1
+
+    t0 = time.time()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    last = t0
+    failed = 0
+    for tx_id in ids:
+        body = await wait_state(client, tx_id, {"broadcast", "confirmed"}, 120)
+        b = at(body, "broadcast")
+        if b is None:
+            failed += 1
+        else:
+            last = max(last, b)
+    done = len(ids) - failed
+    return done / (last - t0), refused, failed
+
+
+async def bench(d: Path, spends: int, concurrent: int, workers: int) -> dict[str, Any]:
+    cluster = json.loads((d / "cluster.json").read_text())
+    limits = httpx.Limits(max_connections=workers + 4)
+    async with httpx.AsyncClient(base_url=cluster["intake_url"], timeout=60, limits=limits,
+                                 headers={"X-API-Key": cluster["admin_api_key"]}) as client:  # fmt: skip
+        for _ in range(3):  # warm-up: caches, connections, consumers
+            await wait_state(client, (await spend(client, 10_000))[0], {"broadcast", "confirmed"}, 30)
+        signed, broadcast = await latency(client, spends)
+        rate, refused, failed = await throughput(client, concurrent, workers)
+    return {"signed": signed, "broadcast": broadcast, "rate": rate, "refused": refused, "failed": failed}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, default=None, help="a running cluster (default: start one)")
+    ap.add_argument("--spends", type=int, default=50, help="sequential spends for the latency numbers")
+    ap.add_argument("--concurrent", type=int, default=200, help="spends for the throughput number")
+    ap.add_argument("--workers", type=int, default=32, help="concurrent clients for the throughput number")
+    args = ap.parse_args()
+    own = args.data_dir is None
+    d = args.data_dir or Path(tempfile.mkdtemp(prefix="mpcw-bench-"))
+    try:
+        if own:
+            print(f"starting a cluster in {d} ...", flush=True)
+            mpcw(d, "up")
+            mpcw(d, "dkg", "start", "--scheme", "frost")
+        address = mpcw(d, "wallet", "address").strip()
+        coins = args.spends + args.concurrent + 10
+        print(f"funding {coins} coins ...", flush=True)
+        url = json.loads((d / "cluster.json").read_text())["devchain_url"]
+        with httpx.Client(timeout=30) as c:
+            for _ in range(coins):
+                r = c.post(f"{url}/dev/faucet", json={"address": address, "sats": 100_000})
+                r.raise_for_status()
+        time.sleep(1.0)
+        res = asyncio.run(bench(d, args.spends, args.concurrent, args.workers))
+    finally:
+        if own:
+            mpcw(d, "down")
+    cmd = "python loadtest/bench_e2e.py " + " ".join(sys.argv[1:])
+    print()
+    print(
+        f"`{cmd.strip()}` on {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}; 5 nodes (t=4) and every service on this machine"
+    )
+    print()
+    print("| measure | p50 | p99 | n |")
+    print("|---|---:|---:|---:|")
+    for key, name in (("signed", "request -> signed"), ("broadcast", "request -> broadcast")):
+        v = res[key]
+        print(f"| {name} (one at a time) | {statistics.median(v):.1f} ms | {pct(v, 99):.1f} ms | {len(v)} |")
+    print(
+        f"| sustained throughput, {args.concurrent} spends, {args.workers} clients | "
+        f"{res['rate']:.1f} spends/s | | {args.concurrent - res['refused'] - res['failed']} |"
+    )
+    if res["refused"] or res["failed"]:
+        print(f"\n{res['refused']} refused at intake, {res['failed']} did not reach broadcast")
+
+
+if __name__ == "__main__":
+    main()
