@@ -97,7 +97,8 @@ class DkgParticipant:
         start: DkgStart = sess["start"]
         params = sess["params"]
         index = start.nodes.index(self.node.node)
-        assert output.secshare is not None
+        if output.secshare is None:
+            raise ValueError("participant_finalize returned no secret share")
         record = ShareRecord(
             key_id=start.key_id,
             scheme=start.scheme,

@@ -48,7 +48,8 @@ class ShareRecord(msgspec.Struct, frozen=True, kw_only=True):
     recovery_data: bytes = b""
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write, fsync, rename, fsync the directory: the file is either absent or whole."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -82,12 +83,12 @@ class Keystore:
         if passphrase:
             salt_path = self.root / "kek.salt"
             if not salt_path.exists():
-                _write_atomic(salt_path, secrets.token_bytes(16))
+                write_atomic(salt_path, secrets.token_bytes(16))
             salt = salt_path.read_bytes()
             return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(passphrase.encode())
         kek_path = self.root / "kek"
         if not kek_path.exists():
-            _write_atomic(kek_path, secrets.token_bytes(32))
+            write_atomic(kek_path, secrets.token_bytes(32))
         kek = kek_path.read_bytes()
         if len(kek) != 32:
             raise KeystoreError(f"{kek_path} is corrupt")
@@ -99,7 +100,7 @@ class Keystore:
 
     def _seal(self, path: Path, kind: str, name: str, plaintext: bytes) -> None:
         nonce = secrets.token_bytes(12)
-        _write_atomic(path, nonce + self._aead.encrypt(nonce, plaintext, self._aad(kind, name)))
+        write_atomic(path, nonce + self._aead.encrypt(nonce, plaintext, self._aad(kind, name)))
 
     def _open(self, path: Path, kind: str, name: str) -> bytes:
         try:

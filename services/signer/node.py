@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ from services.runtime.config import ServiceConfig
 from services.runtime.lookup import last_message
 from services.runtime.seal import EnvelopeError, verify_certificate
 from services.signer.dkg_participant import DkgParticipant
-from services.signer.keystore import Keystore, KeystoreError, ShareRecord
+from services.signer.keystore import Keystore, KeystoreError, ShareRecord, write_atomic
 from services.signer.spend_check import check_spend
 from tss import frost
 from tss.secp256k1 import cbytes, point_mul_base
@@ -99,9 +100,11 @@ class VoteJournal:
         return sum(e.amount for e in self.entries.values() if e.approve and e.ts_ms >= since_ms)
 
     def record(self, entry: JournalEntry) -> None:
+        """Durably, before the vote is published: after a crash the node re-sends the same vote."""
         with self.path.open("a") as f:
             f.write(json.dumps(entry.__dict__) + "\n")
             f.flush()
+            os.fsync(f.fileno())
         self.entries[entry.tx_id] = entry
 
 
@@ -247,7 +250,7 @@ class SignerNode:
                         node=self.node,
                         psigs=psigs,
                     )
-                    done.write_bytes(msgspec.msgpack.encode(out))
+                    write_atomic(done, msgspec.msgpack.encode(out))
                 except SigningError as exc:
                     self.log.warning(
                         "refusing to sign", tx_id=sig.tx_id, attempt=sig.attempt, reason=str(exc)
@@ -259,7 +262,7 @@ class SignerNode:
                         node=self.node,
                         reason=str(exc),
                     )
-                    refused.write_bytes(msgspec.msgpack.encode(out))
+                    write_atomic(refused, msgspec.msgpack.encode(out))
         await self.bus.publish(subject, out, msg_id)
 
     async def _sign(self, sig: TxSigning) -> list[bytes]:
