@@ -95,7 +95,7 @@ def tx_status(ctx: click.Context, tx_id: str) -> None:
 
 @tx.command("list")
 @click.option("--state", default=None)
-@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
 @click.pass_context
 def tx_list(ctx: click.Context, state: str | None, limit: int) -> None:
     """Recent spends, newest first."""
