@@ -1,0 +1,132 @@
+"""A spend that breaks the policy ends ``rejected``, with the nodes' reasons, and nothing is signed.
+
+The policy is changed with ``mpcw policy set`` as an operator would; every node enforces it on its own,
+so the rejection must come from the votes (each carrying the new policy version), and no signing may
+start: no ``tx.signing`` / ``tx.signed`` event for the spend, no FROST round for any of its attempts, no
+nonce claimed for it. The previous policy is written back afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from schemas import kv as K
+from schemas.messages import Vote
+from schemas.names import BUCKET_CONFIG, BUCKET_PRESIG
+from schemas.rest import Policy
+from services.runtime.bus import Bus
+from services.runtime.lookup import last_message
+from tests.e2e.conftest import Cluster, external_address
+
+pytestmark = pytest.mark.e2e
+
+
+def _policy(cluster: Cluster) -> tuple[Policy, int | None]:
+    async def go(bus: Bus) -> tuple[Policy, int | None]:
+        entry = await (await bus.kv(BUCKET_CONFIG)).get(K.POLICY_KEY)
+        if entry is None:
+            return Policy(), None
+        return msgspec.msgpack.decode(entry.value, type=Policy), entry.revision
+
+    return cluster.with_bus(go)
+
+
+@pytest.fixture
+def restore_policy(cluster: Cluster) -> Iterator[Policy]:
+    """Yield the policy in force; afterwards write it back (as a new version: versions only grow)."""
+    before, _ = _policy(cluster)
+    yield before
+
+    async def go(bus: Bus) -> None:
+        kv = await bus.kv(BUCKET_CONFIG)
+        entry = await kv.get(K.POLICY_KEY)
+        current = msgspec.msgpack.decode(entry.value, type=Policy) if entry else Policy()
+        restored = msgspec.structs.replace(before, version=current.version + 1)
+        if entry is None:
+            await kv.create(K.POLICY_KEY, restored)
+        else:
+            await kv.update_cas(K.POLICY_KEY, restored, entry.revision)
+
+    cluster.with_bus(go)
+
+
+def _assert_nothing_signed(cluster: Cluster, tx_id: str) -> None:
+    events = cluster.tx_events(tx_id)
+    assert events.get("requested") == 1 and events.get("rejected") == 1, events
+    for e in ("approved", "signing", "signed", "broadcast", "confirmed"):
+        assert e not in events, f"{e} published for a rejected spend: {events}"
+    frost = cluster.subject_counts("PROTO", "proto.frost.>")
+    assert not [s for s in frost if s.split(".")[2].startswith(f"{tx_id}-a")], "a signing round ran"
+
+    async def claimed(bus: Bus) -> list[str]:
+        kv = await bus.kv(BUCKET_PRESIG)
+        out = []
+        for key in await kv.keys():
+            e = await kv.get(key)
+            if e is not None and e.decode(K.NonceEntry).tx_id == tx_id:
+                out.append(key)
+        return out
+
+    assert cluster.with_bus(claimed) == [], "nonces were claimed for a rejected spend"
+    rows = cluster.fetch("SELECT state, txid FROM transactions WHERE id = $1", tx_id)
+    assert [(r["state"], r["txid"]) for r in rows] == [("rejected", None)]
+
+
+def _votes(cluster: Cluster, tx_id: str) -> dict[str, Vote]:
+    async def go(bus: Bus) -> dict[str, Vote]:
+        out = {}
+        for node in cluster.info["nodes"]:
+            m = await last_message(bus, f"vote.{tx_id}.{node}")
+            if m is not None:
+                assert m.sender == node
+                out[node] = m.payload
+        return out
+
+    return cluster.with_bus(go)
+
+
+@pytest.mark.parametrize("rule", ["max-tx", "deny-list"])
+def test_policy_violation_is_rejected_with_reasons_and_never_signed(
+    cluster: Cluster, confirmed_spend: dict[str, Any], restore_policy: Policy, rule: str
+) -> None:
+    recipient = external_address(f"policy-{rule}".encode())
+    if rule == "max-tx":
+        out = cluster.mpcw("policy", "set", "--max-tx-btc", "0.05").stdout
+        assert "0.05000000 BTC" in out
+        sats, word = 6_000_000, "limit"
+    else:
+        out = cluster.mpcw("policy", "set", "--deny", recipient).stdout
+        assert recipient in out
+        sats, word = 1_000_000, "den"
+    new_version = restore_policy.version + 1
+    assert _policy(cluster)[0].version == new_version
+    assert f"version          {new_version}" in cluster.mpcw("policy", "show").stdout
+
+    tx_id = cluster.request_spend(recipient, sats)
+    t = cluster.wait_terminal(tx_id)
+    assert t["state"] == "rejected", t
+    assert [s["state"] for s in t["timeline"]] == ["pending", "voting", "rejected"], t["timeline"]
+    assert t["reasons"], "rejected without a reason"
+    assert any(word in r.lower() for r in t["reasons"]), t["reasons"]
+    # enough nodes refused on their own to make approval impossible, none approved, each said why
+    n, threshold = cluster.info["n"], cluster.info["t"]
+    assert len(t["votes"]) >= n - threshold + 1, t["votes"]
+    assert all(not v["approve"] and v["reasons"] for v in t["votes"]), t["votes"]
+    # every vote on the bus was cast under the new policy
+    votes = _votes(cluster, tx_id)
+    assert len(votes) >= 2
+    assert {v.policy_version for v in votes.values()} == {new_version}, votes
+    _assert_nothing_signed(cluster, tx_id)
+
+    # positive control: the same checks do see the signing of an ordinary, confirmed spend
+    with pytest.raises(AssertionError):
+        _assert_nothing_signed(cluster, confirmed_spend["id"])
+
+
+def test_policy_restored_between_tests(cluster: Cluster) -> None:
+    p, _ = _policy(cluster)
+    assert p.max_tx_sats == Policy().max_tx_sats and p.denylist == [], p

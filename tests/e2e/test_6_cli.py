@@ -1,0 +1,83 @@
+"""The read-only ``mpcw`` commands against the running cluster: exit 0, and what they print matches the
+cluster (names, counts, keys, amounts), not just "some output"."""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import Cluster
+
+pytestmark = pytest.mark.e2e
+
+
+def test_status(cluster: Cluster) -> None:
+    out = cluster.mpcw("status").stdout
+    assert "cluster ready" in out
+    for name in cluster.info["services"]:
+        assert re.search(rf"^\s+{re.escape(name)}\s+ready\s+pid=\d+", out, re.M), (name, out)
+    as_json = json.loads(cluster.mpcw("status", "--json").stdout)
+    assert as_json["running"] and as_json["ready"]
+    assert {p["name"] for p in as_json["processes"]} == set(cluster.info["services"])
+
+
+def test_cluster_status(cluster: Cluster) -> None:
+    body = json.loads(cluster.mpcw("cluster", "status").stdout)
+    text = json.dumps(body)
+    assert body.get("n") == cluster.info["n"] and body.get("t") == cluster.info["t"], body
+    assert "node" in text
+
+
+def test_cluster_nodes(cluster: Cluster) -> None:
+    lines = [ln for ln in cluster.mpcw("cluster", "nodes").stdout.splitlines() if ln.strip()]
+    for node in cluster.info["nodes"]:
+        assert any(f"={node}" in ln for ln in lines), (node, lines)
+
+
+def test_policy_show(cluster: Cluster) -> None:
+    out = cluster.mpcw("policy", "show").stdout
+    for label in ("version", "max per spend", "daily limit", "max fee rate", "allow list", "deny list"):
+        assert label in out, out
+    assert re.search(r"max per spend\s+\d+\.\d{8} BTC", out), out
+
+
+def test_presig_pool_status(cluster: Cluster) -> None:
+    out = cluster.mpcw("presig", "pool-status").stdout
+    levels = dict(re.findall(r"^(node-\d+)\s+(\d+) free$", out, re.M))
+    assert set(levels) == set(cluster.info["nodes"]), out
+    assert all(int(v) > 0 for v in levels.values()), out
+
+
+def test_dkg_status(cluster: Cluster) -> None:
+    out = cluster.mpcw("dkg", "status").stdout
+    rec = cluster.key_record()
+    assert rec.threshold_pubkey.hex() in out
+    assert f"{rec.t}-of-{rec.n}" in out
+    for node, share in zip(rec.nodes, rec.pubshares, strict=True):
+        assert f"{node}: public share {share.hex()}" in out
+
+
+def test_tx_list_and_status(cluster: Cluster, confirmed_spend: dict[str, Any]) -> None:
+    tx_id = confirmed_spend["id"]
+    out = cluster.mpcw("tx", "list", "--limit", "500").stdout
+    line = next((ln for ln in out.splitlines() if ln.startswith(tx_id)), None)
+    assert line is not None, out
+    assert "confirmed" in line and "0.10000000 BTC" in line and confirmed_spend["_recipient"] in line
+    status = cluster.mpcw("tx", "status", tx_id).stdout
+    assert confirmed_spend["txid"] in status
+    for state in ("pending", "voting", "approved", "signing", "signed", "broadcast", "confirmed"):
+        assert re.search(rf"\d\d:\d\d:\d\d\.\d{{3}}\s+{state}\b", status), (state, status)
+
+
+def test_wallet_balance(cluster: Cluster) -> None:
+    out = cluster.mpcw("wallet", "balance").stdout
+    shown = Decimal(re.search(r"^confirmed\s+(\d+\.\d{8}) BTC", out, re.M).group(1))  # type: ignore[union-attr]
+    with cluster.api() as api:
+        body = api.get("/api/v1/wallet/balance").json()
+    assert shown == Decimal(body["confirmed_sats"]) / 100_000_000
+    assert shown > 0
+    assert re.search(r"^unconfirmed\s+\d+\.\d{8} BTC", out, re.M), out

@@ -1,0 +1,175 @@
+"""No secret share (nor any other node secret) anywhere but in its node's encrypted keystore.
+
+The secrets are read test-side from every node's keystore: the key share, the ChillDKG host key, the
+key-encryption key and a few pooled secret nonces (decrypted in place, not consumed). Each is searched
+for raw, as lower/upper-case hex and as base64 in:
+
+- every message stored in every stream (TX, VOTE, PROTO, NODE), read back one by one as ``admin``;
+- every stored value of every KV bucket (the bucket streams, so overwritten revisions count too);
+- every row of every table in PostgreSQL's ``public`` schema;
+- every log file in ``D/logs/``;
+- and, as a catch-all, every other file under the cluster directory (NATS and PostgreSQL storage, the
+  devchain, pid/run files) except the keystore files themselves.
+
+This module runs last on purpose (after spends, rejections, replays and restarts have written their logs).
+A positive control proves the scanner finds a planted secret in each kind of place it searches.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.runtime.bus import Bus
+from services.signer.keystore import Keystore
+from tests.e2e.conftest import BUCKETS, STREAMS, Cluster, StoredMsg, read_stream
+
+pytestmark = pytest.mark.e2e
+
+NONCES_PER_NODE = 3
+KEYSTORE_FILES = ("kek", "kek.salt")  # plus *.enc under nodes/<node>/
+
+
+@dataclass(frozen=True)
+class Secret:
+    label: str
+    value: bytes
+
+    def needles(self) -> Iterator[tuple[str, bytes]]:
+        v = self.value
+        yield "raw", v
+        yield "hex", v.hex().encode()
+        yield "HEX", v.hex().upper().encode()
+        yield "base64", base64.b64encode(v).rstrip(b"=")
+        yield "base64url", base64.urlsafe_b64encode(v).rstrip(b"=")
+
+
+def collect_secrets(cluster: Cluster) -> list[Secret]:
+    out: list[Secret] = []
+    for node in cluster.info["nodes"]:
+        ks = Keystore(cluster.data_dir, node)
+        share = ks.load_share("default")
+        assert len(share.secshare) == 32
+        out.append(Secret(f"{node} secret share", share.secshare))
+        out.append(Secret(f"{node} host key", ks._open(ks.root / "hostkey.enc", "hostkey", "host")))
+        out.append(Secret(f"{node} key-encryption key", (ks.root / "kek").read_bytes()))
+        nonce_files = sorted((ks.root / "nonces").glob("*.enc"))[:NONCES_PER_NODE]
+        assert len(nonce_files) == NONCES_PER_NODE, f"{node} has too few pooled nonces to check"
+        for f in nonce_files:
+            secnonce = ks._open(f, "nonce", f.stem)
+            assert len(secnonce) >= 64
+            out.append(Secret(f"{node} secret nonce {f.stem}", secnonce))
+            out.append(Secret(f"{node} secret nonce {f.stem} k1", secnonce[:32]))
+            out.append(Secret(f"{node} secret nonce {f.stem} k2", secnonce[32:64]))
+    assert len({s.value for s in out}) == len(out), "two secrets are equal?!"
+    return out
+
+
+class Scanner:
+    def __init__(self, secrets: list[Secret]) -> None:
+        self.needles = [(s.label, kind, n) for s in secrets for kind, n in s.needles()]
+        self.scanned: dict[str, int] = {}
+        self.hits: list[str] = []
+
+    def scan(self, where: str, category: str, blob: bytes) -> None:
+        self.scanned[category] = self.scanned.get(category, 0) + 1
+        for label, kind, needle in self.needles:
+            if needle in blob:
+                self.hits.append(f"{label} ({kind}) in {where}")
+
+
+async def _bus_blobs(bus: Bus) -> list[StoredMsg]:
+    msgs: list[StoredMsg] = []
+    for stream in (*STREAMS, *(f"KV_{b}" for b in BUCKETS)):
+        msgs += await read_stream(bus, stream)
+    return msgs
+
+
+def _row_bytes(row: asyncpg.Record) -> bytes:
+    parts = []
+    for v in row.values():
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            parts.append(bytes(v))
+        elif isinstance(v, (list, tuple)):
+            parts += [bytes(x) if isinstance(x, (bytes, bytearray)) else str(x).encode() for x in v]
+        parts.append(str(v).encode())
+    return b"\x00".join(parts)
+
+
+def _db_rows(cluster: Cluster) -> list[tuple[str, bytes]]:
+    async def go(conn: asyncpg.Connection) -> list[tuple[str, bytes]]:
+        tables = [
+            r["table_name"]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY table_name"
+            )
+        ]
+        out = []
+        for t in tables:
+            for i, row in enumerate(await conn.fetch(f'SELECT * FROM "{t}"')):
+                out.append((f"{t} row {i}", _row_bytes(row)))
+            out.append((f"{t} (table)", b""))
+        return out
+
+    return cluster.with_db(go)
+
+
+def _is_keystore_file(path: Path, data_dir: Path) -> bool:
+    rel = path.relative_to(data_dir).parts
+    return len(rel) >= 3 and rel[0] == "nodes" and (path.suffix == ".enc" or path.name in KEYSTORE_FILES)
+
+
+def _other_files(data_dir: Path) -> Iterable[Path]:
+    for p in sorted(data_dir.rglob("*")):
+        if p.is_file() and not p.is_symlink() and not _is_keystore_file(p, data_dir):
+            yield p
+
+
+def scan_everything(cluster: Cluster, scanner: Scanner) -> None:
+    for m in cluster.with_bus(_bus_blobs):
+        scanner.scan(f"{m.stream} #{m.seq} {m.subject}", m.stream, m.subject.encode() + b"\x00" + m.data)
+    for where, blob in _db_rows(cluster):
+        scanner.scan(where, "db row" if blob else "db table", blob)
+    logs = cluster.data_dir / "logs"
+    for f in sorted(logs.glob("*")):
+        if f.is_file():
+            scanner.scan(str(f.relative_to(cluster.data_dir)), "log file", f.read_bytes())
+    for f in _other_files(cluster.data_dir):
+        if f.parent != logs:
+            try:
+                data = f.read_bytes()
+            except OSError:
+                continue  # a file removed while walking (postgres temp files)
+            scanner.scan(str(f.relative_to(cluster.data_dir)), "other file", data)
+
+
+def test_no_node_secret_anywhere(cluster: Cluster, confirmed_spend: dict[str, object]) -> None:
+    assert confirmed_spend["state"] == "confirmed"  # at least one signing happened
+    secrets = collect_secrets(cluster)
+    scanner = Scanner(secrets)
+    scan_everything(cluster, scanner)
+    # the scan really covered every kind of place, and a lot of it
+    for stream in (*STREAMS, "KV_nodes", "KV_presig", "KV_keys", "KV_config", "KV_rounds"):
+        assert scanner.scanned.get(stream, 0) > 0, (stream, scanner.scanned)
+    assert scanner.scanned.get("db row", 0) > 20, scanner.scanned
+    assert scanner.scanned.get("log file", 0) >= len(cluster.info["services"]), scanner.scanned
+    assert scanner.scanned.get("other file", 0) > 50, scanner.scanned
+    assert scanner.hits == [], "\n".join(scanner.hits[:50])
+
+
+def test_scanner_finds_a_planted_secret(cluster: Cluster) -> None:
+    """Positive control: the same scanner, over the same places, sees a known value in each of them."""
+    planted = next(s for s in collect_secrets(cluster) if s.label == "node-1 secret share")
+    scanner = Scanner([planted])
+    scanner.scan("message", "stream message", b"\x92\xc4\x20" + planted.value + b"tail")
+    scanner.scan("log", "log file", b'{"msg": "x", "share": "' + planted.value.hex().encode() + b'"}\n')
+    scanner.scan("row", "db row", _row_bytes({"a": 1, "b": planted.value}))  # type: ignore[arg-type]
+    scanner.scan("upper", "other file", b"..." + planted.value.hex().upper().encode())
+    scanner.scan("b64", "other file", base64.b64encode(planted.value))
+    assert len({h.split(" in ")[1] for h in scanner.hits}) == 5, scanner.hits
