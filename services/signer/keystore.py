@@ -48,17 +48,20 @@ class ShareRecord(msgspec.Struct, frozen=True, kw_only=True):
     recovery_data: bytes = b""
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: the file is either absent or whole."""
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write to a temporary file and rename it: readers see the file absent or whole. ``durable``
+    also fsyncs the file and the directory, so it survives an OS crash."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -98,9 +101,9 @@ class Keystore:
     def _aad(self, kind: str, name: str) -> bytes:
         return f"mpcw/{self.node}/{kind}/{name}".encode()
 
-    def _seal(self, path: Path, kind: str, name: str, plaintext: bytes) -> None:
+    def _seal(self, path: Path, kind: str, name: str, plaintext: bytes, durable: bool = True) -> None:
         nonce = secrets.token_bytes(12)
-        write_atomic(path, nonce + self._aead.encrypt(nonce, plaintext, self._aad(kind, name)))
+        write_atomic(path, nonce + self._aead.encrypt(nonce, plaintext, self._aad(kind, name)), durable)
 
     def _open(self, path: Path, kind: str, name: str) -> bytes:
         try:
@@ -148,11 +151,14 @@ class Keystore:
 
     # -- pooled secret nonces ------------------------------------------------------------------
     def save_nonce(self, nonce_id: str, secnonce: bytes) -> None:
+        """Store a fresh secret nonce. Not fsynced, on purpose: losing a fresh nonce in an OS crash is
+        harmless (its signing attempt is refused and retried with another); only *using* one must be
+        durable (:meth:`take_nonce`)."""
         self._check_name(nonce_id)
         path = self.root / "nonces" / f"{nonce_id}.enc"
         if path.exists():
             raise KeystoreError(f"nonce {nonce_id!r} already exists")
-        self._seal(path, "nonce", nonce_id, bytes(secnonce))
+        self._seal(path, "nonce", nonce_id, bytes(secnonce), durable=False)
 
     def take_nonce(self, nonce_id: str) -> bytearray:
         """Read and irrevocably delete a secret nonce: it can be used at most once, even across restarts.

@@ -250,7 +250,9 @@ class SignerNode:
                         node=self.node,
                         psigs=psigs,
                     )
-                    write_atomic(done, msgspec.msgpack.encode(out))
+                    # not fsynced: if it is lost, a redelivery finds the nonce used, refuses, and
+                    # consensus retries; it only spares re-sending a different answer within a run
+                    write_atomic(done, msgspec.msgpack.encode(out), durable=False)
                 except SigningError as exc:
                     self.log.warning(
                         "refusing to sign", tx_id=sig.tx_id, attempt=sig.attempt, reason=str(exc)
@@ -262,7 +264,7 @@ class SignerNode:
                         node=self.node,
                         reason=str(exc),
                     )
-                    write_atomic(refused, msgspec.msgpack.encode(out))
+                    write_atomic(refused, msgspec.msgpack.encode(out), durable=False)
         await self.bus.publish(subject, out, msg_id)
 
     async def _sign(self, sig: TxSigning) -> list[bytes]:
