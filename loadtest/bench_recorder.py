@@ -1,6 +1,9 @@
 """Recorder throughput: how many lifecycle events per second the recorder projects into PostgreSQL.
 
-    python loadtest/bench_recorder.py [--spends 400] [--concurrency 32] [--timeout 300]
+    python loadtest/bench_recorder.py [--spends 400] [--concurrency 32] [--batch N] [--timeout 300]
+
+``--batch 1`` runs the recorder the old way (one message per fetch and per DB transaction), the default
+its batch size (256 messages per fetch and per DB transaction).
 
 Starts embedded nats-server (TLS JetStream) and PostgreSQL in a fresh temporary directory (the way
 ``tests/integration/conftest.py`` does), runs ``python -m services.recorder`` as a subprocess, warms it
@@ -149,7 +152,7 @@ async def last_seqs(bus: Bus) -> dict[str, int]:
     return {s: (await bus.js.stream_info(s)).state.last_seq for s in ("TX", "VOTE")}
 
 
-async def run(d: Path, spends: int, concurrency: int, timeout: float) -> dict[str, float]:
+async def run(d: Path, spends: int, concurrency: int, timeout: float, batch: int | None) -> dict[str, float]:
     init_pki(d, nodes=5)
     nats = start_nats(d, all_identities(5))
     pg = start_postgres(d)
@@ -166,7 +169,8 @@ async def run(d: Path, spends: int, concurrency: int, timeout: float) -> dict[st
         env = {**os.environ, "MPCW_NATS_URL": nats.url, "MPCW_DATABASE_URL": pg.url}
         log = open(d / "recorder.log", "wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.recorder", "--data-dir", str(d)],
+            [sys.executable, "-m", "services.recorder", "--data-dir", str(d),
+             *(["--batch", str(batch)] if batch is not None else [])],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         warm = [uuid.uuid4().hex for _ in range(5)]
@@ -220,11 +224,12 @@ def main() -> None:
     ap.add_argument("--spends", type=int, default=400)
     ap.add_argument("--concurrency", type=int, default=32, help="spends published concurrently")
     ap.add_argument("--timeout", type=float, default=300.0, help="give up draining after S seconds")
+    ap.add_argument("--batch", type=int, default=None, help="the recorder's --batch (default: its own)")
     ap.add_argument("--label", default="", help="row label (e.g. before/after)")
     args = ap.parse_args()
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # nats-py's TLS close chatter
     with tempfile.TemporaryDirectory(prefix="mpcw-bench-rec-") as tmp:
-        r = asyncio.run(run(Path(tmp), args.spends, args.concurrency, args.timeout))
+        r = asyncio.run(run(Path(tmp), args.spends, args.concurrency, args.timeout, args.batch))
     cmd = " ".join(["python", "loadtest/bench_recorder.py", *sys.argv[1:]])
     print(
         f"`{cmd}` on {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -233,7 +238,8 @@ def main() -> None:
     print("| recorder | spends | events | drain s | events/s | spends/s |")
     print("|---|---:|---:|---:|---:|---:|")
     print(
-        f"| {args.label or 'current'} | {r['spends']} | {r['events']} | {r['drain_s']:.2f} | "
+        f"| {args.label or f'batch {args.batch or 256}'} | {r['spends']} | {r['events']} | "
+        f"{r['drain_s']:.2f} | "
         f"{r['events_per_s']:.0f} | {r['spends_per_s']:.1f} |"
     )
     print(f"\n(published in {r['publish_s']:.2f} s while the recorder was paused)")

@@ -1,4 +1,4 @@
-"""``python -m services.recorder --data-dir DIR [--ack-wait S] [--durable-prefix P]``: runs until
+"""``python -m services.recorder --data-dir DIR [--ack-wait S] [--batch N] [--durable-prefix P]``: runs until
 SIGTERM/SIGINT, finishes the message in hand (committed and acked), exits 0."""
 
 from __future__ import annotations
@@ -6,20 +6,24 @@ from __future__ import annotations
 from schemas.messages import REGISTRY
 from services.runtime.service import ServiceContext, run_service, service_argparser
 
-from .service import Recorder
+from .service import BATCH, Recorder
 
 
 async def serve(ctx: ServiceContext) -> None:
     recorder = Recorder(ctx.cfg, ctx.bus, ctx.pool)
-    recorder.start(ack_wait=ctx.args.ack_wait, durable_prefix=ctx.args.durable_prefix)
+    recorder.start(ack_wait=ctx.args.ack_wait, durable_prefix=ctx.args.durable_prefix, batch=ctx.args.batch)
     ctx.ready()
     await ctx.stopped()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = service_argparser("recorder")
+    parser.add_argument("--ack-wait", type=float, default=10.0, help="unacked message returns after S")
     parser.add_argument(
-        "--ack-wait", type=float, default=10.0, help="unacked message returns after S"
+        "--batch",
+        type=int,
+        default=BATCH,
+        help="messages per fetch and per DB transaction (1: one at a time, the old way)",
     )
     parser.add_argument("--durable-prefix", default="recorder", help="consumer names <prefix>-tx, -vote, ...")
     run_service("recorder", serve, argv=argv, registry=REGISTRY, use_db=True, parser=parser)

@@ -424,9 +424,7 @@ async def _vote(conn: asyncpg.Connection, msg: Message) -> Outcome:
         )
         return Outcome("refused", f"{node} voted differently before on {tx_id}", audit_id=audit_id)
     column = "approvals" if v.approve else "rejections"
-    await conn.execute(
-        f"UPDATE voting_rounds SET {column} = {column} + 1 WHERE tx_id = $1", tx_id
-    )
+    await conn.execute(f"UPDATE voting_rounds SET {column} = {column} + 1 WHERE tx_id = $1", tx_id)
     details = {
         "node": node,
         "approve": v.approve,

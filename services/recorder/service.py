@@ -3,12 +3,17 @@
 
 Ordering is what makes the stored stream position an exactly-once guard: a message is applied only if
 its sequence is beyond the stored one, so a later message must never be applied before an earlier one.
-Each consumer therefore runs with ``max_ack_pending = 1`` (the server hands out the next message only
-after the previous one was acked, and redelivers an unacked one first) and the handler never fails a
-message: database errors are retried (with backoff) until they pass, so nothing is nak'ed with a delay
-that would let a later message overtake it. A message that fails the same way a few times although the
-database is reachable (a bug, not an outage) is recorded as a ``record.failed`` audit entry, its
-position advanced, and the stream moves on.
+Each consumer therefore fetches batches of ``batch`` messages with ``max_ack_pending = batch`` (the server
+hands out the next batch only after the previous one was acked), is re-created at every start (and
+reconnect) to begin right after the stored position (``resume_from``: a crashed instance's unacked batch
+can then never be overtaken by later messages; nothing before the position is needed again) and
+applies a whole batch in ONE database transaction (:func:`services.recorder.batch.record_batch`), then
+acks it; the handler never fails a batch: transient database errors are retried (with backoff) until
+they pass, so nothing is nak'ed with a delay that would let a later message overtake it. When a batch
+fails otherwise (a bug, a constraint nobody foresaw) it is recorded message by message, one transaction
+each, the way ``batch = 1`` always works: a message that fails the same way a few times although the
+database is reachable is recorded as a ``record.failed`` audit entry, its position advanced, and the
+stream moves on.
 
 Protocol subjects (``proto.>``) are not recorded: their payloads are encrypted or secret-adjacent, and
 the lifecycle events already carry what an auditor needs. Heartbeats belong to the monitor.
@@ -17,17 +22,19 @@ the lifecycle events already carry what an auditor needs. Heartbeats belong to t
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from schemas.names import violation_subject
+from schemas.names import stream_for, violation_subject
 from services.runtime.bus import Bus, Received
 from services.runtime.config import ServiceConfig
-from services.runtime.db import advance_stream_position, audit_append
+from services.runtime.db import advance_stream_position, audit_append, stream_position
 from services.runtime.logging import get_logger
 
+from .batch import record_batch
 from .project import CONSUMER, Message, Outcome, record
 
 RECORDED = Counter(
@@ -35,6 +42,10 @@ RECORDED = Counter(
 )
 POSITION = Gauge("mpcw_recorder_stream_position", "Last stream sequence applied", ["stream"])
 DB_RETRIES = Counter("mpcw_recorder_db_retries_total", "Database attempts retried", ["stream"])
+BATCH_FALLBACKS = Counter(
+    "mpcw_recorder_batch_fallbacks_total", "Batches recorded message by message after an error", ["stream"]
+)
+BATCH = 256  # messages per fetch and per database transaction
 
 
 @dataclass(frozen=True)
@@ -75,41 +86,74 @@ class Recorder:
         self.log = get_logger(cfg.name)
         self.tasks: list[asyncio.Task[None]] = []
 
-    def start(self, *, ack_wait: float = 10.0, durable_prefix: str = "recorder") -> None:
-        """Start the consumers (durables ``<prefix>-tx``, ``-vote``, ``-violation``)."""
+    def start(self, *, ack_wait: float = 10.0, durable_prefix: str = "recorder", batch: int = BATCH) -> None:
+        """Start the consumers (durables ``<prefix>-tx``, ``-vote``, ``-violation``); ``batch = 1``: one
+        message per fetch and per database transaction (the slow, original way)."""
         for s in SUBSCRIPTIONS:
-            self.tasks.append(
-                self.bus.start_consumer(
+            durable = f"{durable_prefix}-{s.durable}"
+            if batch > 1:
+                task = self.bus.start_batch_consumer(
                     s.subject,
-                    f"{durable_prefix}-{s.durable}",
+                    durable,
+                    self.handle_batch,
+                    batch=batch,
+                    max_ack_pending=batch,
+                    ack_wait=ack_wait,
+                    resume_from=functools.partial(self._resume_from, stream_for(s.subject)),
+                )
+            else:
+                task = self.bus.start_consumer(
+                    s.subject,
+                    durable,
                     self.handle,
                     batch=1,
                     max_ack_pending=1,
                     ack_wait=ack_wait,
                     ack_sync=True,
                 )
-            )
-        self.log.info("recorder consuming", subjects=[s.subject for s in SUBSCRIPTIONS])
+            self.tasks.append(task)
+        self.log.info("recorder consuming", subjects=[s.subject for s in SUBSCRIPTIONS], batch=batch)
+
+    async def _resume_from(self, stream: str) -> int:
+        """Where a batch consumer (re)starts: right after the position stored with the last commit."""
+        while True:
+            try:
+                return await stream_position(self.pool, stream, CONSUMER) + 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.warning("reading the stream position failed; retrying", error=repr(exc)[:200])
+                await asyncio.sleep(1.0)
 
     async def handle(self, rec: Received) -> None:
-        msg = Message(
-            stream=rec.stream,
-            seq=rec.seq,
-            subject=rec.subject,
-            sender=rec.sender,
-            payload=rec.payload,
-            msg_id=rec.msg_id,
-            envelope_raw=rec.envelope_raw,
-            ts_ms=rec.envelope.ts_ms,
-        )
+        msg = _message(rec)
         outcome = await self._record_until_done(msg)
-        RECORDED.labels(msg.stream, outcome.status).inc()
-        POSITION.labels(msg.stream).set(msg.seq)
-        if outcome.status == "refused":
-            self.log.warning(
-                "refused", subject=msg.subject, seq=msg.seq, sender=msg.sender, reason=outcome.detail[:300]
-            )
-        if outcome.violation is not None:
+        await self._after([msg], [outcome])
+
+    async def handle_batch(self, recs: list[Received]) -> None:
+        """One fetched batch (stream order): recorded in one transaction, then acked by the bus."""
+        if not recs:
+            return
+        msgs = [_message(r) for r in recs]
+        outcomes = await self._record_batch_until_done(msgs)
+        await self._after(msgs, outcomes)
+
+    async def _after(self, msgs: list[Message], outcomes: list[Outcome]) -> None:
+        """Metrics, refusal logs and violation reports of recorded (committed) messages."""
+        for msg, outcome in zip(msgs, outcomes, strict=True):
+            RECORDED.labels(msg.stream, outcome.status).inc()
+            if outcome.status == "refused":
+                self.log.warning(
+                    "refused",
+                    subject=msg.subject,
+                    seq=msg.seq,
+                    sender=msg.sender,
+                    reason=outcome.detail[:300],
+                )
+        POSITION.labels(msgs[-1].stream).set(msgs[-1].seq)
+        for msg, outcome in zip(msgs, outcomes, strict=True):
+            if outcome.violation is None:
+                continue
             try:
                 await self.bus.publish(
                     violation_subject(outcome.violation.offender),
@@ -118,6 +162,35 @@ class Recorder:
                 )
             except Exception as exc:  # best effort: the refusal is already in the audit log
                 self.log.error("could not report a violation", subject=msg.subject, error=repr(exc)[:300])
+
+    async def _record_batch_until_done(self, msgs: list[Message]) -> list[Outcome]:
+        stream = msgs[0].stream
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    return await record_batch(conn, msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                DB_RETRIES.labels(stream).inc()
+                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                if not is_transient(exc):
+                    BATCH_FALLBACKS.labels(stream).inc()
+                    self.log.warning(
+                        "batch failed; recording it message by message",
+                        stream=stream,
+                        first_seq=msgs[0].seq,
+                        last_seq=msgs[-1].seq,
+                        error=error,
+                    )
+                    return [await self._record_until_done(msg) for msg in msgs]
+                self.log.warning("recording a batch failed; retrying", stream=stream, error=error)
+                if self.bus.stopping.is_set():
+                    # shutting down: leave the batch unacked; it is redelivered first next time
+                    raise asyncio.CancelledError from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _record_until_done(self, msg: Message) -> Outcome:
         delay = 0.1
@@ -170,3 +243,16 @@ class Recorder:
             except Exception as exc2:
                 self.log.warning("recording the failure failed; retrying", error=repr(exc2)[:200])
                 await asyncio.sleep(1.0)
+
+
+def _message(rec: Received) -> Message:
+    return Message(
+        stream=rec.stream,
+        seq=rec.seq,
+        subject=rec.subject,
+        sender=rec.sender,
+        payload=rec.payload,
+        msg_id=rec.msg_id,
+        envelope_raw=rec.envelope_raw,
+        ts_ms=rec.envelope.ts_ms,
+    )

@@ -19,6 +19,11 @@ decrypted when addressed to us, decoded with the registry and passed to ``handle
 with a growing delay; after ``poison_after`` deliveries it is terminated and reported. Invalid messages
 are terminated and reported on ``node.violation.<offender>`` as a ``schemas.envelope.BusRejection``;
 the loop itself never dies of a message.
+
+``consume_batch(filter, durable, handler_batch)`` is the same loop for consumers that store a whole
+fetched batch at once (the recorder): one awaited ``handler_batch(list[Received])`` per fetch, the
+valid messages in stream order, every one acked only after it returned; ``max_ack_pending`` defaults to
+the batch size so batches never overtake each other.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Received:
 
 
 Handler = Callable[[Received], Awaitable[None]]
+BatchHandler = Callable[[list[Received]], Awaitable[None]]
 
 
 class CasConflict(Exception):
@@ -641,6 +647,226 @@ class Bus:
                 await asyncio.sleep(max(ack_wait / 3, 0.2))
                 await msg.in_progress()
 
+    # ---- consume in batches -----------------------------------------------------------------------------
+
+    def start_batch_consumer(
+        self, subject_filter: str, durable: str, handler_batch: BatchHandler, **kw: Any
+    ) -> asyncio.Task[None]:
+        """Run :meth:`consume_batch` as a task tracked for graceful shutdown."""
+        return asyncio.get_running_loop().create_task(
+            self.consume_batch(subject_filter, durable, handler_batch, **kw), name=f"consume:{durable}"
+        )
+
+    async def consume_batch(
+        self,
+        subject_filter: str,
+        durable: str,
+        handler_batch: BatchHandler,
+        *,
+        registry: Registry | None = None,
+        batch: int = 256,
+        max_ack_pending: int | None = None,
+        fetch_timeout: float = 1.0,
+        ack_wait: float = 30.0,
+        nak_delay: float = 0.5,
+        poison_after: int = 5,
+        deliver_policy: str = "all",
+        stop: asyncio.Event | None = None,
+        resume_from: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        """Durable pull-consumer loop that hands ``handler_batch`` every fetched batch at once.
+
+        Each fetched message is verified as in :meth:`consume`; invalid ones are terminated and reported
+        the same way and left out. The valid ones are passed together, in stream order, to ONE awaited
+        ``handler_batch(list[Received])`` call; all of them are acked only after it returns (the acks are
+        flushed to the server before the next fetch). When it raises :class:`RetryLater` they are all
+        nak'ed with its delay; any other exception naks them all with the growing delay of
+        :meth:`consume`, except those delivered ``poison_after`` times, which are terminated and reported.
+        A ``CancelledError`` (a crash) acks nothing: the server redelivers after ``ack_wait``.
+
+        ``max_ack_pending`` defaults to ``batch``: while this loop runs, the server never hands out a
+        message before every earlier one was acked, so batches arrive in stream order. That alone does
+        not hold across a crash: a dead instance's unacked batch is redelivered only after ``ack_wait``,
+        and if it held fewer than ``max_ack_pending`` messages, later ones can be delivered first. A
+        caller that keeps its own position (an exactly-once guard that skips ``seq <= stored``) passes
+        ``resume_from``: on every (re)subscribe the durable is re-created to start at the stream sequence
+        ``await resume_from()`` returns (its position + 1), dropping the server's record of unacked
+        deliveries, so nothing after the position can overtake anything before it.
+        """
+        task = asyncio.current_task()
+        if task is not None:
+            self._consumers.add(task)
+        stop_ev = stop or self._stopping
+        stream = stream_for(subject_filter)
+        reg = {**BUILTIN_TYPES, **registry} if registry is not None else self.registry
+        pending = max_ack_pending if max_ack_pending is not None else batch
+        sub: JetStreamContext.PullSubscription | None = None
+        gen = -1
+        backoff = 0.2
+        try:
+            while not stop_ev.is_set() and not self._stopping.is_set():
+                try:
+                    if sub is None or gen != self._generation:
+                        if sub is not None:
+                            with contextlib.suppress(Exception):
+                                await sub.unsubscribe()
+                        gen = self._generation
+                        config = api.ConsumerConfig(
+                            ack_policy=api.AckPolicy.EXPLICIT,
+                            ack_wait=ack_wait,
+                            max_deliver=-1,
+                            max_ack_pending=pending,
+                            deliver_policy=api.DeliverPolicy(deliver_policy),
+                        )
+                        if resume_from is not None:
+                            start = max(1, await resume_from())
+                            with contextlib.suppress(nats.js.errors.NotFoundError):
+                                await self.js.delete_consumer(stream, durable)
+                            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+                            config.opt_start_seq = start
+                            self.log.info("consumer resumes", durable=durable, stream=stream, start_seq=start)
+                        sub = await self.js.pull_subscribe(
+                            subject_filter, durable=durable, stream=stream, config=config
+                        )
+                    try:
+                        msgs = await sub.fetch(batch, timeout=fetch_timeout)
+                    except TimeoutError:  # nats.errors.TimeoutError, or a bare one from fetch(n > 1)
+                        backoff = 0.2
+                        continue  # no work
+                    backoff = 0.2
+                    if stop_ev.is_set() or self._stopping.is_set():
+                        for rest in msgs:  # hand back what we will not process
+                            with contextlib.suppress(Exception):
+                                await rest.nak()
+                        break
+                    await self._handle_batch(
+                        msgs, durable, handler_batch, reg, nak_delay, poison_after, ack_wait
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.log.warning("consumer error; re-subscribing", durable=durable, error=repr(exc)[:300])
+                    if sub is not None:  # a leaked subscription would stall drain() on close
+                        with contextlib.suppress(Exception):
+                            await sub.unsubscribe()
+                    sub = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            if task is not None:
+                self._consumers.discard(task)
+
+    async def _receive(self, msg: Msg, registry: Registry) -> Received | None:
+        """Verify and decode one delivered message; an invalid one is reported, terminated, and None."""
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        stream = meta.stream
+        try:
+            env, payload = self.open(msg.data, msg.subject, registry)
+        except EnvelopeError as exc:
+            M.MESSAGES_REJECTED.labels(self.service, exc.kind).inc()
+            self.log.warning(
+                "dropped invalid message",
+                kind=exc.kind,
+                subject=msg.subject,
+                stream=stream,
+                seq=seq,
+                detail=exc.detail[:200],
+            )
+            offender = exc.sender if (exc.verified and exc.sender) else UNKNOWN
+            detail = (
+                exc.detail
+                if exc.verified or not exc.sender
+                else f"{exc.detail} (claimed: {exc.sender[:64]!r})"
+            )
+            await self.report(offender, exc.kind, detail, msg.subject, stream, seq, msg.data)
+            await msg.term()
+            return None
+        return Received(
+            subject=msg.subject,
+            sender=env.sender,
+            payload=payload,
+            seq=seq,
+            msg_id=env.msg_id,
+            envelope_raw=msg.data,
+            envelope=env,
+            stream=stream,
+            num_delivered=meta.num_delivered,
+        )
+
+    async def _handle_batch(
+        self,
+        msgs: list[Msg],
+        durable: str,
+        handler_batch: BatchHandler,
+        registry: Registry,
+        nak_delay: float,
+        poison_after: int,
+        ack_wait: float,
+    ) -> None:
+        valid: list[tuple[Msg, Received]] = []
+        for msg in msgs:
+            rec = await self._receive(msg, registry)
+            if rec is not None:
+                valid.append((msg, rec))
+        if not valid:
+            return
+        keepalive = asyncio.get_running_loop().create_task(
+            self._keepalive_many([msg for msg, _ in valid], ack_wait)
+        )
+        t0 = time.perf_counter()
+        try:
+            await handler_batch([rec for _, rec in valid])
+        except asyncio.CancelledError:
+            raise  # a crash: no ack, the server redelivers after ack_wait
+        except RetryLater as later:
+            for msg, _ in valid:
+                await msg.nak(delay=later.delay)
+            return
+        except Exception as exc:
+            M.HANDLER_FAILURES.labels(self.service, durable).inc()
+            self.log.warning(
+                "batch handler failed; nak",
+                durable=durable,
+                first_seq=valid[0][1].seq,
+                last_seq=valid[-1][1].seq,
+                error=repr(exc)[:300],
+            )
+            for msg, rec in valid:
+                if rec.num_delivered >= poison_after:
+                    M.MESSAGES_REJECTED.labels(self.service, "poison").inc()
+                    self.log.warning(
+                        "poison message terminated",
+                        durable=durable,
+                        subject=rec.subject,
+                        seq=rec.seq,
+                        deliveries=rec.num_delivered,
+                    )
+                    why = f"{durable}: {type(exc).__name__}"
+                    await self.report(rec.sender, "poison", why, rec.subject, rec.stream, rec.seq, msg.data)
+                    await msg.term()
+                else:
+                    await msg.nak(delay=nak_delay * (2 ** (rec.num_delivered - 1)))
+            return
+        finally:
+            keepalive.cancel()
+        M.HANDLER_SECONDS.labels(self.service, durable).observe(time.perf_counter() - t0)
+        for msg, _ in valid:
+            await msg.ack()
+        await self.nc.flush(timeout=10)  # the server has every ack before the next fetch
+        M.MESSAGES_CONSUMED.labels(self.service, durable).inc(len(valid))
+
+    async def _keepalive_many(self, msgs: list[Msg], ack_wait: float) -> None:
+        """:meth:`_keepalive` for a whole batch."""
+        with contextlib.suppress(Exception):
+            while True:
+                await asyncio.sleep(max(ack_wait / 3, 0.2))
+                for msg in msgs:
+                    await msg.in_progress()
+
     async def report(
         self, offender: str, kind: str, detail: str, subject: str, stream: str, seq: int, raw: bytes
     ) -> None:
@@ -679,6 +905,7 @@ def verify_envelope(raw: bytes, identities: Identities) -> E.Envelope:
 
 __all__ = [
     "KV",
+    "BatchHandler",
     "Bus",
     "CasConflict",
     "EnvelopeError",

@@ -269,7 +269,8 @@ async def test_exactly_once_across_sigkill(
     node = await bus_factory("node-1")
     conn = await asyncpg.connect(fresh_database_url)
     try:
-        proc = recorder_proc("--ack-wait", "2")
+        # small batches, so that the publisher outruns it and the kill lands mid-stream
+        proc = recorder_proc("--ack-wait", "2", "--batch", "4")
         ids = [new_id() for _ in range(60)]
         last = None
         for tx in ids:
