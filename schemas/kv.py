@@ -4,6 +4,7 @@
 - ``presig``: ``frost.<key_id>.<node>.<nonce_id>`` -> :class:`NonceEntry` (claimed once, by CAS)
 - ``rounds``: ``<tx_id>`` -> :class:`RoundRecord` (CAS on revision)
 - ``config``: ``policy`` -> ``schemas.rest.Policy``; ``dkg.<session>`` -> :class:`DkgRequest`
+- ``bans``: ``<identity>`` -> :class:`BanRecord` (written by the monitor)
 """
 
 from __future__ import annotations
@@ -73,6 +74,16 @@ class RoundRecord(msgspec.Struct, kw_only=True):
     attempt_started_ms: int = 0
     failed_signers: list[str] = []
     done: bool = False  # signed, rejected or failed
+
+
+class BanRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """KV ``bans`` ``<identity>``: banned until ``until_ms`` (consumers compare with their clock)."""
+
+    node: str
+    until_ms: int
+    banned_at_ms: int
+    violations: int
+    reason: str = ""
 
 
 def key_record_key(scheme: str, key_id: str) -> str:

@@ -45,6 +45,7 @@ from schemas.messages import (
     Vote,
 )
 from schemas.names import (
+    BUCKET_BANS,
     BUCKET_CONFIG,
     BUCKET_KEYS,
     BUCKET_ROUNDS,
@@ -81,6 +82,7 @@ class Consensus:
         self.pool = NoncePool(self.bus)
         self.active: dict[str, tuple[int, float]] = {}  # tx_id -> (attempt, started monotonic)
         self.rounds: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # tx_id -> (revision, record)
+        self.bans: dict[str, int] = {}  # node -> banned until (ms), mirrored from KV bans
 
     # ---- rounds in KV -------------------------------------------------------------------------------
     async def _update(self, tx_id: str, change: RoundChange) -> K.RoundRecord:
@@ -222,10 +224,11 @@ class Consensus:
             await self._fail(tx_id, f"no signer set completed after {MAX_ATTEMPTS} attempts")
             return
         approvers = tally.approvers(rnd)
-        signers = tally.choose_signers(approvers, rnd.t, set(rnd.failed_signers), attempt)
+        banned = {n for n, until in self.bans.items() if until > now_ms()}
+        signers = tally.choose_signers(approvers, rnd.t, set(rnd.failed_signers) | banned, attempt)
         if signers is None:
-            # everybody failed once: try again with every approver
-            signers = tally.choose_signers(approvers, rnd.t, set(), attempt)
+            # everybody failed once: try again with every approver that is not banned
+            signers = tally.choose_signers(approvers, rnd.t, banned, attempt)
         if signers is None:
             await self._fail(tx_id, "fewer than t approving signers available")
             return
@@ -283,6 +286,21 @@ class Consensus:
         current = self.active.get(v.tx_id)
         if current is not None:
             await self._next_attempt(v.tx_id, failed=v.offender, from_attempt=current[0])
+
+    async def watch_bans(self) -> None:
+        kv = await self.bus.kv(BUCKET_BANS)
+        async for entry in kv.watch():
+            if entry is None:
+                continue
+            if entry.operation != "PUT":
+                self.bans.pop(entry.key, None)
+                continue
+            try:
+                ban = entry.decode(K.BanRecord)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            self.bans[ban.node] = ban.until_ms
+            self.log.warning("node banned: not chosen as a signer", node=ban.node, until_ms=ban.until_ms)
 
     async def watch_timeouts(self) -> None:
         while not self.ctx.stop.is_set():
@@ -439,6 +457,7 @@ async def serve(ctx: ServiceContext) -> None:
         asyncio.create_task(c.pool.run()),
         asyncio.create_task(c.watch_timeouts()),
         asyncio.create_task(c.watch_dkg_requests()),
+        asyncio.create_task(c.watch_bans()),
         bus.start_consumer("tx.requested.>", "consensus-requested", c.on_requested),
         bus.start_consumer("vote.>", "consensus-votes", c.on_vote),
         bus.start_consumer("tx.*.>", "consensus-tx-events", c.on_tx_event),

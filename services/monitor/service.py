@@ -26,6 +26,7 @@ import msgspec
 from prometheus_client import Counter, Gauge
 
 from schemas.envelope import BusRejection
+from schemas.kv import BanRecord
 from schemas.messages import Heartbeat, Violation
 from schemas.names import BUCKET_BANS, BUCKET_NODES, SERVICE_IDENTITIES, UNKNOWN, check_token
 from services.runtime.bus import Bus, Received
@@ -44,16 +45,6 @@ VIOLATIONS = Counter("mpcw_monitor_violations_total", "Violations recorded", ["k
 BANS = Counter("mpcw_monitor_bans_total", "Bans issued")
 NODES_UP = Gauge("mpcw_monitor_nodes_up", "Identities with a recent heartbeat")
 NODES_BANNED = Gauge("mpcw_monitor_nodes_banned", "Identities currently banned")
-
-
-class BanRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """KV ``bans`` ``<identity>``: banned until ``until_ms`` (consumers compare with their clock)."""
-
-    node: str
-    until_ms: int
-    banned_at_ms: int
-    violations: int
-    reason: str = ""
 
 
 def _ts(ms: int) -> dt.datetime:

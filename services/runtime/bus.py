@@ -214,7 +214,7 @@ class KV:
                 while not stop.is_set() and gen == self.bus._generation:
                     try:
                         e = await w.updates(timeout=1.0)
-                    except nats.errors.TimeoutError:
+                    except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from inside fetch: no work
                         continue
                     if e is None:
                         yield None
@@ -530,7 +530,7 @@ class Bus:
                         )
                     try:
                         msgs = await sub.fetch(batch, timeout=fetch_timeout)
-                    except nats.errors.TimeoutError:
+                    except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from inside fetch: no work
                         backoff = 0.2
                         continue  # no work
                     backoff = 0.2

@@ -17,8 +17,8 @@ import pytest_asyncio
 
 from schemas import messages as m
 from schemas.envelope import BusRejection
+from schemas.kv import BanRecord
 from schemas.names import BUCKET_BANS, heartbeat_subject, violation_subject
-from services.monitor.service import BanRecord
 from services.runtime.bus import Bus
 from tests.integration.test_recorder_projection import start_service, stop_service, wait_for
 
