@@ -2,16 +2,20 @@
 
 Theory of operation
 -------------------
-Stateless over the streams. Each partial-signature message makes the broadcaster read back, from the
-streams, the attempt it belongs to (``tx.signing.<tx>``: only the newest attempt counts), the request
-(``tx.requested.<tx>``) and every signer's partial signatures for that session. When all are there it
-checks each with BIP-445 ``partial_sig_verify`` (an invalid one is blamed on its signer and reported as a
-violation; consensus then retries with another signer set), aggregates them, checks every BIP-340
-signature against the input's output key, assembles the witnesses and runs ``verify_transaction`` on the
-whole transaction before publishing ``tx.signed``. ``tx.signed`` is broadcast through the Esplora client
-(a transaction the backend already knows counts as broadcast) and announced as ``tx.broadcast``;
-``tx.broadcast`` is then re-checked until the chain confirms it, and ``tx.confirmed`` is published.
-All publishes use ``Nats-Msg-Id`` derived from the transaction, so a crash and redelivery repeat nothing.
+The streams are the truth; memory is a fast path. Partial signatures are collected per signing session
+(only the newest attempt, ``tx.signing.<tx>``, counts). When a session is complete the broadcaster
+aggregates them optimistically (BIP-445 ``partial_sig_agg``) and checks each input's BIP-340 signature
+against its output key; only if that fails does it run ``partial_sig_verify`` per signer, blame the
+culprit (a violation; consensus retries without it) and stop. The witnesses are assembled and
+``verify_transaction`` checks the whole transaction before ``tx.signed`` is published; it is handed to the
+chain backend at once (a transaction the backend already knows counts as broadcast) and ``tx.broadcast``
+follows. ``tx.broadcast`` is then re-checked until the chain confirms it, and ``tx.confirmed`` is
+published.
+
+After a restart nothing is lost: a redelivered partial signature, or any during the first
+``STARTUP_GRACE_S``, makes the broadcaster read the session's other partial signatures back from the
+stream; ``tx.signed`` is consumed too, so a crash between signing and broadcasting is finished later. All
+publishes use a ``Nats-Msg-Id`` derived from the transaction, so repeats are de-duplicated.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ class Broadcaster:
         self.signing: dict[str, TxSigning] = {}  # tx_id -> newest attempt seen
         self.psigs: dict[str, dict[str, list[bytes]]] = {}  # session -> node -> psigs
         self.signed: dict[str, None] = {}  # tx_ids aggregated by this process
+        self.broadcast_done: dict[str, None] = {}  # tx_ids this process announced as broadcast
         self.before_start: _Unknown = _Unknown()
 
     async def account(self, key_id: str) -> tuple[K.KeyRecord, ThresholdAccount]:
@@ -157,18 +162,25 @@ class Broadcaster:
             pubnonces = [signing.nonces[s][i].pubnonce for s in signing.signers]
             mine = [psigs[s][i] if i < len(psigs[s]) else b"" for s in signing.signers]
             tweaks, is_xonly = list(spend_key.tweaks), list(spend_key.is_xonly)
-            for j, node in enumerate(signing.signers):
-                ok = False
-                try:
-                    ok = frost.partial_sig_verify(mine[j], pubnonces, signers_ctx, tweaks, is_xonly, msg, j)
-                except (ValueError, frost.InvalidContributionError):
-                    ok = False
-                if not ok:
-                    await self._blame(node, req.tx_id, f"input {i}: invalid partial signature")
-                    return False
-            session_ctx = frost.SessionContext(frost.nonce_agg(pubnonces), signers_ctx, tweaks, is_xonly, msg)
-            sig = frost.partial_sig_agg(mine, session_ctx)
-            if not schnorr_verify(msg, spend_key.output_xonly, sig):
+            sig = b""
+            try:  # optimistic: aggregate, check the result; look for the culprit only when it fails
+                session_ctx = frost.SessionContext(
+                    frost.nonce_agg(pubnonces), signers_ctx, tweaks, is_xonly, msg
+                )
+                sig = frost.partial_sig_agg(mine, session_ctx)
+            except (ValueError, frost.InvalidContributionError):
+                sig = b""
+            if not sig or not schnorr_verify(msg, spend_key.output_xonly, sig):
+                for j, node in enumerate(signing.signers):
+                    try:
+                        ok = frost.partial_sig_verify(
+                            mine[j], pubnonces, signers_ctx, tweaks, is_xonly, msg, j
+                        )
+                    except (ValueError, frost.InvalidContributionError):
+                        ok = False
+                    if not ok:
+                        await self._blame(node, req.tx_id, f"input {i}: invalid partial signature")
+                        return False
                 await self._fail(req.tx_id, f"input {i}: aggregate signature does not verify")
                 return False
             witnesses.append(p2tr_key_path_witness(sig))
@@ -182,6 +194,7 @@ class Broadcaster:
         out = TxSigned(tx_id=req.tx_id, txid=txid(signed), signed_tx=raw, attempt=signing.attempt)
         await self.bus.publish(tx_subject("signed", req.tx_id), out, f"signed.{req.tx_id}")
         self.log.info("signed", tx_id=req.tx_id, txid=out.txid, attempt=signing.attempt)
+        await self._broadcast(out)  # now, not a hop later; on_signed repeats it only after a crash
         return True
 
     async def _blame(self, node: str, tx_id: str, detail: str) -> None:
@@ -202,6 +215,15 @@ class Broadcaster:
         msg = rec.payload
         if not isinstance(msg, TxSigned) or rec.sender not in ("broadcaster", "consensus"):
             return
+        if msg.tx_id in self.broadcast_done:
+            return
+        if await last_message(self.bus, tx_subject("broadcast", msg.tx_id)) is not None:
+            return  # broadcast right after signing (by this or an earlier run of this service)
+        await self._broadcast(msg)
+
+    async def _broadcast(self, msg: TxSigned) -> None:
+        """Hand the transaction to the chain backend (a backend that already has it counts as done) and
+        announce ``tx.broadcast``; idempotent."""
         try:
             got = await self.chain.broadcast(msg.signed_tx.hex())
             if got != msg.txid:
@@ -215,6 +237,8 @@ class Broadcaster:
             TxBroadcast(tx_id=msg.tx_id, txid=msg.txid),
             f"broadcast.{msg.tx_id}",
         )
+        self.broadcast_done[msg.tx_id] = None
+        self._trim(self.broadcast_done)
         self.log.info("broadcast", tx_id=msg.tx_id, txid=msg.txid)
 
     async def on_broadcast(self, rec: Received) -> None:
