@@ -542,7 +542,8 @@ async def _flush(conn: asyncpg.Connection, w: _Writes) -> None:
             [(tx_id, a, r) for tx_id, (a, r) in sorted(w.vote_deltas.items())],
         )
     if w.audit:
-        await _append_audit(conn, w.audit)
+        # checks without the database audit first: put every row back in message (= stream) order
+        await _append_audit(conn, sorted(w.audit, key=lambda e: e.msg.seq))
 
 
 async def _append_audit(conn: asyncpg.Connection, entries: list[_Audit]) -> None:
