@@ -33,9 +33,9 @@ import nats.js.errors
 import pytest
 from coincurve import PrivateKey
 
+from schemas import kv as K
 from schemas.lifecycle import TERMINAL, TxState
 from schemas.messages import REGISTRY
-from schemas import kv as K
 from schemas.names import BUCKET_KEYS, subject_matches
 from services.runtime.bus import Bus
 from services.runtime.config import load_config
@@ -75,7 +75,9 @@ class Cluster:
 
     # ---- the CLI -------------------------------------------------------------------------------------
 
-    def mpcw(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    def mpcw(
+        self, *args: str, check: bool = True, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
         """``mpcw --data-dir D ARGS...``; raises with both output streams when ``check`` and it fails."""
         env = {k: v for k, v in os.environ.items() if k not in ENV_DROPPED}
         proc = subprocess.run(
@@ -149,20 +151,15 @@ class Cluster:
         return pid
 
     def wait_ready(self, service: str, not_pid: int | None = None, timeout: float = 30.0) -> int:
-        """Wait until the supervisor reports ``service`` ready with a pid other than ``not_pid``."""
+        """Wait until the supervisor reports ``service`` ready with a live pid other than ``not_pid``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 p = self.processes()[service]
-                ready_file = json.loads((self.data_dir / "run" / f"{service}.ready").read_text())
-                if (
-                    p["status"] == "ready"
-                    and p["pid"]
-                    and p["pid"] != not_pid
-                    and ready_file.get("pid") == p["pid"]
-                ):
-                    pid: int = p["pid"]
-                    return pid
+                pid = p["pid"]
+                if p["status"] == "ready" and pid and pid != not_pid:
+                    os.kill(pid, 0)  # alive
+                    return int(pid)
             time.sleep(0.1)
         raise ClusterError(f"{service} not ready again after {timeout:.0f}s: {self.processes().get(service)}")
 

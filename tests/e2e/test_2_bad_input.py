@@ -21,10 +21,20 @@ MAINNET_ADDRESS = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"
 CASES: list[tuple[str, Any, int, str]] = [
     # (case, body: bytes sent raw or a JSON-able dict, expected status, a word the reason must contain)
     ("malformed JSON", b'{"recipient": "bcrt1q', 400, "json"),
-    ("unknown field", {"recipient": OK_RECIPIENT, "amount_sats": 10_000, "send_to_mars": True}, 422, "send_to_mars"),
+    (
+        "unknown field",
+        {"recipient": OK_RECIPIENT, "amount_sats": 10_000, "send_to_mars": True},
+        422,
+        "send_to_mars",
+    ),
     ("negative amount", {"recipient": OK_RECIPIENT, "amount_sats": -5}, 422, "amount_sats"),
     ("wrong network", {"recipient": MAINNET_ADDRESS, "amount_sats": 10_000}, 400, "network"),
-    ("insufficient funds", {"recipient": OK_RECIPIENT, "amount_sats": 20_000_000 * 100_000_000}, 409, "insufficient"),
+    (
+        "insufficient funds",
+        {"recipient": OK_RECIPIENT, "amount_sats": 20_000_000 * 100_000_000},
+        409,
+        "insufficient",
+    ),
 ]
 
 

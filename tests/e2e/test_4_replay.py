@@ -31,12 +31,14 @@ def _snapshot(cluster: Cluster, tx_id: str) -> dict[str, Any]:
         "tx_rows": [
             dict(r) for r in cluster.fetch("SELECT id, state, txid FROM transactions WHERE id = $1", tx_id)
         ],
-        "spend_requests": cluster.fetch("SELECT count(*) AS n FROM spend_requests WHERE tx_id = $1", tx_id)[0][
-            "n"
-        ],
+        "spend_requests": cluster.fetch("SELECT count(*) AS n FROM spend_requests WHERE tx_id = $1", tx_id)[
+            0
+        ]["n"],
         "vote_rows": [
             (r["node_id"], r["approve"])
-            for r in cluster.fetch("SELECT node_id, approve FROM votes WHERE tx_id = $1 ORDER BY node_id", tx_id)
+            for r in cluster.fetch(
+                "SELECT node_id, approve FROM votes WHERE tx_id = $1 ORDER BY node_id", tx_id
+            )
         ],
         "transitions": [
             (r["from_state"], r["to_state"])
@@ -73,7 +75,9 @@ def _replay(cluster: Cluster, subject: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("what", ["tx.requested", "vote"])
-def test_replayed_message_changes_nothing(cluster: Cluster, confirmed_spend: dict[str, Any], what: str) -> None:
+def test_replayed_message_changes_nothing(
+    cluster: Cluster, confirmed_spend: dict[str, Any], what: str
+) -> None:
     tx_id = confirmed_spend["id"]
     assert confirmed_spend["state"] == "confirmed"
     before = _snapshot(cluster, tx_id)
