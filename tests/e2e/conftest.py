@@ -311,9 +311,40 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     except ClusterError as exc:
         raise ClusterError(f"{exc}\n{_log_tails(c.data_dir)}") from None
     finally:
+        started = _started_pids(c.data_dir)
         down = c.mpcw("down", check=False, timeout=90.0)
         if down.returncode != 0:
             print(f"mpcw down exited {down.returncode}: {down.stdout} {down.stderr}", file=sys.stderr)
+        survivors = [pid for pid in started if _alive(pid)]
+        for pid in survivors:  # only processes this cluster started, by pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if survivors:
+            print(f"mpcw down left processes running: {survivors} (killed)", file=sys.stderr)
+
+
+def _started_pids(d: Path) -> list[int]:
+    try:
+        state = json.loads((d / "run" / "supervisor.json").read_text())
+    except (OSError, ValueError):
+        return []
+    pids = (
+        [state.get("pid")] + [p.get("pid") for p in state.get("processes", [])] + state.get("nats_pids", [])
+    )
+    return [int(p) for p in pids if p]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is not running; /proc tells (Linux)
+    with contextlib.suppress(OSError):
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]
+    return True
 
 
 @pytest.fixture(scope="session")
