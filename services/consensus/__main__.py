@@ -153,25 +153,25 @@ class Consensus:
         rnd = await self._update(req.tx_id, open_round)
         await self._decide(rnd)
 
-    async def on_vote(self, rec: Received) -> None:
-        vote = rec.payload
-        if not isinstance(vote, Vote):
-            return
-        tx_id = rec.subject.split(".")[1]
-        if vote.node != rec.sender or vote.tx_id != tx_id:
-            await self._violation(rec.sender, "bad-vote", "vote body does not match its subject", tx_id)
-            return
-        result: list[tally.VoteResult] = []
-
-        def add(rnd: K.RoundRecord) -> bool:
-            r = tally.add_vote(rnd, vote.node, vote.approve, list(vote.reasons), rec.envelope_raw)
-            result.append(r)
-            return r is tally.VoteResult.COUNTED
-
-        rnd = await self._update(tx_id, add)
-        if result and result[-1] is tally.VoteResult.EQUIVOCATION:
-            await self._violation(vote.node, "equivocation", "voted both ways", tx_id)
-        await self._decide(rnd)
+    async def on_votes(self, batch: list[Received]) -> None:
+        """A fetched batch of votes: each transaction's votes go into its round with one compare-and-set."""
+        by_tx: dict[str, list[tuple[Received, Vote]]] = {}
+        for rec in batch:
+            vote = rec.payload
+            if not isinstance(vote, Vote):
+                continue
+            tx_id = rec.subject.split(".")[1]
+            if vote.node != rec.sender or vote.tx_id != tx_id:
+                await self._violation(rec.sender, "bad-vote", "vote body does not match its subject", tx_id)
+                continue
+            by_tx.setdefault(tx_id, []).append((rec, vote))
+        for tx_id, votes in by_tx.items():
+            equivocators: list[str] = []
+            add = _vote_adder(votes, equivocators)
+            rnd = await self._update(tx_id, add)
+            for node in equivocators:
+                await self._violation(node, "equivocation", "voted both ways", tx_id)
+            await self._decide(rnd)
 
     async def _decide(self, rnd: K.RoundRecord) -> None:
         if not rnd.opened or rnd.outcome != "open":
@@ -437,6 +437,22 @@ class Consensus:
         )
 
 
+def _vote_adder(votes: list[tuple[Received, Vote]], equivocators: list[str]) -> RoundChange:
+    """A round change adding ``votes`` (first vote counts); equivocating nodes are collected."""
+
+    def add(rnd: K.RoundRecord) -> bool:
+        equivocators.clear()
+        counted = False
+        for rec, vote in votes:
+            r = tally.add_vote(rnd, vote.node, vote.approve, list(vote.reasons), rec.envelope_raw)
+            counted |= r is tally.VoteResult.COUNTED
+            if r is tally.VoteResult.EQUIVOCATION:
+                equivocators.append(vote.node)
+        return counted
+
+    return add
+
+
 def _set(rnd: K.RoundRecord, **fields: object) -> bool:
     for k, v in fields.items():
         setattr(rnd, k, v)
@@ -459,7 +475,7 @@ async def serve(ctx: ServiceContext) -> None:
         asyncio.create_task(c.watch_dkg_requests()),
         asyncio.create_task(c.watch_bans()),
         bus.start_consumer("tx.requested.>", "consensus-requested", c.on_requested),
-        bus.start_consumer("vote.>", "consensus-votes", c.on_vote),
+        bus.start_batch_consumer("vote.>", "consensus-votes", c.on_votes, batch=64),
         bus.start_consumer("tx.*.>", "consensus-tx-events", c.on_tx_event),
         bus.start_consumer("proto.frost.*.2.*", "consensus-refusals", c.on_refused),
         bus.start_consumer("proto.chilldkg.*.*.*", "consensus-dkg", c.on_dkg),

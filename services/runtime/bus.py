@@ -547,6 +547,9 @@ class Bus:
                     raise
                 except Exception as exc:
                     self.log.warning("consumer error; re-subscribing", durable=durable, error=repr(exc)[:300])
+                    if sub is not None:  # a dropped subscription left subscribed stalls drain() on close
+                        with contextlib.suppress(Exception):
+                            await sub.unsubscribe()
                     sub = None
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
