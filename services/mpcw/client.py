@@ -77,11 +77,12 @@ def with_admin_bus(d: Path, fn: Callable[[Any], Awaitable[T]]) -> T:
     from schemas.messages import REGISTRY
     from services.runtime.bus import Bus
 
-    cluster_of(d)
+    cluster = cluster_of(d)
     logging.getLogger("asyncio").setLevel(logging.ERROR)  # TLS close chatter is not the user's business
 
     async def go() -> T:
-        cfg = load_config("admin", d, service="mpcw")
+        # this cluster's own server, whatever MPCW_NATS_URL says (that is for services and tests)
+        cfg = load_config("admin", d, service="mpcw", nats_url=cluster.get("nats_url"))
         bus = await Bus.connect(cfg, registry=REGISTRY, ensure=False, timeout=15.0)
         try:
             return await fn(bus)

@@ -56,6 +56,7 @@ def policy_show(ctx: click.Context) -> None:
 @click.option("--allow", multiple=True, help="allowed destination (repeat); replaces the list")
 @click.option("--deny", multiple=True, help="denied destination (repeat); replaces the list")
 @click.option("--clear-allow", is_flag=True, help="allow any destination again")
+@click.option("--clear-deny", is_flag=True, help="empty the deny list")
 @click.pass_context
 def policy_set(
     ctx: click.Context,
@@ -66,6 +67,7 @@ def policy_set(
     allow: tuple[str, ...],
     deny: tuple[str, ...],
     clear_allow: bool,
+    clear_deny: bool,
 ) -> None:
     """Change the policy (compare-and-set: a concurrent change is not overwritten)."""
     d = data_dir_of(ctx)
@@ -95,6 +97,8 @@ def policy_set(
             changes["allowlist"] = []
         if deny:
             changes["denylist"] = list(deny)
+        if clear_deny:
+            changes["denylist"] = []
         new = msgspec.structs.replace(p, **changes)
         kv = await bus.kv(BUCKET_CONFIG)
         if rev is None:

@@ -317,6 +317,7 @@ class Bus:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=5,
+                drain_timeout=3,  # a stuck subscription must not hold a stopping service past the supervisor
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
@@ -490,7 +491,7 @@ class Bus:
         registry: Registry | None = None,
         batch: int = 16,
         fetch_timeout: float = 1.0,
-        ack_wait: float = 30.0,
+        ack_wait: float = 10.0,  # a crashed consumer's messages come back after this (handlers keep alive)
         nak_delay: float = 0.5,
         poison_after: int = 5,
         deliver_policy: str = "all",
@@ -670,7 +671,7 @@ class Bus:
         batch: int = 256,
         max_ack_pending: int | None = None,
         fetch_timeout: float = 1.0,
-        ack_wait: float = 30.0,
+        ack_wait: float = 10.0,  # a crashed consumer's messages come back after this (handlers keep alive)
         nak_delay: float = 0.5,
         poison_after: int = 5,
         deliver_policy: str = "all",

@@ -104,7 +104,7 @@ def run_service(
     registry: Mapping[str, type[msgspec.Struct]] | None = None,
     connect_bus: bool = True,
     use_db: bool = False,
-    grace: float = 20.0,
+    grace: float = 5.0,  # with close(): under the supervisor's STOP_TIMEOUT before it sends SIGKILL
     parser: argparse.ArgumentParser | None = None,
 ) -> None:
     """Parse ``--data-dir/--identity``, run ``main(ctx)`` until it returns or a signal arrives; exit 0 on a
