@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from loadtest.machine import cpu_model  # noqa: E402
 from tss import chilldkg  # noqa: E402
 
 
@@ -55,16 +56,6 @@ def time_runs(fn: Callable[[], object], runs: int) -> list[float]:
         fn()
         out.append(time.perf_counter() - t0)
     return out
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def pin_one_core() -> str:

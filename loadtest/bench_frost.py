@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from loadtest.machine import cpu_model  # noqa: E402
 from tests.unit.frost_test_dealer import deal  # noqa: E402  (test-only dealer: key material for the bench)
 from tss import frost  # noqa: E402
 from tss.secp256k1 import schnorr_verify  # noqa: E402
@@ -67,16 +68,6 @@ def load_reference(ref_dir: str) -> tuple[ModuleType, Callable[[bytes, bytes, by
     signing = importlib.import_module("frost_ref.signing")
     bip340 = importlib.import_module("secp256k1lab.bip340")
     return signing, bip340.schnorr_verify
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -126,8 +117,10 @@ def main() -> None:
     print(f"### FROST {args.t}-of-{args.n} signing, all parties in one process\n")
     print(f"- command: `{cmd}`" + (f" with `MPCW_BIP445_REF_DIR={ref_dir}`" if ref_dir else ""))
     print(f"- machine: {platform.platform()}, Python {platform.python_version()}, CPU: {cpu_model()}")
-    print("- one run: nonce_gen x t, nonce_agg + session context, sign x t, partial_sig_verify x t, "
-          "partial_sig_agg, BIP-340 verify\n")
+    print(
+        "- one run: nonce_gen x t, nonce_agg + session context, sign x t, partial_sig_verify x t, "
+        "partial_sig_agg, BIP-340 verify\n"
+    )
     print("| implementation | median ms | p95 (ref: max) ms | runs |")
     print("|---|---:|---:|---:|")
     for name, m, hi, n in rows:

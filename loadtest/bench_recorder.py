@@ -36,6 +36,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from loadtest.machine import cpu_model  # noqa: E402
 from schemas import messages as m  # noqa: E402
 from schemas.names import all_identities, tx_subject, vote_subject  # noqa: E402
 from services.recorder import verify_chain  # noqa: E402
@@ -48,16 +49,6 @@ from services.runtime.pki import init_pki  # noqa: E402
 RECIPIENT = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
 NODES = [f"node-{i}" for i in range(1, 6)]
 EVENTS_PER_SPEND = 12
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class Publishers:
