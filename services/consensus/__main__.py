@@ -476,8 +476,11 @@ async def serve(ctx: ServiceContext) -> None:
         asyncio.create_task(c.watch_bans()),
         bus.start_consumer("tx.requested.>", "consensus-requested", c.on_requested),
         bus.start_batch_consumer("vote.>", "consensus-votes", c.on_votes, batch=64),
-        bus.start_consumer("tx.*.>", "consensus-tx-events", c.on_tx_event),
-        bus.start_consumer("proto.frost.*.2.*", "consensus-refusals", c.on_refused),
+        # only the events that end a round's signing: verifying every tx.* event here was a third of
+        # this service's work
+        bus.start_consumer("tx.signed.>", "consensus-signed", c.on_tx_event),
+        bus.start_consumer("tx.failed.>", "consensus-failed", c.on_tx_event),
+        bus.start_consumer("proto.frost.*.refused.*", "consensus-refusals", c.on_refused),
         bus.start_consumer("proto.chilldkg.*.*.*", "consensus-dkg", c.on_dkg),
         bus.start_consumer("node.violation.*", "consensus-violations", c.on_violation),
     ]

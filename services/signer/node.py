@@ -40,6 +40,7 @@ from schemas.messages import (
     DkgStart,
     Heartbeat,
     NonceBatchRequest,
+    NonceRef,
     PartialSignatures,
     SigningRefused,
     TxRequested,
@@ -74,6 +75,18 @@ class SigningError(Exception):
     """This node refuses to sign this attempt (the reason is safe to publish)."""
 
 
+REFUSAL_ROUND = "refused"  # proto.frost.<session>.refused.<node>: a signer's refusal, for consensus
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    req: TxRequested
+    share: ShareRecord
+    account: ThresholdAccount
+    sighashes: list[bytes]
+    my_nonces: list[NonceRef]
+
+
 @dataclass
 class JournalEntry:
     tx_id: str
@@ -99,13 +112,17 @@ class VoteJournal:
     def spent_since(self, since_ms: int) -> int:
         return sum(e.amount for e in self.entries.values() if e.approve and e.ts_ms >= since_ms)
 
-    def record(self, entry: JournalEntry) -> None:
-        """Durably, before the vote is published: after a crash the node re-sends the same vote."""
+    def record(self, entries: list[JournalEntry]) -> None:
+        """Durably (one fsync for the lot), before the votes are published: after a crash the node
+        re-sends the same votes."""
+        if not entries:
+            return
         with self.path.open("a") as f:
-            f.write(json.dumps(entry.__dict__) + "\n")
+            f.write("".join(json.dumps(e.__dict__) + "\n" for e in entries))
             f.flush()
             os.fsync(f.fileno())
-        self.entries[entry.tx_id] = entry
+        for e in entries:
+            self.entries[e.tx_id] = e
 
 
 class SignerNode:
@@ -133,8 +150,10 @@ class SignerNode:
         await self._load_policy()
         me = self.node
         return [
-            self.bus.start_consumer("tx.requested.>", f"signer-{me}-requests", self.on_request),
-            self.bus.start_consumer("tx.signing.>", f"signer-{me}-signing", self.on_signing),
+            self.bus.start_batch_consumer(
+                "tx.requested.>", f"signer-{me}-requests", self.on_requests, batch=64
+            ),
+            self.bus.start_batch_consumer("tx.signing.>", f"signer-{me}-signing", self.on_signings, batch=64),
             self.bus.start_consumer(
                 f"proto.noncegen.*.1.presig.{me}", f"signer-{me}-noncegen", self.on_noncegen
             ),
@@ -190,19 +209,31 @@ class SignerNode:
         self._share_cache.clear()
 
     # ---- voting -------------------------------------------------------------------------------------
-    async def on_request(self, rec: Received) -> None:
-        req = rec.payload
-        if not isinstance(req, TxRequested) or rec.sender != "intake":
-            return
+    async def on_requests(self, batch: list[Received]) -> None:
+        """A fetched batch of spend requests: decide each, journal them with one fsync, then vote."""
+        reqs = [r.payload for r in batch if isinstance(r.payload, TxRequested) and r.sender == "intake"]
         async with self._lock:
-            entry = self.journal.entries.get(req.tx_id)
-            if entry is None:
-                entry = self._decide(req)
-                self.journal.record(entry)
-            if entry.approve:
-                self.approved[req.tx_id] = req
-                while len(self.approved) > 10_000:
-                    self.approved.pop(next(iter(self.approved)))
+            fresh: list[JournalEntry] = []
+            entries: list[JournalEntry] = []
+            for req in reqs:
+                entry = self.journal.entries.get(req.tx_id) or next(
+                    (e for e in fresh if e.tx_id == req.tx_id), None
+                )
+                if entry is None:
+                    entry = self._decide(req)
+                    fresh.append(entry)
+                entries.append(entry)
+            self.journal.record(fresh)
+            for req, entry in zip(reqs, entries, strict=True):
+                if entry.approve:
+                    self.approved[req.tx_id] = req
+            while len(self.approved) > 10_000:
+                self.approved.pop(next(iter(self.approved)))
+        await asyncio.gather(
+            *(self._publish_vote(req, entry) for req, entry in zip(reqs, entries, strict=True))
+        )
+
+    async def _publish_vote(self, req: TxRequested, entry: JournalEntry) -> None:
         vote = Vote(
             tx_id=req.tx_id,
             node=self.node,
@@ -226,48 +257,73 @@ class SignerNode:
         return JournalEntry(req.tx_id, not reasons, req.amount, now, [h.hex() for h in sighashes], reasons)
 
     # ---- signing ------------------------------------------------------------------------------------
-    async def on_signing(self, rec: Received) -> None:
-        sig = rec.payload
-        if not isinstance(sig, TxSigning) or rec.sender != "consensus" or self.node not in sig.signers:
-            return
-        subject = proto_subject("frost", sig.session_id, 2, self.node)
-        msg_id = f"psig.{sig.session_id}.{self.node}"
-        done = self.psig_dir / f"{sig.session_id}.psig"
-        refused = self.psig_dir / f"{sig.session_id}.refused"
-        out: PartialSignatures | SigningRefused
-        if done.exists():  # redelivery: publish exactly what was produced before
-            out = msgspec.msgpack.decode(done.read_bytes(), type=PartialSignatures)
-        elif refused.exists():
-            out = msgspec.msgpack.decode(refused.read_bytes(), type=SigningRefused)
-        else:
-            async with self._lock:
+    async def on_signings(self, batch: list[Received]) -> None:
+        """A fetched batch of signing attempts naming this node: check each, take every nonce they need
+        with one fsync (group commit), sign, and publish the partial signatures (or the refusals)."""
+        sigs = [
+            r.payload
+            for r in batch
+            if isinstance(r.payload, TxSigning) and r.sender == "consensus" and self.node in r.payload.signers
+        ]
+        outs: list[PartialSignatures | SigningRefused] = []
+        async with self._lock:
+            todo: list[tuple[TxSigning, _Prepared | SigningError]] = []
+            for sig in sigs:
+                cached = self._answered(sig)
+                if cached is not None:  # a redelivery: publish exactly what was produced before
+                    outs.append(cached)
+                    continue
                 try:
-                    psigs = await self._sign(sig)
-                    out = PartialSignatures(
+                    todo.append((sig, await self._prepare(sig)))
+                except SigningError as exc:
+                    todo.append((sig, exc))
+            wanted = [ref.nonce_id for _, p in todo if isinstance(p, _Prepared) for ref in p.my_nonces]
+            secnonces = self.keystore.take_nonces(wanted)
+            for sig, prep in todo:
+                try:
+                    if isinstance(prep, SigningError):
+                        raise prep
+                    out: PartialSignatures | SigningRefused = PartialSignatures(
                         tx_id=sig.tx_id,
                         session_id=sig.session_id,
                         attempt=sig.attempt,
                         node=self.node,
-                        psigs=psigs,
+                        psigs=self._sign(sig, prep, secnonces),
                     )
-                    # not fsynced: if it is lost, a redelivery finds the nonce used, refuses, and
-                    # consensus retries; it only spares re-sending a different answer within a run
-                    write_atomic(done, msgspec.msgpack.encode(out), durable=False)
                 except SigningError as exc:
                     self.log.warning(
                         "refusing to sign", tx_id=sig.tx_id, attempt=sig.attempt, reason=str(exc)
                     )
                     out = SigningRefused(
-                        tx_id=sig.tx_id,
-                        session_id=sig.session_id,
-                        attempt=sig.attempt,
-                        node=self.node,
+                        tx_id=sig.tx_id, session_id=sig.session_id, attempt=sig.attempt, node=self.node,
                         reason=str(exc),
-                    )
-                    write_atomic(refused, msgspec.msgpack.encode(out), durable=False)
-        await self.bus.publish(subject, out, msg_id)
+                    )  # fmt: skip
+                # not fsynced: if it is lost, a redelivery finds the nonces used, refuses, and consensus
+                # retries; the file only spares re-sending a different answer within a run
+                write_atomic(self._answer_path(out), msgspec.msgpack.encode(out), durable=False)
+                outs.append(out)
+        await asyncio.gather(*(self._publish_answer(o) for o in outs))
 
-    async def _sign(self, sig: TxSigning) -> list[bytes]:
+    def _answer_path(self, out: PartialSignatures | SigningRefused) -> Path:
+        suffix = "psig" if isinstance(out, PartialSignatures) else "refused"
+        return self.psig_dir / f"{out.session_id}.{suffix}"
+
+    def _answered(self, sig: TxSigning) -> PartialSignatures | SigningRefused | None:
+        done = self.psig_dir / f"{sig.session_id}.psig"
+        refused = self.psig_dir / f"{sig.session_id}.refused"
+        if done.exists():
+            return msgspec.msgpack.decode(done.read_bytes(), type=PartialSignatures)
+        if refused.exists():
+            return msgspec.msgpack.decode(refused.read_bytes(), type=SigningRefused)
+        return None
+
+    async def _publish_answer(self, out: PartialSignatures | SigningRefused) -> None:
+        round_ = 2 if isinstance(out, PartialSignatures) else REFUSAL_ROUND
+        subject = proto_subject("frost", out.session_id, round_, self.node)
+        await self.bus.publish(subject, out, f"psig.{out.session_id}.{self.node}")
+
+    async def _prepare(self, sig: TxSigning) -> _Prepared:
+        """Everything but the nonces: the request, this node's approval, the certificate, the signer set."""
         entry = self.journal.entries.get(sig.tx_id)
         if entry is None or not entry.approve:
             raise SigningError("this node did not approve this transaction")
@@ -293,31 +349,45 @@ class SignerNode:
         sighashes = [bytes.fromhex(h) for h in entry.sighashes]
         self._check_certificate(sig, sighashes)
         self._check_signer_set(sig, share)
+        my_nonces = sig.nonces[self.node]
+        if len(my_nonces) != len(req.inputs) or any(
+            len(sig.nonces[s]) != len(req.inputs) for s in sig.signers
+        ):
+            raise SigningError("the attempt does not list one nonce per input for every signer")
+        return _Prepared(req, share, account, sighashes, list(my_nonces))
 
+    def _sign(self, sig: TxSigning, prep: _Prepared, secnonces: dict[str, bytearray | None]) -> list[bytes]:
+        share, req = prep.share, prep.req
         ids = sig.signer_ids
-        pubshares = [share.pubshares[i] for i in ids]
-        signers_ctx = frost.SignersContext(share.n, share.t, ids, pubshares, share.threshold_pubkey)
-        my_id = share.index
+        signers_ctx = frost.SignersContext(
+            share.n, share.t, ids, [share.pubshares[i] for i in ids], share.threshold_pubkey
+        )
         psigs: list[bytes] = []
-        for i, ref in enumerate(req.inputs):
-            key = account.key(tuple(ref.derivation))
-            pubnonces = [sig.nonces[s][i].pubnonce for s in sig.signers]
-            my_ref = sig.nonces[self.node][i]
-            try:
-                secnonce = self.keystore.take_nonce(my_ref.nonce_id)
-            except KeystoreError as exc:
-                raise SigningError(f"input {i}: nonce {my_ref.nonce_id} is used or unknown") from exc
-            if _pubnonce_of(secnonce) != my_ref.pubnonce:
-                secnonce[:] = bytes(len(secnonce))
-                raise SigningError(f"input {i}: the pubnonce listed for this node is not its own")
-            try:
-                aggnonce = frost.nonce_agg(pubnonces)
-                session_ctx = frost.SessionContext(
-                    aggnonce, signers_ctx, list(key.tweaks), list(key.is_xonly), sighashes[i]
-                )
-                psigs.append(frost.sign(secnonce, share.secshare, my_id, session_ctx))
-            except (ValueError, frost.InvalidContributionError) as exc:
-                raise SigningError(f"input {i}: {type(exc).__name__}") from exc
+        try:
+            for i, ref in enumerate(req.inputs):
+                my_ref = prep.my_nonces[i]
+                secnonce = secnonces.get(my_ref.nonce_id)
+                if secnonce is None:
+                    raise SigningError(f"input {i}: nonce {my_ref.nonce_id} is used or unknown")
+                secnonces[my_ref.nonce_id] = None  # never twice, even within one batch
+                if _pubnonce_of(secnonce) != my_ref.pubnonce:
+                    secnonce[:] = bytes(len(secnonce))
+                    raise SigningError(f"input {i}: the pubnonce listed for this node is not its own")
+                key = prep.account.key(tuple(ref.derivation))
+                try:
+                    aggnonce = frost.nonce_agg([sig.nonces[s][i].pubnonce for s in sig.signers])
+                    session_ctx = frost.SessionContext(
+                        aggnonce, signers_ctx, list(key.tweaks), list(key.is_xonly), prep.sighashes[i]
+                    )
+                    psigs.append(frost.sign(secnonce, share.secshare, share.index, session_ctx))
+                except (ValueError, frost.InvalidContributionError) as exc:
+                    raise SigningError(f"input {i}: {type(exc).__name__}") from exc
+        finally:
+            for ref in prep.my_nonces:  # whatever was taken for this attempt is erased
+                left = secnonces.get(ref.nonce_id)
+                if left is not None:
+                    left[:] = bytes(len(left))
+                    secnonces[ref.nonce_id] = None
         self.log.info("signed", tx_id=sig.tx_id, attempt=sig.attempt, inputs=len(psigs))
         return psigs
 

@@ -58,3 +58,13 @@ def test_bad_identifiers(tmp_path: Path, name: str) -> None:
 
 def test_host_key_is_stable(tmp_path: Path) -> None:
     assert Keystore(tmp_path, "node-1").host_seckey() == Keystore(tmp_path, "node-1").host_seckey()
+
+
+def test_take_nonces_group_commit(tmp_path: Path) -> None:
+    ks = Keystore(tmp_path, "node-1")
+    ks.save_nonce("a", b"\x01" * 64)
+    ks.save_nonce("b", b"\x02" * 64)
+    got = ks.take_nonces(["a", "b", "a", "missing"])
+    assert got == {"a": bytearray(b"\x01" * 64), "b": bytearray(b"\x02" * 64), "missing": None}
+    assert ks.take_nonces(["a", "b"]) == {"a": None, "b": None}  # gone for good
+    assert ks.nonce_count() == 0
