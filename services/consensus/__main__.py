@@ -22,6 +22,7 @@ public result goes to KV ``keys``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -239,7 +240,7 @@ class Consensus:
             if got is None:
                 self.log.warning("nonce pool empty", node=node, tx_id=tx_id)
                 self.active[tx_id] = (attempt, time.monotonic() - SIGNING_TIMEOUT_S + 1.0)
-                await self._update(tx_id, lambda r, n=node: _add_failed(r, n))
+                await self._update(tx_id, functools.partial(_add_failed, node=node))
                 return
             nonces[node] = got
         session_id = f"{tx_id}-a{attempt}"

@@ -383,11 +383,11 @@ class SignerNode:
                 except (ValueError, frost.InvalidContributionError) as exc:
                     raise SigningError(f"input {i}: {type(exc).__name__}") from exc
         finally:
-            for ref in prep.my_nonces:  # whatever was taken for this attempt is erased
-                left = secnonces.get(ref.nonce_id)
+            for taken in prep.my_nonces:  # whatever was taken for this attempt is erased
+                left = secnonces.get(taken.nonce_id)
                 if left is not None:
                     left[:] = bytes(len(left))
-                    secnonces[ref.nonce_id] = None
+                    secnonces[taken.nonce_id] = None
         self.log.info("signed", tx_id=sig.tx_id, attempt=sig.attempt, inputs=len(psigs))
         return psigs
 
