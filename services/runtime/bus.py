@@ -252,6 +252,13 @@ def _stream_config(d: Mapping[str, Any], replicas: int) -> api.StreamConfig:
     )
 
 
+async def _nak_quietly(msgs: list[Msg]) -> None:
+    """Hand fetched messages back to the server (best effort: it redelivers them after ack_wait anyway)."""
+    for msg in msgs:
+        with contextlib.suppress(Exception):
+            await msg.nak()
+
+
 class Bus:
     """One identity's connection to the bus. Create with :meth:`connect`."""
 
@@ -500,55 +507,99 @@ class Bus:
         stop: asyncio.Event | None = None,
     ) -> None:
         """Durable pull-consumer loop; returns when the bus (or ``stop``) is stopping."""
+        reg = {**BUILTIN_TYPES, **registry} if registry is not None else self.registry
+
+        async def process(msgs: list[Msg], stopping: Callable[[], bool]) -> None:
+            for i, msg in enumerate(msgs):
+                if stopping():
+                    await _nak_quietly(msgs[i:])  # hand back what we will not process
+                    return
+                await self._handle(msg, durable, handler, reg, nak_delay, poison_after, ack_wait, ack_sync)
+
+        await self._pull_loop(
+            subject_filter,
+            durable,
+            process,
+            batch=batch,
+            fetch_timeout=fetch_timeout,
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending,
+            deliver_policy=deliver_policy,
+            stop=stop,
+        )
+
+    async def _pull_loop(
+        self,
+        subject_filter: str,
+        durable: str,
+        process: Callable[[list[Msg], Callable[[], bool]], Awaitable[None]],
+        *,
+        batch: int,
+        fetch_timeout: float,
+        ack_wait: float,
+        max_ack_pending: int,
+        deliver_policy: str,
+        stop: asyncio.Event | None,
+        resume_from: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
+        """The pull-consumer loop behind :meth:`consume` and :meth:`consume_batch`.
+
+        (Re)creates the durable pull subscription (on start, after a reconnect and after an error),
+        fetches up to ``batch`` messages and awaits ``process(msgs, stopping)`` with them; ``stopping()``
+        tells whether the bus (or ``stop``) is stopping, in which case ``process`` naks what it will not
+        handle and the loop ends. A fetch timeout means no work. Any other error unsubscribes the failed
+        subscription and re-subscribes after a growing back-off. The running task is registered in
+        ``self._consumers`` so :meth:`stop_consuming` waits for it.
+        """
         task = asyncio.current_task()
         if task is not None:
             self._consumers.add(task)
         stop_ev = stop or self._stopping
+
+        def stopping() -> bool:
+            return stop_ev.is_set() or self._stopping.is_set()
+
         stream = stream_for(subject_filter)
-        reg = {**BUILTIN_TYPES, **registry} if registry is not None else self.registry
         sub: JetStreamContext.PullSubscription | None = None
         gen = -1
         backoff = 0.2
         try:
-            while not stop_ev.is_set() and not self._stopping.is_set():
+            while not stopping():
                 try:
                     if sub is None or gen != self._generation:
                         if sub is not None:
                             with contextlib.suppress(Exception):
                                 await sub.unsubscribe()
                         gen = self._generation
+                        config = api.ConsumerConfig(
+                            ack_policy=api.AckPolicy.EXPLICIT,
+                            ack_wait=ack_wait,
+                            max_deliver=-1,
+                            max_ack_pending=max_ack_pending,
+                            deliver_policy=api.DeliverPolicy(deliver_policy),
+                        )
+                        if resume_from is not None:
+                            start = max(1, await resume_from())
+                            with contextlib.suppress(nats.js.errors.NotFoundError):
+                                await self.js.delete_consumer(stream, durable)
+                            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+                            config.opt_start_seq = start
+                            self.log.info("consumer resumes", durable=durable, stream=stream, start_seq=start)
                         sub = await self.js.pull_subscribe(
-                            subject_filter,
-                            durable=durable,
-                            stream=stream,
-                            config=api.ConsumerConfig(
-                                ack_policy=api.AckPolicy.EXPLICIT,
-                                ack_wait=ack_wait,
-                                max_deliver=-1,
-                                max_ack_pending=max_ack_pending,
-                                deliver_policy=api.DeliverPolicy(deliver_policy),
-                            ),
+                            subject_filter, durable=durable, stream=stream, config=config
                         )
                     try:
                         msgs = await sub.fetch(batch, timeout=fetch_timeout)
                     except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from inside fetch: no work
                         backoff = 0.2
-                        continue  # no work
+                        continue
                     backoff = 0.2
-                    for i, msg in enumerate(msgs):
-                        if stop_ev.is_set() or self._stopping.is_set():
-                            for rest in msgs[i:]:  # hand back what we will not process
-                                with contextlib.suppress(Exception):
-                                    await rest.nak()
-                            break
-                        await self._handle(
-                            msg, durable, handler, reg, nak_delay, poison_after, ack_wait, ack_sync
-                        )
+                    await process(msgs, stopping)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     self.log.warning("consumer error; re-subscribing", durable=durable, error=repr(exc)[:300])
-                    if sub is not None:  # a dropped subscription left subscribed stalls drain() on close
+                    if sub is not None:  # a leaked subscription would stall drain() on close
                         with contextlib.suppress(Exception):
                             await sub.unsubscribe()
                     sub = None
@@ -572,42 +623,10 @@ class Bus:
         ack_wait: float,
         ack_sync: bool,
     ) -> None:
-        meta = msg.metadata
-        seq = meta.sequence.stream
-        stream = meta.stream
-        try:
-            env, payload = self.open(msg.data, msg.subject, registry)
-        except EnvelopeError as exc:
-            M.MESSAGES_REJECTED.labels(self.service, exc.kind).inc()
-            self.log.warning(
-                "dropped invalid message",
-                kind=exc.kind,
-                subject=msg.subject,
-                stream=stream,
-                seq=seq,
-                detail=exc.detail[:200],
-            )
-            offender = exc.sender if (exc.verified and exc.sender) else UNKNOWN
-            detail = (
-                exc.detail
-                if exc.verified or not exc.sender
-                else f"{exc.detail} (claimed: {exc.sender[:64]!r})"
-            )
-            await self.report(offender, exc.kind, detail, msg.subject, stream, seq, msg.data)
-            await msg.term()
+        rec = await self._receive(msg, registry)
+        if rec is None:
             return
-        rec = Received(
-            subject=msg.subject,
-            sender=env.sender,
-            payload=payload,
-            seq=seq,
-            msg_id=env.msg_id,
-            envelope_raw=msg.data,
-            envelope=env,
-            stream=stream,
-            num_delivered=meta.num_delivered,
-        )
-        keepalive = asyncio.get_running_loop().create_task(self._keepalive(msg, ack_wait))
+        keepalive = asyncio.get_running_loop().create_task(self._keepalive([msg], ack_wait))
         t0 = time.perf_counter()
         try:
             await handler(rec)
@@ -618,22 +637,15 @@ class Bus:
             return
         except Exception as exc:
             M.HANDLER_FAILURES.labels(self.service, durable).inc()
-            poison = meta.num_delivered >= poison_after
             self.log.warning(
-                "poison message terminated" if poison else "handler failed; nak",
+                "poison message terminated" if rec.num_delivered >= poison_after else "handler failed; nak",
                 durable=durable,
-                subject=msg.subject,
-                seq=seq,
-                deliveries=meta.num_delivered,
+                subject=rec.subject,
+                seq=rec.seq,
+                deliveries=rec.num_delivered,
                 error=repr(exc)[:300],
             )
-            if poison:
-                M.MESSAGES_REJECTED.labels(self.service, "poison").inc()
-                why = f"{durable}: {type(exc).__name__}"
-                await self.report(env.sender, "poison", why, msg.subject, stream, seq, msg.data)
-                await msg.term()
-            else:
-                await msg.nak(delay=nak_delay * (2 ** (meta.num_delivered - 1)))
+            await self._poison_or_nak(msg, rec, durable, exc, nak_delay, poison_after)
             return
         finally:
             keepalive.cancel()
@@ -643,13 +655,6 @@ class Bus:
         else:
             await msg.ack()
         M.MESSAGES_CONSUMED.labels(self.service, durable).inc()
-
-    async def _keepalive(self, msg: Msg, ack_wait: float) -> None:
-        """Tell the server a long handler is still working, so it does not redeliver meanwhile."""
-        with contextlib.suppress(Exception):
-            while True:
-                await asyncio.sleep(max(ack_wait / 3, 0.2))
-                await msg.in_progress()
 
     # ---- consume in batches -----------------------------------------------------------------------------
 
@@ -697,71 +702,26 @@ class Bus:
         ``await resume_from()`` returns (its position + 1), dropping the server's record of unacked
         deliveries, so nothing after the position can overtake anything before it.
         """
-        task = asyncio.current_task()
-        if task is not None:
-            self._consumers.add(task)
-        stop_ev = stop or self._stopping
-        stream = stream_for(subject_filter)
         reg = {**BUILTIN_TYPES, **registry} if registry is not None else self.registry
-        pending = max_ack_pending if max_ack_pending is not None else batch
-        sub: JetStreamContext.PullSubscription | None = None
-        gen = -1
-        backoff = 0.2
-        try:
-            while not stop_ev.is_set() and not self._stopping.is_set():
-                try:
-                    if sub is None or gen != self._generation:
-                        if sub is not None:
-                            with contextlib.suppress(Exception):
-                                await sub.unsubscribe()
-                        gen = self._generation
-                        config = api.ConsumerConfig(
-                            ack_policy=api.AckPolicy.EXPLICIT,
-                            ack_wait=ack_wait,
-                            max_deliver=-1,
-                            max_ack_pending=pending,
-                            deliver_policy=api.DeliverPolicy(deliver_policy),
-                        )
-                        if resume_from is not None:
-                            start = max(1, await resume_from())
-                            with contextlib.suppress(nats.js.errors.NotFoundError):
-                                await self.js.delete_consumer(stream, durable)
-                            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-                            config.opt_start_seq = start
-                            self.log.info("consumer resumes", durable=durable, stream=stream, start_seq=start)
-                        sub = await self.js.pull_subscribe(
-                            subject_filter, durable=durable, stream=stream, config=config
-                        )
-                    try:
-                        msgs = await sub.fetch(batch, timeout=fetch_timeout)
-                    except TimeoutError:  # nats.errors.TimeoutError, or a bare one from fetch(n > 1)
-                        backoff = 0.2
-                        continue  # no work
-                    backoff = 0.2
-                    if stop_ev.is_set() or self._stopping.is_set():
-                        for rest in msgs:  # hand back what we will not process
-                            with contextlib.suppress(Exception):
-                                await rest.nak()
-                        break
-                    await self._handle_batch(
-                        msgs, durable, handler_batch, reg, nak_delay, poison_after, ack_wait
-                    )
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.log.warning("consumer error; re-subscribing", durable=durable, error=repr(exc)[:300])
-                    if sub is not None:  # a leaked subscription would stall drain() on close
-                        with contextlib.suppress(Exception):
-                            await sub.unsubscribe()
-                    sub = None
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-        finally:
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-            if task is not None:
-                self._consumers.discard(task)
+
+        async def process(msgs: list[Msg], stopping: Callable[[], bool]) -> None:
+            if stopping():
+                await _nak_quietly(msgs)  # hand back what we will not process
+                return
+            await self._handle_batch(msgs, durable, handler_batch, reg, nak_delay, poison_after, ack_wait)
+
+        await self._pull_loop(
+            subject_filter,
+            durable,
+            process,
+            batch=batch,
+            fetch_timeout=fetch_timeout,
+            ack_wait=ack_wait,
+            max_ack_pending=max_ack_pending if max_ack_pending is not None else batch,
+            deliver_policy=deliver_policy,
+            stop=stop,
+            resume_from=resume_from,
+        )
 
     async def _receive(self, msg: Msg, registry: Registry) -> Received | None:
         """Verify and decode one delivered message; an invalid one is reported, terminated, and None."""
@@ -819,7 +779,7 @@ class Bus:
         if not valid:
             return
         keepalive = asyncio.get_running_loop().create_task(
-            self._keepalive_many([msg for msg, _ in valid], ack_wait)
+            self._keepalive([msg for msg, _ in valid], ack_wait)
         )
         t0 = time.perf_counter()
         try:
@@ -841,7 +801,6 @@ class Bus:
             )
             for msg, rec in valid:
                 if rec.num_delivered >= poison_after:
-                    M.MESSAGES_REJECTED.labels(self.service, "poison").inc()
                     self.log.warning(
                         "poison message terminated",
                         durable=durable,
@@ -849,11 +808,7 @@ class Bus:
                         seq=rec.seq,
                         deliveries=rec.num_delivered,
                     )
-                    why = f"{durable}: {type(exc).__name__}"
-                    await self.report(rec.sender, "poison", why, rec.subject, rec.stream, rec.seq, msg.data)
-                    await msg.term()
-                else:
-                    await msg.nak(delay=nak_delay * (2 ** (rec.num_delivered - 1)))
+                await self._poison_or_nak(msg, rec, durable, exc, nak_delay, poison_after)
             return
         finally:
             keepalive.cancel()
@@ -863,8 +818,21 @@ class Bus:
         await self.nc.flush(timeout=10)  # the server has every ack before the next fetch
         M.MESSAGES_CONSUMED.labels(self.service, durable).inc(len(valid))
 
-    async def _keepalive_many(self, msgs: list[Msg], ack_wait: float) -> None:
-        """:meth:`_keepalive` for a whole batch."""
+    async def _poison_or_nak(
+        self, msg: Msg, rec: Received, durable: str, exc: Exception, nak_delay: float, poison_after: int
+    ) -> None:
+        """After a failed handler: terminate and report a message delivered ``poison_after`` times, else
+        nak it with a delay that doubles with every delivery."""
+        if rec.num_delivered >= poison_after:
+            M.MESSAGES_REJECTED.labels(self.service, "poison").inc()
+            why = f"{durable}: {type(exc).__name__}"
+            await self.report(rec.sender, "poison", why, rec.subject, rec.stream, rec.seq, msg.data)
+            await msg.term()
+        else:
+            await msg.nak(delay=nak_delay * (2 ** (rec.num_delivered - 1)))
+
+    async def _keepalive(self, msgs: list[Msg], ack_wait: float) -> None:
+        """Tell the server long handlers are still working, so it does not redeliver meanwhile."""
         with contextlib.suppress(Exception):
             while True:
                 await asyncio.sleep(max(ack_wait / 3, 0.2))
