@@ -37,10 +37,26 @@ from typing import Any
 import asyncpg
 
 from schemas import messages as m
-from schemas.envelope import BusRejection
-from schemas.lifecycle import STATE_FOR_EVENT, TxState, can_transition, is_replay
+from schemas.lifecycle import TxState
 
-from .project import CONSUMER, EVENT_TYPES, RELEASE_EVENTS, Message, Outcome, _detail, _summary
+from .project import (
+    CONSUMER,
+    RELEASE_EVENTS,
+    Message,
+    Outcome,
+    Refusal,
+    _check_transition,
+    _check_tx_event,
+    _check_vote,
+    _transition_row,
+    _tx_columns,
+    _tx_details,
+    _tx_insert_row,
+    _violation_details,
+    _vote_conflict_details,
+    _vote_details,
+    _vote_row,
+)
 
 TX_LOCK_SEED = 7405310  # project._lock_tx: hashtextextended(tx_id, 7405310)
 
@@ -116,15 +132,15 @@ async def _record_batch(conn: asyncpg.Connection, stream: str, msgs: list[Messag
         msg = msgs[i]
         kind = msg.subject.split(".", 1)[0]
         if kind == "tx":
-            checked = _check_tx(msg, w)
-            if isinstance(checked, Outcome):
-                outcomes[i] = checked
+            checked = _check_tx_event(msg)
+            if isinstance(checked, Refusal):
+                outcomes[i] = _refuse(w, msg, checked)
             else:
                 tx_events.append((i, *checked))
         elif kind == "vote":
-            checked_vote = _check_vote(msg, w)
-            if isinstance(checked_vote, Outcome):
-                outcomes[i] = checked_vote
+            checked_vote = _check_vote(msg)
+            if isinstance(checked_vote, Refusal):
+                outcomes[i] = _refuse(w, msg, checked_vote)
             else:
                 votes.append((i, *checked_vote))
         elif msg.subject.startswith("node.violation."):
@@ -166,65 +182,13 @@ def _audit(
     return outcome
 
 
-def _refuse(w: _Writes, msg: Message, tx_id: str, why: str, kind: str, **details: Any) -> Outcome:
-    violation = m.Violation(
-        offender=msg.sender,
-        kind=kind,
-        detail=why[:500],
-        reporter=CONSUMER,
-        subject=msg.subject,
-        tx_id=tx_id,
-    )
-    out = Outcome("refused", why, violation=violation)
-    return _audit(w, msg, "refused", "transaction", tx_id, {"reason": why, **details}, out)
-
-
-def _check_tx(msg: Message, w: _Writes) -> Outcome | tuple[str, str, TxState]:
-    parts = msg.subject.split(".")
-    event = parts[1] if len(parts) == 3 else ""
-    tx_id = parts[2] if len(parts) == 3 else ""
-    new = STATE_FOR_EVENT.get(event)
-    if new is None:
-        return _refuse(w, msg, tx_id, f"unknown lifecycle event {event!r}", "bad-event")
-    expected = EVENT_TYPES[event]
-    payload = msg.payload
-    if not isinstance(payload, expected):
-        got = type(payload).__name__
-        return _refuse(w, msg, tx_id, f"{event} carries {got}, not {expected.__name__}", "bad-event")
-    if payload.tx_id != tx_id:
-        why = f"payload names transaction {payload.tx_id[:80]!r}, subject {tx_id!r}"
-        return _refuse(w, msg, tx_id, why, "bad-event")
-    return event, tx_id, new
-
-
-def _check_vote(msg: Message, w: _Writes) -> Outcome | tuple[str, str]:
-    parts = msg.subject.split(".")
-    tx_id = parts[1] if len(parts) == 3 else ""
-    node = parts[2] if len(parts) == 3 else ""
-    v = msg.payload
-    if not isinstance(v, m.Vote) or v.tx_id != tx_id or v.node != node or node != msg.sender:
-        return _refuse(w, msg, tx_id, "vote payload does not match its subject/sender", "bad-vote")
-    return tx_id, node
+def _refuse(w: _Writes, msg: Message, r: Refusal) -> Outcome:
+    out = Outcome("refused", r.why, violation=r.violation(msg))
+    return _audit(w, msg, "refused", "transaction", r.tx_id, r.audit_details(), out)
 
 
 def _violation(msg: Message, w: _Writes) -> Outcome:
-    p = msg.payload
-    offender = msg.subject.split(".", 2)[2] if msg.subject.count(".") >= 2 else ""
-    if isinstance(p, m.Violation | BusRejection):
-        details: dict[str, Any] = {
-            "kind": p.kind,
-            "detail": p.detail[:500],
-            "reporter": p.reporter,
-            "offender": p.offender,
-            "about_subject": p.subject,
-        }
-        if isinstance(p, m.Violation):
-            details["tx_id"] = p.tx_id
-        else:
-            details["about_stream"] = p.stream
-            details["about_seq"] = p.stream_seq
-    else:
-        details = {"type": type(p).__name__}
+    offender, details = _violation_details(msg)
     out = Outcome("applied", f"violation by {offender}")
     return _audit(w, msg, "node.violation", "node", offender, details, out)
 
@@ -294,40 +258,17 @@ async def _simulate_tx(
         msg = msgs[i]
         payload: Any = msg.payload
         current = state.get(tx_id)
-        if is_replay(current, new):
-            outcomes[i] = Outcome("replay", f"{tx_id} already {current.value if current else '-'}")
+        verdict = _check_transition(tx_id, event, current, new, payload)
+        if isinstance(verdict, Refusal):
+            outcomes[i] = _refuse(w, msg, verdict)
             continue
-        if not can_transition(current, new):
-            where = current.value if current is not None else "(none)"
-            why = f"illegal transition {where} -> {new.value} by {event}"
-            outcomes[i] = _refuse(
-                w, msg, tx_id, why, "illegal-transition", from_state=where, to_state=new.value
-            )
-            continue
-        if isinstance(payload, m.TxVoting) and not (
-            1 <= payload.threshold <= payload.total_nodes and 2 * payload.threshold > payload.total_nodes
-        ):
-            why = f"threshold {payload.threshold} of {payload.total_nodes} is not a majority"
-            outcomes[i] = _refuse(w, msg, tx_id, why, "bad-event")
+        if verdict is not None:
+            outcomes[i] = verdict
             continue
         _apply(w, msg, tx_id, current, new, event, payload, extras, counts, has_reservations)
         state[tx_id] = new
-        w.transitions.append(
-            (
-                tx_id,
-                current.value if current is not None else None,
-                new.value,
-                event,
-                _detail(payload)[:1000],
-                msg.stream,
-                msg.seq,
-            )
-        )
-        details = {
-            "from_state": current.value if current is not None else None,
-            "to_state": new.value,
-            **_summary(payload),
-        }
+        w.transitions.append(_transition_row(msg, tx_id, current, new, event, payload))
+        details = _tx_details(current, new, payload)
         out = Outcome("applied", f"{tx_id} -> {new.value}")
         outcomes[i] = _audit(w, msg, f"tx.{event}", "transaction", tx_id, details, out)
 
@@ -346,53 +287,23 @@ def _apply(
 ) -> None:
     """``project._apply`` as collected writes."""
     if isinstance(p, m.TxRequested):
-        extra = extras.get(tx_id, {})
-        w.tx_inserts.append(
-            (
-                tx_id,
-                p.key_id,
-                p.scheme,
-                p.network,
-                p.recipient,
-                p.amount,
-                p.fee_rate,
-                p.fee,
-                extra.get("memo", ""),
-                p.requested_by or msg.sender,
-                extra.get("idempotency_key"),
-                p.unsigned_tx,
-                msg.seq,
-            )
-        )
+        w.tx_inserts.append(_tx_insert_row(msg, tx_id, p, extras.get(tx_id, {})))
         return
     upd = w.tx_updates.setdefault(tx_id, {})
     upd["state"] = new.value
     upd["last_stream_seq"] = msg.seq
+    upd.update(_tx_columns(p))
     if isinstance(p, m.TxVoting):
         approvals, rejections = counts.get(tx_id, (0, 0))
         w.round_inserts.append((p.round_id, tx_id, p.threshold, p.total_nodes, approvals, rejections))
     elif isinstance(p, m.TxApproved):
         w.round_approved.append((p.round_id, tx_id, list(p.certificate)))
     elif isinstance(p, m.TxRejected):
-        upd["reasons"] = list(p.reasons)
         w.round_rejected.append((tx_id, list(p.certificate) or None))
     elif isinstance(p, m.TxSigning):
-        upd["attempt"] = p.attempt
         for node, refs in p.nonces.items():
             for ref in refs:
                 w.presig.append((ref.nonce_id, node, tx_id, p.session_id, p.attempt))
-    elif isinstance(p, m.TxSigned):
-        upd["txid"] = p.txid
-        upd["signed_tx"] = p.signed_tx
-        upd["attempt"] = p.attempt
-    elif isinstance(p, m.TxBroadcast):
-        upd["txid"] = p.txid
-    elif isinstance(p, m.TxConfirmed):
-        upd["txid"] = p.txid
-        upd["block_height"] = p.block_height
-        upd["confirmations"] = p.confirmations
-    elif isinstance(p, m.TxFailed):
-        upd["reasons"] = [p.reason]
     if event in RELEASE_EVENTS and has_reservations:
         w.release.append(tx_id)
     if new is TxState.FAILED and current is TxState.VOTING:
@@ -425,27 +336,16 @@ async def _simulate_votes(
             if before == v.approve:
                 outcomes[i] = Outcome("replay", f"vote of {node} on {tx_id} already recorded")
                 continue
-            details = {
-                "node": node,
-                "first_approve": before,
-                "approve": v.approve,
-                "reasons": list(v.reasons),
-            }
+            details = _vote_conflict_details(node, before, v)
             out = Outcome("refused", f"{node} voted differently before on {tx_id}")
             outcomes[i] = _audit(w, msg, "vote.conflict", "transaction", tx_id, details, out)
             continue
         first[(round_id, node)] = v.approve
-        w.votes.append((round_id, tx_id, node, v.approve, list(v.reasons), msg.envelope_raw, msg.seq))
+        w.votes.append(_vote_row(msg, tx_id, node))
         delta = w.vote_deltas.setdefault(tx_id, [0, 0])
         delta[0 if v.approve else 1] += 1
-        details = {
-            "node": node,
-            "approve": v.approve,
-            "reasons": list(v.reasons),
-            "policy_version": v.policy_version,
-        }
         out = Outcome("applied", f"vote {node} on {tx_id}")
-        outcomes[i] = _audit(w, msg, "vote", "transaction", tx_id, details, out)
+        outcomes[i] = _audit(w, msg, "vote", "transaction", tx_id, _vote_details(node, v), out)
 
 
 # ---- writing -----------------------------------------------------------------------------------------------

@@ -130,19 +130,177 @@ async def _audit(
     return audit_id
 
 
-async def _refuse(
-    conn: asyncpg.Connection, msg: Message, tx_id: str, why: str, kind: str, **details: Any
-) -> Outcome:
-    audit_id = await _audit(conn, msg, "refused", "transaction", tx_id, {"reason": why, **details})
-    violation = m.Violation(
-        offender=msg.sender,
-        kind=kind,
-        detail=why[:500],
-        reporter=CONSUMER,
-        subject=msg.subject,
-        tx_id=tx_id,
+async def _refuse(conn: asyncpg.Connection, msg: Message, r: Refusal) -> Outcome:
+    audit_id = await _audit(conn, msg, "refused", "transaction", r.tx_id, r.audit_details())
+    return Outcome("refused", r.why, violation=r.violation(msg), audit_id=audit_id)
+
+
+# ---- checks and rows that need no database (shared with services.recorder.batch) --------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a message is refused: audited as ``refused`` and reported as a violation by its sender."""
+
+    tx_id: str
+    why: str
+    kind: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def audit_details(self) -> dict[str, Any]:
+        return {"reason": self.why, **self.details}
+
+    def violation(self, msg: Message) -> m.Violation:
+        return m.Violation(
+            offender=msg.sender,
+            kind=self.kind,
+            detail=self.why[:500],
+            reporter=CONSUMER,
+            subject=msg.subject,
+            tx_id=self.tx_id,
+        )
+
+
+def _check_tx_event(msg: Message) -> Refusal | tuple[str, str, TxState]:
+    """``(event, tx_id, new state)`` of a ``tx.<event>.<tx_id>`` message, or why it is refused."""
+    parts = msg.subject.split(".")
+    event = parts[1] if len(parts) == 3 else ""
+    tx_id = parts[2] if len(parts) == 3 else ""
+    new = STATE_FOR_EVENT.get(event)
+    if new is None:
+        return Refusal(tx_id, f"unknown lifecycle event {event!r}", "bad-event")
+    expected = EVENT_TYPES[event]
+    payload = msg.payload
+    if not isinstance(payload, expected):
+        got = type(payload).__name__
+        return Refusal(tx_id, f"{event} carries {got}, not {expected.__name__}", "bad-event")
+    if payload.tx_id != tx_id:
+        why = f"payload names transaction {payload.tx_id[:80]!r}, subject {tx_id!r}"
+        return Refusal(tx_id, why, "bad-event")
+    return event, tx_id, new
+
+
+def _check_transition(
+    tx_id: str, event: str, current: TxState | None, new: TxState, payload: Any
+) -> Outcome | Refusal | None:
+    """The ``replay`` outcome, why the event is refused in state ``current``, or None: it applies."""
+    if is_replay(current, new):
+        return Outcome("replay", f"{tx_id} already {current.value if current else '-'}")
+    if not can_transition(current, new):
+        where = current.value if current is not None else "(none)"
+        why = f"illegal transition {where} -> {new.value} by {event}"
+        return Refusal(tx_id, why, "illegal-transition", {"from_state": where, "to_state": new.value})
+    if isinstance(payload, m.TxVoting) and not (
+        1 <= payload.threshold <= payload.total_nodes and 2 * payload.threshold > payload.total_nodes
+    ):
+        why = f"threshold {payload.threshold} of {payload.total_nodes} is not a majority"
+        return Refusal(tx_id, why, "bad-event")
+    return None
+
+
+def _tx_insert_row(msg: Message, tx_id: str, p: m.TxRequested, extra: dict[str, Any]) -> tuple[Any, ...]:
+    """The values of a new ``transactions`` row ($1..$13 of the INSERT); ``extra``: its spend request."""
+    return (
+        tx_id,
+        p.key_id,
+        p.scheme,
+        p.network,
+        p.recipient,
+        p.amount,
+        p.fee_rate,
+        p.fee,
+        extra.get("memo", ""),
+        p.requested_by or msg.sender,
+        extra.get("idempotency_key"),
+        p.unsigned_tx,
+        msg.seq,
     )
-    return Outcome("refused", why, violation=violation, audit_id=audit_id)
+
+
+def _tx_columns(p: Any) -> dict[str, Any]:
+    """The ``transactions`` columns an event sets besides its state and position."""
+    if isinstance(p, m.TxRejected):
+        return {"reasons": list(p.reasons)}
+    if isinstance(p, m.TxSigning):
+        return {"attempt": p.attempt}
+    if isinstance(p, m.TxSigned):
+        return {"txid": p.txid, "signed_tx": p.signed_tx, "attempt": p.attempt}
+    if isinstance(p, m.TxBroadcast):
+        return {"txid": p.txid}
+    if isinstance(p, m.TxConfirmed):
+        return {"txid": p.txid, "block_height": p.block_height, "confirmations": p.confirmations}
+    if isinstance(p, m.TxFailed):
+        return {"reasons": [p.reason]}
+    return {}
+
+
+def _transition_row(
+    msg: Message, tx_id: str, current: TxState | None, new: TxState, event: str, payload: Any
+) -> tuple[Any, ...]:
+    """A ``transaction_transitions`` row."""
+    from_state = current.value if current is not None else None
+    return (tx_id, from_state, new.value, event, _detail(payload)[:1000], msg.stream, msg.seq)
+
+
+def _tx_details(current: TxState | None, new: TxState, payload: Any) -> dict[str, Any]:
+    """The audit details of an applied lifecycle event."""
+    return {
+        "from_state": current.value if current is not None else None,
+        "to_state": new.value,
+        **_summary(payload),
+    }
+
+
+def _check_vote(msg: Message) -> Refusal | tuple[str, str]:
+    """``(tx_id, node)`` of a ``vote.<tx_id>.<node>`` message, or why it is refused."""
+    parts = msg.subject.split(".")
+    tx_id = parts[1] if len(parts) == 3 else ""
+    node = parts[2] if len(parts) == 3 else ""
+    v = msg.payload
+    if not isinstance(v, m.Vote) or v.tx_id != tx_id or v.node != node or node != msg.sender:
+        return Refusal(tx_id, "vote payload does not match its subject/sender", "bad-vote")
+    return tx_id, node
+
+
+def _vote_row(msg: Message, tx_id: str, node: str) -> tuple[Any, ...]:
+    """A ``votes`` row (the round is the transaction)."""
+    v: m.Vote = msg.payload
+    return (tx_id, tx_id, node, v.approve, list(v.reasons), msg.envelope_raw, msg.seq)
+
+
+def _vote_details(node: str, v: m.Vote) -> dict[str, Any]:
+    return {
+        "node": node,
+        "approve": v.approve,
+        "reasons": list(v.reasons),
+        "policy_version": v.policy_version,
+    }
+
+
+def _vote_conflict_details(node: str, first: bool, v: m.Vote) -> dict[str, Any]:
+    return {"node": node, "first_approve": first, "approve": v.approve, "reasons": list(v.reasons)}
+
+
+def _violation_details(msg: Message) -> tuple[str, dict[str, Any]]:
+    """The offender named by a ``node.violation.<offender>`` subject and the audit details."""
+    p = msg.payload
+    offender = msg.subject.split(".", 2)[2] if msg.subject.count(".") >= 2 else ""
+    if isinstance(p, m.Violation | BusRejection):
+        details: dict[str, Any] = {
+            "kind": p.kind,
+            "detail": p.detail[:500],
+            "reporter": p.reporter,
+            "offender": p.offender,
+            "about_subject": p.subject,
+        }
+        if isinstance(p, m.Violation):
+            details["tx_id"] = p.tx_id
+        else:
+            details["about_stream"] = p.stream
+            details["about_seq"] = p.stream_seq
+    else:
+        details = {"type": type(p).__name__}
+    return offender, details
 
 
 def _summary(payload: Any) -> dict[str, Any]:
@@ -184,56 +342,29 @@ def _detail(payload: Any) -> str:
 
 
 async def _tx_event(conn: asyncpg.Connection, msg: Message) -> Outcome:
-    parts = msg.subject.split(".")
-    event = parts[1] if len(parts) == 3 else ""
-    tx_id = parts[2] if len(parts) == 3 else ""
-    new = STATE_FOR_EVENT.get(event)
-    if new is None:
-        return await _refuse(conn, msg, tx_id, f"unknown lifecycle event {event!r}", "bad-event")
-    expected = EVENT_TYPES[event]
+    checked = _check_tx_event(msg)
+    if isinstance(checked, Refusal):
+        return await _refuse(conn, msg, checked)
+    event, tx_id, new = checked
     payload = msg.payload
-    if not isinstance(payload, expected):
-        got = type(payload).__name__
-        return await _refuse(conn, msg, tx_id, f"{event} carries {got}, not {expected.__name__}", "bad-event")
-    if payload.tx_id != tx_id:
-        why = f"payload names transaction {payload.tx_id[:80]!r}, subject {tx_id!r}"
-        return await _refuse(conn, msg, tx_id, why, "bad-event")
 
     await _lock_tx(conn, tx_id)
     row = await conn.fetchrow("SELECT state FROM transactions WHERE id = $1 FOR UPDATE", tx_id)
     current = TxState(row["state"]) if row is not None else None
-    if is_replay(current, new):
-        return Outcome("replay", f"{tx_id} already {current.value if current else '-'}")
-    if not can_transition(current, new):
-        where = current.value if current is not None else "(none)"
-        why = f"illegal transition {where} -> {new.value} by {event}"
-        return await _refuse(
-            conn, msg, tx_id, why, "illegal-transition", from_state=where, to_state=new.value
-        )
-    if isinstance(payload, m.TxVoting) and not (
-        1 <= payload.threshold <= payload.total_nodes and 2 * payload.threshold > payload.total_nodes
-    ):
-        why = f"threshold {payload.threshold} of {payload.total_nodes} is not a majority"
-        return await _refuse(conn, msg, tx_id, why, "bad-event")
+    verdict = _check_transition(tx_id, event, current, new, payload)
+    if isinstance(verdict, Refusal):
+        return await _refuse(conn, msg, verdict)
+    if verdict is not None:
+        return verdict
 
     await _apply(conn, msg, tx_id, current, new, event, payload)
     await conn.execute(
         """INSERT INTO transaction_transitions
                (tx_id, from_state, to_state, event, detail, stream, stream_seq)
            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stream, stream_seq) DO NOTHING""",
-        tx_id,
-        current.value if current is not None else None,
-        new.value,
-        event,
-        _detail(payload)[:1000],
-        msg.stream,
-        msg.seq,
+        *_transition_row(msg, tx_id, current, new, event, payload),
     )
-    details = {
-        "from_state": current.value if current is not None else None,
-        "to_state": new.value,
-        **_summary(payload),
-    }
+    details = _tx_details(current, new, payload)
     audit_id = await _audit(conn, msg, f"tx.{event}", "transaction", tx_id, details)
     return Outcome("applied", f"{tx_id} -> {new.value}", audit_id=audit_id)
 
@@ -254,29 +385,15 @@ async def _apply(
             """INSERT INTO transactions (id, state, key_id, scheme, network, recipient, amount, fee_rate, fee,
                    memo, requested_by, idempotency_key, unsigned_tx, last_stream_seq)
                VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
-            tx_id,
-            p.key_id,
-            p.scheme,
-            p.network,
-            p.recipient,
-            p.amount,
-            p.fee_rate,
-            p.fee,
-            extra.get("memo", ""),
-            p.requested_by or msg.sender,
-            extra.get("idempotency_key"),
-            p.unsigned_tx,
-            msg.seq,
+            *_tx_insert_row(msg, tx_id, p, extra),
         )
         return
 
     sets = ["state = $2", "updated_at = now()", "last_stream_seq = $3"]
     args: list[Any] = [tx_id, new.value, msg.seq]
-
-    def put(column: str, value: Any) -> None:
+    for column, value in _tx_columns(p).items():
         args.append(value)
         sets.append(f"{column} = ${len(args)}")
-
     if isinstance(p, m.TxVoting):
         approvals, rejections = await _vote_counts(conn, tx_id)
         await conn.execute(
@@ -298,7 +415,6 @@ async def _apply(
             list(p.certificate),
         )
     elif isinstance(p, m.TxRejected):
-        put("reasons", list(p.reasons))
         await conn.execute(
             """UPDATE voting_rounds SET state = 'rejected', closed_at = now(),
                    certificate = coalesce($2, certificate)
@@ -307,20 +423,7 @@ async def _apply(
             list(p.certificate) or None,
         )
     elif isinstance(p, m.TxSigning):
-        put("attempt", p.attempt)
         await _presig_usage(conn, tx_id, p)
-    elif isinstance(p, m.TxSigned):
-        put("txid", p.txid)
-        put("signed_tx", p.signed_tx)
-        put("attempt", p.attempt)
-    elif isinstance(p, m.TxBroadcast):
-        put("txid", p.txid)
-    elif isinstance(p, m.TxConfirmed):
-        put("txid", p.txid)
-        put("block_height", p.block_height)
-        put("confirmations", p.confirmations)
-    elif isinstance(p, m.TxFailed):
-        put("reasons", [p.reason])
     await conn.execute(f"UPDATE transactions SET {', '.join(sets)} WHERE id = $1", *args)
     if event in RELEASE_EVENTS:
         await release_reservations(conn, tx_id)
@@ -388,25 +491,17 @@ async def _presig_usage(conn: asyncpg.Connection, tx_id: str, p: m.TxSigning) ->
 
 
 async def _vote(conn: asyncpg.Connection, msg: Message) -> Outcome:
-    parts = msg.subject.split(".")
-    tx_id = parts[1] if len(parts) == 3 else ""
-    node = parts[2] if len(parts) == 3 else ""
-    v = msg.payload
-    if not isinstance(v, m.Vote) or v.tx_id != tx_id or v.node != node or node != msg.sender:
-        why = "vote payload does not match its subject/sender"
-        return await _refuse(conn, msg, tx_id, why, "bad-vote")
+    checked = _check_vote(msg)
+    if isinstance(checked, Refusal):
+        return await _refuse(conn, msg, checked)
+    tx_id, node = checked
+    v: m.Vote = msg.payload
     round_id = tx_id
     await _lock_tx(conn, tx_id)
     inserted = await conn.fetchval(
         """INSERT INTO votes (round_id, tx_id, node_id, approve, reasons, envelope, stream_seq)
            VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (round_id, node_id) DO NOTHING RETURNING id""",
-        round_id,
-        tx_id,
-        node,
-        v.approve,
-        list(v.reasons),
-        msg.envelope_raw,
-        msg.seq,
+        *_vote_row(msg, tx_id, node),
     )
     if inserted is None:
         first = await conn.fetchval(
@@ -414,24 +509,12 @@ async def _vote(conn: asyncpg.Connection, msg: Message) -> Outcome:
         )
         if first == v.approve:
             return Outcome("replay", f"vote of {node} on {tx_id} already recorded")
-        audit_id = await _audit(
-            conn,
-            msg,
-            "vote.conflict",
-            "transaction",
-            tx_id,
-            {"node": node, "first_approve": first, "approve": v.approve, "reasons": list(v.reasons)},
-        )
+        details = _vote_conflict_details(node, first, v)
+        audit_id = await _audit(conn, msg, "vote.conflict", "transaction", tx_id, details)
         return Outcome("refused", f"{node} voted differently before on {tx_id}", audit_id=audit_id)
     column = "approvals" if v.approve else "rejections"
     await conn.execute(f"UPDATE voting_rounds SET {column} = {column} + 1 WHERE tx_id = $1", tx_id)
-    details = {
-        "node": node,
-        "approve": v.approve,
-        "reasons": list(v.reasons),
-        "policy_version": v.policy_version,
-    }
-    audit_id = await _audit(conn, msg, "vote", "transaction", tx_id, details)
+    audit_id = await _audit(conn, msg, "vote", "transaction", tx_id, _vote_details(node, v))
     return Outcome("applied", f"vote {node} on {tx_id}", audit_id=audit_id)
 
 
@@ -439,23 +522,7 @@ async def _vote(conn: asyncpg.Connection, msg: Message) -> Outcome:
 
 
 async def _violation(conn: asyncpg.Connection, msg: Message) -> Outcome:
-    p = msg.payload
-    offender = msg.subject.split(".", 2)[2] if msg.subject.count(".") >= 2 else ""
-    if isinstance(p, m.Violation | BusRejection):
-        details: dict[str, Any] = {
-            "kind": p.kind,
-            "detail": p.detail[:500],
-            "reporter": p.reporter,
-            "offender": p.offender,
-            "about_subject": p.subject,
-        }
-        if isinstance(p, m.Violation):
-            details["tx_id"] = p.tx_id
-        else:
-            details["about_stream"] = p.stream
-            details["about_seq"] = p.stream_seq
-    else:
-        details = {"type": type(p).__name__}
+    offender, details = _violation_details(msg)
     audit_id = await _audit(conn, msg, "node.violation", "node", offender, details)
     return Outcome("applied", f"violation by {offender}", audit_id=audit_id)
 
