@@ -41,6 +41,7 @@ from schemas.lifecycle import TxState
 
 from .project import (
     CONSUMER,
+    INSERT_TRANSITION,
     RELEASE_EVENTS,
     Message,
     Outcome,
@@ -423,12 +424,7 @@ async def _flush(conn: asyncpg.Connection, w: _Writes) -> None:
             "DELETE FROM utxo_reservations WHERE tx_id = ANY($1::text[])", sorted(set(w.release))
         )
     if w.transitions:
-        await conn.executemany(
-            """INSERT INTO transaction_transitions
-                   (tx_id, from_state, to_state, event, detail, stream, stream_seq)
-               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stream, stream_seq) DO NOTHING""",
-            w.transitions,
-        )
+        await conn.executemany(INSERT_TRANSITION, w.transitions)
     if w.votes:
         await conn.executemany(
             """INSERT INTO votes (round_id, tx_id, node_id, approve, reasons, envelope, stream_seq)

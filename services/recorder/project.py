@@ -234,12 +234,21 @@ def _tx_columns(p: Any) -> dict[str, Any]:
     return {}
 
 
+INSERT_TRANSITION = """INSERT INTO transaction_transitions
+       (tx_id, from_state, to_state, event, detail, stream, stream_seq, at)
+   VALUES ($1, $2, $3, $4, $5, $6, $7, COALESCE(to_timestamp($8::bigint / 1000.0), now()))
+   ON CONFLICT (stream, stream_seq) DO NOTHING"""
+
+
 def _transition_row(
     msg: Message, tx_id: str, current: TxState | None, new: TxState, event: str, payload: Any
 ) -> tuple[Any, ...]:
-    """A ``transaction_transitions`` row."""
+    """A ``transaction_transitions`` row for :data:`INSERT_TRANSITION`. ``at`` is when the event happened
+    (the signed envelope's time), not when the recorder got to it, so the timeline shows the spend's
+    own pace even when the recorder lags."""
     from_state = current.value if current is not None else None
-    return (tx_id, from_state, new.value, event, _detail(payload)[:1000], msg.stream, msg.seq)
+    at_ms = msg.ts_ms or None
+    return (tx_id, from_state, new.value, event, _detail(payload)[:1000], msg.stream, msg.seq, at_ms)
 
 
 def _tx_details(current: TxState | None, new: TxState, payload: Any) -> dict[str, Any]:
@@ -358,12 +367,7 @@ async def _tx_event(conn: asyncpg.Connection, msg: Message) -> Outcome:
         return verdict
 
     await _apply(conn, msg, tx_id, current, new, event, payload)
-    await conn.execute(
-        """INSERT INTO transaction_transitions
-               (tx_id, from_state, to_state, event, detail, stream, stream_seq)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (stream, stream_seq) DO NOTHING""",
-        *_transition_row(msg, tx_id, current, new, event, payload),
-    )
+    await conn.execute(INSERT_TRANSITION, *_transition_row(msg, tx_id, current, new, event, payload))
     details = _tx_details(current, new, payload)
     audit_id = await _audit(conn, msg, f"tx.{event}", "transaction", tx_id, details)
     return Outcome("applied", f"{tx_id} -> {new.value}", audit_id=audit_id)
