@@ -39,6 +39,7 @@ from schemas.messages import REGISTRY
 from schemas.names import BUCKET_KEYS, subject_matches
 from services.runtime.bus import Bus
 from services.runtime.config import load_config
+from services.runtime.supervisor import pid_alive as _alive  # a zombie counts as dead
 from wallet.address import p2wpkh_address
 from wallet.threshold_account import ThresholdAccount
 
@@ -332,19 +333,6 @@ def _started_pids(d: Path) -> list[int]:
         [state.get("pid")] + [p.get("pid") for p in state.get("processes", [])] + state.get("nats_pids", [])
     )
     return [int(p) for p in pids if p]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is not running; /proc tells (Linux)
-    with contextlib.suppress(OSError):
-        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]
-    return True
 
 
 @pytest.fixture(scope="session")
