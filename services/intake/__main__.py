@@ -16,7 +16,20 @@ from schemas.messages import REGISTRY
 from services.runtime.esplora import EsploraClient
 from services.runtime.service import ServiceContext, run_service, service_argparser
 
-from .app import Intake, create_app, republish_pending
+from . import store
+from .app import RESERVATION_RETENTION_S, Intake, create_app, republish_pending
+
+
+async def prune_reservations(ctx: ServiceContext) -> None:
+    while not ctx.stop.is_set():
+        try:
+            pruned = await store.prune_reservations(ctx.pool, RESERVATION_RETENTION_S)
+            if pruned:
+                ctx.log.info("pruned reservations of confirmed spends", count=pruned)
+        except Exception as exc:
+            ctx.log.warning("pruning reservations failed", error=repr(exc)[:200])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stop.wait(), 60.0)
 
 
 async def serve(ctx: ServiceContext) -> None:
@@ -44,9 +57,11 @@ async def serve(ctx: ServiceContext) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / f"{ctx.name}.url").write_text(url + "\n")
     ctx.ready(url=url)
+    pruner = asyncio.create_task(prune_reservations(ctx))
     try:
         await ctx.stopped()
     finally:
+        pruner.cancel()
         ctx.log.info("stopping http server")
         await server.before_stop()
         server.server.close()

@@ -58,6 +58,8 @@ MAX_BODY = 64 * 1024
 DEFAULT_FEE_TARGET = 6  # blocks
 ALIVE_SECONDS = 30.0
 WRITE_ROLES = frozenset({"admin", "operator"})
+UTXO_VIEW_MAX_AGE_S = 2.0  # how old a UTXO list intake may build a spend from
+RESERVATION_RETENTION_S = 600.0  # reservations of confirmed spends outlive any UTXO list by far
 
 REQUESTS = Counter("mpcw_intake_requests_total", "HTTP requests", ["route", "status"])
 LATENCY = Histogram(
@@ -102,6 +104,7 @@ class Intake:
     esplora: EsploraClient | None = None
     wallet: Wallet | None = None
     started: float = field(default_factory=time.time)
+    _utxos: tuple[float, list[WalletUtxo]] | None = None
 
     async def get_wallet(self) -> Wallet:
         if self.wallet is None:
@@ -127,11 +130,22 @@ class Intake:
             self.log.error("policy in KV does not decode; using defaults")
             return Policy()
 
-    async def wallet_utxos(self, wallet: Wallet) -> list[WalletUtxo]:
+    async def wallet_utxos(self, wallet: Wallet, max_age: float = UTXO_VIEW_MAX_AGE_S) -> list[WalletUtxo]:
+        """The wallet's UTXOs from the chain backend, reusing a list at most ``max_age`` seconds old.
+
+        A slightly old list is safe: coins it still shows although they were spent since are either
+        reserved by the spend that took them (reservations of confirmed spends are kept for
+        ``RESERVATION_RETENTION_S``) or refused by the chain at broadcast; coins that arrived since are
+        only missed for that moment."""
+        now = time.monotonic()
+        if self._utxos is not None and now - self._utxos[0] <= max_age:
+            return self._utxos[1]
         try:
-            return await wallet.utxos(self.chain())
+            utxos = await wallet.utxos(self.chain())
         except EsploraError as exc:
             fail(503, "chain backend unavailable", str(exc)[:300])
+        self._utxos = (now, utxos)
+        return utxos
 
     async def default_fee_rate(self) -> float:
         try:
@@ -289,7 +303,14 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
         )
 
     try:
-        stored = await store.reserve(intake.pool, req.idempotency_key, select)
+        try:
+            stored = await store.reserve(intake.pool, req.idempotency_key, select)
+        except ApiError as exc:
+            if exc.error != "insufficient funds":
+                raise
+            # the UTXO list may be a moment old: look again before saying no
+            utxos = await intake.wallet_utxos(wallet, max_age=0.0)
+            stored = await store.reserve(intake.pool, req.idempotency_key, select)
     except asyncpg.UniqueViolationError:
         # another request took an outpoint or the key between our read and insert: the lock makes
         # this impossible for intake processes sharing the database; answer as a conflict anyway
@@ -418,7 +439,7 @@ async def cluster_status(intake: Intake) -> dict[str, Any]:
 
 async def balance(intake: Intake) -> dict[str, Any]:
     wallet = await intake.get_wallet()
-    utxos = await intake.wallet_utxos(wallet)
+    utxos = await intake.wallet_utxos(wallet, max_age=0.0)  # what the chain says now
     reserved, _ = await store.reserved_total(intake.pool)
     is_reserved = [(u.txid, u.vout) in reserved for u in utxos]
     return {

@@ -120,6 +120,18 @@ async def unpublished(pool: asyncpg.Pool) -> list[tuple[str, bytes]]:
     return [(r["tx_id"], bytes(r["message"])) for r in rows]
 
 
+async def prune_reservations(pool: asyncpg.Pool, older_than_s: float) -> int:
+    """Forget the reservations of spends confirmed more than ``older_than_s`` ago: their outpoints are
+    spent on chain and have long left every UTXO list intake may still hold."""
+    status = await pool.execute(
+        """DELETE FROM utxo_reservations r USING transactions t
+           WHERE r.tx_id = t.id AND t.state = 'confirmed'
+             AND t.updated_at < now() - make_interval(secs => $1)""",
+        older_than_s,
+    )
+    return int(status.split()[-1])
+
+
 async def reserved_total(pool: asyncpg.Pool) -> tuple[set[tuple[str, int]], int]:
     rows = await pool.fetch("SELECT txid, vout, amount FROM utxo_reservations")
     return {(r["txid"], r["vout"]) for r in rows}, sum(int(r["amount"]) for r in rows)

@@ -59,8 +59,10 @@ EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "confirmed": m.TxConfirmed,
     "failed": m.TxFailed,
 }
-# events after which the inputs of a spend are no longer reserved by it
-RELEASE_EVENTS = frozenset({"rejected", "failed", "confirmed"})
+# events after which the inputs of a spend are no longer reserved by it. Not "confirmed": those inputs
+# are spent for good, and keeping their reservation lets intake work from a UTXO list a moment old
+# (intake prunes them later, see services.intake.store.prune_reservations).
+RELEASE_EVENTS = frozenset({"rejected", "failed"})
 
 
 @dataclass(frozen=True)
