@@ -179,7 +179,9 @@ class Broadcaster:
                     except (ValueError, frost.InvalidContributionError):
                         ok = False
                     if not ok:
-                        await self._blame(node, req.tx_id, f"input {i}: invalid partial signature")
+                        await self._blame(
+                            node, req.tx_id, signing.session_id, f"input {i}: invalid partial signature"
+                        )
                         return False
                 await self._fail(req.tx_id, f"input {i}: aggregate signature does not verify")
                 return False
@@ -197,12 +199,12 @@ class Broadcaster:
         await self._broadcast(out)  # now, not a hop later; on_signed repeats it only after a crash
         return True
 
-    async def _blame(self, node: str, tx_id: str, detail: str) -> None:
+    async def _blame(self, node: str, tx_id: str, session_id: str, detail: str) -> None:
         self.log.warning("invalid partial signature", node=node, tx_id=tx_id, detail=detail)
         v = Violation(
             offender=node, kind="invalid-partial-sig", detail=detail, reporter=self.cfg.identity, tx_id=tx_id
         )
-        await self.bus.publish(violation_subject(node), v, f"viol.psig.{node}.{tx_id}")
+        await self.bus.publish(violation_subject(node), v, f"viol.psig.{node}.{session_id}")
 
     async def _fail(self, tx_id: str, reason: str) -> None:
         self.log.error("spend failed", tx_id=tx_id, reason=reason)
