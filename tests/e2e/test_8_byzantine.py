@@ -333,7 +333,9 @@ def test_banned_after_five_violations_and_no_longer_a_signer(byz: Cluster, blame
     # two more spends like the first: two violations each (corrupt psig, equivocation) -> six in all
     more = [spend_with_all_approvers(byz, b"byzantine-%d" % i) for i in (2, 3)]
     for s in more:
-        assert s.signings[0].signers == ["node-1", "node-2", "node-3", "node-4"], s.signings
+        # node-2 is in the first attempt unless its ban already reached consensus (the monitor may
+        # count the 5th violation before the last of these spends starts)
+        assert s.signings[0].signers in (["node-1", "node-2", "node-3", "node-4"], HONEST), s.signings
         assert s.signings[-1].signers == HONEST and s.signed.attempt == s.signings[-1].attempt
 
     def banned() -> bool:
