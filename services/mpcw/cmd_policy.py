@@ -9,10 +9,12 @@ import click
 import msgspec
 
 from schemas import kv as K
-from schemas.names import BUCKET_CONFIG
+from schemas.messages import Heartbeat
+from schemas.names import BUCKET_CONFIG, heartbeat_subject
 from schemas.rest import Policy
 from services.mpcw.cli import data_dir_of, main
 from services.mpcw.client import btc_to_sats, cluster_of, fmt_btc, with_admin_bus
+from services.runtime.lookup import last_message
 from services.runtime.nonce_pool import NoncePool
 
 
@@ -107,7 +109,31 @@ def policy_set(
             await kv.update_cas(K.POLICY_KEY, new, rev)
         return new
 
-    _print(with_admin_bus(d, run))
+    new = with_admin_bus(d, run)
+    _print(new)
+    nodes = list(cluster_of(d).get("nodes") or [])
+    applied = with_admin_bus(d, lambda bus: _wait_applied(bus, nodes, new.version, 10.0))
+    missing = [n for n in nodes if n not in applied]
+    if missing:
+        click.echo(f"applied on {len(applied)}/{len(nodes)} nodes; not yet on {', '.join(missing)}", err=True)
+        ctx.exit(1)
+    click.echo(f"applied on {len(applied)}/{len(nodes)} nodes")
+
+
+async def _wait_applied(bus: Any, nodes: list[str], version: int, timeout: float) -> list[str]:
+    """The nodes whose latest heartbeat reports policy ``version`` or newer (waits up to ``timeout``)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    applied: list[str] = []
+    while True:
+        applied = []
+        for node in nodes:
+            hb = await last_message(bus, heartbeat_subject(node))
+            if hb is not None and isinstance(hb.payload, Heartbeat) and hb.sender == node:
+                if hb.payload.detail.get("policy_version", 0) >= version:
+                    applied.append(node)
+        if len(applied) == len(nodes) or asyncio.get_running_loop().time() > deadline:
+            return applied
+        await asyncio.sleep(0.2)
 
 
 @main.group()

@@ -24,6 +24,7 @@ The node holds its key share and its pooled secret nonces in its own data direct
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -141,6 +142,7 @@ class SignerNode:
         # requests this process approved (checked when voting): signing them needs no second look-up
         self.approved: dict[str, TxRequested] = {}
         self._lock = asyncio.Lock()
+        self._beat_now = asyncio.Event()  # a heartbeat now (the policy changed), not in 2 s
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> list[asyncio.Task[Any]]:
@@ -180,21 +182,24 @@ class SignerNode:
         async for entry in cfg.watch(K.POLICY_KEY):
             if entry is not None and entry.operation == "PUT":
                 self.policy = self._decode_policy(entry.value)
+                self._beat_now.set()
 
     async def _heartbeat(self) -> None:
         while not self.bus.stopping.is_set():
             now = int(time.time() * 1000)
             hb = Heartbeat(
-                node=self.node, ts_ms=now, ready=True, detail={"nonces": self.keystore.nonce_count()}
+                node=self.node,
+                ts_ms=now,
+                ready=True,
+                detail={"nonces": self.keystore.nonce_count(), "policy_version": self.policy.version},
             )
             try:
                 await self.bus.publish(heartbeat_subject(self.node), hb, f"hb.{self.node}.{now}")
             except Exception as exc:
                 self.log.warning("heartbeat failed", error=repr(exc)[:200])
-            try:
-                await asyncio.wait_for(self.bus.stopping.wait(), HEARTBEAT_SECONDS)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_SECONDS)
+            self._beat_now.clear()
 
     # ---- key material -------------------------------------------------------------------------------
     def share(self, key_id: str) -> tuple[ShareRecord, ThresholdAccount]:
