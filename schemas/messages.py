@@ -110,7 +110,7 @@ class PartialSignatures(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 
 
 class SigningRefused(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``proto.frost.<session>.2.<node>`` alternative: why a signer will not sign this attempt."""
+    """``proto.frost.<session>.refused.<node>``: why a signer will not sign this attempt."""
 
     tx_id: str
     session_id: str
@@ -174,14 +174,6 @@ class NonceBatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     count: int
 
 
-class NonceBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """``proto.noncegen.<batch>.2.<node>``: the signer's new nonce commitments (public halves only)."""
-
-    batch_id: str
-    node: str
-    nonces: list[NonceRef]
-
-
 class DkgStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``proto.chilldkg.<session>.0.<coordinator>``: start ChillDKG among ``nodes``."""
 
@@ -230,7 +222,6 @@ REGISTRY: dict[str, type[msgspec.Struct]] = {
         Heartbeat,
         Violation,
         NonceBatchRequest,
-        NonceBatch,
         DkgStart,
         DkgMessage,
         DkgResult,

@@ -140,8 +140,8 @@ _OWN: Final[tuple[str, ...]] = (
 _NODE: Final[tuple[str, ...]] = (
     *_OWN,
     "vote.*.{self}",
-    "$KV.presig.>",
-    "$KV.keys.>",
+    "$KV.presig.frost.*.{self}.>",  # its own nonce commitments only
+    "$KV.keys.hostpubkey.{self}",  # its own ChillDKG host key only (the DKG result is consensus's)
 )
 
 # identity (or "node" for every node-k) -> subjects it may publish (stream subjects and KV writes)
@@ -154,11 +154,9 @@ PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
         "tx.approved.>",
         "tx.rejected.>",
         "tx.signing.>",
-        "tx.signed.>",
         "tx.failed.>",
         "$KV.rounds.>",
         "$KV.presig.>",
-        "$KV.config.>",
         "$KV.keys.frost.>",  # the public DKG result, as ChillDKG coordinator
     ),
     "monitor": (*_OWN, "node.violation.>", "$KV.bans.>"),

@@ -12,16 +12,17 @@ chain backend at once (a transaction the backend already knows counts as broadca
 follows. ``tx.broadcast`` is then re-checked until the chain confirms it, and ``tx.confirmed`` is
 published.
 
-After a restart nothing is lost: a redelivered partial signature, or any during the first
-``STARTUP_GRACE_S``, makes the broadcaster read the session's other partial signatures back from the
-stream; ``tx.signed`` is consumed too, so a crash between signing and broadcasting is finished later. All
-publishes use a ``Nats-Msg-Id`` derived from the transaction, so repeats are de-duplicated.
+Nothing is lost to a restart or to several broadcaster instances sharing the work: whenever a session
+looks incomplete, the missing partial signatures are read back from the stream. ``tx.signed`` is
+consumed too, so a crash between signing and broadcasting is finished later. A rejected broadcast ends
+the spend ``failed`` only when the transaction can never confirm (its inputs are gone or it is invalid,
+and the backend does not already know it); anything else is retried. All publishes use a
+``Nats-Msg-Id`` derived from the transaction, so repeats are de-duplicated.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from schemas import kv as K
@@ -38,7 +39,7 @@ from schemas.messages import (
 )
 from schemas.names import BUCKET_KEYS, proto_subject, tx_subject, violation_subject
 from services.runtime.bus import Received, RetryLater
-from services.runtime.esplora import BroadcastRejected, EsploraClient
+from services.runtime.esplora import BroadcastRejected, EsploraClient, TxNotFound
 from services.runtime.lookup import last_message
 from services.runtime.service import ServiceContext, run_service
 from tss import frost
@@ -50,21 +51,13 @@ from wallet.verify import TransactionInvalid, verify_transaction
 from wallet.witness import p2tr_key_path_witness
 
 CONFIRMATION_POLL_S = 1.0
+BROADCAST_RETRY_S = 5.0
+# reject reasons after which a signed transaction can never confirm (anything else is retried): its
+# inputs are spent elsewhere or missing, or the backend finds it invalid
+PERMANENT = ("missingorspent", "mempool-conflict", "script-verify", "bad-txns", "txn-same-nonwitness")
 CACHE_ENTRIES = 10_000
 
 
-class _Unknown:
-    """Sessions whose first partial signatures this process may have missed: all of them, for the
-    first ``STARTUP_GRACE_S`` after a start (a restart loses what was acked before it)."""
-
-    def __init__(self) -> None:
-        self.until = time.monotonic() + STARTUP_GRACE_S
-
-    def __contains__(self, session: object) -> bool:
-        return time.monotonic() < self.until
-
-
-STARTUP_GRACE_S = 30.0
 ALREADY_KNOWN = ("already in block chain", "txn-already-known", "txn-already-in-mempool")
 
 
@@ -84,7 +77,6 @@ class Broadcaster:
         self.psigs: dict[str, dict[str, list[bytes]]] = {}  # session -> node -> psigs
         self.signed: dict[str, None] = {}  # tx_ids aggregated by this process
         self.broadcast_done: dict[str, None] = {}  # tx_ids this process announced as broadcast
-        self.before_start: _Unknown = _Unknown()
 
     async def account(self, key_id: str) -> tuple[K.KeyRecord, ThresholdAccount]:
         got = self.accounts.get(key_id)
@@ -119,9 +111,8 @@ class Broadcaster:
         got[msg.node] = list(msg.psigs)
         self._trim(self.psigs)
         if len(got) < len(signing.signers):
-            if rec.num_delivered == 1 and msg.session_id not in self.before_start:
-                return  # the others are still on their way
-            # a redelivery (we may have crashed after acking the others): read them back from the stream
+            # not all seen by this process (still on their way, delivered to another broadcaster
+            # instance, or acked before a restart): read the missing ones back from the stream
             for node in signing.signers:
                 if node in got:
                     continue
@@ -132,6 +123,8 @@ class Broadcaster:
         req_msg = await last_message(self.bus, tx_subject("requested", msg.tx_id))
         if req_msg is None or not isinstance(req_msg.payload, TxRequested) or req_msg.sender != "intake":
             return
+        if await last_message(self.bus, tx_subject("failed", msg.tx_id)) is not None:
+            return  # consensus gave up on it: never sign what was reported failed
         done = await self._aggregate(req_msg.payload, signing, got)
         if done:
             self.signed[msg.tx_id] = None
@@ -215,7 +208,7 @@ class Broadcaster:
     # ---- broadcast and confirmations ----------------------------------------------------------------
     async def on_signed(self, rec: Received) -> None:
         msg = rec.payload
-        if not isinstance(msg, TxSigned) or rec.sender not in ("broadcaster", "consensus"):
+        if not isinstance(msg, TxSigned) or rec.sender != "broadcaster":
             return
         if msg.tx_id in self.broadcast_done:
             return
@@ -231,7 +224,10 @@ class Broadcaster:
             if got != msg.txid:
                 raise RuntimeError(f"backend answered txid {got}, expected {msg.txid}")
         except BroadcastRejected as exc:
-            if not any(k in str(exc) for k in ALREADY_KNOWN):
+            if not any(k in str(exc) for k in ALREADY_KNOWN) and not await self._chain_has(msg.txid):
+                if not any(k in str(exc) for k in PERMANENT):
+                    raise RetryLater(BROADCAST_RETRY_S, f"broadcast refused for now: {exc}") from None
+                # the inputs are gone or the transaction is invalid: it can never confirm
                 await self._fail(msg.tx_id, f"broadcast rejected: {exc}")
                 return
         await self.bus.publish(
@@ -242,6 +238,15 @@ class Broadcaster:
         self.broadcast_done[msg.tx_id] = None
         self._trim(self.broadcast_done)
         self.log.info("broadcast", tx_id=msg.tx_id, txid=msg.txid)
+
+    async def _chain_has(self, txid: str) -> bool:
+        """Whether the backend knows this transaction (in its mempool or a block): then it was broadcast
+        before, and a rejection of the repeat means nothing."""
+        try:
+            await self.chain.tx(txid)
+        except TxNotFound:
+            return False
+        return True
 
     async def on_broadcast(self, rec: Received) -> None:
         msg = rec.payload

@@ -177,7 +177,7 @@ class Consensus:
     async def _decide(self, rnd: K.RoundRecord) -> None:
         if not rnd.opened or rnd.outcome != "open":
             if rnd.outcome == "approved" and rnd.attempt == 0 and not rnd.done:
-                await self._next_attempt(rnd.tx_id)
+                await self._next_attempt(rnd.tx_id, from_attempt=0)
             return
         out = tally.outcome(rnd)
         if out is tally.Outcome.APPROVED:
@@ -188,7 +188,7 @@ class Consensus:
                 f"approved.{rnd.tx_id}",
             )
             await self._update(rnd.tx_id, lambda r: _set(r, outcome="approved"))
-            await self._next_attempt(rnd.tx_id)
+            await self._next_attempt(rnd.tx_id, from_attempt=0)
         elif out is tally.Outcome.REJECTED:
             reasons = tally.rejection_reasons(rnd)
             cert = [rnd.votes[n] for n in rnd.nodes if rnd.approve.get(n) is False]
@@ -260,15 +260,19 @@ class Consensus:
         self.active[tx_id] = (attempt, time.monotonic())
 
     async def _fail(self, tx_id: str, reason: str) -> None:
+        """Give up on a spend: the round is closed first (late refusals and timeouts then do nothing),
+        and nothing is reported failed once it is signed (the broadcaster finishes it)."""
+        self.active.pop(tx_id, None)
+        await self._update(tx_id, lambda r: _set(r, done=True))
+        if await last_message(self.bus, tx_subject("signed", tx_id)) is not None:
+            return
         await self.bus.publish(
             tx_subject("failed", tx_id), TxFailed(tx_id=tx_id, reason=reason), f"failed.{tx_id}"
         )
-        await self._update(tx_id, lambda r: _set(r, done=True))
-        self.active.pop(tx_id, None)
 
     async def on_tx_event(self, rec: Received) -> None:
         event, tx_id = rec.subject.split(".")[1:3]
-        if event in ("signed", "failed", "broadcast", "confirmed"):
+        if event in ("signed", "failed"):
             self.active.pop(tx_id, None)
             await self._update(tx_id, lambda r: not r.done and _set(r, done=True))
 
@@ -276,6 +280,14 @@ class Consensus:
         msg = rec.payload
         if not isinstance(msg, SigningRefused) or msg.node != rec.sender:
             return
+        current = await last_message(self.bus, tx_subject("signing", msg.tx_id))
+        if (
+            current is None
+            or not isinstance(current.payload, TxSigning)
+            or current.payload.session_id != msg.session_id
+            or msg.node not in current.payload.signers
+        ):
+            return  # not a signer of the current attempt: a refusal from it changes nothing
         self.log.warning("signer refused", tx_id=msg.tx_id, node=msg.node, reason=msg.reason)
         await self._next_attempt(msg.tx_id, failed=msg.node, from_attempt=msg.attempt)
 
@@ -418,7 +430,14 @@ class Consensus:
         try:
             await keys.create(K.key_record_key(start.scheme, start.key_id), record)
         except CasConflict:
-            pass  # already recorded (a redelivered last message)
+            stored = await keys.get(K.key_record_key(start.scheme, start.key_id))
+            if stored is None or stored.decode(K.KeyRecord).session_id != start.session_id:
+                # another session produced this key first: finishing this one would leave the nodes
+                # holding shares of a key nobody can see
+                self.log.error(
+                    "dkg session lost the race for the key; not finished", session=start.session_id
+                )
+                return
         await self._dkg_send(start, 4, cmsg2)
 
     async def _gather(self, start: DkgStart, round_: int) -> list[bytes] | None:

@@ -95,6 +95,10 @@ class DkgParticipant:
             return
         output, recovery = chilldkg.participant_finalize(sess["state2"], msg.data)
         start: DkgStart = sess["start"]
+        if self.node.keystore.has_share(start.key_id):  # another session finished first
+            raise ValueError(
+                f"this node already holds a share of key {start.key_id!r}; refusing to replace it"
+            )
         params = sess["params"]
         index = start.nodes.index(self.node.node)
         if output.secshare is None:

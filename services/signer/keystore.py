@@ -89,6 +89,8 @@ class Keystore:
                 write_atomic(salt_path, secrets.token_bytes(16))
             salt = salt_path.read_bytes()
             return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(passphrase.encode())
+        if (self.root / "kek.salt").exists():
+            raise KeystoreError(f"{self.node}'s secrets are protected by a passphrase: set {PASSPHRASE_ENV}")
         kek_path = self.root / "kek"
         if not kek_path.exists():
             write_atomic(kek_path, secrets.token_bytes(32))

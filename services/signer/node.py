@@ -38,7 +38,6 @@ from schemas import kv as K
 from schemas.messages import (
     DkgMessage,
     DkgResult,
-    DkgStart,
     Heartbeat,
     NonceBatchRequest,
     NonceRef,
@@ -52,6 +51,7 @@ from schemas.names import (
     BUCKET_CONFIG,
     BUCKET_KEYS,
     BUCKET_PRESIG,
+    check_token,
     heartbeat_subject,
     proto_subject,
     tx_subject,
@@ -96,6 +96,7 @@ class JournalEntry:
     ts_ms: int
     sighashes: list[str]
     reasons: list[str]
+    policy_version: int = 0  # the policy the decision was made under (a replayed vote repeats it)
 
 
 class VoteJournal:
@@ -106,9 +107,13 @@ class VoteJournal:
         self.entries: dict[str, JournalEntry] = {}
         if path.exists():
             for line in path.read_text().splitlines():
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     d = json.loads(line)
-                    self.entries[d["tx_id"]] = JournalEntry(**d)
+                except ValueError:
+                    continue  # a line torn by a crash mid-append: its vote was never published
+                self.entries[d["tx_id"]] = JournalEntry(**d)
 
     def spent_since(self, since_ms: int) -> int:
         return sum(e.amount for e in self.entries.values() if e.approve and e.ts_ms >= since_ms)
@@ -225,7 +230,8 @@ class SignerNode:
                     (e for e in fresh if e.tx_id == req.tx_id), None
                 )
                 if entry is None:
-                    entry = self._decide(req)
+                    pending = sum(e.amount for e in fresh if e.approve)  # approved earlier in this batch
+                    entry = self._decide(req, pending)
                     fresh.append(entry)
                 entries.append(entry)
             self.journal.record(fresh)
@@ -245,21 +251,29 @@ class SignerNode:
             approve=entry.approve,
             reasons=entry.reasons,
             sighashes=[bytes.fromhex(h) for h in entry.sighashes],
-            policy_version=self.policy.version,
+            policy_version=entry.policy_version,
         )
         await self.bus.publish(f"vote.{req.tx_id}.{self.node}", vote, f"vote.{req.tx_id}.{self.node}")
 
-    def _decide(self, req: TxRequested) -> JournalEntry:
+    def _decide(self, req: TxRequested, pending: int = 0) -> JournalEntry:
         now = int(time.time() * 1000)
         try:
             _, account = self.share(req.key_id)
         except (KeystoreError, ValueError):
             reasons, sighashes = [f"this node holds no share of key {req.key_id!r}"], []
         else:
-            res = check_spend(req, self.policy, account, self.journal.spent_since(now - DAY_MS))
+            res = check_spend(req, self.policy, account, self.journal.spent_since(now - DAY_MS) + pending)
             reasons, sighashes = res.reasons, res.sighashes
         self.log.info("vote", tx_id=req.tx_id, approve=not reasons, reasons=reasons[:5])
-        return JournalEntry(req.tx_id, not reasons, req.amount, now, [h.hex() for h in sighashes], reasons)
+        return JournalEntry(
+            req.tx_id,
+            not reasons,
+            req.amount,
+            now,
+            [h.hex() for h in sighashes],
+            reasons,
+            self.policy.version,
+        )
 
     # ---- signing ------------------------------------------------------------------------------------
     async def on_signings(self, batch: list[Received]) -> None:
@@ -325,7 +339,8 @@ class SignerNode:
     async def _publish_answer(self, out: PartialSignatures | SigningRefused) -> None:
         round_ = 2 if isinstance(out, PartialSignatures) else REFUSAL_ROUND
         subject = proto_subject("frost", out.session_id, round_, self.node)
-        await self.bus.publish(subject, out, f"psig.{out.session_id}.{self.node}")
+        kind = "psig" if isinstance(out, PartialSignatures) else "refused"
+        await self.bus.publish(subject, out, f"{kind}.{out.session_id}.{self.node}")
 
     async def _prepare(self, sig: TxSigning) -> _Prepared:
         """Everything but the nonces: the request, this node's approval, the certificate, the signer set."""
@@ -355,6 +370,11 @@ class SignerNode:
         self._check_certificate(sig, sighashes)
         self._check_signer_set(sig, share)
         my_nonces = sig.nonces[self.node]
+        for ref in my_nonces:
+            try:
+                check_token(ref.nonce_id)
+            except ValueError as exc:
+                raise SigningError("a nonce id of this node is malformed") from exc
         if len(my_nonces) != len(req.inputs) or any(
             len(sig.nonces[s]) != len(req.inputs) for s in sig.signers
         ):
@@ -474,9 +494,6 @@ class SignerNode:
             result,
             f"dkg.{result.session_id}.9.{self.node}",
         )
-
-    def dkg_start_ok(self, start: DkgStart) -> bool:
-        return self.node in start.nodes
 
 
 def _pubnonce_of(secnonce: bytearray) -> bytes:

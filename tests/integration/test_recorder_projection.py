@@ -158,7 +158,7 @@ async def test_lifecycle_projection_replays_and_audit_chain(
         )
         await consensus.publish(tx_subject("signing", tx), signing, f"s.{tx}.1")
         txid = "cd" * 32
-        await consensus.publish(
+        await broadcaster.publish(  # the broadcaster signs and publishes tx.signed
             tx_subject("signed", tx),
             m.TxSigned(tx_id=tx, txid=txid, signed_tx=b"\x02signed", attempt=1),
             f"d.{tx}",

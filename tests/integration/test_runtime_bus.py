@@ -222,7 +222,7 @@ async def test_kv_cas(bus_factory: BusFactory) -> None:
 
 async def test_kv_watch(bus_factory: BusFactory) -> None:
     cons = await bus_factory("consensus")
-    kv = await cons.kv("config")
+    kv = await cons.kv("rounds")  # a bucket consensus may write
     prefix = f"w{uid()}"
     await kv.put(f"{prefix}.a", b"1")
     seen: list[tuple[str, bytes]] = []
