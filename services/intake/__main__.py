@@ -20,16 +20,28 @@ from . import store
 from .app import RESERVATION_RETENTION_S, Intake, create_app, republish_pending
 
 
-async def prune_reservations(ctx: ServiceContext) -> None:
+async def background(ctx: ServiceContext, intake: Intake) -> None:
+    """Every few seconds: publish requests a failed publish left stored; every minute: prune the
+    reservations of long-confirmed spends."""
+    last_prune = 0.0
     while not ctx.stop.is_set():
         try:
-            pruned = await store.prune_reservations(ctx.pool, RESERVATION_RETENTION_S)
-            if pruned:
-                ctx.log.info("pruned reservations of confirmed spends", count=pruned)
+            republished = await republish_pending(intake)
+            if republished:
+                ctx.log.info("republished stored requests", count=republished)
         except Exception as exc:
-            ctx.log.warning("pruning reservations failed", error=repr(exc)[:200])
+            ctx.log.warning("republishing stored requests failed", error=repr(exc)[:200])
+        now = asyncio.get_running_loop().time()
+        if now - last_prune >= 60.0:
+            last_prune = now
+            try:
+                pruned = await store.prune_reservations(ctx.pool, RESERVATION_RETENTION_S)
+                if pruned:
+                    ctx.log.info("pruned reservations of confirmed spends", count=pruned)
+            except Exception as exc:
+                ctx.log.warning("pruning reservations failed", error=repr(exc)[:200])
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.stop.wait(), 60.0)
+            await asyncio.wait_for(ctx.stop.wait(), 5.0)
 
 
 async def serve(ctx: ServiceContext) -> None:
@@ -57,7 +69,7 @@ async def serve(ctx: ServiceContext) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / f"{ctx.name}.url").write_text(url + "\n")
     ctx.ready(url=url)
-    pruner = asyncio.create_task(prune_reservations(ctx))
+    pruner = asyncio.create_task(background(ctx, intake))
     try:
         await ctx.stopped()
     finally:

@@ -321,10 +321,13 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
     try:
         await intake.bus.publish(tx_subject("requested", tx_id), msg, tx_id)
     except Exception as exc:
-        await store.forget(intake.pool, tx_id)
-        SPENDS.labels("publish-failed").inc()
-        intake.log.error("publishing tx.requested failed", tx_id=tx_id, error=repr(exc)[:300])
-        fail(503, "bus unavailable", "the request could not be queued; nothing was reserved")
+        # the request and its reservations are stored: it is published by the background retry
+        # (republish_pending), never forgotten; the message id is the tx id, so a publish that did reach
+        # the server before the error is not repeated
+        SPENDS.labels("publish-deferred").inc()
+        intake.log.error("publishing tx.requested failed; will retry", tx_id=tx_id, error=repr(exc)[:300])
+        view = await store.get_transaction(intake.pool, tx_id)
+        return json_response(view, 202)
     await store.mark_published(intake.pool, tx_id)
     SPENDS.labels("accepted").inc()
     intake.log.info(
@@ -357,8 +360,8 @@ async def repeat(intake: Intake, existing: store.Existing, digest: bytes) -> HTT
 
 
 async def republish_pending(intake: Intake) -> int:
-    """At startup: publish requests stored but not published (a crash in between). Idempotent: the
-    message id is the tx id."""
+    """Publish requests stored but not published (a crash or a bus outage in between); at startup and
+    every few seconds. Idempotent: the message id is the tx id."""
     n = 0
     for tx_id, raw_msg in await store.unpublished(intake.pool):
         msg = msgspec.msgpack.decode(raw_msg, type=TxRequested)

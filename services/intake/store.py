@@ -108,11 +108,6 @@ async def mark_published(pool: asyncpg.Pool, tx_id: str) -> None:
     )
 
 
-async def forget(pool: asyncpg.Pool, tx_id: str) -> None:
-    """Undo a request that could not be published (its reservations go with it)."""
-    await pool.execute("DELETE FROM spend_requests WHERE tx_id = $1 AND published_at IS NULL", tx_id)
-
-
 async def unpublished(pool: asyncpg.Pool) -> list[tuple[str, bytes]]:
     rows = await pool.fetch(
         "SELECT tx_id, message FROM spend_requests WHERE published_at IS NULL ORDER BY created_at"
