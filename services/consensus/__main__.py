@@ -226,14 +226,20 @@ class Consensus:
             return
         approvers = tally.approvers(rnd)
         banned = {n for n, until in self.bans.items() if until > now_ms()}
-        signers = tally.choose_signers(approvers, rnd.t, set(rnd.failed_signers) | banned, attempt)
+        await self.pool.loaded.wait()
+        # nodes without a nonce per input right now are passed over (claiming some would burn them)
+        short = {n for n in approvers if self.pool.level(n) < rnd.inputs}
+        signers = tally.choose_signers(approvers, rnd.t, set(rnd.failed_signers) | banned | short, attempt)
         if signers is None:
             # everybody failed once: try again with every approver that is not banned
-            signers = tally.choose_signers(approvers, rnd.t, banned, attempt)
+            signers = tally.choose_signers(approvers, rnd.t, banned | short, attempt)
         if signers is None:
-            await self._fail(tx_id, "fewer than t approving signers available")
+            if tally.choose_signers(approvers, rnd.t, banned, attempt) is None:
+                await self._fail(tx_id, "fewer than t approving signers available")
+                return
+            self.log.warning("nonce pools too low for a signer set; retrying shortly", tx_id=tx_id)
+            self.active[tx_id] = (attempt, time.monotonic() - SIGNING_TIMEOUT_S + 1.0)
             return
-        await self.pool.loaded.wait()
         claims = await asyncio.gather(*(self.pool.claim(n, rnd.inputs, tx_id, attempt) for n in signers))
         nonces: dict[str, list[NonceRef]] = {}
         for node, got in zip(signers, claims, strict=True):
