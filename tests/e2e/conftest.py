@@ -39,7 +39,7 @@ from schemas.messages import REGISTRY
 from schemas.names import BUCKET_KEYS, subject_matches
 from services.runtime.bus import Bus
 from services.runtime.config import load_config
-from services.runtime.supervisor import pid_alive as _alive  # a zombie counts as dead
+from services.runtime.supervisor import pid_alive
 from wallet.address import p2wpkh_address
 from wallet.threshold_account import ThresholdAccount
 
@@ -298,16 +298,23 @@ def _log_tails(d: Path, n: int = 20) -> str:
     return "\n".join(parts)
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("e2e-cluster"))
+@contextlib.contextmanager
+def running_cluster(
+    data_dir: Path, funding: list[str], services: list[dict[str, Any]] | None = None
+) -> Iterator[Cluster]:
+    """``mpcw up`` (with ``services`` as ``DIR/services.json`` when given), the DKG, one faucet payment
+    per entry of ``funding`` (BTC); ``mpcw down`` afterwards, killing by pid whatever this cluster
+    started and ``down`` left running."""
+    c = Cluster(data_dir)
+    if services is not None:
+        (data_dir / "services.json").write_text(json.dumps({"services": services}, indent=2))
     try:
         c.mpcw("up", timeout=180.0)
         c.load_info()
         c.mpcw("dkg", "start", "--scheme", "frost", timeout=90.0)
         address = c.mpcw("wallet", "address").stdout.strip()
-        for _ in range(FUNDING_COUNT):
-            c.mpcw("dev", "fund", address, FUNDING_BTC)
+        for btc in funding:
+            c.mpcw("dev", "fund", address, btc)
         yield c
     except ClusterError as exc:
         raise ClusterError(f"{exc}\n{_log_tails(c.data_dir)}") from None
@@ -316,7 +323,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         down = c.mpcw("down", check=False, timeout=90.0)
         if down.returncode != 0:
             print(f"mpcw down exited {down.returncode}: {down.stdout} {down.stderr}", file=sys.stderr)
-        survivors = [pid for pid in started if _alive(pid)]
+        survivors = [pid for pid in started if pid_alive(pid)]  # a zombie counts as dead
         for pid in survivors:  # only processes this cluster started, by pid
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -324,7 +331,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             print(f"mpcw down left processes running: {survivors} (killed)", file=sys.stderr)
 
 
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("e2e-cluster"), [FUNDING_BTC] * FUNDING_COUNT) as c:
+        yield c
+
+
 def _started_pids(d: Path) -> list[int]:
+    """The supervisor's, its services' and NATS's pids, as the supervisor last recorded them."""
     try:
         state = json.loads((d / "run" / "supervisor.json").read_text())
     except (OSError, ValueError):

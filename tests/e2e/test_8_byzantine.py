@@ -26,13 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,14 +37,14 @@ from schemas import kv as K
 from schemas.messages import TxSigned, TxSigning, Violation, Vote
 from schemas.names import BUCKET_BANS, BUCKET_ROUNDS
 from services.runtime.bus import Bus
-from services.runtime.supervisor import default_table, pid_alive
+from services.runtime.supervisor import default_table
 from tests.e2e.byzantine_signer import CORRUPT_PSIG, EQUIVOCATE, EQUIVOCATION_REASON
 from tests.e2e.conftest import (
     Cluster,
-    ClusterError,
     external_address,
     frozen,
     read_stream,
+    running_cluster,
     wait_for,
 )
 from wallet.transaction import Prevout
@@ -88,47 +84,12 @@ def byzantine_table() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def byz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("e2e-byzantine"))
-    (c.data_dir / "services.json").write_text(json.dumps({"services": byzantine_table()}, indent=2))
-    try:
-        c.mpcw("up", timeout=180.0)
-        c.load_info()
+    data_dir = tmp_path_factory.mktemp("e2e-byzantine")
+    with running_cluster(data_dir, list(FUNDING), services=byzantine_table()) as c:
         procs = c.processes()
         assert procs[f"signer-{BYZANTINE}"]["module"] == "tests.e2e.byzantine_signer", procs
         assert procs[f"signer-{BYZANTINE}"]["status"] == "ready", procs
-        c.mpcw("dkg", "start", "--scheme", "frost", timeout=90.0)
-        address = c.mpcw("wallet", "address").stdout.strip()
-        for btc in FUNDING:
-            c.mpcw("dev", "fund", address, btc)
         yield c
-    except ClusterError as exc:
-        raise ClusterError(f"{exc}\n{_log_tails(c.data_dir)}") from None
-    finally:
-        started = _started_pids(c.data_dir)
-        down = c.mpcw("down", check=False, timeout=90.0)
-        if down.returncode != 0:
-            print(f"mpcw down exited {down.returncode}: {down.stdout} {down.stderr}", file=sys.stderr)
-        for pid in [p for p in started if pid_alive(p)]:  # only what this cluster started, by pid
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _started_pids(d: Path) -> list[int]:
-    """The supervisor's, its services' and NATS's pids, as the supervisor last recorded them."""
-    try:
-        state = json.loads((d / "run" / "supervisor.json").read_text())
-    except (OSError, ValueError):
-        return []
-    procs = state.get("processes", [])
-    pids = [state.get("pid"), *(p.get("pid") for p in procs), *state.get("nats_pids", [])]
-    return [int(p) for p in pids if p]
-
-
-def _log_tails(d: Path, n: int = 30) -> str:
-    return "\n".join(
-        f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-n:])
-        for f in sorted((d / "logs").glob("*.log"))
-    )
 
 
 # ---- looking at it ------------------------------------------------------------------------------------
