@@ -41,8 +41,12 @@ def signed_vsize(unsigned_tx_len_stripped: int, n_inputs: int) -> int:
     return (weight + 3) // 4
 
 
-def check_spend(req: TxRequested, policy: Policy, account: ThresholdAccount, spent_today: int) -> SpendCheck:
-    """Recheck ``req`` from scratch; ``spent_today`` is what this node already approved in the window."""
+def check_spend(
+    req: TxRequested, policy: Policy | None, account: ThresholdAccount, spent_today: int = 0
+) -> SpendCheck:
+    """Recheck ``req`` from scratch; ``spent_today`` is what this node already approved in the window.
+    With ``policy`` None only the structure is checked (what the transaction is, not whether it is
+    allowed): a signer re-reading a request it approved before a restart."""
     reasons: list[str] = []
     if req.scheme != "frost":
         return SpendCheck([f"scheme {req.scheme!r} is not supported"], [], [], 0, 0)
@@ -109,23 +113,24 @@ def check_spend(req: TxRequested, policy: Policy, account: ThresholdAccount, spe
     if fee != req.fee:
         reasons.append(f"fee is {fee} sats, the request says {req.fee}")
 
-    # policy
-    if req.amount > policy.max_tx_sats:
-        reasons.append(f"amount {req.amount} exceeds the per-transaction limit {policy.max_tx_sats}")
-    if spent_today + req.amount > policy.daily_limit_sats:
-        reasons.append(
-            f"daily limit {policy.daily_limit_sats} exceeded ({spent_today} already approved + {req.amount})"
-        )
-    if req.recipient in policy.denylist:
-        reasons.append("recipient is on the deny list")
-    if policy.allowlist and req.recipient not in policy.allowlist:
-        reasons.append("recipient is not on the allow list")
-    if fee > policy.max_fee_sats:
-        reasons.append(f"fee {fee} sats exceeds the ceiling {policy.max_fee_sats}")
-    if vsize and fee / vsize > policy.max_fee_rate:
-        reasons.append(f"fee rate {fee / vsize:.1f} sat/vB exceeds the ceiling {policy.max_fee_rate}")
-    if fee < vsize:
-        reasons.append(f"fee rate below the relay minimum (fee {fee} for {vsize} vB)")
+    if policy is not None:
+        if req.amount > policy.max_tx_sats:
+            reasons.append(f"amount {req.amount} exceeds the per-transaction limit {policy.max_tx_sats}")
+        if spent_today + req.amount > policy.daily_limit_sats:
+            reasons.append(
+                f"daily limit {policy.daily_limit_sats} exceeded"
+                f" ({spent_today} already approved + {req.amount})"
+            )
+        if req.recipient in policy.denylist:
+            reasons.append("recipient is on the deny list")
+        if policy.allowlist and req.recipient not in policy.allowlist:
+            reasons.append("recipient is not on the allow list")
+        if fee > policy.max_fee_sats:
+            reasons.append(f"fee {fee} sats exceeds the ceiling {policy.max_fee_sats}")
+        if vsize and fee / vsize > policy.max_fee_rate:
+            reasons.append(f"fee rate {fee / vsize:.1f} sat/vB exceeds the ceiling {policy.max_fee_rate}")
+        if fee < vsize:
+            reasons.append(f"fee rate below the relay minimum (fee {fee} for {vsize} vB)")
 
     cache = SighashCache(tx, prevouts)
     sighashes = [bip341_sighash(tx, prevouts, i, cache=cache) for i in range(len(outpoints))]

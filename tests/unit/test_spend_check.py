@@ -121,3 +121,10 @@ def test_policy(policy: Policy, spent: int, reason: str) -> None:
 def test_fee_below_relay_minimum() -> None:
     res = check_spend(make_request(fee=50), Policy(), ACCOUNT, 0)
     assert any("relay minimum" in r for r in res.reasons)
+
+
+def test_structure_only_check_ignores_policy_but_not_lies() -> None:
+    req = make_request(fee=50)  # below the relay minimum: a policy matter, not the transaction's shape
+    assert check_spend(req, None, ACCOUNT).ok
+    bad = msgspec.structs.replace(req, amount=req.amount + 1)
+    assert any("recipient receives" in r for r in check_spend(bad, None, ACCOUNT).reasons)
