@@ -109,10 +109,14 @@ def policy_set(
             await kv.update_cas(K.POLICY_KEY, new, rev)
         return new
 
-    new = with_admin_bus(d, run)
-    _print(new)
     nodes = list(cluster_of(d).get("nodes") or [])
-    applied = with_admin_bus(d, lambda bus: _wait_applied(bus, nodes, new.version, 10.0))
+
+    async def set_and_wait(bus: Any) -> tuple[Policy, list[str]]:
+        new = await run(bus)
+        return new, await _wait_applied(bus, nodes, new.version, 10.0)
+
+    new, applied = with_admin_bus(d, set_and_wait)
+    _print(new)
     missing = [n for n in nodes if n not in applied]
     if missing:
         click.echo(f"applied on {len(applied)}/{len(nodes)} nodes; not yet on {', '.join(missing)}", err=True)
