@@ -2,7 +2,8 @@
 
 - ``keys``: ``hostpubkey.<node>`` -> :class:`HostPubkey`; ``<scheme>.<key_id>`` -> :class:`KeyRecord`
 - ``presig``: ``frost.<key_id>.<node>.<nonce_id>`` -> :class:`NonceEntry` (claimed once, by CAS)
-- ``rounds``: ``<tx_id>`` -> :class:`RoundRecord` (CAS on revision)
+- ``rounds``: ``<tx_id>`` -> :class:`RoundRecord` (CAS on revision); ``final.<tx_id>`` -> :class:`FinalRecord`
+  (create-only: the one arbiter of a spend's final outcome, ``signed`` or ``failed``)
 - ``config``: ``policy`` -> ``schemas.rest.Policy``; ``dkg.<session>`` -> :class:`DkgRequest`
 - ``bans``: ``<identity>`` -> :class:`BanRecord` (written by the monitor)
 """
@@ -74,6 +75,20 @@ class RoundRecord(msgspec.Struct, kw_only=True):
     attempt_started_ms: int = 0
     failed_signers: list[str] = []
     done: bool = False  # signed, rejected or failed
+    sighashes: dict[str, list[bytes]] = {}  # approving node -> the sighashes its vote approves
+    approved_ms: int = 0  # when the round was approved (wall clock)
+
+
+class FinalRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """KV ``rounds`` ``final.<tx_id>``, create-only: whoever creates it decides how the spend ends.
+
+    Consensus creates it with ``failed`` before publishing ``tx.failed``, the broadcaster with ``signed``
+    before publishing ``tx.signed``; whoever finds it already there with the other outcome stands down.
+    """
+
+    outcome: str  # signed | failed
+    by: str  # identity that created it
+    at_ms: int
 
 
 class BanRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -92,6 +107,14 @@ def key_record_key(scheme: str, key_id: str) -> str:
 
 def hostpubkey_key(node: str) -> str:
     return f"hostpubkey.{check_token(node)}"
+
+
+FINAL_KEY_PREFIX = "final."
+
+
+def final_key(tx_id: str) -> str:
+    """The final-outcome arbiter of a spend, in bucket ``rounds`` (round keys are bare tx ids)."""
+    return f"{FINAL_KEY_PREFIX}{check_token(tx_id)}"
 
 
 def nonce_key(key_id: str, node: str, nonce_id: str) -> str:

@@ -161,7 +161,14 @@ PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
     ),
     "monitor": (*_OWN, "node.violation.>", "$KV.bans.>"),
     "presig": (*_OWN, "$KV.presig.>"),
-    "broadcaster": (*_OWN, "tx.signed.>", "tx.broadcast.>", "tx.confirmed.>", "tx.failed.>"),
+    "broadcaster": (
+        *_OWN,
+        "tx.signed.>",
+        "tx.broadcast.>",
+        "tx.confirmed.>",
+        "tx.failed.>",
+        "$KV.rounds.final.>",  # the final-outcome arbiter (create-only ``final.<tx>``), never a round
+    ),
     "recorder": _OWN,
     "admin": (">",),
 }

@@ -9,8 +9,13 @@ against its output key; only if that fails does it run ``partial_sig_verify`` pe
 culprit (a violation; consensus retries without it) and stop. The witnesses are assembled and
 ``verify_transaction`` checks the whole transaction before ``tx.signed`` is published; it is handed to the
 chain backend at once (a transaction the backend already knows counts as broadcast) and ``tx.broadcast``
-follows. ``tx.broadcast`` is then re-checked until the chain confirms it, and ``tx.confirmed`` is
-published.
+follows. Confirmations: a follower reads each new block's txids (not one status request per waiting
+spend); ``tx.broadcast`` stays unacked, looked at again every second, until its block is seen, and
+``tx.confirmed`` is published.
+
+Final outcome: before ``tx.signed`` the broadcaster creates KV ``rounds`` ``final.<tx>`` = ``signed``
+(create-only); consensus does the same with ``failed`` before ``tx.failed``. Whoever comes second stands
+down, so a spend is never both signed and reported failed.
 
 Nothing is lost to a restart or to several broadcaster instances sharing the work: whenever a session
 looks incomplete, the missing partial signatures are read back from the stream. ``tx.signed`` is
@@ -23,6 +28,8 @@ and the backend does not already know it); anything else is retried. All publish
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from typing import Any
 
 from schemas import kv as K
@@ -37,9 +44,9 @@ from schemas.messages import (
     TxSigning,
     Violation,
 )
-from schemas.names import BUCKET_KEYS, proto_subject, tx_subject, violation_subject
-from services.runtime.bus import Received, RetryLater
-from services.runtime.esplora import BroadcastRejected, EsploraClient, TxNotFound
+from schemas.names import BUCKET_KEYS, BUCKET_ROUNDS, proto_subject, tx_subject, violation_subject
+from services.runtime.bus import CasConflict, Received, RetryLater
+from services.runtime.esplora import BroadcastRejected, EsploraClient, EsploraError, TxNotFound
 from services.runtime.lookup import last_message
 from services.runtime.service import ServiceContext, run_service
 from tss import frost
@@ -50,7 +57,9 @@ from wallet.transaction import Prevout, parse_transaction, serialize, txid, with
 from wallet.verify import TransactionInvalid, verify_transaction
 from wallet.witness import p2tr_key_path_witness
 
-CONFIRMATION_POLL_S = 1.0
+CONFIRMATION_POLL_S = 1.0  # a spend waiting for its block is looked at again this often (no HTTP)
+BLOCK_POLL_S = 0.5  # the chain tip is read this often
+SCAN_BACK_BLOCKS = 100  # at most this many blocks are read after a gap
 BROADCAST_RETRY_S = 5.0
 # reject reasons after which a signed transaction can never confirm (anything else is retried): its
 # inputs are spent elsewhere or missing, or the backend finds it invalid
@@ -77,6 +86,11 @@ class Broadcaster:
         self.psigs: dict[str, dict[str, list[bytes]]] = {}  # session -> node -> psigs
         self.signed: dict[str, None] = {}  # tx_ids aggregated by this process
         self.broadcast_done: dict[str, None] = {}  # tx_ids this process announced as broadcast
+        # block following (follow_blocks): txid -> height of the block that confirmed it
+        self.confirmed_in: dict[str, int] = {}
+        self.watching: dict[str, None] = {}  # txids whose status was read once and were unconfirmed
+        self.scanned_height = -1
+        self.tip_height = 0
 
     async def account(self, key_id: str) -> tuple[K.KeyRecord, ThresholdAccount]:
         got = self.accounts.get(key_id)
@@ -123,8 +137,6 @@ class Broadcaster:
         req_msg = await last_message(self.bus, tx_subject("requested", msg.tx_id))
         if req_msg is None or not isinstance(req_msg.payload, TxRequested) or req_msg.sender != "intake":
             return
-        if await last_message(self.bus, tx_subject("failed", msg.tx_id)) is not None:
-            return  # consensus gave up on it: never sign what was reported failed
         done = await self._aggregate(req_msg.payload, signing, got)
         if done:
             self.signed[msg.tx_id] = None
@@ -185,12 +197,29 @@ class Broadcaster:
         except TransactionInvalid as exc:
             await self._fail(req.tx_id, f"signed transaction does not verify: {exc}")
             return False
+        if not await self._claim_final(req.tx_id, "signed"):
+            self.log.warning("consensus gave up on this spend first; not publishing it", tx_id=req.tx_id)
+            return False
         raw = serialize(signed)
         out = TxSigned(tx_id=req.tx_id, txid=txid(signed), signed_tx=raw, attempt=signing.attempt)
         await self.bus.publish(tx_subject("signed", req.tx_id), out, f"signed.{req.tx_id}")
         self.log.info("signed", tx_id=req.tx_id, txid=out.txid, attempt=signing.attempt)
         await self._broadcast(out)  # now, not a hop later; on_signed repeats it only after a crash
         return True
+
+    async def _claim_final(self, tx_id: str, outcome: str) -> bool:
+        """Create the spend's final-outcome arbiter (KV ``rounds`` ``final.<tx>``) with ``outcome``; True
+        when it now says ``outcome`` (created here, or earlier by this service), False when consensus
+        decided otherwise first. Nothing is signed after ``failed`` and nothing failed after ``signed``."""
+        kv = await self.bus.kv(BUCKET_ROUNDS)
+        key = K.final_key(tx_id)
+        record = K.FinalRecord(outcome=outcome, by=self.cfg.identity, at_ms=int(time.time() * 1000))
+        try:
+            await kv.create(key, record)
+            return True
+        except CasConflict:
+            entry = await kv.get(key)
+            return entry is not None and entry.decode(K.FinalRecord).outcome == outcome
 
     async def _blame(self, node: str, tx_id: str, session_id: str, detail: str) -> None:
         self.log.warning("invalid partial signature", node=node, tx_id=tx_id, detail=detail)
@@ -199,7 +228,11 @@ class Broadcaster:
         )
         await self.bus.publish(violation_subject(node), v, f"viol.psig.{node}.{session_id}")
 
-    async def _fail(self, tx_id: str, reason: str) -> None:
+    async def _fail(self, tx_id: str, reason: str, *, signed: bool = False) -> None:
+        """Report the spend failed; before it was signed only if the arbiter agrees (``signed``: a signed
+        transaction the chain refused for good, after the arbiter already said signed)."""
+        if not signed and not await self._claim_final(tx_id, "failed"):
+            return  # signed by another instance: the broadcast path finishes it
         self.log.error("spend failed", tx_id=tx_id, reason=reason)
         await self.bus.publish(
             tx_subject("failed", tx_id), TxFailed(tx_id=tx_id, reason=reason), f"failed.{tx_id}"
@@ -228,7 +261,7 @@ class Broadcaster:
                 if not any(k in str(exc) for k in PERMANENT):
                     raise RetryLater(BROADCAST_RETRY_S, f"broadcast refused for now: {exc}") from None
                 # the inputs are gone or the transaction is invalid: it can never confirm
-                await self._fail(msg.tx_id, f"broadcast rejected: {exc}")
+                await self._fail(msg.tx_id, f"broadcast rejected: {exc}", signed=True)
                 return
         await self.bus.publish(
             tx_subject("broadcast", msg.tx_id),
@@ -248,19 +281,50 @@ class Broadcaster:
             return False
         return True
 
+    async def follow_blocks(self) -> None:
+        """Learn which transactions each new block confirmed: one tip read per ``BLOCK_POLL_S`` and two
+        reads per new block, however many spends wait for a confirmation (polling each of them cost an
+        HTTP request per spend per second). Starts at the current tip; older confirmations are found by
+        the one status read :meth:`on_broadcast` does for a transaction it has not seen before."""
+        while not self.ctx.stop.is_set():
+            try:
+                tip = await self.chain.tip_height()
+                if self.scanned_height < 0:
+                    self.scanned_height = tip
+                for height in range(max(self.scanned_height + 1, tip - SCAN_BACK_BLOCKS), tip + 1):
+                    block_hash = await self.chain.block_hash_at(height)
+                    for t in await self.chain.block_txids(block_hash):
+                        self.confirmed_in[t] = height
+                    self._trim(self.confirmed_in)
+                    self.scanned_height = height
+                self.tip_height = tip
+            except EsploraError as exc:
+                self.log.warning("following blocks failed; retrying", error=str(exc)[:200])
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.ctx.stop.wait(), BLOCK_POLL_S)
+
     async def on_broadcast(self, rec: Received) -> None:
         msg = rec.payload
         if not isinstance(msg, TxBroadcast) or rec.sender != "broadcaster":
             return
-        status = await self.chain.tx_status(msg.txid)
-        if not status.confirmed or status.block_height is None:
+        height = self.confirmed_in.get(msg.txid)
+        tip = self.tip_height
+        if height is None and msg.txid not in self.watching:
+            # first sight in this process: it may have confirmed before the block follower started
+            status = await self.chain.tx_status(msg.txid)
+            if status.confirmed and status.block_height is not None:
+                height, tip = status.block_height, max(tip, status.block_height)
+            else:
+                self.watching[msg.txid] = None
+                self._trim(self.watching)
+        if height is None:
             raise RetryLater(CONFIRMATION_POLL_S, "not confirmed yet")
-        tip = await self.chain.tip_height()
+        self.watching.pop(msg.txid, None)
         out = TxConfirmed(
             tx_id=msg.tx_id,
             txid=msg.txid,
-            block_height=status.block_height,
-            confirmations=tip - status.block_height + 1,
+            block_height=height,
+            confirmations=max(1, tip - height + 1),
         )
         await self.bus.publish(tx_subject("confirmed", msg.tx_id), out, f"confirmed.{msg.tx_id}")
         self.log.info("confirmed", tx_id=msg.tx_id, txid=msg.txid, height=status.block_height)
@@ -272,9 +336,12 @@ async def serve(ctx: ServiceContext) -> None:
     bus.start_consumer("proto.frost.*.2.*", "broadcaster-psigs", b.on_psig)
     bus.start_consumer("tx.signed.>", "broadcaster-signed", b.on_signed)
     bus.start_consumer("tx.broadcast.>", "broadcaster-confirm", b.on_broadcast)
+    follower = asyncio.create_task(b.follow_blocks(), name="follow-blocks")
     ctx.ready()
     await ctx.stopped()
-    await asyncio.sleep(0)
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
 
 
 def main() -> None:

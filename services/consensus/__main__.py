@@ -4,14 +4,30 @@ Theory of operation
 -------------------
 Voting: ``tx.requested.<tx>`` opens a round (KV ``rounds``, create-only, so a replayed request opens
 nothing new) and announces ``tx.voting``; every ``vote.<tx>.<node>`` is added by compare-and-set on the
-round's revision (:mod:`services.consensus.tally`: first vote counts, equivocation is reported). At ``t``
-approvals ``tx.approved`` carries the quorum certificate (the ``t`` signed vote envelopes); once approval
-is impossible ``tx.rejected`` carries the reasons.
+round's revision (:mod:`services.consensus.tally`: first vote counts, equivocation is reported). Approvals
+count per sighash list: at ``t`` approvals of the same sighashes the round is approved, and only that
+group (the quorum) goes into the certificate and the signer sets; an approver of other sighashes is
+reported (``sighash-mismatch``). Once no group can reach ``t`` any more, ``tx.rejected`` carries the reasons.
 
-Signing: an attempt picks ``t`` approvers (rotating, skipping nodes that refused or timed out), claims
-for each signer one pooled FROST nonce per input from KV ``presig`` by compare-and-set (a nonce is
-claimed at most once, ever), and publishes ``tx.signing``. A refusal or a timeout starts the next
-attempt with fresh nonces; after ``MAX_ATTEMPTS`` the spend ends ``failed``.
+Signing: the write that adds the deciding vote also marks the round approved and starts attempt 1
+(``attempt``, ``attempt_started_ms``), so nothing is lost between them. An attempt picks ``t`` signers
+of the quorum (rotating, skipping nodes that refused, timed out or are banned) and claims for each one
+pooled FROST nonce per input from KV ``presig`` by compare-and-set (a nonce is claimed at most once,
+ever) while ``tx.approved`` (the quorum certificate) is published, then publishes ``tx.signing``. A
+refusal, a blamed partial signature or a timeout starts the next attempt with fresh nonces; after
+``MAX_ATTEMPTS`` the spend ends ``failed``. When no signer set has a nonce per input, the attempt is not
+used up: it is retried about every second until ``NONCE_WAIT_MAX_S`` after approval, then fails.
+
+Timers: an attempt times out ``SIGNING_TIMEOUT_S`` after its ``attempt_started_ms`` in KV (wall clock),
+so after a restart (or on another instance that sees the round) the remaining time is the real one; the
+``active`` map is only a cache of which rounds to check. The next attempt is started by compare-and-set
+from the expired one, so however many instances notice, one retry happens. An attempt that never got as
+far as ``tx.signing`` (a crash right after the approving write) times out like any other, and its
+successor publishes ``tx.approved`` first if it is missing.
+
+Final outcome: the create-only KV entry ``final.<tx>`` (bucket ``rounds``) is the single arbiter between
+consensus giving up and the broadcaster finishing: consensus publishes ``tx.failed`` only if it created it
+(or it already says ``failed``), the broadcaster ``tx.signed`` only if it created it with ``signed``.
 
 DKG: a ``dkg.<session>`` request in KV ``config`` (written by ``mpcw dkg start``) makes this service the
 (untrusted) ChillDKG coordinator. It is stateless: on every participant message it reads the round's
@@ -22,10 +38,10 @@ public result goes to KV ``keys``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -64,6 +80,10 @@ from wallet.threshold_account import dkg_chain_code
 
 SIGNING_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 5
+NONCE_RETRY_S = 1.0  # an attempt waiting for nonces tries again this often (it is not used up)
+NONCE_WAIT_MAX_S = 120.0  # ... until this long after approval; then the spend fails
+TIMER_TICK_S = 0.25
+ERROR_RETRY_S = 2.0  # a timer whose handling raised is checked again after this
 
 
 RoundChange = Callable[[K.RoundRecord], bool]
@@ -71,6 +91,37 @@ RoundChange = Callable[[K.RoundRecord], bool]
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """What to check for one round: its attempt ``attempt`` at ``due_ms`` (wall clock)."""
+
+    attempt: int
+    due_ms: int
+    nonce_wait: bool = False  # True: retry the same attempt (waiting for nonces); False: signing timeout
+
+
+@dataclass(slots=True)
+class RoundEffects:
+    """What one run of a round change did, for the caller to act on after the write succeeded.
+
+    A change may run more than once (a compare-and-set conflict re-runs it on a fresh record), so it
+    resets this first: only the run whose write succeeded is reported.
+    """
+
+    equivocators: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # approvers outside the quorum, to report
+    approved: bool = False  # this write approved the round and started attempt 1
+
+    def reset(self) -> None:
+        self.equivocators.clear()
+        self.mismatched.clear()
+        self.approved = False
 
 
 class Consensus:
@@ -81,16 +132,19 @@ class Consensus:
         self.log = ctx.log
         self.nodes = list(self.cfg.nodes)
         self.pool = NoncePool(self.bus)
-        self.active: dict[str, tuple[int, float]] = {}  # tx_id -> (attempt, started monotonic)
+        self.active: dict[str, Timer] = {}  # tx_id -> what to check next (a cache of the KV timers)
         self.rounds: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # tx_id -> (revision, record)
         self.bans: dict[str, int] = {}  # node -> banned until (ms), mirrored from KV bans
 
     # ---- rounds in KV -------------------------------------------------------------------------------
-    async def _update(self, tx_id: str, change: RoundChange) -> K.RoundRecord:
+    async def _update(self, tx_id: str, change: RoundChange, *, fresh: bool = False) -> K.RoundRecord:
         """Apply ``change`` to the round by compare-and-set, starting from the cached copy (one round trip
-        when this instance was the last writer), re-reading on a conflict."""
+        when this instance was the last writer; ``fresh``: read first), re-reading on a conflict.
+
+        ``change`` may run several times, each time on a different record: it must depend on nothing
+        but the record it is given (and reset whatever it reports)."""
         kv = await self.bus.kv(BUCKET_ROUNDS)
-        cached = self.rounds.get(tx_id)
+        cached = None if fresh else self.rounds.get(tx_id)
         while True:
             if cached is not None:
                 revision, raw = cached
@@ -136,26 +190,32 @@ class Consensus:
         req = rec.payload
         if not isinstance(req, TxRequested) or rec.sender != "intake":
             return
+        fx = RoundEffects()
 
         def open_round(rnd: K.RoundRecord) -> bool:
+            fx.reset()
             if rnd.opened:
                 return False
             rnd.opened = True
             rnd.amount = req.amount
             rnd.inputs = len(req.inputs)
+            _approve_if_decided(rnd, fx)  # every vote may be in already
             return True
 
-        # announce first, then mark opened: a crash in between re-announces (de-duplicated by msg id)
+        # announce first, then mark opened: a crash in between re-announces (de-duplicated by msg id).
+        # Not concurrently: once the round is marked opened, another instance may approve it and publish
+        # tx.approved, which must not overtake tx.voting on the stream.
         await self.bus.publish(
             tx_subject("voting", req.tx_id),
             TxVoting(tx_id=req.tx_id, round_id=req.tx_id, threshold=self.cfg.t, total_nodes=self.cfg.n),
             f"voting.{req.tx_id}",
         )
         rnd = await self._update(req.tx_id, open_round)
-        await self._decide(rnd)
+        await self._after_change(rnd, fx)
 
     async def on_votes(self, batch: list[Received]) -> None:
-        """A fetched batch of votes: each transaction's votes go into its round with one compare-and-set."""
+        """A fetched batch of votes: each transaction's votes go into its round with one compare-and-set
+        (which also approves the round and starts attempt 1 when they complete the quorum)."""
         by_tx: dict[str, list[tuple[Received, Vote]]] = {}
         for rec in batch:
             vote = rec.payload
@@ -167,28 +227,51 @@ class Consensus:
                 continue
             by_tx.setdefault(tx_id, []).append((rec, vote))
         for tx_id, votes in by_tx.items():
-            equivocators: list[str] = []
-            add = _vote_adder(votes, equivocators)
-            rnd = await self._update(tx_id, add)
-            for node in equivocators:
-                await self._violation(node, "equivocation", "voted both ways", tx_id)
-            await self._decide(rnd)
+            fx = RoundEffects()
+            rnd = await self._update(tx_id, _vote_adder(votes, fx))
+            await self._after_change(rnd, fx)
+
+    async def _after_change(self, rnd: K.RoundRecord, fx: RoundEffects) -> None:
+        """Act on a round write: report what it found and, if it approved the round, run attempt 1."""
+        reports = [
+            self._violation(node, "equivocation", "voted both ways", rnd.tx_id) for node in fx.equivocators
+        ]
+        reports += [
+            self._violation(node, "sighash-mismatch", "approved other sighashes than the quorum", rnd.tx_id)
+            for node in fx.mismatched
+        ]
+        if fx.approved:
+            self._watch(rnd)  # before anything can fail: the timeout re-drives this attempt
+            await asyncio.gather(self._run_attempt(rnd, 1, fresh_approval=True), *reports)
+            return
+        await asyncio.gather(*reports)
+        await self._decide(rnd)
 
     async def _decide(self, rnd: K.RoundRecord) -> None:
-        if not rnd.opened or rnd.outcome != "open":
-            if rnd.outcome == "approved" and rnd.attempt == 0 and not rnd.done:
+        if rnd.done:
+            return
+        if rnd.outcome == "approved":
+            if rnd.attempt == 0:  # approved by a version that started attempts separately
                 await self._next_attempt(rnd.tx_id, from_attempt=0)
+            else:
+                self._watch(rnd)  # e.g. a redelivered vote after a crash: make sure somebody watches it
+            return
+        if not rnd.opened or rnd.outcome != "open":
             return
         out = tally.outcome(rnd)
         if out is tally.Outcome.APPROVED:
-            cert = tally.certificate(rnd)
-            await self.bus.publish(
-                tx_subject("approved", rnd.tx_id),
-                TxApproved(tx_id=rnd.tx_id, round_id=rnd.tx_id, certificate=cert),
-                f"approved.{rnd.tx_id}",
-            )
-            await self._update(rnd.tx_id, lambda r: _set(r, outcome="approved"))
-            await self._next_attempt(rnd.tx_id, from_attempt=0)
+            # only a round written before approvals started attempt 1 in the same write gets here
+            fx = RoundEffects()
+
+            def approve(r: K.RoundRecord) -> bool:
+                fx.reset()
+                return _approve_if_decided(r, fx)
+
+            rnd = await self._update(rnd.tx_id, approve)
+            if fx.approved:
+                await self._after_change(rnd, fx)
+            else:
+                self._watch(rnd)
         elif out is tally.Outcome.REJECTED:
             reasons = tally.rejection_reasons(rnd)
             cert = [rnd.votes[n] for n in rnd.nodes if rnd.approve.get(n) is False]
@@ -201,54 +284,101 @@ class Consensus:
 
     # ---- signing attempts ---------------------------------------------------------------------------
     async def _next_attempt(
-        self, tx_id: str, failed: str | None = None, from_attempt: int | None = None
+        self, tx_id: str, failed: str | None = None, from_attempt: int | None = None, *, expired: bool = False
     ) -> None:
+        """Start the next attempt by compare-and-set: only from ``from_attempt`` (if given) and, when
+        ``expired``, only if that attempt's ``attempt_started_ms`` in KV is older than the timeout."""
         started: list[int] = []
 
         def bump(rnd: K.RoundRecord) -> bool:
+            started.clear()
+            now = now_ms()
             if rnd.done or rnd.outcome != "approved":
                 return False
             if from_attempt is not None and rnd.attempt != from_attempt:
                 return False  # somebody already moved on
+            if expired and now - rnd.attempt_started_ms < _ms(SIGNING_TIMEOUT_S):
+                return False  # the attempt was (re)started since: not expired after all
             if failed and failed not in rnd.failed_signers:
                 rnd.failed_signers.append(failed)
             rnd.attempt += 1
-            rnd.attempt_started_ms = now_ms()
+            rnd.attempt_started_ms = now
+            if not rnd.approved_ms:
+                rnd.approved_ms = now
             started.append(rnd.attempt)
             return True
 
-        rnd = await self._update(tx_id, bump)
+        rnd = await self._update(tx_id, bump, fresh=expired)
         if not started:
+            self._watch(rnd)
             return
         attempt = started[0]
+        if expired:
+            self.log.warning("signing attempt timed out", tx_id=tx_id, attempt=attempt - 1)
         if attempt > MAX_ATTEMPTS:
             await self._fail(tx_id, f"no signer set completed after {MAX_ATTEMPTS} attempts")
             return
-        approvers = tally.approvers(rnd)
+        self._watch(rnd)
+        await self._run_attempt(rnd, attempt, fresh_approval=False)
+
+    async def _retry_attempt(self, tx_id: str, attempt: int) -> None:
+        """Try attempt ``attempt`` (waiting for nonces) again: restart its clock in KV (which also tells
+        other instances it is alive), unless the round moved on."""
+        refreshed: list[bool] = []
+
+        def refresh(rnd: K.RoundRecord) -> bool:
+            refreshed.clear()
+            if rnd.done or rnd.outcome != "approved" or rnd.attempt != attempt:
+                return False
+            rnd.attempt_started_ms = now_ms()
+            refreshed.append(True)
+            return True
+
+        rnd = await self._update(tx_id, refresh)
+        if not refreshed:
+            self._watch(rnd)
+            return
+        await self._run_attempt(rnd, attempt, fresh_approval=False)
+
+    async def _run_attempt(self, rnd: K.RoundRecord, attempt: int, *, fresh_approval: bool) -> None:
+        """Pick the signers of ``attempt`` (started in KV by the caller), claim their nonces while
+        ``tx.approved`` goes out, publish ``tx.signing``. ``fresh_approval``: this instance just approved
+        the round (publish ``tx.approved``); otherwise it is published only if it is not there yet."""
+        tx_id = rnd.tx_id
+        quorum = tally.quorum(rnd) or []
         banned = {n for n, until in self.bans.items() if until > now_ms()}
         await self.pool.loaded.wait()
         # nodes without a nonce per input right now are passed over (claiming some would burn them)
-        short = {n for n in approvers if self.pool.level(n) < rnd.inputs}
-        signers = tally.choose_signers(approvers, rnd.t, set(rnd.failed_signers) | banned | short, attempt)
+        short = {n for n in quorum if self.pool.level(n) < rnd.inputs}
+        signers = tally.choose_signers(quorum, rnd.t, set(rnd.failed_signers) | banned | short, attempt)
         if signers is None:
             # everybody failed once: try again with every approver that is not banned
-            signers = tally.choose_signers(approvers, rnd.t, banned | short, attempt)
+            signers = tally.choose_signers(quorum, rnd.t, banned | short, attempt)
         if signers is None:
-            if tally.choose_signers(approvers, rnd.t, banned, attempt) is None:
+            await self._announce_approved(rnd, fresh_approval)
+            if tally.choose_signers(quorum, rnd.t, banned, attempt) is None:
                 await self._fail(tx_id, "fewer than t approving signers available")
                 return
-            self.log.warning("nonce pools too low for a signer set; retrying shortly", tx_id=tx_id)
-            self.active[tx_id] = (attempt, time.monotonic() - SIGNING_TIMEOUT_S + 1.0)
+            await self._wait_for_nonces(rnd, attempt, short=sorted(short))
             return
-        claims = await asyncio.gather(*(self.pool.claim(n, rnd.inputs, tx_id, attempt) for n in signers))
-        nonces: dict[str, list[NonceRef]] = {}
-        for node, got in zip(signers, claims, strict=True):
-            if got is None:
-                self.log.warning("nonce pool empty", node=node, tx_id=tx_id)
-                self.active[tx_id] = (attempt, time.monotonic() - SIGNING_TIMEOUT_S + 1.0)
-                await self._update(tx_id, functools.partial(_add_failed, node=node))
-                return
-            nonces[node] = got
+
+        async def claim_all() -> list[list[NonceRef] | None]:
+            return await asyncio.gather(*(self.pool.claim(n, rnd.inputs, tx_id, attempt) for n in signers))
+
+        _, claims = await asyncio.gather(self._announce_approved(rnd, fresh_approval), claim_all())
+        empty = [node for node, got in zip(signers, claims, strict=True) if got is None]
+        if empty:
+            self.log.warning("nonce pool empty", nodes=empty, tx_id=tx_id, attempt=attempt)
+
+            def add_failed(r: K.RoundRecord) -> bool:
+                new = [n for n in empty if n not in r.failed_signers]
+                r.failed_signers.extend(new)
+                return bool(new)
+
+            await self._update(tx_id, add_failed)  # passed over next time (unless nobody else is left)
+            await self._wait_for_nonces(rnd, attempt, short=empty)
+            return
+        nonces = {node: got for node, got in zip(signers, claims, strict=True) if got is not None}
         session_id = f"{tx_id}-a{attempt}"
         await self.bus.publish(
             tx_subject("signing", tx_id),
@@ -263,15 +393,73 @@ class Consensus:
             ),
             f"signing.{tx_id}.{attempt}",
         )
-        self.active[tx_id] = (attempt, time.monotonic())
+        current = self.active.get(tx_id)
+        if current is None or current.attempt <= attempt:  # not if a later attempt started meanwhile
+            self.active[tx_id] = Timer(attempt, rnd.attempt_started_ms + _ms(SIGNING_TIMEOUT_S))
+
+    async def _announce_approved(self, rnd: K.RoundRecord, fresh: bool) -> None:
+        subject = tx_subject("approved", rnd.tx_id)
+        if not fresh and await last_message(self.bus, subject) is not None:
+            return
+        await self.bus.publish(
+            subject,
+            TxApproved(tx_id=rnd.tx_id, round_id=rnd.tx_id, certificate=tally.certificate(rnd)),
+            f"approved.{rnd.tx_id}",
+        )
+
+    async def _wait_for_nonces(self, rnd: K.RoundRecord, attempt: int, *, short: list[str]) -> None:
+        """No signer set has a nonce per input: retry this same attempt shortly (it is not used up),
+        until ``NONCE_WAIT_MAX_S`` after approval."""
+        waited = now_ms() - (rnd.approved_ms or rnd.attempt_started_ms)
+        if waited >= _ms(NONCE_WAIT_MAX_S):
+            await self._fail(
+                rnd.tx_id,
+                f"no signer set had a nonce per input within {NONCE_WAIT_MAX_S:.0f} s of approval "
+                f"(short: {', '.join(short) or 'none'})",
+            )
+            return
+        self.log.warning(
+            "nonce pools too low for a signer set; retrying shortly",
+            tx_id=rnd.tx_id,
+            attempt=attempt,
+            short=short,
+            waited_s=round(waited / 1000, 1),
+        )
+        current = self.active.get(rnd.tx_id)
+        if current is None or current.attempt <= attempt:  # not if a later attempt started meanwhile
+            self.active[rnd.tx_id] = Timer(attempt, now_ms() + _ms(NONCE_RETRY_S), nonce_wait=True)
+
+    def _watch(self, rnd: K.RoundRecord) -> None:
+        """Keep checking an approved, unfinished round: its current attempt times out at
+        ``attempt_started_ms + SIGNING_TIMEOUT_S`` (KV, wall clock). A pending nonce-wait retry of the
+        same attempt stays as it is."""
+        if rnd.done or rnd.outcome != "approved":
+            self.active.pop(rnd.tx_id, None)
+            return
+        current = self.active.get(rnd.tx_id)
+        if current is not None and (
+            current.attempt > rnd.attempt or (current.attempt == rnd.attempt and current.nonce_wait)
+        ):
+            return
+        self.active[rnd.tx_id] = Timer(rnd.attempt, rnd.attempt_started_ms + _ms(SIGNING_TIMEOUT_S))
 
     async def _fail(self, tx_id: str, reason: str) -> None:
         """Give up on a spend: the round is closed first (late refusals and timeouts then do nothing),
-        and nothing is reported failed once it is signed (the broadcaster finishes it)."""
+        then the final outcome is claimed in KV (``final.<tx>``, create-only): ``tx.failed`` goes out only
+        if it is ours (or was already ``failed``), never once the broadcaster claimed ``signed``."""
         self.active.pop(tx_id, None)
-        await self._update(tx_id, lambda r: _set(r, done=True))
-        if await last_message(self.bus, tx_subject("signed", tx_id)) is not None:
-            return
+        await self._update(tx_id, lambda r: not r.done and _set(r, done=True))
+        kv = await self.bus.kv(BUCKET_ROUNDS)
+        key = K.final_key(tx_id)
+        try:
+            await kv.create(key, K.FinalRecord(outcome="failed", by=self.cfg.identity, at_ms=now_ms()))
+        except CasConflict:
+            entry = await kv.get(key)
+            if entry is not None and entry.decode(K.FinalRecord).outcome == "signed":
+                self.log.info("signed before it could fail; the broadcaster finishes it", tx_id=tx_id)
+                return
+            # already "failed" (another instance, or a try that did not get to publish): publish again,
+            # de-duplicated by msg id
         await self.bus.publish(
             tx_subject("failed", tx_id), TxFailed(tx_id=tx_id, reason=reason), f"failed.{tx_id}"
         )
@@ -302,9 +490,15 @@ class Consensus:
         v = rec.payload
         if not isinstance(v, Violation) or rec.sender != "broadcaster" or v.kind != "invalid-partial-sig":
             return
-        current = self.active.get(v.tx_id)
-        if current is not None:
-            await self._next_attempt(v.tx_id, failed=v.offender, from_attempt=current[0])
+        # the current attempt from the stream, not from memory: any instance may get this report
+        current = await last_message(self.bus, tx_subject("signing", v.tx_id))
+        if (
+            current is None
+            or not isinstance(current.payload, TxSigning)
+            or v.offender not in current.payload.signers
+        ):
+            return
+        await self._next_attempt(v.tx_id, failed=v.offender, from_attempt=current.payload.attempt)
 
     async def watch_bans(self) -> None:
         kv = await self.bus.kv(BUCKET_BANS)
@@ -323,27 +517,60 @@ class Consensus:
 
     async def watch_timeouts(self) -> None:
         while not self.ctx.stop.is_set():
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for tx_id, (attempt, started) in list(self.active.items()):
-                if now - started > SIGNING_TIMEOUT_S:
-                    self.active.pop(tx_id, None)
-                    self.log.warning("signing attempt timed out", tx_id=tx_id, attempt=attempt)
-                    try:
-                        await self._next_attempt(tx_id, from_attempt=attempt)
-                    except Exception as exc:
-                        self.log.error("retry failed", tx_id=tx_id, error=repr(exc)[:200])
+            await asyncio.sleep(TIMER_TICK_S)
+            await self.check_timers()
+
+    async def check_timers(self) -> None:
+        """Handle every due timer: a nonce wait retries its attempt; a timeout starts the next attempt if
+        the attempt in KV really expired (if not, the round is simply watched again)."""
+        now = now_ms()
+        for tx_id, timer in list(self.active.items()):
+            if timer.due_ms > now or self.active.get(tx_id) is not timer:
+                continue
+            del self.active[tx_id]
+            try:
+                if timer.nonce_wait:
+                    await self._retry_attempt(tx_id, timer.attempt)
+                else:
+                    await self._next_attempt(tx_id, from_attempt=timer.attempt, expired=True)
+            except Exception as exc:
+                self.log.error("retry failed", tx_id=tx_id, attempt=timer.attempt, error=repr(exc)[:200])
+                self.active.setdefault(
+                    tx_id, Timer(timer.attempt, now_ms() + _ms(ERROR_RETRY_S), timer.nonce_wait)
+                )
 
     async def resume(self) -> None:
-        """After a restart: every approved, unfinished round gets its timer back."""
+        """After a restart: every approved, unfinished round is watched again, with the time its attempt
+        really has left (KV ``attempt_started_ms``); a round whose outcome is certain but was not acted
+        upon (a crash in between) is decided now."""
         kv = await self.bus.kv(BUCKET_ROUNDS)
+        undecided: list[K.RoundRecord] = []
         for key in await kv.keys():
+            if key.startswith(K.FINAL_KEY_PREFIX):
+                continue  # a final-outcome arbiter, not a round
             entry = await kv.get(key)
             if entry is None:
                 continue
-            rnd = entry.decode(K.RoundRecord)
+            try:
+                rnd = entry.decode(K.RoundRecord)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.log.warning("not a round record; skipped", key=key)
+                continue
             if rnd.outcome == "approved" and not rnd.done:
-                self.active[rnd.tx_id] = (rnd.attempt, time.monotonic())
+                self._cache(key, entry.revision, rnd)
+                self._watch(rnd)
+            elif (
+                not rnd.done
+                and rnd.opened
+                and rnd.outcome == "open"
+                and tally.outcome(rnd) is not tally.Outcome.OPEN
+            ):
+                undecided.append(rnd)
+        for rnd in undecided:
+            try:
+                await self._decide(rnd)
+            except Exception as exc:
+                self.log.error("could not decide a round on resume", tx_id=rnd.tx_id, error=repr(exc)[:200])
 
     async def _violation(self, offender: str, kind: str, detail: str, tx_id: str = "") -> None:
         v = Violation(offender=offender, kind=kind, detail=detail, reporter=self.cfg.identity, tx_id=tx_id)
@@ -463,18 +690,42 @@ class Consensus:
         )
 
 
-def _vote_adder(votes: list[tuple[Received, Vote]], equivocators: list[str]) -> RoundChange:
-    """A round change adding ``votes`` (first vote counts); equivocating nodes are collected."""
+def _approve_if_decided(rnd: K.RoundRecord, fx: RoundEffects) -> bool:
+    """If ``rnd`` (opened, still open) now has a quorum: mark it approved and start attempt 1, in the same
+    write. The approvers of other sighashes go to ``fx.mismatched``."""
+    if not rnd.opened or rnd.outcome != "open" or tally.outcome(rnd) is not tally.Outcome.APPROVED:
+        return False
+    now = now_ms()
+    rnd.outcome = "approved"
+    rnd.approved_ms = now
+    rnd.attempt = 1
+    rnd.attempt_started_ms = now
+    fx.approved = True
+    fx.mismatched.extend(tally.mismatched(rnd))
+    return True
+
+
+def _vote_adder(votes: list[tuple[Received, Vote]], fx: RoundEffects) -> RoundChange:
+    """A round change adding ``votes`` (first vote counts) and, when they complete the quorum, approving
+    the round and starting attempt 1; equivocating and mismatched nodes are collected in ``fx``."""
 
     def add(rnd: K.RoundRecord) -> bool:
-        equivocators.clear()
-        counted = False
+        fx.reset()
+        counted: list[str] = []
         for rec, vote in votes:
-            r = tally.add_vote(rnd, vote.node, vote.approve, list(vote.reasons), rec.envelope_raw)
-            counted |= r is tally.VoteResult.COUNTED
-            if r is tally.VoteResult.EQUIVOCATION:
-                equivocators.append(vote.node)
-        return counted
+            r = tally.add_vote(
+                rnd, vote.node, vote.approve, list(vote.reasons), rec.envelope_raw, list(vote.sighashes)
+            )
+            if r is tally.VoteResult.COUNTED:
+                counted.append(vote.node)
+            elif r is tally.VoteResult.EQUIVOCATION:
+                fx.equivocators.append(vote.node)
+        if not counted:
+            return False
+        if not _approve_if_decided(rnd, fx) and rnd.outcome == "approved":
+            late = set(tally.mismatched(rnd))  # a late approver of other sighashes
+            fx.mismatched.extend(n for n in counted if n in late)
+        return True
 
     return add
 
@@ -482,13 +733,6 @@ def _vote_adder(votes: list[tuple[Received, Vote]], equivocators: list[str]) -> 
 def _set(rnd: K.RoundRecord, **fields: object) -> bool:
     for k, v in fields.items():
         setattr(rnd, k, v)
-    return True
-
-
-def _add_failed(rnd: K.RoundRecord, node: str) -> bool:
-    if node in rnd.failed_signers:
-        return False
-    rnd.failed_signers.append(node)
     return True
 
 

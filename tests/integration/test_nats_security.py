@@ -93,6 +93,7 @@ async def test_node3_cannot_publish_as_node2(pki: Path, nats_server: str) -> Non
         ("recorder", "tx.confirmed.t1"),
         ("node-3", "$JS.API.STREAM.DELETE.TX"),  # only admin manages streams
         ("node-3", "$KV.bans.node-3"),  # only monitor bans
+        ("broadcaster", "$KV.rounds.t1"),  # a round is consensus's; the broadcaster writes final.<tx> only
     ],
 )
 async def test_publish_rights(pki: Path, nats_server: str, identity: str, subject: str) -> None:
@@ -130,6 +131,7 @@ def test_rights_table_and_bus_check_agree() -> None:
     assert sender_may_publish("intake", "tx.requested.t")
     assert not sender_may_publish("intake", "tx.approved.t")
     assert sender_may_publish("consensus", "tx.approved.t")
+    assert "$KV.rounds.final.>" in publish_rights("broadcaster")  # the final-outcome arbiter
     assert not sender_may_publish("admin", "vote.t.node-1")  # the operator never speaks for a node
     for ident in all_identities(5):
         assert sender_may_publish(ident, "node.violation.unknown")
