@@ -259,6 +259,111 @@ async def _nak_quietly(msgs: list[Msg]) -> None:
             await msg.nak()
 
 
+class ConsumerGone(RuntimeError):
+    """The server ended a pull consumer (deleted, or it changed into something a pull cannot use)."""
+
+
+class _PullFeed:
+    """A continuous pull on one durable consumer: pull requests stay outstanding on the server, so a new
+    message is pushed to our inbox the moment it is stored, and the next batch is requested while this
+    one is handled (no fetch round trip per batch, and no probe/linger cycle: nats-py's ``fetch(n)``
+    could wait out its whole timeout for messages of a batch that never came).
+
+    Flow control: at most about ``batch`` messages are requested but not yet handled (requested,
+    in flight, or queued here); a refill is sent when that falls to half. Requests expire after
+    ``EXPIRES_S`` (the server says how many it left unfilled); idle heartbeats prove they are alive, and
+    when neither a message nor a heartbeat came for ``3 * HEARTBEAT_S`` (a reconnect, a restarted
+    server) the accounting is reset and a fresh request sent. Messages delivered to a request nobody
+    listens to any more stay unacked and come back after ``ack_wait``, as with any crashed consumer.
+    """
+
+    EXPIRES_S = 30.0
+    HEARTBEAT_S = 2.0
+
+    def __init__(self, nc: NATS, stream: str, durable: str, batch: int) -> None:
+        self.nc = nc
+        self.batch = batch
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self.inbox = ""
+        self.sub: Any = None
+        self.queue: list[Msg] = []
+        self.arrived = asyncio.Event()
+        self.outstanding = 0  # requested, not yet delivered or expired
+        self.last_seen = time.monotonic()
+        self.gone: str = ""
+
+    async def start(self) -> None:
+        self.inbox = self.nc.new_inbox()
+        self.sub = await self.nc.subscribe(self.inbox, cb=self._on_msg)
+        await self._top_up()
+
+    async def stop(self) -> None:
+        if self.sub is not None:
+            with contextlib.suppress(Exception):
+                await self.sub.unsubscribe()
+            self.sub = None
+
+    async def _request(self, n: int) -> None:
+        body = b'{"batch":%d,"expires":%d,"idle_heartbeat":%d}' % (
+            n,
+            int(self.EXPIRES_S * 1e9),
+            int(self.HEARTBEAT_S * 1e9),
+        )
+        self.outstanding += n
+        await self.nc.publish(self.subject, body, reply=self.inbox)
+
+    async def _top_up(self) -> None:
+        in_hand = self.outstanding + len(self.queue)
+        if in_hand <= self.batch // 2:
+            await self._request(self.batch - in_hand)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self.last_seen = time.monotonic()
+        status = msg.headers.get(api.Header.STATUS) if msg.headers else None
+        if not status:
+            self.outstanding = max(0, self.outstanding - 1)
+            self.queue.append(msg)
+            self.arrived.set()
+            return
+        if status == api.StatusCode.CONTROL_MESSAGE:  # idle heartbeat (or flow control): alive
+            return
+        unfilled = msg.headers.get("Nats-Pending-Messages") if msg.headers else None
+        if unfilled is not None and unfilled.isdigit():
+            self.outstanding = max(0, self.outstanding - int(unfilled))
+        else:
+            self.outstanding = 0
+        description = (msg.headers.get(api.Header.DESCRIPTION) or "") if msg.headers else ""
+        if status == "409" and ("Deleted" in description or "Push Based" in description):
+            self.gone = description or status
+            self.arrived.set()
+            return
+        with contextlib.suppress(Exception):
+            await self._top_up()  # an expired request (408) or a refused one (409 max waiting...)
+
+    async def fetch(self, timeout: float) -> list[Msg]:
+        """The next messages (up to ``batch``), waiting up to ``timeout`` for the first; [] when none."""
+        if not self.queue and not self.gone:
+            self.arrived.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), timeout)
+        if self.gone:
+            raise ConsumerGone(self.gone)
+        if self.queue:
+            # messages that came in the same read are still on their way to _on_msg: let them land, so a
+            # burst (a redelivery, a backlog) makes one batch rather than a batch per message
+            pending = getattr(self.sub, "_pending_queue", None)  # nats-py's per-subscription queue
+            for _ in range(4 * self.batch):
+                if pending is None or pending.empty() or len(self.queue) >= self.batch:
+                    break
+                await asyncio.sleep(0)
+        msgs, self.queue = self.queue[: self.batch], self.queue[self.batch :]
+        if not msgs and time.monotonic() - self.last_seen > 3 * self.HEARTBEAT_S:
+            self.outstanding = 0  # our requests are gone (reconnect, server restart): ask afresh
+            self.last_seen = time.monotonic()
+        await self._top_up()
+        return msgs
+
+
 class Bus:
     """One identity's connection to the bus. Create with :meth:`connect`."""
 
@@ -560,7 +665,7 @@ class Bus:
             return stop_ev.is_set() or self._stopping.is_set()
 
         stream = stream_for(subject_filter)
-        sub: JetStreamContext.PullSubscription | None = None
+        sub: _PullFeed | None = None
         gen = -1
         backoff = 0.2
         try:
@@ -568,8 +673,7 @@ class Bus:
                 try:
                     if sub is None or gen != self._generation:
                         if sub is not None:
-                            with contextlib.suppress(Exception):
-                                await sub.unsubscribe()
+                            await sub.stop()
                         gen = self._generation
                         config = api.ConsumerConfig(
                             ack_policy=api.AckPolicy.EXPLICIT,
@@ -585,32 +689,41 @@ class Bus:
                             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
                             config.opt_start_seq = start
                             self.log.info("consumer resumes", durable=durable, stream=stream, start_seq=start)
-                        sub = await self.js.pull_subscribe(
-                            subject_filter, durable=durable, stream=stream, config=config
-                        )
-                    try:
-                        msgs = await sub.fetch(batch, timeout=fetch_timeout)
-                    except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from inside fetch: no work
-                        backoff = 0.2
-                        continue
+                        await self._ensure_consumer(stream, durable, subject_filter, config)
+                        sub = _PullFeed(self.nc, stream, durable, batch)
+                        await sub.start()
+                    msgs = await sub.fetch(fetch_timeout)
                     backoff = 0.2
-                    await process(msgs, stopping)
+                    if msgs:
+                        await process(msgs, stopping)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     self.log.warning("consumer error; re-subscribing", durable=durable, error=repr(exc)[:300])
                     if sub is not None:  # a leaked subscription would stall drain() on close
-                        with contextlib.suppress(Exception):
-                            await sub.unsubscribe()
+                        await sub.stop()
                     sub = None
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
         finally:
             if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                await sub.stop()
             if task is not None:
                 self._consumers.discard(task)
+
+    async def _ensure_consumer(
+        self, stream: str, durable: str, subject_filter: str, config: api.ConsumerConfig
+    ) -> None:
+        """Create the durable pull consumer unless it exists (an existing one keeps its position)."""
+        try:
+            await self.js.consumer_info(stream, durable)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        config.durable_name = durable
+        config.name = durable
+        config.filter_subject = subject_filter
+        await self.js.add_consumer(stream, config=config)
 
     async def _handle(
         self,
