@@ -1,7 +1,7 @@
 """Async client of an Esplora REST API (Blockstream esplora / electrs, mempool.space, the devchain).
 
-Only what the services need: the tip, an address's UTXOs, a transaction (JSON, hex, status), broadcast
-and fee estimates. Paths and shapes follow esplora's ``API.md``.
+Only what the services need: the tip, a block's hash and txids, an address's UTXOs, a transaction
+(JSON, hex, status), broadcast and fee estimates. Paths and shapes follow esplora's ``API.md``.
 
 Errors are types:
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 
 _TXID = re.compile(r"^[0-9a-fA-F]{64}$")
 _RPC_ERROR_PREFIX = "sendrawtransaction RPC error: "
@@ -125,8 +125,29 @@ def parse_broadcast_error(body: str) -> BroadcastRejected:
     return BroadcastRejected(text or "rejected without a reason")
 
 
+@dataclass(frozen=True)
+class _Response:
+    status_code: int
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+def _describe(exc: BaseException) -> str:
+    name = "Timeout" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
+    return f"{name}: {exc}"
+
+
 class EsploraClient(AbstractAsyncContextManager["EsploraClient"]):
-    """``async with EsploraClient("http://127.0.0.1:3002") as esplora: await esplora.tip_height()``."""
+    """``async with EsploraClient("http://127.0.0.1:3002") as esplora: await esplora.tip_height()``.
+
+    One keep-alive connection pool (aiohttp: the broadcaster calls this on every spend, and httpx cost
+    several times more CPU per request), opened on first use inside the running loop.
+    """
 
     def __init__(
         self,
@@ -135,38 +156,48 @@ class EsploraClient(AbstractAsyncContextManager["EsploraClient"]):
         timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.2,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout),
-            transport=transport,
-            headers={"User-Agent": "mpc-wallet"},
-        )
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # -- transport --------------------------------------------------------------------------------
 
-    async def _get(self, path: str) -> httpx.Response:
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"User-Agent": "mpc-wallet"},
+            )
+        return self._session
+
+    async def _request(self, method: str, path: str, body: str | None = None) -> _Response:
+        headers = {"Content-Type": "text/plain"} if body is not None else None
+        async with self._http().request(method, self.base_url + path, data=body, headers=headers) as r:
+            return _Response(r.status, await r.text(errors="replace"))
+
+    async def _get(self, path: str) -> _Response:
         """GET with bounded retries; answers 2xx/4xx responses, raises for the rest."""
         last: str = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                r = await self._http.get(path)
-            except httpx.TransportError as exc:  # connect/read/write errors and timeouts
-                last = f"{type(exc).__name__}: {exc}"
+                r = await self._request("GET", path)
+            except _TRANSPORT_ERRORS as exc:  # connect/read/write errors and timeouts
+                last = _describe(exc)
                 continue
             if r.status_code in _RETRY_STATUS:
                 last = f"HTTP {r.status_code}: {r.text[:200]}"
@@ -176,7 +207,7 @@ class EsploraClient(AbstractAsyncContextManager["EsploraClient"]):
             return r
         raise ChainBackendUnavailable(f"GET {path} failed after {self.retries + 1} attempts: {last}")
 
-    async def _get_ok(self, path: str) -> httpx.Response:
+    async def _get_ok(self, path: str) -> _Response:
         r = await self._get(path)
         if r.status_code == 400:
             raise EsploraBadRequest(f"GET {path}: {r.text[:300]}")
@@ -191,7 +222,7 @@ class EsploraClient(AbstractAsyncContextManager["EsploraClient"]):
         except ValueError as exc:
             raise ChainBackendUnavailable(f"GET {path}: not JSON: {r.text[:200]}") from exc
 
-    async def _get_tx(self, txid: str, suffix: str = "") -> httpx.Response:
+    async def _get_tx(self, txid: str, suffix: str = "") -> _Response:
         path = f"/tx/{_check_txid(txid)}{suffix}"
         r = await self._get(path)
         if r.status_code == 404:
@@ -217,6 +248,23 @@ class EsploraClient(AbstractAsyncContextManager["EsploraClient"]):
         if not _TXID.match(text):
             raise ChainBackendUnavailable(f"tip hash is not a hash: {text[:100]!r}")
         return text
+
+    async def block_hash_at(self, height: int) -> str:
+        """The hash of the main-chain block at ``height``."""
+        if not isinstance(height, int) or height < 0:
+            raise ValueError(f"block height must be a non-negative int: {height!r}")
+        r = await self._get_ok(f"/block-height/{height}")
+        text = r.text.strip()
+        if not _TXID.match(text):
+            raise ChainBackendUnavailable(f"block hash is not a hash: {text[:100]!r}")
+        return text.lower()
+
+    async def block_txids(self, block_hash: str) -> list[str]:
+        """The txids of a block, in block order."""
+        body = await self._get_json(f"/block/{_check_txid(block_hash)}/txids")
+        if not isinstance(body, list) or not all(isinstance(t, str) and _TXID.match(t) for t in body):
+            raise ChainBackendUnavailable(f"txid list expected, got {str(body)[:200]}")
+        return [t.lower() for t in body]
 
     async def utxos(self, address: str) -> list[Utxo]:
         """Unspent outputs of ``address``, unconfirmed ones included (Esplora's mempool view)."""
@@ -266,12 +314,12 @@ class EsploraClient(AbstractAsyncContextManager["EsploraClient"]):
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                r = await self._http.post("/tx", content=body, headers={"Content-Type": "text/plain"})
-            except httpx.ConnectError as exc:  # nothing was sent: safe to try again
-                last = f"{type(exc).__name__}: {exc}"
+                r = await self._request("POST", "/tx", body)
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent: safe to try again
+                last = _describe(exc)
                 continue
-            except httpx.TransportError as exc:
-                raise ChainBackendUnavailable(f"POST /tx: {type(exc).__name__}: {exc}") from exc
+            except _TRANSPORT_ERRORS as exc:
+                raise ChainBackendUnavailable(f"POST /tx: {_describe(exc)}") from exc
             if r.status_code == 200:
                 txid = r.text.strip()
                 if not _TXID.match(txid):

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import uvloop
 
 from . import metrics as M
 from .bus import Bus
@@ -110,7 +111,9 @@ def run_service(
     """Parse ``--data-dir/--identity``, run ``main(ctx)`` until it returns or a signal arrives; exit 0 on a
     clean stop, 1 when ``main`` failed."""
     args = (parser or service_argparser(name)).parse_args(argv)
-    code = asyncio.run(_run(name, main, args, registry, connect_bus, use_db, grace))
+    # uvloop: the services are per-message Python work over many sockets; its loop roughly halves the
+    # event-loop overhead per delivery (measured with loadtest/bench_e2e.py, see BENCHMARKS.md)
+    code = uvloop.run(_run(name, main, args, registry, connect_bus, use_db, grace))
     sys.exit(code)
 
 

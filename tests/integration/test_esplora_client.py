@@ -62,6 +62,14 @@ async def test_fund_broadcast_confirm(devchain: Devchain, esplora: EsploraClient
     devchain.mine(2)
     status = await esplora.tx_status(txid(tx))
     assert status.confirmed and status.confirmations(await esplora.tip_height()) == 2
+    assert status.block_height is not None and status.block_hash is not None
+    # the broadcaster's block follower: a height's hash, then that block's txids
+    assert await esplora.block_hash_at(status.block_height) == status.block_hash
+    assert txid(tx) in await esplora.block_txids(status.block_hash)
+    with pytest.raises(ChainBackendUnavailable):
+        await esplora.block_hash_at(status.block_height + 1000)  # no such block: 404
+    with pytest.raises(ValueError):
+        await esplora.block_hash_at(-1)
     body = await esplora.tx(txid(tx))
     assert body["txid"] == txid(tx) and body["fee"] == 1_000
     assert body["vin"][0]["prevout"]["scriptpubkey_address"] == address_of(coin.key)
