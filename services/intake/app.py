@@ -23,6 +23,7 @@ The API key is never logged; only its key id is stored with the request.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -59,6 +60,7 @@ DEFAULT_FEE_TARGET = 6  # blocks
 ALIVE_SECONDS = 30.0
 WRITE_ROLES = frozenset({"admin", "operator"})
 UTXO_VIEW_MAX_AGE_S = 2.0  # how old a UTXO list intake may build a spend from
+POLICY_MAX_AGE_S = 1.0  # how old a policy intake may use for defaults and early answers
 RESERVATION_RETENTION_S = 600.0  # reservations of confirmed spends outlive any UTXO list by far
 
 REQUESTS = Counter("mpcw_intake_requests_total", "HTTP requests", ["route", "status"])
@@ -105,6 +107,25 @@ class Intake:
     wallet: Wallet | None = None
     started: float = field(default_factory=time.time)
     _utxos: tuple[float, list[WalletUtxo]] | None = None
+    _policy: tuple[float, Policy] | None = None
+    _published: list[str] = field(default_factory=list)
+    _marker: asyncio.Task[None] | None = None
+
+    def published(self, tx_id: str) -> None:
+        """``tx.requested`` of ``tx_id`` is on the bus: stored as published in batches, off the request's
+        path (a crash before that only makes the republish loop publish it again, de-duplicated)."""
+        self._published.append(tx_id)
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.get_running_loop().create_task(self._mark_published())
+
+    async def _mark_published(self) -> None:
+        while self._published:
+            ids, self._published = self._published, []
+            try:
+                await store.mark_published(self.pool, ids)
+            except Exception as exc:
+                self.log.warning("marking requests published failed", count=len(ids), error=repr(exc)[:200])
+                return
 
     async def get_wallet(self) -> Wallet:
         if self.wallet is None:
@@ -121,14 +142,20 @@ class Intake:
         return self.esplora
 
     async def policy(self) -> Policy:
+        """The policy in KV, read at most every ``POLICY_MAX_AGE_S`` (intake only uses it for defaults and
+        early answers; every signer judges each spend by the current policy itself)."""
+        now = time.monotonic()
+        if self._policy is not None and now - self._policy[0] <= POLICY_MAX_AGE_S:
+            return self._policy[1]
         entry = await (await self.bus.kv(BUCKET_CONFIG)).get(POLICY_KEY)
-        if entry is None:
-            return Policy()
-        try:
-            return msgspec.msgpack.decode(entry.value, type=Policy)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            self.log.error("policy in KV does not decode; using defaults")
-            return Policy()
+        policy = Policy()
+        if entry is not None:
+            try:
+                policy = msgspec.msgpack.decode(entry.value, type=Policy)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.log.error("policy in KV does not decode; using defaults")
+        self._policy = (now, policy)
+        return policy
 
     async def wallet_utxos(self, wallet: Wallet, max_age: float = UTXO_VIEW_MAX_AGE_S) -> list[WalletUtxo]:
         """The wallet's UTXOs from the chain backend, reusing a list at most ``max_age`` seconds old.
@@ -300,17 +327,21 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
             memo=req.memo,
             message=msgspec.msgpack.encode(message),
             outpoints=[(c.outpoint.txid, c.outpoint.vout, c.amount) for c in spend.inputs],
+            created_at_ms=now_ms,
         )
+
+    def candidates() -> list[tuple[str, int]]:
+        return [(u.txid, u.vout) for u in utxos if u.spendable]
 
     try:
         try:
-            stored = await store.reserve(intake.pool, req.idempotency_key, select)
+            stored = await store.reserve(intake.pool, req.idempotency_key, candidates(), select)
         except ApiError as exc:
             if exc.error != "insufficient funds":
                 raise
             # the UTXO list may be a moment old: look again before saying no
             utxos = await intake.wallet_utxos(wallet, max_age=0.0)
-            stored = await store.reserve(intake.pool, req.idempotency_key, select)
+            stored = await store.reserve(intake.pool, req.idempotency_key, candidates(), select)
     except asyncpg.UniqueViolationError:
         # another request took an outpoint or the key between our read and insert: the lock makes
         # this impossible for intake processes sharing the database; answer as a conflict anyway
@@ -326,9 +357,8 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
         # the server before the error is not repeated
         SPENDS.labels("publish-deferred").inc()
         intake.log.error("publishing tx.requested failed; will retry", tx_id=tx_id, error=repr(exc)[:300])
-        view = await store.get_transaction(intake.pool, tx_id)
-        return json_response(view, 202)
-    await store.mark_published(intake.pool, tx_id)
+        return json_response(stored.view(), 202)
+    intake.published(tx_id)
     SPENDS.labels("accepted").inc()
     intake.log.info(
         "spend requested",
@@ -338,8 +368,7 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
         inputs=len(msg.inputs),
         key_id=api_key["key_id"],
     )
-    view = await store.get_transaction(intake.pool, tx_id)
-    return json_response(view, 202)
+    return json_response(stored.view(), 202)
 
 
 async def repeat(intake: Intake, existing: store.Existing, digest: bytes) -> HTTPResponse:
@@ -353,7 +382,7 @@ async def repeat(intake: Intake, existing: store.Existing, digest: bytes) -> HTT
             await intake.bus.publish(tx_subject("requested", existing.tx_id), msg, existing.tx_id)
         except Exception as exc:
             fail(503, "bus unavailable", f"the request could not be queued: {type(exc).__name__}")
-        await store.mark_published(intake.pool, existing.tx_id)
+        await store.mark_published(intake.pool, [existing.tx_id])
     SPENDS.labels("repeat").inc()
     view = await store.get_transaction(intake.pool, existing.tx_id)
     return json_response(view, 200)
@@ -366,7 +395,7 @@ async def republish_pending(intake: Intake) -> int:
     for tx_id, raw_msg in await store.unpublished(intake.pool):
         msg = msgspec.msgpack.decode(raw_msg, type=TxRequested)
         await intake.bus.publish(tx_subject("requested", tx_id), msg, tx_id)
-        await store.mark_published(intake.pool, tx_id)
+        await store.mark_published(intake.pool, [tx_id])
         n += 1
     return n
 

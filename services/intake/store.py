@@ -61,29 +61,53 @@ class NewRequest:
     memo: str
     message: bytes
     outpoints: list[tuple[str, int, int]]  # txid, vout, amount
+    created_at_ms: int
+
+    def view(self) -> TransactionView:
+        """What ``get_transaction`` answers for it until the recorder has projected it."""
+        return TransactionView(
+            id=self.tx_id,
+            state="pending",
+            recipient=self.recipient,
+            amount_sats=self.amount,
+            fee_sats=self.fee,
+            fee_rate=self.fee_rate,
+            txid=None,
+            reasons=[],
+            created_at_ms=self.created_at_ms,
+            updated_at_ms=self.created_at_ms,
+            timeline=[TransitionView(state="pending", at_ms=self.created_at_ms)],
+        )
 
 
 async def reserve(
     pool: asyncpg.Pool,
     idempotency_key: str | None,
+    candidates: list[tuple[str, int]],
     select: Callable[[set[tuple[str, int]]], NewRequest],
 ) -> NewRequest | Existing:
     """Under the reservation lock: the existing request for ``idempotency_key``, or ``select(reserved)``
-    (which may raise to abort) stored with its reservations."""
+    (which may raise to abort) stored with its reservations; ``reserved`` is the reserved part of
+    ``candidates`` (the outpoints the caller may pick from: the table also keeps reservations of spends
+    confirmed a while ago, which no current UTXO list holds, so it is not read whole)."""
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", RESERVE_LOCK)
         if idempotency_key is not None:
             existing = await find_by_idempotency_key(conn, idempotency_key)
             if existing is not None:
                 return existing
-        reserved = {
-            (r["txid"], r["vout"]) for r in await conn.fetch("SELECT txid, vout FROM utxo_reservations")
-        }
+        rows = await conn.fetch(
+            """SELECT r.txid, r.vout FROM utxo_reservations r
+               JOIN unnest($1::text[], $2::int[]) AS c(txid, vout) ON r.txid = c.txid AND r.vout = c.vout""",
+            [t for t, _ in candidates],
+            [v for _, v in candidates],
+        )
+        reserved = {(r["txid"], r["vout"]) for r in rows}
         req = select(reserved)
         await conn.execute(
             """INSERT INTO spend_requests (tx_id, idempotency_key, request_hash, api_key_id, recipient,
-                   amount, fee, fee_rate, memo, message)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+                   amount, fee, fee_rate, memo, message, created_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0))""",
             req.tx_id,
             req.idempotency_key,
             req.request_hash,
@@ -94,6 +118,7 @@ async def reserve(
             req.fee_rate,
             req.memo,
             req.message,
+            req.created_at_ms,
         )
         await conn.executemany(
             "INSERT INTO utxo_reservations (txid, vout, tx_id, amount) VALUES ($1, $2, $3, $4)",
@@ -102,9 +127,11 @@ async def reserve(
         return req
 
 
-async def mark_published(pool: asyncpg.Pool, tx_id: str) -> None:
+async def mark_published(pool: asyncpg.Pool, tx_ids: list[str]) -> None:
     await pool.execute(
-        "UPDATE spend_requests SET published_at = now() WHERE tx_id = $1 AND published_at IS NULL", tx_id
+        """UPDATE spend_requests SET published_at = now()
+           WHERE tx_id = ANY($1::text[]) AND published_at IS NULL""",
+        tx_ids,
     )
 
 
