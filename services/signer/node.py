@@ -72,6 +72,9 @@ DAY_MS = 24 * 3600 * 1000
 HEARTBEAT_SECONDS = 2.0
 
 
+NONCE_ANNOUNCE_CHUNK = 32  # nonce commitments put into KV concurrently
+
+
 class SigningError(Exception):
     """This node refuses to sign this attempt (the reason is safe to publish)."""
 
@@ -460,6 +463,14 @@ class SignerNode:
         presig = await self.bus.kv(BUCKET_PRESIG)
         pubshare = share.pubshares[share.index]
         count = max(0, min(req.count, 1000))
+
+        async def announce(entry: K.NonceEntry) -> None:
+            try:
+                await presig.create(K.nonce_key(key_id, self.node, entry.nonce_id), entry)
+            except Exception as exc:  # CasConflict: already announced
+                self.log.debug("nonce already announced", nonce_id=entry.nonce_id, error=type(exc).__name__)
+
+        fresh: list[K.NonceEntry] = []
         for k in range(count):
             nonce_id = f"{req.batch_id}-{k}"
             if (self.keystore.root / "nonces" / f"{nonce_id}.enc").exists():
@@ -467,13 +478,15 @@ class SignerNode:
             secnonce, pubnonce = frost.nonce_gen(share.secshare, pubshare, None, None, nonce_id.encode())
             self.keystore.save_nonce(nonce_id, bytes(secnonce))
             secnonce[:] = bytes(len(secnonce))
-            entry = K.NonceEntry(
-                node=self.node, nonce_id=nonce_id, pubnonce=pubnonce, created_ms=int(time.time() * 1000)
+            fresh.append(
+                K.NonceEntry(
+                    node=self.node, nonce_id=nonce_id, pubnonce=pubnonce, created_ms=int(time.time() * 1000)
+                )
             )
-            try:
-                await presig.create(K.nonce_key(key_id, self.node, nonce_id), entry)
-            except Exception as exc:  # CasConflict: already announced
-                self.log.debug("nonce already announced", nonce_id=nonce_id, error=type(exc).__name__)
+            if len(fresh) == NONCE_ANNOUNCE_CHUNK:  # announced concurrently, a chunk at a time
+                await asyncio.gather(*(announce(e) for e in fresh))
+                fresh = []
+        await asyncio.gather(*(announce(e) for e in fresh))
 
     # ---- DKG glue -----------------------------------------------------------------------------------
     async def publish_dkg(self, session_id: str, round_: int, data: bytes) -> None:
