@@ -170,19 +170,24 @@ def check_fee(fee: int, vsize: int, max_fee: int, max_fee_rate: float) -> None:
         raise FeeTooHigh(fee, vsize, f"ceiling {max_fee_rate} sat/vB")
 
 
-def _effective_value(u: Utxo, fee_rate: float) -> int:
-    return u.amount - fee_for(input_vbytes(u.script_pubkey), fee_rate)
-
-
 def select_bnb(utxos: Sequence[Utxo], target: int, cost_of_change: int, fee_rate: float) -> list[Utxo] | None:
     """Depth-first search for inputs whose effective values sum to [target, target + cost_of_change],
     minimising the excess; None when no such set is found within BNB_MAX_TRIES."""
-    pool = sorted(
-        (u for u in utxos if _effective_value(u, fee_rate) > 0),
-        key=lambda u: (-_effective_value(u, fee_rate), u.outpoint.txid, u.outpoint.vout),
-    )
-    values = [_effective_value(u, fee_rate) for u in pool]
-    remaining_after = [sum(values[i:]) for i in range(len(values) + 1)]
+    vbytes: dict[bytes, float] = {}  # per script: a wallet's UTXOs share few scripts
+    valued = []
+    for u in utxos:
+        size = vbytes.get(u.script_pubkey)
+        if size is None:
+            size = vbytes[u.script_pubkey] = input_vbytes(u.script_pubkey)
+        value = u.amount - fee_for(size, fee_rate)
+        if value > 0:
+            valued.append((-value, u.outpoint.txid, u.outpoint.vout, u))
+    valued.sort(key=lambda e: e[:3])
+    pool = [e[3] for e in valued]
+    values = [-e[0] for e in valued]
+    remaining_after = [0] * (len(values) + 1)  # remaining_after[i] = sum(values[i:])
+    for i in range(len(values) - 1, -1, -1):
+        remaining_after[i] = remaining_after[i + 1] + values[i]
     if remaining_after[0] < target:
         return None
     best: list[int] | None = None
@@ -241,8 +246,8 @@ def build_spend(
     dust = dust_limit(recipient_script)
     if amount < dust:
         raise AmountBelowDust(amount, dust)
-    for u in utxos:
-        input_vbytes(u.script_pubkey)  # ValueError for a UTXO type the wallet cannot spend
+    for script in {u.script_pubkey for u in utxos}:
+        input_vbytes(script)  # ValueError for a UTXO type the wallet cannot spend
     sequence = SEQUENCE_RBF if rbf else SEQUENCE_FINAL
     recipient = TxOutput(amount, recipient_script)
     # everything but the inputs: header, recipient output, segwit marker
