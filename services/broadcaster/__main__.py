@@ -60,6 +60,7 @@ from wallet.witness import p2tr_key_path_witness
 CONFIRMATION_POLL_S = 1.0  # a spend waiting for its block is looked at again this often (no HTTP)
 BLOCK_POLL_S = 0.5  # the chain tip is read this often
 SCAN_BACK_BLOCKS = 100  # at most this many blocks are read after a gap
+REBROADCAST_AFTER_S = 60.0  # an unconfirmed spend the backend forgot is broadcast again after this
 BROADCAST_RETRY_S = 5.0
 # reject reasons after which a signed transaction can never confirm (anything else is retried): its
 # inputs are spent elsewhere or missing, or the backend finds it invalid
@@ -85,10 +86,11 @@ class Broadcaster:
         self.signing: dict[str, TxSigning] = {}  # tx_id -> newest attempt seen
         self.psigs: dict[str, dict[str, list[bytes]]] = {}  # session -> node -> psigs
         self.signed: dict[str, None] = {}  # tx_ids aggregated by this process
-        self.broadcast_done: dict[str, None] = {}  # tx_ids this process announced as broadcast
+        # tx_ids this process announced as broadcast -> whether the block follower was running by then
+        self.broadcast_done: dict[str, bool] = {}
         # block following (follow_blocks): txid -> height of the block that confirmed it
         self.confirmed_in: dict[str, int] = {}
-        self.watching: dict[str, None] = {}  # txids whose status was read once and were unconfirmed
+        self.watching: dict[str, float] = {}  # unconfirmed txids -> when last checked to be known
         self.scanned_height = -1
         self.tip_height = 0
 
@@ -268,9 +270,30 @@ class Broadcaster:
             TxBroadcast(tx_id=msg.tx_id, txid=msg.txid),
             f"broadcast.{msg.tx_id}",
         )
-        self.broadcast_done[msg.tx_id] = None
+        self.broadcast_done[msg.tx_id] = self.scanned_height >= 0
         self._trim(self.broadcast_done)
         self.log.info("broadcast", tx_id=msg.tx_id, txid=msg.txid)
+
+    async def _rebroadcast_if_dropped(self, msg: TxBroadcast) -> bool:
+        """A spend unconfirmed for ``REBROADCAST_AFTER_S``: if the backend no longer knows it (evicted
+        from a mempool, a backend that lost its mempool), hand it over again. True when the chain
+        refuses it for good (its inputs went elsewhere): then it is reported failed."""
+        if await self._chain_has(msg.txid):
+            return False
+        signed = await last_message(self.bus, tx_subject("signed", msg.tx_id))
+        if signed is None or signed.sender != "broadcaster" or not isinstance(signed.payload, TxSigned):
+            return False
+        self.log.warning(
+            "transaction left the mempool; broadcasting it again", tx_id=msg.tx_id, txid=msg.txid
+        )
+        try:
+            await self.chain.broadcast(signed.payload.signed_tx.hex())
+        except BroadcastRejected as exc:
+            if any(k in str(exc) for k in ALREADY_KNOWN) or not any(k in str(exc) for k in PERMANENT):
+                return False  # known after all, or refused for now: looked at again later
+            await self._fail(msg.tx_id, f"dropped from the mempool and refused again: {exc}", signed=True)
+            return True
+        return False
 
     async def _chain_has(self, txid: str) -> bool:
         """Whether the backend knows this transaction (in its mempool or a block): then it was broadcast
@@ -309,14 +332,23 @@ class Broadcaster:
             return
         height = self.confirmed_in.get(msg.txid)
         tip = self.tip_height
-        if height is None and msg.txid not in self.watching:
-            # first sight in this process: it may have confirmed before the block follower started
-            status = await self.chain.tx_status(msg.txid)
-            if status.confirmed and status.block_height is not None:
-                height, tip = status.block_height, max(tip, status.block_height)
-            else:
-                self.watching[msg.txid] = None
-                self._trim(self.watching)
+        now = time.monotonic()
+        checked = self.watching.get(msg.txid)
+        if height is None and checked is None:
+            if self.broadcast_done.get(msg.tx_id):
+                # broadcast here while the follower ran: its block is bound to be seen
+                self.watching[msg.txid] = now
+            else:  # first sight in this process: it may have confirmed before the follower started
+                status = await self.chain.tx_status(msg.txid)
+                if status.confirmed and status.block_height is not None:
+                    height, tip = status.block_height, max(tip, status.block_height)
+                else:
+                    self.watching[msg.txid] = now
+            self._trim(self.watching)
+        elif height is None and checked is not None and now - checked >= REBROADCAST_AFTER_S:
+            self.watching[msg.txid] = now
+            if await self._rebroadcast_if_dropped(msg):
+                return  # it can never confirm: reported failed
         if height is None:
             raise RetryLater(CONFIRMATION_POLL_S, "not confirmed yet")
         self.watching.pop(msg.txid, None)
@@ -327,7 +359,7 @@ class Broadcaster:
             confirmations=max(1, tip - height + 1),
         )
         await self.bus.publish(tx_subject("confirmed", msg.tx_id), out, f"confirmed.{msg.tx_id}")
-        self.log.info("confirmed", tx_id=msg.tx_id, txid=msg.txid, height=status.block_height)
+        self.log.info("confirmed", tx_id=msg.tx_id, txid=msg.txid, height=height)
 
 
 async def serve(ctx: ServiceContext) -> None:

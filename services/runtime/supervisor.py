@@ -49,7 +49,7 @@ BACKOFF_MAX = 30.0
 
 
 def default_table(n: int) -> list[dict[str, Any]]:
-    """The services of a local cluster: name, module, extra args."""
+    """The services of a local cluster: name, module, extra args, optional ``nice``."""
     table: list[dict[str, Any]] = [
         # devchain is a plain HTTP server: ready when it answers on cluster.json's devchain_url
         {
@@ -58,8 +58,11 @@ def default_table(n: int) -> list[dict[str, Any]]:
             "args": ["--port", "{devchain_port}"],  # "{key}" in args: a value of cluster.json
             "ready_http": "devchain_url",
         },
-        {"name": "recorder", "module": "services.recorder", "args": []},
-        {"name": "monitor", "module": "services.monitor", "args": []},
+        # off the spend's path (request -> broadcast): a lower CPU priority ("nice", like nice(1)) lets
+        # the signers, consensus and the broadcaster run first when a spend wakes everyone at once; they
+        # catch up in bigger batches
+        {"name": "recorder", "module": "services.recorder", "args": [], "nice": 5},
+        {"name": "monitor", "module": "services.monitor", "args": [], "nice": 5},
         {"name": "consensus", "module": "services.consensus", "args": []},
     ]
     table += [
@@ -67,7 +70,7 @@ def default_table(n: int) -> list[dict[str, Any]]:
         for node in node_names(n)
     ]
     table += [
-        {"name": "presig", "module": "services.presig", "args": []},
+        {"name": "presig", "module": "services.presig", "args": [], "nice": 5},
         {"name": "broadcaster", "module": "services.broadcaster", "args": []},
         {"name": "intake", "module": "services.intake", "args": []},
     ]
@@ -116,6 +119,7 @@ class Proc:
     last_exit: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     ready_http: str = ""  # cluster.json key of a URL: any HTTP answer there also means ready
+    nice: int = 0  # added to the process's CPU niceness (0..19: lower priority only, no privilege needed)
 
 
 class Supervisor:
@@ -225,6 +229,7 @@ class Supervisor:
                     module=e["module"],
                     args=list(e.get("args", [])),
                     ready_http=str(cluster.get(e.get("ready_http", ""), "")),
+                    nice=int(e.get("nice", 0)),
                 )
             )
         return cluster
@@ -264,6 +269,9 @@ class Supervisor:
                 cwd=str(REPO_ROOT),
                 env=env,
             )
+        if p.nice > 0:
+            with contextlib.suppress(OSError):  # a priority is a preference, never a reason not to run
+                os.setpriority(os.PRIO_PROCESS, p.popen.pid, min(19, p.nice))
         p.started_at = time.monotonic()
         p.status = "starting"
 
