@@ -254,11 +254,13 @@ class Broadcaster:
     async def _broadcast(self, msg: TxSigned) -> None:
         """Hand the transaction to the chain backend (a backend that already has it counts as done) and
         announce ``tx.broadcast``; idempotent."""
+        fresh = self.scanned_height >= 0  # accepted now, while the follower runs: it sees the block
         try:
             got = await self.chain.broadcast(msg.signed_tx.hex())
             if got != msg.txid:
                 raise RuntimeError(f"backend answered txid {got}, expected {msg.txid}")
         except BroadcastRejected as exc:
+            fresh = False  # known before (maybe confirmed before the follower started): look it up
             if not any(k in str(exc) for k in ALREADY_KNOWN) and not await self._chain_has(msg.txid):
                 if not any(k in str(exc) for k in PERMANENT):
                     raise RetryLater(BROADCAST_RETRY_S, f"broadcast refused for now: {exc}") from None
@@ -270,14 +272,24 @@ class Broadcaster:
             TxBroadcast(tx_id=msg.tx_id, txid=msg.txid),
             f"broadcast.{msg.tx_id}",
         )
-        self.broadcast_done[msg.tx_id] = self.scanned_height >= 0
+        self.broadcast_done[msg.tx_id] = fresh
         self._trim(self.broadcast_done)
         self.log.info("broadcast", tx_id=msg.tx_id, txid=msg.txid)
 
+    async def _recheck(self, msg: TxBroadcast) -> tuple[int | None, bool]:
+        """A spend unconfirmed for ``REBROADCAST_AFTER_S`` by the block follower's account: read its
+        status (the follower may have missed its block: a gap longer than ``SCAN_BACK_BLOCKS``, a reorg)
+        and return its height if it is confirmed; hand it over again if the backend forgot it. The flag
+        says it was reported failed (refused for good)."""
+        status = await self.chain.tx_status(msg.txid)
+        if status.confirmed and status.block_height is not None:
+            return status.block_height, False
+        return None, await self._rebroadcast_if_dropped(msg)
+
     async def _rebroadcast_if_dropped(self, msg: TxBroadcast) -> bool:
-        """A spend unconfirmed for ``REBROADCAST_AFTER_S``: if the backend no longer knows it (evicted
-        from a mempool, a backend that lost its mempool), hand it over again. True when the chain
-        refuses it for good (its inputs went elsewhere): then it is reported failed."""
+        """If the backend no longer knows the spend (evicted from a mempool, a backend that lost its
+        mempool), hand it over again. True when the chain refuses it for good (its inputs went
+        elsewhere): then it is reported failed."""
         if await self._chain_has(msg.txid):
             return False
         signed = await last_message(self.bus, tx_subject("signed", msg.tx_id))
@@ -287,10 +299,14 @@ class Broadcaster:
             "transaction left the mempool; broadcasting it again", tx_id=msg.tx_id, txid=msg.txid
         )
         try:
-            await self.chain.broadcast(signed.payload.signed_tx.hex())
+            got = await self.chain.broadcast(signed.payload.signed_tx.hex())
+            if got != msg.txid:
+                raise RuntimeError(f"backend answered txid {got}, expected {msg.txid}")
         except BroadcastRejected as exc:
             if any(k in str(exc) for k in ALREADY_KNOWN) or not any(k in str(exc) for k in PERMANENT):
                 return False  # known after all, or refused for now: looked at again later
+            if await self._chain_has(msg.txid):
+                return False  # it confirmed (and its outputs were spent) in the meantime
             await self._fail(msg.tx_id, f"dropped from the mempool and refused again: {exc}", signed=True)
             return True
         return False
@@ -314,7 +330,7 @@ class Broadcaster:
                 tip = await self.chain.tip_height()
                 if self.scanned_height < 0:
                     self.scanned_height = tip
-                for height in range(max(self.scanned_height + 1, tip - SCAN_BACK_BLOCKS), tip + 1):
+                for height in range(max(self.scanned_height + 1, tip - SCAN_BACK_BLOCKS + 1), tip + 1):
                     block_hash = await self.chain.block_hash_at(height)
                     for t in await self.chain.block_txids(block_hash):
                         self.confirmed_in[t] = height
@@ -347,8 +363,11 @@ class Broadcaster:
             self._trim(self.watching)
         elif height is None and checked is not None and now - checked >= REBROADCAST_AFTER_S:
             self.watching[msg.txid] = now
-            if await self._rebroadcast_if_dropped(msg):
+            height, failed = await self._recheck(msg)
+            if failed:
+                self.watching.pop(msg.txid, None)
                 return  # it can never confirm: reported failed
+            tip = max(tip, height or 0)
         if height is None:
             raise RetryLater(CONFIRMATION_POLL_S, "not confirmed yet")
         self.watching.pop(msg.txid, None)
