@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,15 +58,15 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def wait_state(
-    client: httpx.AsyncClient, tx_id: str, states: set[str], timeout: float
+    client: aiohttp.ClientSession, tx_id: str, states: set[str], timeout: float
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = await client.get(f"/api/v1/transactions/{tx_id}")
-        if r.status_code == 200:
-            body: dict[str, Any] = r.json()
-            if body["state"] in states or body["state"] in ("rejected", "failed"):
-                return body
+        async with client.get(f"/api/v1/transactions/{tx_id}") as r:
+            if r.status == 200:
+                body: dict[str, Any] = await r.json()
+                if body["state"] in states or body["state"] in ("rejected", "failed"):
+                    return body
         await asyncio.sleep(0.05)  # the timeline carries the times: polling slower only spares the CPU
     raise TimeoutError(f"{tx_id} not in {states} after {timeout}s")
 
@@ -77,17 +78,16 @@ def at(body: dict[str, Any], state: str) -> float | None:
     return None
 
 
-async def spend(client: httpx.AsyncClient, amount: int) -> tuple[str, float]:
+async def spend(client: aiohttp.ClientSession, amount: int) -> tuple[str, float]:
     t0 = time.time()
-    r = await client.post(
-        "/api/v1/transactions", json={"recipient": RECIPIENT, "amount_sats": amount, "fee_rate": 2.0}
-    )
-    if r.status_code not in (200, 201, 202):
-        raise RuntimeError(f"spend refused: {r.status_code} {r.text[:200]}")
-    return r.json()["id"], t0
+    body = {"recipient": RECIPIENT, "amount_sats": amount, "fee_rate": 2.0}
+    async with client.post("/api/v1/transactions", json=body) as r:
+        if r.status not in (200, 201, 202):
+            raise RuntimeError(f"spend refused: {r.status} {(await r.text())[:200]}")
+        return (await r.json())["id"], t0
 
 
-async def latency(client: httpx.AsyncClient, count: int) -> tuple[list[float], list[float]]:
+async def latency(client: aiohttp.ClientSession, count: int) -> tuple[list[float], list[float]]:
     to_signed: list[float] = []
     to_broadcast: list[float] = []
     for _ in range(count):
@@ -101,7 +101,7 @@ async def latency(client: httpx.AsyncClient, count: int) -> tuple[list[float], l
     return to_signed, to_broadcast
 
 
-async def throughput(client: httpx.AsyncClient, total: int, workers: int) -> tuple[float, int, int]:
+async def throughput(client: aiohttp.ClientSession, total: int, workers: int) -> tuple[float, int, int]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(total):
         queue.put_nowait(i)
@@ -128,14 +128,16 @@ async def throughput(client: httpx.AsyncClient, total: int, workers: int) -> tup
     pending = set(ids)
     while pending and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-        r = await client.get("/api/v1/transactions", params={"limit": 500})
-        for t in r.json()["transactions"]:
+        async with client.get("/api/v1/transactions", params={"limit": 500}) as r:
+            listing = await r.json()
+        for t in listing["transactions"]:
             if t["state"] in ("broadcast", "confirmed", "rejected", "failed"):
                 pending.discard(t["id"])
     last = t0
     failed = 0
     for tx_id in ids:
-        body = (await client.get(f"/api/v1/transactions/{tx_id}")).json()
+        async with client.get(f"/api/v1/transactions/{tx_id}") as r:
+            body = await r.json()
         b = at(body, "broadcast")
         if b is None:
             failed += 1
@@ -145,16 +147,58 @@ async def throughput(client: httpx.AsyncClient, total: int, workers: int) -> tup
     return done / (last - t0), refused, failed
 
 
+def cluster_cpu(d: Path) -> dict[str, float]:
+    """CPU seconds used so far by each component of the cluster in ``d`` (its processes: every one whose
+    command line names the data directory: the services, NATS and PostgreSQL), from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    procs: dict[str, tuple[str, list[str]]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            procs[pid] = (cmd, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split())
+        except OSError:
+            continue
+    # PostgreSQL's backends retitle themselves: they are the children of the postmaster named by d
+    postmasters = {pid for pid, (cmd, _) in procs.items() if str(d) in cmd and "postgres" in cmd}
+    out: dict[str, float] = {}
+    for cmd, stat in procs.values():
+        if stat[1] in postmasters:
+            cmd = f"postgres {d}"
+        if str(d) not in cmd or "bench_e2e" in cmd:
+            continue
+        if "nats-server" in cmd:
+            name = "NATS"
+        elif "postgres" in cmd:
+            name = "PostgreSQL"
+        elif " -m services." in cmd:
+            name = cmd.split(" -m services.", 1)[1].split()[0]
+            name = "signers (5)" if name == "signer" else name
+        else:
+            continue
+        out[name] = out.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / tick
+    return out
+
+
 async def bench(d: Path, spends: int, concurrent: int, workers: int) -> dict[str, Any]:
     cluster = json.loads((d / "cluster.json").read_text())
-    limits = httpx.Limits(max_connections=workers + 4)
-    async with httpx.AsyncClient(base_url=cluster["intake_url"], timeout=60, limits=limits,
-                                 headers={"X-API-Key": cluster["admin_api_key"]}) as client:  # fmt: skip
+    connector = aiohttp.TCPConnector(limit=workers + 4)
+    async with aiohttp.ClientSession(
+        base_url=cluster["intake_url"],
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=60),
+        headers={"X-API-Key": cluster["admin_api_key"]},
+    ) as client:
         for _ in range(3):  # warm-up: caches, connections, consumers
             await wait_state(client, (await spend(client, 10_000))[0], {"broadcast", "confirmed"}, 30)
         signed, broadcast = await latency(client, spends)
+        cpu0 = cluster_cpu(d)
         rate, refused, failed = await throughput(client, concurrent, workers)
-    return {"signed": signed, "broadcast": broadcast, "rate": rate, "refused": refused, "failed": failed}
+        cpu1 = cluster_cpu(d)
+    cpu = {k: (v - cpu0.get(k, 0.0)) * 1000 / concurrent for k, v in cpu1.items()}
+    return {
+        "signed": signed, "broadcast": broadcast, "rate": rate, "refused": refused, "failed": failed,
+        "cpu": cpu,
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -200,6 +244,15 @@ def main() -> None:
         f"| sustained throughput, {args.concurrent} spends, {args.workers} clients | "
         f"{res['rate']:.1f} spends/s | | {args.concurrent - res['refused'] - res['failed']} |"
     )
+    print()
+    print("CPU per spend during the throughput run (all processes of the cluster, from /proc; it includes")
+    print("the confirmations and the background work of those seconds):")
+    print()
+    print("| component | CPU ms per spend |")
+    print("|---|---:|")
+    for name, ms in sorted(res["cpu"].items(), key=lambda kv: -kv[1]):
+        print(f"| {name} | {ms:.1f} |")
+    print(f"| total | {sum(res['cpu'].values()):.1f} |")
     if res["refused"] or res["failed"]:
         print(f"\n{res['refused']} refused at intake, {res['failed']} did not reach broadcast")
 

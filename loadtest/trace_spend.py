@@ -39,7 +39,9 @@ async def read_window(bus: Bus, stream: str, t0: float, t1: float) -> list[tuple
     """(server time, subject) of every message of ``stream`` stored between t0 and t1 (epoch seconds)."""
     start = datetime.fromtimestamp(t0).astimezone()
     subject = f"$KV.{stream[3:]}.>" if stream.startswith("KV_") else SUBJECTS[stream]
-    config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=start.isoformat())
+    config = api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=start.isoformat()
+    )
     out: list[tuple[float, str]] = []
     psub = await bus.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)
     try:
@@ -69,7 +71,8 @@ async def main() -> None:
     async with httpx.AsyncClient(base_url=cluster["intake_url"], headers=headers, timeout=30) as client:
         for _ in range(args.spends):
             t0 = time.time()
-            r = await client.post("/api/v1/transactions", json={"recipient": RECIPIENT, "amount_sats": 10_000, "fee_rate": 2.0})
+            body = {"recipient": RECIPIENT, "amount_sats": 10_000, "fee_rate": 2.0}
+            r = await client.post("/api/v1/transactions", json=body)
             r.raise_for_status()
             tx_id = r.json()["id"]
             while True:
