@@ -24,6 +24,7 @@ The node holds its key share and its pooled secret nonces in its own data direct
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -103,7 +104,12 @@ class JournalEntry:
 
 
 class VoteJournal:
-    """Append-only record of this node's votes: replays re-send the same vote; daily limits count it."""
+    """Append-only record of this node's votes: replays re-send the same vote; daily limits count it.
+
+    The file stays open for appending (one write and one fsync per batch). Approvals inside the daily
+    window are also kept in time order with their running total, so the daily limit check does not scan
+    the whole history (:meth:`spent_since` with a ``since`` that only grows, as the signer calls it).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -117,21 +123,37 @@ class VoteJournal:
                 except ValueError:
                     continue  # a line torn by a crash mid-append: its vote was never published
                 self.entries[d["tx_id"]] = JournalEntry(**d)
+        approved = sorted((e.ts_ms, e.amount) for e in self.entries.values() if e.approve)
+        self._window: collections.deque[tuple[int, int]] = collections.deque(approved)
+        self._window_sum = sum(amount for _, amount in approved)
+        self._file = path.open("a")
+        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+            self._file.write("\n")  # end a line torn by a crash, or the next append would join it
+            self._file.flush()
 
     def spent_since(self, since_ms: int) -> int:
-        return sum(e.amount for e in self.entries.values() if e.approve and e.ts_ms >= since_ms)
+        """Approved amounts with ``ts_ms >= since_ms``; approvals before ``since_ms`` are dropped for good,
+        so ``since_ms`` must not go back."""
+        while self._window and self._window[0][0] < since_ms:
+            self._window_sum -= self._window.popleft()[1]
+        return self._window_sum
 
     def record(self, entries: list[JournalEntry]) -> None:
         """Durably (one fsync for the lot), before the votes are published: after a crash the node
         re-sends the same votes."""
         if not entries:
             return
-        with self.path.open("a") as f:
-            f.write("".join(json.dumps(e.__dict__) + "\n" for e in entries))
-            f.flush()
-            os.fsync(f.fileno())
+        self._file.write("".join(json.dumps(e.__dict__) + "\n" for e in entries))
+        self._file.flush()
+        os.fsync(self._file.fileno())
         for e in entries:
             self.entries[e.tx_id] = e
+            if e.approve:
+                self._window.append((e.ts_ms, e.amount))
+                self._window_sum += e.amount
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class SignerNode:
@@ -288,6 +310,7 @@ class SignerNode:
             if isinstance(r.payload, TxSigning) and r.sender == "consensus" and self.node in r.payload.signers
         ]
         outs: list[PartialSignatures | SigningRefused] = []
+        fresh: list[PartialSignatures | SigningRefused] = []
         async with self._lock:
             todo: list[tuple[TxSigning, _Prepared | SigningError]] = []
             for sig in sigs:
@@ -320,11 +343,13 @@ class SignerNode:
                         tx_id=sig.tx_id, session_id=sig.session_id, attempt=sig.attempt, node=self.node,
                         reason=str(exc),
                     )  # fmt: skip
-                # not fsynced: if it is lost, a redelivery finds the nonces used, refuses, and consensus
-                # retries; the file only spares re-sending a different answer within a run
-                write_atomic(self._answer_path(out), msgspec.msgpack.encode(out), durable=False)
                 outs.append(out)
+                fresh.append(out)
         await asyncio.gather(*(self._publish_answer(o) for o in outs))
+        # kept after it left (not before: it is off the spend's path), not fsynced: if it is lost, a
+        # redelivery finds the nonces used, refuses, and consensus retries; it only spares that
+        for out in fresh:
+            write_atomic(self._answer_path(out), msgspec.msgpack.encode(out), durable=False)
 
     def _answer_path(self, out: PartialSignatures | SigningRefused) -> Path:
         suffix = "psig" if isinstance(out, PartialSignatures) else "refused"
