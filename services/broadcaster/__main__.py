@@ -17,8 +17,9 @@ Final outcome: before ``tx.signed`` the broadcaster creates KV ``rounds`` ``fina
 (create-only); consensus does the same with ``failed`` before ``tx.failed``. Whoever comes second stands
 down, so a spend is never both signed and reported failed.
 
-Nothing is lost to a restart or to several broadcaster instances sharing the work: whenever a session
-looks incomplete, the missing partial signatures are read back from the stream. ``tx.signed`` is
+Nothing is lost to a restart or to several broadcaster instances sharing the work: a session still
+incomplete ``READ_BACK_AFTER_S`` after its first partial signature (at once on a redelivery) is completed
+from the stream. ``tx.signed`` is
 consumed too, so a crash between signing and broadcasting is finished later. A rejected broadcast ends
 the spend ``failed`` only when the transaction can never confirm (its inputs are gone or it is invalid,
 and the backend does not already know it); anything else is retried. All publishes use a
@@ -57,6 +58,7 @@ from wallet.transaction import Prevout, parse_transaction, serialize, txid, with
 from wallet.verify import TransactionInvalid, verify_transaction
 from wallet.witness import p2tr_key_path_witness
 
+READ_BACK_AFTER_S = 0.5  # an incomplete session is completed from the stream after this
 CONFIRMATION_POLL_S = 1.0  # a spend waiting for its block is looked at again this often (no HTTP)
 BLOCK_POLL_S = 0.5  # the chain tip is read this often
 SCAN_BACK_BLOCKS = 100  # at most this many blocks are read after a gap
@@ -86,6 +88,9 @@ class Broadcaster:
         self.signing: dict[str, TxSigning] = {}  # tx_id -> newest attempt seen
         self.psigs: dict[str, dict[str, list[bytes]]] = {}  # session -> node -> psigs
         self.signed: dict[str, None] = {}  # tx_ids aggregated by this process
+        self.requests: dict[str, asyncio.Future[TxRequested | None]] = {}  # tx_id -> its request, fetching
+        self.read_backs: dict[str, asyncio.Future[None]] = {}  # session -> delayed read-back
+        self.aggregating: set[str] = set()  # sessions being aggregated now
         # tx_ids this process announced as broadcast -> whether the block follower was running by then
         self.broadcast_done: dict[str, bool] = {}
         # block following (follow_blocks): txid -> height of the block that confirmed it
@@ -126,25 +131,78 @@ class Broadcaster:
         got = self.psigs.setdefault(msg.session_id, {})
         got[msg.node] = list(msg.psigs)
         self._trim(self.psigs)
+        if msg.tx_id not in self.requests:  # fetched while the other partial signatures arrive
+            self.requests[msg.tx_id] = asyncio.ensure_future(self._request_of(msg.tx_id))
+            self._trim(self.requests)
         if len(got) < len(signing.signers):
-            # not all seen by this process (still on their way, delivered to another broadcaster
-            # instance, or acked before a restart): read the missing ones back from the stream
-            for node in signing.signers:
-                if node in got:
-                    continue
-                m = await last_message(self.bus, proto_subject("frost", signing.session_id, 2, node))
-                if m is None or not isinstance(m.payload, PartialSignatures) or m.sender != node:
-                    return  # not all there yet (or this signer refused: consensus retries)
-                got[node] = list(m.payload.psigs)
-        req_msg = await last_message(self.bus, tx_subject("requested", msg.tx_id))
-        if req_msg is None or not isinstance(req_msg.payload, TxRequested) or req_msg.sender != "intake":
+            if rec.num_delivered > 1:
+                await self._read_back(msg.tx_id, msg.session_id)  # a redelivery: look now
+            elif msg.session_id not in self.read_backs:
+                # the others are normally on their way to this process; if some went to another
+                # broadcaster instance, or were acked before a restart, they are read back from the
+                # stream after a moment (not on every partial signature: that cost a lookup each)
+                self.read_backs[msg.session_id] = asyncio.ensure_future(
+                    self._read_back_later(msg.tx_id, msg.session_id)
+                )
             return
-        done = await self._aggregate(req_msg.payload, signing, got)
-        if done:
-            self.signed[msg.tx_id] = None
-            self._trim(self.signed)
-        self.psigs.pop(msg.session_id, None)
-        self.signing.pop(msg.tx_id, None)
+        await self._complete(msg.tx_id, signing, got)
+
+    async def _request_of(self, tx_id: str) -> TxRequested | None:
+        m = await last_message(self.bus, tx_subject("requested", tx_id))
+        if m is None or not isinstance(m.payload, TxRequested) or m.sender != "intake":
+            return None
+        return m.payload
+
+    async def _read_back_later(self, tx_id: str, session_id: str) -> None:
+        try:
+            await asyncio.sleep(READ_BACK_AFTER_S)
+            await self._read_back(tx_id, session_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next delivery or redelivery tries again
+            self.log.warning("reading partial signatures back failed", tx_id=tx_id, error=repr(exc)[:200])
+        finally:
+            self.read_backs.pop(session_id, None)
+
+    async def _read_back(self, tx_id: str, session_id: str) -> None:
+        """Complete a session from the stream: the partial signatures this process has not seen."""
+        signing = self.signing.get(tx_id)
+        got = self.psigs.get(session_id)
+        if tx_id in self.signed or signing is None or signing.session_id != session_id or got is None:
+            return
+        for node in signing.signers:
+            if node in got:
+                continue
+            m = await last_message(self.bus, proto_subject("frost", session_id, 2, node))
+            if m is None or not isinstance(m.payload, PartialSignatures) or m.sender != node:
+                return  # not all there yet (or this signer refused: consensus retries)
+            got[node] = list(m.payload.psigs)
+        await self._complete(tx_id, signing, got)
+
+    async def _complete(self, tx_id: str, signing: TxSigning, got: dict[str, list[bytes]]) -> None:
+        """Every partial signature of the session is here: aggregate (once per process at a time)."""
+        if tx_id in self.signed or signing.session_id in self.aggregating:
+            return
+        self.aggregating.add(signing.session_id)
+        try:
+            pending = self.requests.get(tx_id)
+            try:
+                req = await pending if pending is not None else await self._request_of(tx_id)
+            except Exception:
+                self.requests.pop(tx_id, None)  # looked up again on the redelivery
+                raise
+            if req is None:
+                self.requests.pop(tx_id, None)  # looked up again next time
+                return
+            done = await self._aggregate(req, signing, got)
+            if done:
+                self.signed[tx_id] = None
+                self._trim(self.signed)
+            self.psigs.pop(signing.session_id, None)
+            self.signing.pop(tx_id, None)
+            self.requests.pop(tx_id, None)
+        finally:
+            self.aggregating.discard(signing.session_id)
 
     @staticmethod
     def _trim(d: dict[str, Any]) -> None:
@@ -391,6 +449,8 @@ async def serve(ctx: ServiceContext) -> None:
     ctx.ready()
     await ctx.stopped()
     follower.cancel()
+    for pending in list(b.read_backs.values()):
+        pending.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await follower
 

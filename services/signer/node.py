@@ -73,7 +73,7 @@ DAY_MS = 24 * 3600 * 1000
 HEARTBEAT_SECONDS = 2.0
 
 
-NONCE_ANNOUNCE_CHUNK = 32  # nonce commitments put into KV concurrently
+NONCE_ANNOUNCE_CHUNK = 8  # nonce commitments put into KV concurrently (and the loop breathes between)
 
 
 class SigningError(Exception):

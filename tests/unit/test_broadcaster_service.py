@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -20,7 +21,15 @@ import pytest
 
 import services.broadcaster.__main__ as B
 from schemas import kv as K
-from schemas.messages import TxBroadcast, TxConfirmed, TxFailed, TxSigned
+from schemas.messages import (
+    PartialSignatures,
+    TxBroadcast,
+    TxConfirmed,
+    TxFailed,
+    TxRequested,
+    TxSigned,
+    TxSigning,
+)
 from services.runtime.bus import CasConflict, KvEntry, Received, RetryLater
 from services.runtime.config import ServiceConfig
 from services.runtime.esplora import (
@@ -95,6 +104,7 @@ class FakeBus:
     # (subject, payload, msg_id, sender): what this service published, plus messages placed by tests
     published: list[tuple[str, Any, str, str]] = field(default_factory=list)
     seen_ids: set[str] = field(default_factory=set)
+    fail_lookups: list[str] = field(default_factory=list)  # subjects whose next lookup times out
 
     async def kv(self, bucket: str) -> FakeKV:
         return self.kvs.setdefault(bucket, FakeKV(bucket))
@@ -845,3 +855,119 @@ async def test_a_watched_spend_whose_block_the_follower_skipped_is_confirmed(
         if await deliver(b, broadcast_rec("t1", TXID_A)) is None:
             break
     assert isinstance(bus.last("tx.confirmed.t1"), TxConfirmed)
+
+
+# ---- collecting partial signatures --------------------------------------------------------------------
+
+SIGNERS = ["node-1", "node-2", "node-3", "node-4"]
+
+
+@dataclass
+class Collected:
+    """A broadcaster whose aggregation is recorded instead of run, and the lookups it made."""
+
+    b: B.Broadcaster
+    lookups: list[str]
+    aggregated: list[tuple[str, dict[str, list[bytes]]]]
+
+
+@pytest.fixture
+def collected(bus: FakeBus, chain: FakeChain, monkeypatch: pytest.MonkeyPatch) -> Collected:
+    lookups: list[str] = []
+    fail_next = bus.fail_lookups
+
+    async def last_message(_bus: Any, subject: str) -> Received | None:
+        await asyncio.sleep(0)
+        lookups.append(subject)
+        if subject in fail_next:
+            fail_next.remove(subject)
+            raise TimeoutError("nats: timeout")
+        return bus.last_received(subject)
+
+    monkeypatch.setattr(B, "last_message", last_message)
+    monkeypatch.setattr(B, "READ_BACK_AFTER_S", 0.01)
+    b = broadcaster(bus, chain)
+    aggregated: list[tuple[str, dict[str, list[bytes]]]] = []
+
+    async def fake_aggregate(req: Any, signing: Any, psigs: dict[str, list[bytes]]) -> bool:
+        aggregated.append((req.tx_id, dict(psigs)))
+        return True
+
+    b._aggregate = fake_aggregate  # type: ignore[method-assign]
+    return Collected(b, lookups, aggregated)
+
+
+def place_session(bus: FakeBus, tx_id: str) -> str:
+    session = f"{tx_id}-a1"
+    request = TxRequested(
+        tx_id=tx_id, key_id="default", scheme="frost", network="regtest", recipient="r", amount=1,
+        fee_rate=1.0, fee=1, unsigned_tx=b"", inputs=[],
+    )  # fmt: skip
+    bus.place(f"tx.requested.{tx_id}", request, "intake")
+    signing = TxSigning(
+        tx_id=tx_id, attempt=1, session_id=session, signers=SIGNERS, signer_ids=[0, 1, 2, 3], nonces={},
+        certificate=[],
+    )  # fmt: skip
+    bus.place(f"tx.signing.{tx_id}", signing, "consensus")
+    return session
+
+
+def psig_rec(tx_id: str, session: str, node: str, delivered: int = 1) -> Received:
+    msg = PartialSignatures(tx_id=tx_id, session_id=session, attempt=1, node=node, psigs=[node.encode()])
+    rec = received(msg, f"proto.frost.{session}.2.{node}", sender=node)
+    return dataclasses.replace(rec, num_delivered=delivered)
+
+
+async def test_a_session_delivered_whole_needs_two_lookups(bus: FakeBus, collected: Collected) -> None:
+    session = place_session(bus, "t1")
+    for node in SIGNERS:
+        await collected.b.on_psig(psig_rec("t1", session, node))
+    assert collected.aggregated == [("t1", {n: [n.encode()] for n in SIGNERS})]
+    # the attempt and the request, nothing per partial signature
+    assert sorted(collected.lookups) == ["tx.requested.t1", "tx.signing.t1"]
+    await asyncio.sleep(0.05)  # the delayed read-back finds the session done
+    assert len(collected.aggregated) == 1 and not collected.b.read_backs
+
+
+async def test_partial_signatures_delivered_elsewhere_are_read_back(
+    bus: FakeBus, collected: Collected
+) -> None:
+    session = place_session(bus, "t2")
+    for node in SIGNERS[2:]:  # these two went to another broadcaster instance
+        bus.place(f"proto.frost.{session}.2.{node}", psig_rec("t2", session, node).payload, node)
+    for node in SIGNERS[:2]:
+        await collected.b.on_psig(psig_rec("t2", session, node))
+    assert collected.aggregated == []
+    await until(lambda: bool(collected.aggregated))
+    assert collected.aggregated == [("t2", {n: [n.encode()] for n in SIGNERS})]
+
+
+async def test_a_redelivered_partial_signature_reads_back_at_once(bus: FakeBus, collected: Collected) -> None:
+    session = place_session(bus, "t3")
+    for node in SIGNERS[1:]:  # acked before a restart
+        bus.place(f"proto.frost.{session}.2.{node}", psig_rec("t3", session, node).payload, node)
+    await collected.b.on_psig(psig_rec("t3", session, SIGNERS[0], delivered=2))
+    assert [tx for tx, _ in collected.aggregated] == ["t3"]
+
+
+async def test_a_partial_signature_from_a_forger_is_not_read_back(bus: FakeBus, collected: Collected) -> None:
+    session = place_session(bus, "t4")
+    forged = psig_rec("t4", session, "node-4").payload
+    bus.place(f"proto.frost.{session}.2.node-4", forged, "node-5")  # node-5 posing as node-4
+    for node in SIGNERS[:3]:
+        await collected.b.on_psig(psig_rec("t4", session, node))
+    await asyncio.sleep(0.05)
+    assert collected.aggregated == []
+    await collected.b.on_psig(psig_rec("t4", session, "node-4"))  # the real one
+    assert [tx for tx, _ in collected.aggregated] == ["t4"]
+
+
+async def test_a_failed_request_lookup_is_retried_on_redelivery(bus: FakeBus, collected: Collected) -> None:
+    session = place_session(bus, "t5")
+    bus.fail_lookups.append("tx.requested.t5")
+    for node in SIGNERS[:3]:
+        await collected.b.on_psig(psig_rec("t5", session, node))
+    with pytest.raises(TimeoutError):
+        await collected.b.on_psig(psig_rec("t5", session, "node-4"))
+    await collected.b.on_psig(psig_rec("t5", session, "node-4", delivered=2))
+    assert [tx for tx, _ in collected.aggregated] == ["t5"]
