@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from schemas import kv as K
@@ -262,9 +263,13 @@ class Broadcaster:
             return False
         raw = serialize(signed)
         out = TxSigned(tx_id=req.tx_id, txid=txid(signed), signed_tx=raw, attempt=signing.attempt)
-        await self.bus.publish(tx_subject("signed", req.tx_id), out, f"signed.{req.tx_id}")
+        # tx.signed is stored while the chain backend takes the transaction (both are idempotent; a
+        # crash in between repeats them); nothing else is announced before tx.signed is in the stream
+        signed_stored = asyncio.ensure_future(
+            self.bus.publish(tx_subject("signed", req.tx_id), out, f"signed.{req.tx_id}")
+        )
         self.log.info("signed", tx_id=req.tx_id, txid=out.txid, attempt=signing.attempt)
-        await self._broadcast(out)  # now, not a hop later; on_signed repeats it only after a crash
+        await self._broadcast(out, signed_stored)  # now, not a hop later; on_signed repeats it after a crash
         return True
 
     async def _claim_final(self, tx_id: str, outcome: str) -> bool:
@@ -309,15 +314,23 @@ class Broadcaster:
             return  # broadcast right after signing (by this or an earlier run of this service)
         await self._broadcast(msg)
 
-    async def _broadcast(self, msg: TxSigned) -> None:
+    async def _broadcast(self, msg: TxSigned, signed_stored: Awaitable[Any] | None = None) -> None:
         """Hand the transaction to the chain backend (a backend that already has it counts as done) and
-        announce ``tx.broadcast``; idempotent."""
+        announce ``tx.broadcast``; idempotent. ``signed_stored``: the publish of ``tx.signed``, awaited
+        before anything else is announced."""
         fresh = self.scanned_height >= 0  # accepted now, while the follower runs: it sees the block
+        rejected: BroadcastRejected | None = None
         try:
             got = await self.chain.broadcast(msg.signed_tx.hex())
             if got != msg.txid:
                 raise RuntimeError(f"backend answered txid {got}, expected {msg.txid}")
         except BroadcastRejected as exc:
+            rejected = exc
+        finally:
+            if signed_stored is not None:
+                await signed_stored
+        if rejected is not None:
+            exc = rejected
             fresh = False  # known before (maybe confirmed before the follower started): look it up
             if not any(k in str(exc) for k in ALREADY_KNOWN) and not await self._chain_has(msg.txid):
                 if not any(k in str(exc) for k in PERMANENT):
