@@ -40,6 +40,13 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_ms: int = 0
 
 
+# KV ``presig`` keeps an entry 24 h (its TTL in nats/jetstream.json), then drops it without a trace in the
+# watch: a pool offers a nonce only while it is younger than this, and a signer deletes its secret
+# nonces older than the TTL (NONCE_FILE_MAX_AGE_S), which can no longer be claimed.
+NONCE_MAX_AGE_MS = 23 * 3600 * 1000
+NONCE_FILE_MAX_AGE_S = 25 * 3600
+
+
 class NonceEntry(msgspec.Struct, frozen=True, kw_only=True):
     node: str
     nonce_id: str

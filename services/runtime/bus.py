@@ -463,6 +463,12 @@ class Bus:
             for bd in defs["buckets"]:
                 try:
                     await self.js.key_value(bd["bucket"])
+                    # a bucket made by an older version: bring its TTL (the stream's max_age) up to date
+                    info = await self.js.stream_info(f"KV_{bd['bucket']}")
+                    ttl = float(bd.get("ttl") or 0)
+                    if abs(float(info.config.max_age or 0) - ttl) > 0.001:
+                        info.config.max_age = ttl
+                        await self.js.update_stream(info.config)
                 except nats.js.errors.BucketNotFoundError:
                     await self.js.create_key_value(
                         api.KeyValueConfig(

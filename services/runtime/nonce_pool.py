@@ -4,12 +4,14 @@ Each signer puts the public halves of the nonces it precomputed under
 ``frost.<key_id>.<node>.<nonce_id>`` (state ``free``). A watch mirrors the free ones per node; ``claim``
 moves an entry to ``claimed`` by compare-and-set on its revision, so however many consensus instances
 race for it, a nonce is handed out at most once, ever. A claimed nonce is never freed again: an attempt
-that fails simply burns it.
+that fails simply burns it. Entries live 24 h in KV (the bucket's TTL); the pool offers a nonce only
+while it is younger than ``NONCE_MAX_AGE_MS`` (the TTL removes entries without telling the watch).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 
@@ -52,13 +54,24 @@ class NoncePool:
             else:
                 bucket.pop(entry.key, None)
 
+    def _drop_expired(self, node: str) -> dict[str, tuple[int, K.NonceEntry]]:
+        """The node's free entries, without those too old to offer (KV drops them at its TTL, silently)."""
+        bucket = self.free.get(node, {})
+        oldest = int(time.time() * 1000) - K.NONCE_MAX_AGE_MS
+        while bucket:
+            key = next(iter(bucket))  # oldest first
+            if bucket[key][1].created_ms >= oldest:
+                break
+            del bucket[key]
+        return bucket
+
     def level(self, node: str) -> int:
-        return len(self.free.get(node, {}))
+        return len(self._drop_expired(node))
 
     async def claim(self, node: str, count: int, tx_id: str, attempt: int) -> list[NonceRef] | None:
         kv = await self.bus.kv(BUCKET_PRESIG)
         got: list[NonceRef] = []
-        bucket = self.free.get(node, {})
+        bucket = self._drop_expired(node)
         while len(got) < count and bucket:
             key = next(iter(bucket))
             revision, ne = bucket.pop(key)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 
 import msgspec
@@ -194,6 +195,22 @@ class Keystore:
         if nonce_ids:
             _fsync_dir(self.root / "nonces")
         return out
+
+    def sweep_nonces(self, older_than_s: float) -> int:
+        """Delete secret nonces older than ``older_than_s`` (their KV entries have expired, so nobody can
+        claim them any more); the number deleted."""
+        limit = time.time() - older_than_s
+        gone = 0
+        for path in (self.root / "nonces").glob("*.enc"):
+            try:
+                if path.stat().st_mtime < limit:
+                    path.unlink()
+                    gone += 1
+            except FileNotFoundError:
+                continue  # taken meanwhile
+        if gone:
+            _fsync_dir(self.root / "nonces")
+        return gone
 
     def nonce_count(self) -> int:
         return sum(1 for _ in (self.root / "nonces").glob("*.enc"))

@@ -73,6 +73,7 @@ DAY_MS = 24 * 3600 * 1000
 HEARTBEAT_SECONDS = 2.0
 
 
+NONCE_SWEEP_S = 3600.0  # how often expired secret nonces are looked for
 NONCE_ANNOUNCE_CHUNK = 8  # nonce commitments put into KV concurrently (and the loop breathes between)
 
 
@@ -192,7 +193,18 @@ class SignerNode:
             self.bus.start_consumer("proto.chilldkg.*.*.consensus", f"signer-{me}-dkg", self.dkg.on_message),
             asyncio.create_task(self._watch_policy()),
             asyncio.create_task(self._heartbeat()),
+            asyncio.create_task(self._sweep_nonces()),
         ]
+
+    async def _sweep_nonces(self) -> None:
+        """Hourly (and at start): secret nonces whose KV entries expired unclaimed are deleted."""
+        while not self.bus.stopping.is_set():
+            async with self._lock:  # not while a signing batch takes nonces
+                gone = self.keystore.sweep_nonces(K.NONCE_FILE_MAX_AGE_S)
+            if gone:
+                self.log.info("expired secret nonces deleted", count=gone)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.bus.stopping.wait(), NONCE_SWEEP_S)
 
     async def _load_policy(self) -> None:
         cfg = await self.bus.kv(BUCKET_CONFIG)

@@ -220,6 +220,19 @@ async def test_kv_cas(bus_factory: BusFactory) -> None:
     assert sum(isinstance(r, CasConflict) for r in results) == 4
 
 
+async def test_an_old_bucket_gets_the_current_ttl(bus_factory: BusFactory) -> None:
+    """A bucket created by an older version (no TTL) is brought to nats/jetstream.json's TTL when admin
+    connects: pool entries and rounds do not pile up for ever."""
+    admin = await bus_factory("admin")
+    info = await admin.js.stream_info("KV_presig")
+    info.config.max_age = 0
+    await admin.js.update_stream(info.config)
+    assert not (await admin.js.stream_info("KV_presig")).config.max_age
+    await admin.ensure_jetstream(create=True)
+    assert (await admin.js.stream_info("KV_presig")).config.max_age == 86400
+    assert (await admin.js.stream_info("KV_rounds")).config.max_age == 7 * 86400
+
+
 async def test_kv_watch(bus_factory: BusFactory) -> None:
     cons = await bus_factory("consensus")
     kv = await cons.kv("rounds")  # a bucket consensus may write
