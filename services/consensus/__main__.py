@@ -38,6 +38,7 @@ public result goes to KV ``keys``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -71,7 +72,7 @@ from schemas.names import (
     violation_subject,
 )
 from services.consensus import tally
-from services.runtime.bus import CasConflict, Received
+from services.runtime.bus import CasConflict, KvEntry, Received
 from services.runtime.lookup import last_message
 from services.runtime.nonce_pool import NoncePool
 from services.runtime.service import ServiceContext, run_service
@@ -545,32 +546,35 @@ class Consensus:
         upon (a crash in between) is decided now."""
         kv = await self.bus.kv(BUCKET_ROUNDS)
         undecided: list[K.RoundRecord] = []
-        for key in await kv.keys():
-            if key.startswith(K.FINAL_KEY_PREFIX):
-                continue  # a final-outcome arbiter, not a round
-            entry = await kv.get(key)
-            if entry is None:
-                continue
-            try:
-                rnd = entry.decode(K.RoundRecord)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self.log.warning("not a round record; skipped", key=key)
-                continue
-            if rnd.outcome == "approved" and not rnd.done:
-                self._cache(key, entry.revision, rnd)
-                self._watch(rnd)
-            elif (
-                not rnd.done
-                and rnd.opened
-                and rnd.outcome == "open"
-                and tally.outcome(rnd) is not tally.Outcome.OPEN
-            ):
-                undecided.append(rnd)
+        # one watch streams every round's current value (a get per key took a round trip each)
+        async with contextlib.aclosing(kv.watch()) as current:
+            async for entry in current:
+                if entry is None:
+                    break  # every current value seen
+                if entry.operation == "PUT" and not entry.key.startswith(K.FINAL_KEY_PREFIX):
+                    self._resume_round(entry, undecided)
         for rnd in undecided:
             try:
                 await self._decide(rnd)
             except Exception as exc:
                 self.log.error("could not decide a round on resume", tx_id=rnd.tx_id, error=repr(exc)[:200])
+
+    def _resume_round(self, entry: KvEntry, undecided: list[K.RoundRecord]) -> None:
+        try:
+            rnd = entry.decode(K.RoundRecord)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.log.warning("not a round record; skipped", key=entry.key)
+            return
+        if rnd.outcome == "approved" and not rnd.done:
+            self._cache(entry.key, entry.revision, rnd)
+            self._watch(rnd)
+        elif (
+            not rnd.done
+            and rnd.opened
+            and rnd.outcome == "open"
+            and tally.outcome(rnd) is not tally.Outcome.OPEN
+        ):
+            undecided.append(rnd)
 
     async def _violation(self, offender: str, kind: str, detail: str, tx_id: str = "") -> None:
         v = Violation(offender=offender, kind=kind, detail=detail, reporter=self.cfg.identity, tx_id=tx_id)

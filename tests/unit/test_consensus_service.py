@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,6 +74,13 @@ class FakeKV:
 
     async def keys(self) -> list[str]:
         return list(self.data)
+
+    async def watch(self, key: str = ">") -> AsyncIterator[KvEntry | None]:
+        """Current values, then None (a test's resume() stops there)."""
+        for k, (rev, raw) in list(self.data.items()):
+            await asyncio.sleep(0)
+            yield KvEntry(k, raw, rev)
+        yield None
 
     def _write(self, key: str, value: bytes | msgspec.Struct) -> int:
         raw = value if isinstance(value, bytes) else msgspec.msgpack.encode(value)
