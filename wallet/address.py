@@ -6,6 +6,8 @@ P2PKH / P2SH. Every rejection is an :class:`InvalidAddress` that names the probl
 
 from __future__ import annotations
 
+import functools
+
 from wallet.base58 import b58check_decode, b58check_encode
 from wallet.bech32 import decode, decode_segwit_address, encode_segwit_address
 from wallet.network import PARAMS, network_params
@@ -40,6 +42,7 @@ def script_to_address(script_pubkey: bytes, network: str) -> str:
     raise ValueError("script has no address form (nonstandard)")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; every signer decodes each spend's recipient
 def address_to_script(address: str, network: str) -> bytes:
     """The scriptPubKey that ``address`` pays on ``network``; :class:`InvalidAddress` otherwise."""
     params = network_params(network)
