@@ -96,6 +96,7 @@ class FinalRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     outcome: str  # signed | failed
     by: str  # identity that created it
     at_ms: int
+    reason: str = ""  # why it failed (repeated in tx.failed if that has to be sent again)
 
 
 class BanRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -289,6 +289,8 @@ class Consensus:
     ) -> None:
         """Start the next attempt by compare-and-set: only from ``from_attempt`` (if given) and, when
         ``expired``, only if that attempt's ``attempt_started_ms`` in KV is older than the timeout."""
+        if await self._settled(tx_id):
+            return
         started: list[int] = []
 
         def bump(rnd: K.RoundRecord) -> bool:
@@ -445,25 +447,43 @@ class Consensus:
         self.active[rnd.tx_id] = Timer(rnd.attempt, rnd.attempt_started_ms + _ms(SIGNING_TIMEOUT_S))
 
     async def _fail(self, tx_id: str, reason: str) -> None:
-        """Give up on a spend: the round is closed first (late refusals and timeouts then do nothing),
-        then the final outcome is claimed in KV (``final.<tx>``, create-only): ``tx.failed`` goes out only
-        if it is ours (or was already ``failed``), never once the broadcaster claimed ``signed``."""
+        """Give up on a spend. The final outcome is claimed in KV first (``final.<tx>``, create-only):
+        ``tx.failed`` goes out only if the claim is ours (or it already said ``failed``), never once the
+        broadcaster claimed ``signed``; the round is closed last. A crash anywhere in between is finished
+        by the next retry or timeout of the round (:meth:`_settled`), which finds the claim."""
+        self.active.pop(tx_id, None)
+        kv = await self.bus.kv(BUCKET_ROUNDS)
+        record = K.FinalRecord(outcome="failed", by=self.cfg.identity, at_ms=now_ms(), reason=reason)
+        try:
+            await kv.create(K.final_key(tx_id), record)
+        except CasConflict:
+            entry = await kv.get(K.final_key(tx_id))
+            if entry is not None:
+                record = entry.decode(K.FinalRecord)
+        await self._finish(tx_id, record)
+
+    async def _finish(self, tx_id: str, final: K.FinalRecord) -> None:
+        """Act on the final outcome: ``failed`` is announced (again: de-duplicated by message id); either
+        way the round is closed, so late refusals and timeouts do nothing."""
+        if final.outcome == "failed":
+            await self.bus.publish(
+                tx_subject("failed", tx_id),
+                TxFailed(tx_id=tx_id, reason=final.reason or "gave up"),
+                f"failed.{tx_id}",
+            )
+        else:
+            self.log.info("signed before it could fail; the broadcaster finishes it", tx_id=tx_id)
         self.active.pop(tx_id, None)
         await self._update(tx_id, lambda r: not r.done and _set(r, done=True))
-        kv = await self.bus.kv(BUCKET_ROUNDS)
-        key = K.final_key(tx_id)
-        try:
-            await kv.create(key, K.FinalRecord(outcome="failed", by=self.cfg.identity, at_ms=now_ms()))
-        except CasConflict:
-            entry = await kv.get(key)
-            if entry is not None and entry.decode(K.FinalRecord).outcome == "signed":
-                self.log.info("signed before it could fail; the broadcaster finishes it", tx_id=tx_id)
-                return
-            # already "failed" (another instance, or a try that did not get to publish): publish again,
-            # de-duplicated by msg id
-        await self.bus.publish(
-            tx_subject("failed", tx_id), TxFailed(tx_id=tx_id, reason=reason), f"failed.{tx_id}"
-        )
+
+    async def _settled(self, tx_id: str) -> bool:
+        """Whether the spend's final outcome is already claimed (then it is acted on, and no attempt is
+        started): read on every retry, never on a first attempt."""
+        entry = await (await self.bus.kv(BUCKET_ROUNDS)).get(K.final_key(tx_id))
+        if entry is None:
+            return False
+        await self._finish(tx_id, entry.decode(K.FinalRecord))
+        return True
 
     async def on_tx_event(self, rec: Received) -> None:
         event, tx_id = rec.subject.split(".")[1:3]

@@ -490,6 +490,25 @@ async def test_fail_publishes_only_if_it_wins_the_final_outcome(bus: FakeBus, cl
     assert isinstance(bus.last("tx.failed.f2"), TxFailed)
 
 
+async def test_a_fail_cut_short_by_a_crash_is_finished_by_the_timeout(bus: FakeBus, clock: Clock) -> None:
+    c = consensus(bus)
+    await approve(c, "f3")
+    kv = await bus.kv("rounds")
+    # the instance that gave up claimed the outcome, then died before announcing it and closing the round
+    reason = "no signer set completed after 5 attempts"
+    await kv.create(
+        K.final_key("f3"), K.FinalRecord(outcome="failed", by="consensus", at_ms=T0, reason=reason)
+    )
+    c2 = consensus(bus)
+    await c2.resume()
+    clock.advance(10.1)
+    await c2.check_timers()
+    failed = bus.last("tx.failed.f3")
+    assert isinstance(failed, TxFailed) and failed.reason == reason
+    assert [s.attempt for s in bus.signings("f3")] == [1]  # no new attempt for a spend that failed
+    assert kv.round("f3").done and "f3" not in c2.active
+
+
 async def test_resume_skips_final_entries_and_foreign_keys(bus: FakeBus, clock: Clock) -> None:
     c = consensus(bus)
     await approve(c, "t15")
