@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import click
@@ -157,6 +158,11 @@ def presig_pool_status(ctx: click.Context) -> None:
         pool = NoncePool(bus)
         task = asyncio.create_task(pool.run())
         await asyncio.wait_for(pool.loaded.wait(), 10)
+        # the watch can say "initial values done" a moment before the last of them arrive: read on
+        # until it has been quiet for a while (bounded)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() - pool.last_update < 0.3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         task.cancel()
         return {n: pool.level(n) for n in nodes}
 

@@ -210,6 +210,7 @@ class KV:
                 self.bus.log.warning("kv watch failed; retrying", bucket=self.bucket, error=repr(exc))
                 await asyncio.sleep(0.5)
                 continue
+            initial = True
             try:
                 while not stop.is_set() and gen == self.bus._generation:
                     try:
@@ -217,17 +218,48 @@ class KV:
                     except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from inside fetch: no work
                         continue
                     if e is None:
+                        if initial:
+                            # nats-py can announce the end of the current values before they arrive
+                            # (its consumer-info check races the deliveries): the values that come in
+                            # a short grace period belong to them, up to the one with nothing pending
+                            initial = False
+                            async for late in _late_initial(w):
+                                yield late
                         yield None
                         continue
-                    op = str(e.operation or "PUT")
-                    op = op.split(".")[-1] if "." in op else op
-                    yield KvEntry(e.key, e.value or b"", e.revision or 0, op)
+                    initial = initial and bool(e.delta)
+                    yield _kv_entry(e)
             except (nats.errors.ConnectionClosedError, nats.errors.Error) as exc:
                 self.bus.log.warning("kv watch interrupted; re-creating", bucket=self.bucket, error=repr(exc))
                 await asyncio.sleep(0.2)
             finally:
                 with contextlib.suppress(Exception):
                     await w.stop()
+
+
+WATCH_INIT_GRACE_S = 0.1  # how long a watch waits for current values announced as done too early
+
+
+def _kv_entry(e: Any) -> KvEntry:
+    op = str(e.operation or "PUT")
+    op = op.split(".")[-1] if "." in op else op
+    return KvEntry(e.key, e.value or b"", e.revision or 0, op)
+
+
+async def _late_initial(w: Any) -> AsyncIterator[KvEntry]:
+    """Current values delivered after nats-py said they were done (see :meth:`KV.watch`)."""
+    timeout = WATCH_INIT_GRACE_S
+    while True:
+        try:
+            e = await w.updates(timeout=timeout)
+        except TimeoutError:
+            return
+        if e is None:
+            continue
+        yield _kv_entry(e)
+        if not e.delta:
+            return  # nothing pending after it: that was the last current value
+        timeout = 5.0  # more are on their way
 
 
 def _tls_context(cfg: ServiceConfig) -> ssl.SSLContext:

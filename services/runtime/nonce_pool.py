@@ -31,11 +31,13 @@ class NoncePool:
         # node -> KV key -> (revision, entry) of the free ones, oldest first
         self.free: dict[str, dict[str, tuple[int, K.NonceEntry]]] = {}
         self.loaded = asyncio.Event()
+        self.last_update = time.monotonic()  # when the watch last delivered anything
 
     async def run(self) -> None:
         kv = await self.bus.kv(BUCKET_PRESIG)
         prefix = f"frost.{self.key_id}."
         async for entry in kv.watch(f"frost.{self.key_id}.>"):
+            self.last_update = time.monotonic()
             if entry is None:
                 self.loaded.set()
                 continue
