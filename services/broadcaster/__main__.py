@@ -464,6 +464,7 @@ async def serve(ctx: ServiceContext) -> None:
     follower.cancel()
     for pending in list(b.read_backs.values()):
         pending.cancel()
+    await b.chain.aclose()
     with contextlib.suppress(asyncio.CancelledError):
         await follower
 

@@ -14,9 +14,10 @@ Errors are types:
   of another network, say).
 
 Reads (GET) are idempotent and retried on transport errors, timeouts, 429 and 5xx with exponential
-backoff, ``retries`` times. A broadcast is retried only when the connection could not be opened (the
+backoff, ``retries`` times. A broadcast is retried when the connection could not be opened (the
 request never left); after a timeout the caller may broadcast again, which Esplora answers with the
-txid (mempool) or ``-27`` (already confirmed).
+txid (mempool) or ``-27`` (already confirmed). A broadcast is also retried when a kept-alive connection
+turns out closed (a restarted backend): repeating it is harmless for the same reason.
 """
 
 from __future__ import annotations
@@ -315,7 +316,9 @@ class EsploraClient(AbstractAsyncContextManager["EsploraClient"]):
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 r = await self._request("POST", "/tx", body)
-            except aiohttp.ClientConnectorError as exc:  # nothing was sent: safe to try again
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                # not connected, or a kept-alive connection the server had closed: try again (a
+                # transaction broadcast twice is answered with its txid or "already known")
                 last = _describe(exc)
                 continue
             except _TRANSPORT_ERRORS as exc:
