@@ -382,6 +382,8 @@ class Consensus:
             await self._wait_for_nonces(rnd, attempt, short=empty)
             return
         nonces = {node: got for node, got in zip(signers, claims, strict=True) if got is not None}
+        if attempt > 1 and await self._settled(tx_id):
+            return  # signed (or given up) while this retry claimed its nonces: they are burned, no more
         session_id = f"{tx_id}-a{attempt}"
         await self.bus.publish(
             tx_subject("signing", tx_id),
@@ -460,6 +462,8 @@ class Consensus:
             entry = await kv.get(K.final_key(tx_id))
             if entry is not None:
                 record = entry.decode(K.FinalRecord)
+            if record.outcome == "signed":
+                self.log.info("signed before it could fail; the broadcaster finishes it", tx_id=tx_id)
         await self._finish(tx_id, record)
 
     async def _finish(self, tx_id: str, final: K.FinalRecord) -> None:
@@ -471,8 +475,6 @@ class Consensus:
                 TxFailed(tx_id=tx_id, reason=final.reason or "gave up"),
                 f"failed.{tx_id}",
             )
-        else:
-            self.log.info("signed before it could fail; the broadcaster finishes it", tx_id=tx_id)
         self.active.pop(tx_id, None)
         await self._update(tx_id, lambda r: not r.done and _set(r, done=True))
 

@@ -73,6 +73,7 @@ DAY_MS = 24 * 3600 * 1000
 HEARTBEAT_SECONDS = 2.0
 
 
+SIGNING_ACK_WAIT_S = 4.0  # a signing attempt a crashed signer took comes back after this
 NONCE_SWEEP_S = 3600.0  # how often expired secret nonces are looked for
 NONCE_ANNOUNCE_CHUNK = 8  # nonce commitments put into KV concurrently (and the loop breathes between)
 
@@ -186,7 +187,14 @@ class SignerNode:
             self.bus.start_batch_consumer(
                 "tx.requested.>", f"signer-{me}-requests", self.on_requests, batch=64
             ),
-            self.bus.start_batch_consumer("tx.signing.>", f"signer-{me}-signing", self.on_signings, batch=64),
+            # redelivered to a restarted signer well before consensus gives the attempt up (10 s)
+            self.bus.start_batch_consumer(
+                "tx.signing.>",
+                f"signer-{me}-signing",
+                self.on_signings,
+                batch=64,
+                ack_wait=SIGNING_ACK_WAIT_S,
+            ),
             self.bus.start_consumer(
                 f"proto.noncegen.*.1.presig.{me}", f"signer-{me}-noncegen", self.on_noncegen
             ),

@@ -509,6 +509,27 @@ async def test_a_fail_cut_short_by_a_crash_is_finished_by_the_timeout(bus: FakeB
     assert kv.round("f3").done and "f3" not in c2.active
 
 
+async def test_a_retry_overtaken_by_the_signature_publishes_no_attempt(bus: FakeBus, clock: Clock) -> None:
+    class SignedWhileClaiming(FakePool):
+        signed = False
+
+        async def claim(self, node: str, count: int, tx_id: str, attempt: int) -> list[NonceRef] | None:
+            if attempt == 2 and not self.signed:
+                # the late partial signature of attempt 1 arrives: the broadcaster signs meanwhile
+                self.signed = True
+                record = K.FinalRecord(outcome="signed", by="broadcaster", at_ms=T0)
+                await bus.kvs["rounds"].create(K.final_key(tx_id), record)
+            return await super().claim(node, count, tx_id, attempt)
+
+    c = consensus(bus, SignedWhileClaiming())
+    await approve(c, "r1")
+    clock.advance(10.1)
+    await c.check_timers()
+    assert [s.attempt for s in bus.signings("r1")] == [1]  # no tx.signing after tx.signed
+    assert bus.last("tx.failed.r1") is None
+    assert bus.kvs["rounds"].round("r1").done and "r1" not in c.active
+
+
 async def test_resume_skips_final_entries_and_foreign_keys(bus: FakeBus, clock: Clock) -> None:
     c = consensus(bus)
     await approve(c, "t15")
