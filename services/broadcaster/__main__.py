@@ -92,6 +92,7 @@ class Broadcaster:
         self.requests: dict[str, asyncio.Future[TxRequested | None]] = {}  # tx_id -> its request, fetching
         self.read_backs: dict[str, asyncio.Future[None]] = {}  # session -> delayed read-back
         self.aggregating: set[str] = set()  # sessions being aggregated now
+        self.broadcasting: set[str] = set()  # tx_ids whose transaction is being handed to the chain now
         # tx_ids this process announced as broadcast -> whether the block follower was running by then
         self.broadcast_done: dict[str, bool] = {}
         # block following (follow_blocks): txid -> height of the block that confirmed it
@@ -308,13 +309,20 @@ class Broadcaster:
         msg = rec.payload
         if not isinstance(msg, TxSigned) or rec.sender != "broadcaster":
             return
-        if msg.tx_id in self.broadcast_done:
-            return
+        if msg.tx_id in self.broadcast_done or msg.tx_id in self.broadcasting:
+            return  # done, or being done right now by the aggregation (which is redelivered if it fails)
         if await last_message(self.bus, tx_subject("broadcast", msg.tx_id)) is not None:
             return  # broadcast right after signing (by this or an earlier run of this service)
         await self._broadcast(msg)
 
     async def _broadcast(self, msg: TxSigned, signed_stored: Awaitable[Any] | None = None) -> None:
+        self.broadcasting.add(msg.tx_id)
+        try:
+            await self._hand_over(msg, signed_stored)
+        finally:
+            self.broadcasting.discard(msg.tx_id)
+
+    async def _hand_over(self, msg: TxSigned, signed_stored: Awaitable[Any] | None) -> None:
         """Hand the transaction to the chain backend (a backend that already has it counts as done) and
         announce ``tx.broadcast``; idempotent. ``signed_stored``: the publish of ``tx.signed``, awaited
         before anything else is announced."""

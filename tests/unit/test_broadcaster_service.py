@@ -971,3 +971,25 @@ async def test_a_failed_request_lookup_is_retried_on_redelivery(bus: FakeBus, co
         await collected.b.on_psig(psig_rec("t5", session, "node-4"))
     await collected.b.on_psig(psig_rec("t5", session, "node-4", delivered=2))
     assert [tx for tx, _ in collected.aggregated] == ["t5"]
+
+
+async def test_tx_signed_delivered_during_the_broadcast_does_not_broadcast_again(
+    bus: FakeBus, chain: FakeChain
+) -> None:
+    b = broadcaster(bus, chain)
+    msg = signed_tx(chain, "t9", TXID_A)
+    gate = asyncio.Event()
+    real = chain.broadcast
+
+    async def slow_broadcast(raw_hex: str) -> str:
+        await gate.wait()
+        return await real(raw_hex)
+
+    chain.broadcast = slow_broadcast  # type: ignore[method-assign]
+    first = asyncio.ensure_future(b._broadcast(msg))
+    await asyncio.sleep(0)
+    await b.on_signed(received(msg, "tx.signed.t9"))  # this process is handing it over right now
+    gate.set()
+    await first
+    assert chain.broadcasts == [msg.signed_tx.hex()]
+    assert bus.all("tx.broadcast.t9") == [TxBroadcast(tx_id="t9", txid=TXID_A)]
