@@ -28,6 +28,9 @@ successor publishes ``tx.approved`` first if it is missing.
 Final outcome: the create-only KV entry ``final.<tx>`` (bucket ``rounds``) is the single arbiter between
 consensus giving up and the broadcaster finishing: consensus publishes ``tx.failed`` only if it created it
 (or it already says ``failed``), the broadcaster ``tx.signed`` only if it created it with ``signed``.
+Giving up claims it first and closes the round last; every retry or timeout reads it first (and again
+just before ``tx.signing`` of a retry), so a crash while giving up is finished later and no attempt is
+started for a spend already signed.
 
 DKG: a ``dkg.<session>`` request in KV ``config`` (written by ``mpcw dkg start``) makes this service the
 (untrusted) ChillDKG coordinator. It is stateless: on every participant message it reads the round's
