@@ -752,12 +752,21 @@ class Bus:
     async def _ensure_consumer(
         self, stream: str, durable: str, subject_filter: str, config: api.ConsumerConfig
     ) -> None:
-        """Create the durable pull consumer unless it exists (an existing one keeps its position)."""
+        """Create the durable pull consumer unless it exists; an existing one keeps its position and gets
+        the current ``ack_wait`` and ``max_ack_pending`` (settings a newer version may have changed)."""
         try:
-            await self.js.consumer_info(stream, durable)
-            return
+            info = await self.js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
-            pass
+            info = None
+        if info is not None:
+            have = info.config
+            if have.ack_wait != config.ack_wait or have.max_ack_pending != config.max_ack_pending:
+                have.ack_wait, have.max_ack_pending = config.ack_wait, config.max_ack_pending
+                try:
+                    await self.js.add_consumer(stream, config=have)  # the same durable: an update
+                except nats.js.errors.APIError as exc:
+                    self.log.warning("consumer settings not updated", durable=durable, error=str(exc)[:200])
+            return
         config.durable_name = durable
         config.name = durable
         config.filter_subject = subject_filter

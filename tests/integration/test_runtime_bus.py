@@ -220,6 +220,30 @@ async def test_kv_cas(bus_factory: BusFactory) -> None:
     assert sum(isinstance(r, CasConflict) for r in results) == 4
 
 
+async def test_an_existing_consumer_gets_the_current_ack_wait(bus_factory: BusFactory) -> None:
+    """A durable made by an older version keeps its position but takes the ack wait asked for now."""
+    n2 = await bus_factory("node-2", registry=REG)
+    cons = await bus_factory("consensus", registry=REG)
+    tx = uid()
+    seen: list[int] = []
+
+    async def note(r: Received) -> None:
+        seen.append(r.payload.n)
+
+    for n, ack_wait in ((1, 10.0), (2, 4.0)):
+        await n2.publish(f"vote.{tx}.node-2", Ping(n=n), f"aw-{tx}-{n}")
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            cons.consume(f"vote.{tx}.*", f"aw-{tx}", note, ack_wait=ack_wait, stop=stop)
+        )
+        await wait_for(lambda n=n: seen[-1:] == [n])  # type: ignore[misc]
+        stop.set()
+        await task
+        info = await cons.js.consumer_info("VOTE", f"aw-{tx}")
+        assert info.config.ack_wait == ack_wait
+    assert seen == [1, 2]  # the position was kept: nothing delivered twice
+
+
 async def test_an_old_bucket_gets_the_current_ttl(bus_factory: BusFactory) -> None:
     """A bucket created by an older version (no TTL) is brought to nats/jetstream.json's TTL when admin
     connects: pool entries and rounds do not pile up for ever."""
