@@ -301,3 +301,24 @@ async def test_latency_and_throughput(bus_factory: BusFactory) -> None:
     print(f"\npublish+ack {pub_ms:.3f} ms/msg (signed, TLS); consume {rate:.0f} msg/s (verify+decode+ack)")
     assert got == list(range(count))
     assert pub_ms < 20
+
+
+async def test_a_deleted_consumer_is_created_again(bus_factory: BusFactory) -> None:
+    """The server ends the pull (409 Consumer Deleted): the loop re-creates the durable and goes on."""
+    n2 = await bus_factory("node-2", registry=REG)
+    cons = await bus_factory("consensus", registry=REG)
+    admin = await bus_factory("admin")
+    tx = uid()
+    seen: list[int] = []
+
+    async def note(r: Received) -> None:
+        seen.append(r.payload.n)
+
+    cons.start_consumer(f"vote.{tx}.*", f"gone-{tx}", note)
+    await n2.publish(f"vote.{tx}.node-2", Ping(n=1), f"gone-{tx}-1")
+    await wait_for(lambda: seen == [1])
+    await admin.js.delete_consumer("VOTE", f"gone-{tx}")
+    await n2.publish(f"vote.{tx}.node-2", Ping(n=2), f"gone-{tx}-2")
+    # re-created with deliver_policy "all": the first comes again (handlers are idempotent), then the new
+    await wait_for(lambda: 2 in seen, timeout=15)
+    assert seen[0] == 1 and seen[-1] == 2
