@@ -82,6 +82,9 @@ async def serve(ctx: ServiceContext) -> None:
         await server.after_stop()
         with contextlib.suppress(FileNotFoundError):
             (cfg.run_dir / f"{ctx.name}.url").unlink()
+        if intake.marking is not None:  # published_at of the last requests (else the republish loop's)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(intake.marking, 5.0)
         if esplora is not None:
             await esplora.aclose()
 

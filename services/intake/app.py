@@ -118,6 +118,11 @@ class Intake:
         if self._marker is None or self._marker.done():
             self._marker = asyncio.get_running_loop().create_task(self._mark_published())
 
+    @property
+    def marking(self) -> asyncio.Task[None] | None:
+        """The batch of published_at updates in progress, if any."""
+        return self._marker if self._marker is not None and not self._marker.done() else None
+
     async def _mark_published(self) -> None:
         while self._published:
             ids, self._published = self._published, []
