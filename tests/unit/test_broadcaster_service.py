@@ -7,16 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
 import services.broadcaster.__main__ as B
@@ -30,16 +27,15 @@ from schemas.messages import (
     TxSigned,
     TxSigning,
 )
-from services.runtime.bus import CasConflict, KvEntry, Received, RetryLater
-from services.runtime.config import ServiceConfig
+from services.runtime.bus import Received, RetryLater
 from services.runtime.esplora import (
     BroadcastRejected,
     ChainBackendUnavailable,
     TxNotFound,
     TxStatus,
 )
-from services.runtime.logging import Logger
-from services.runtime.service import ServiceContext
+from tests.unit.service_fakes import FakeKV, service_context
+from tests.unit.service_fakes import received as delivered
 
 TXID_A = "a" * 64
 TXID_B = "b" * 64
@@ -54,47 +50,6 @@ ALREADY_IN_MEMPOOL = BroadcastRejected("txn-already-known", -27)
 LOW_FEE = BroadcastRejected("min relay fee not met, 100 < 141", -26)
 
 # ---- fakes -----------------------------------------------------------------------------------------------
-
-
-class FakeKV:
-    def __init__(self, bucket: str) -> None:
-        self.bucket = bucket
-        self.data: dict[str, tuple[int, bytes]] = {}
-        self.rev = itertools.count(1)
-        self.writes: list[str] = []  # keys written (create / update_cas / put), in order
-
-    async def get(self, key: str) -> KvEntry | None:
-        await asyncio.sleep(0)
-        if key not in self.data:
-            return None
-        rev, value = self.data[key]
-        return KvEntry(key, value, rev)
-
-    async def create(self, key: str, value: bytes | msgspec.Struct) -> int:
-        await asyncio.sleep(0)
-        if key in self.data:
-            raise CasConflict(self.bucket, key, None)
-        return self._write(key, value)
-
-    async def update_cas(self, key: str, value: bytes | msgspec.Struct, revision: int) -> int:
-        await asyncio.sleep(0)
-        if key not in self.data or self.data[key][0] != revision:
-            raise CasConflict(self.bucket, key, revision)
-        return self._write(key, value)
-
-    async def put(self, key: str, value: bytes | msgspec.Struct) -> int:
-        return self._write(key, value)
-
-    def _write(self, key: str, value: bytes | msgspec.Struct) -> int:
-        raw = value if isinstance(value, bytes) else msgspec.msgpack.encode(value)
-        rev = next(self.rev)
-        self.data[key] = (rev, raw)
-        self.writes.append(key)
-        return rev
-
-    def final(self, tx_id: str) -> K.FinalRecord | None:
-        got = self.data.get(K.final_key(tx_id))
-        return None if got is None else msgspec.msgpack.decode(got[1], type=K.FinalRecord)
 
 
 @dataclass
@@ -243,38 +198,14 @@ def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def broadcaster(bus: FakeBus, chain: FakeChain) -> B.Broadcaster:
-    cfg = ServiceConfig(
-        identity="broadcaster",
-        data_dir=Path("/nonexistent"),
-        nats_url="",
-        ca_file=Path("/nonexistent"),
-        cert_file=Path("/nonexistent"),
-        key_file=Path("/nonexistent"),
-        identities_file=Path("/nonexistent"),
-        esplora_url="http://esplora.invalid",
-    )
-    ctx = ServiceContext(
-        name="broadcaster",
-        cfg=cfg,
-        log=Logger("broadcaster"),
-        stop=asyncio.Event(),
-        bus_=bus,  # type: ignore[arg-type]
-    )
+    ctx = service_context("broadcaster", bus, esplora_url="http://esplora.invalid")
     b = B.Broadcaster(ctx)
     b.chain = chain  # type: ignore[assignment]
     return b
 
 
 def received(payload: Any, subject: str, sender: str = "broadcaster", msg_id: str = "m") -> Received:
-    return Received(
-        subject=subject,
-        sender=sender,
-        payload=payload,
-        seq=0,
-        msg_id=msg_id,
-        envelope_raw=b"",
-        envelope=None,  # type: ignore[arg-type]
-    )
+    return delivered(payload, subject, sender, msg_id)
 
 
 def signed_tx(chain: FakeChain, tx_id: str, txid: str) -> TxSigned:

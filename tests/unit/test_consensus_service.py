@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,10 +28,8 @@ from schemas.messages import (
     Violation,
     Vote,
 )
-from services.runtime.bus import CasConflict, KvEntry, Received
-from services.runtime.config import ServiceConfig
-from services.runtime.logging import Logger
-from services.runtime.service import ServiceContext
+from services.runtime.bus import Received
+from tests.unit.service_fakes import FakeKV, received, service_context
 
 NODES = [f"node-{i}" for i in range(1, 6)]
 H = [b"\x01" * 32]
@@ -41,56 +37,6 @@ ODD = [b"\xee" * 32]
 T0 = 1_700_000_000_000
 
 # ---- fakes ----------------------------------------------------------------------------------------------
-
-
-class FakeKV:
-    def __init__(self, bucket: str) -> None:
-        self.bucket = bucket
-        self.data: dict[str, tuple[int, bytes]] = {}
-        self.rev = itertools.count(1)
-        self.writes: list[str] = []  # keys written (create / update_cas / put), in order
-
-    async def get(self, key: str) -> KvEntry | None:
-        await asyncio.sleep(0)
-        if key not in self.data:
-            return None
-        rev, value = self.data[key]
-        return KvEntry(key, value, rev)
-
-    async def create(self, key: str, value: bytes | msgspec.Struct) -> int:
-        await asyncio.sleep(0)
-        if key in self.data:
-            raise CasConflict(self.bucket, key, None)
-        return self._write(key, value)
-
-    async def update_cas(self, key: str, value: bytes | msgspec.Struct, revision: int) -> int:
-        await asyncio.sleep(0)
-        if key not in self.data or self.data[key][0] != revision:
-            raise CasConflict(self.bucket, key, revision)
-        return self._write(key, value)
-
-    async def put(self, key: str, value: bytes | msgspec.Struct) -> int:
-        return self._write(key, value)
-
-    async def keys(self) -> list[str]:
-        return list(self.data)
-
-    async def watch(self, key: str = ">") -> AsyncIterator[KvEntry | None]:
-        """Current values, then None (a test's resume() stops there)."""
-        for k, (rev, raw) in list(self.data.items()):
-            await asyncio.sleep(0)
-            yield KvEntry(k, raw, rev)
-        yield None
-
-    def _write(self, key: str, value: bytes | msgspec.Struct) -> int:
-        raw = value if isinstance(value, bytes) else msgspec.msgpack.encode(value)
-        rev = next(self.rev)
-        self.data[key] = (rev, raw)
-        self.writes.append(key)
-        return rev
-
-    def round(self, tx_id: str) -> K.RoundRecord:
-        return msgspec.msgpack.decode(self.data[tx_id][1], type=K.RoundRecord)
 
 
 @dataclass
@@ -173,25 +119,7 @@ def bus(monkeypatch: pytest.MonkeyPatch) -> FakeBus:
 
 
 def consensus(bus: FakeBus, pool: FakePool | None = None) -> C.Consensus:
-    cfg = ServiceConfig(
-        identity="consensus",
-        data_dir=Path("/nonexistent"),
-        nats_url="",
-        ca_file=Path("/nonexistent"),
-        cert_file=Path("/nonexistent"),
-        key_file=Path("/nonexistent"),
-        identities_file=Path("/nonexistent"),
-        n=5,
-        t=4,
-        nodes=tuple(NODES),
-    )
-    ctx = ServiceContext(
-        name="consensus",
-        cfg=cfg,
-        log=Logger("consensus"),
-        stop=asyncio.Event(),
-        bus_=bus,  # type: ignore[arg-type]
-    )
+    ctx = service_context("consensus", bus, n=5, t=4, nodes=tuple(NODES))
     c = C.Consensus(ctx)
     c.pool = pool or FakePool()  # type: ignore[assignment]
     return c
@@ -213,15 +141,7 @@ def request(tx_id: str, inputs: int = 1) -> Received:
             for i in range(inputs)
         ],
     )
-    return Received(
-        subject=f"tx.requested.{tx_id}",
-        sender="intake",
-        payload=req,
-        seq=0,
-        msg_id=f"requested.{tx_id}",
-        envelope_raw=b"",
-        envelope=None,  # type: ignore[arg-type]
-    )
+    return received(req, f"tx.requested.{tx_id}", "intake", f"requested.{tx_id}")
 
 
 def vote(tx_id: str, node: str, sighashes: list[bytes] | None = None, approve: bool = True) -> Received:
@@ -395,7 +315,7 @@ async def test_a_refusal_of_the_current_attempt_starts_the_next(bus: FakeBus, cl
     await approve(c, "t10", voters=NODES)
     [first] = bus.signings("t10")
     refusal = SigningRefused(tx_id="t10", session_id=first.session_id, attempt=1, node="node-2", reason="x")
-    rec = Received("proto.frost.s.refused.node-2", "node-2", refusal, 0, "r", b"", None)  # type: ignore[arg-type]
+    rec = received(refusal, "proto.frost.s.refused.node-2", "node-2", "r")
     await c.on_refused(rec)
     await c.on_refused(rec)  # a repeat does not start a third
     assert [s.attempt for s in bus.signings("t10")] == [1, 2]

@@ -1,0 +1,104 @@
+"""In-memory stand-ins for driving a service's handlers without servers (the consensus and broadcaster
+unit tests): a KV bucket with compare-and-set, a service context, and a verified delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from schemas import kv as K
+from services.runtime.bus import CasConflict, KvEntry, Received
+from services.runtime.config import ServiceConfig
+from services.runtime.logging import Logger
+from services.runtime.service import ServiceContext
+
+
+class FakeKV:
+    """A KV bucket: create-only, compare-and-set on the revision, every write recorded."""
+
+    def __init__(self, bucket: str) -> None:
+        self.bucket = bucket
+        self.data: dict[str, tuple[int, bytes]] = {}
+        self.rev = itertools.count(1)
+        self.writes: list[str] = []  # keys written (create / update_cas / put), in order
+
+    async def get(self, key: str) -> KvEntry | None:
+        await asyncio.sleep(0)
+        if key not in self.data:
+            return None
+        rev, value = self.data[key]
+        return KvEntry(key, value, rev)
+
+    async def create(self, key: str, value: bytes | msgspec.Struct) -> int:
+        await asyncio.sleep(0)
+        if key in self.data:
+            raise CasConflict(self.bucket, key, None)
+        return self._write(key, value)
+
+    async def update_cas(self, key: str, value: bytes | msgspec.Struct, revision: int) -> int:
+        await asyncio.sleep(0)
+        if key not in self.data or self.data[key][0] != revision:
+            raise CasConflict(self.bucket, key, revision)
+        return self._write(key, value)
+
+    async def put(self, key: str, value: bytes | msgspec.Struct) -> int:
+        return self._write(key, value)
+
+    async def keys(self) -> list[str]:
+        return list(self.data)
+
+    async def watch(self, key: str = ">") -> AsyncIterator[KvEntry | None]:
+        """Current values, then None (a test's resume() stops there)."""
+        for k, (rev, raw) in list(self.data.items()):
+            await asyncio.sleep(0)
+            yield KvEntry(k, raw, rev)
+        yield None
+
+    def _write(self, key: str, value: bytes | msgspec.Struct) -> int:
+        raw = value if isinstance(value, bytes) else msgspec.msgpack.encode(value)
+        rev = next(self.rev)
+        self.data[key] = (rev, raw)
+        self.writes.append(key)
+        return rev
+
+    def round(self, tx_id: str) -> K.RoundRecord:
+        return msgspec.msgpack.decode(self.data[tx_id][1], type=K.RoundRecord)
+
+    def final(self, tx_id: str) -> K.FinalRecord | None:
+        got = self.data.get(K.final_key(tx_id))
+        return None if got is None else msgspec.msgpack.decode(got[1], type=K.FinalRecord)
+
+
+def service_context(name: str, bus: Any, **cfg: Any) -> ServiceContext:
+    """A context for service ``name`` on ``bus`` (a fake); ``cfg``: ServiceConfig fields beyond the paths,
+    which point nowhere."""
+    nowhere = Path("/nonexistent")
+    config = ServiceConfig(
+        identity=name,
+        data_dir=nowhere,
+        nats_url="",
+        ca_file=nowhere,
+        cert_file=nowhere,
+        key_file=nowhere,
+        identities_file=nowhere,
+        **cfg,
+    )
+    return ServiceContext(name=name, cfg=config, log=Logger(name), stop=asyncio.Event(), bus_=bus)
+
+
+def received(payload: Any, subject: str, sender: str, msg_id: str = "m") -> Received:
+    """A delivery whose envelope the bus verified (tests hand payloads straight to handlers)."""
+    return Received(
+        subject=subject,
+        sender=sender,
+        payload=payload,
+        seq=0,
+        msg_id=msg_id,
+        envelope_raw=b"",
+        envelope=None,  # type: ignore[arg-type]
+    )
