@@ -338,13 +338,12 @@ class Broadcaster:
             if signed_stored is not None:
                 await signed_stored
         if rejected is not None:
-            exc = rejected
             fresh = False  # known before (maybe confirmed before the follower started): look it up
-            if not any(k in str(exc) for k in ALREADY_KNOWN) and not await self._chain_has(msg.txid):
-                if not any(k in str(exc) for k in PERMANENT):
-                    raise RetryLater(BROADCAST_RETRY_S, f"broadcast refused for now: {exc}") from None
+            if not _already_known(rejected) and not await self._chain_has(msg.txid):
+                if not _permanent(rejected):
+                    raise RetryLater(BROADCAST_RETRY_S, f"broadcast refused for now: {rejected}")
                 # the inputs are gone or the transaction is invalid: it can never confirm
-                await self._fail(msg.tx_id, f"broadcast rejected: {exc}", signed=True)
+                await self._fail(msg.tx_id, f"broadcast rejected: {rejected}", signed=True)
                 return
         await self.bus.publish(
             tx_subject("broadcast", msg.tx_id),
@@ -382,7 +381,7 @@ class Broadcaster:
             if got != msg.txid:
                 raise RuntimeError(f"backend answered txid {got}, expected {msg.txid}")
         except BroadcastRejected as exc:
-            if any(k in str(exc) for k in ALREADY_KNOWN) or not any(k in str(exc) for k in PERMANENT):
+            if _already_known(exc) or not _permanent(exc):
                 return False  # known after all, or refused for now: looked at again later
             if await self._chain_has(msg.txid):
                 return False  # it confirmed (and its outputs were spent) in the meantime
@@ -458,6 +457,16 @@ class Broadcaster:
         )
         await self.bus.publish(tx_subject("confirmed", msg.tx_id), out, f"confirmed.{msg.tx_id}")
         self.log.info("confirmed", tx_id=msg.tx_id, txid=msg.txid, height=height)
+
+
+def _already_known(exc: BroadcastRejected) -> bool:
+    """The backend has the transaction already (mempool or chain): it counts as broadcast."""
+    return any(k in str(exc) for k in ALREADY_KNOWN)
+
+
+def _permanent(exc: BroadcastRejected) -> bool:
+    """A refusal after which the transaction can never confirm."""
+    return any(k in str(exc) for k in PERMANENT)
 
 
 async def serve(ctx: ServiceContext) -> None:

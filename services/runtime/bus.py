@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -195,7 +195,7 @@ class KV:
 
     async def watch(
         self, key: str = ">", *, include_history: bool = False, stop: asyncio.Event | None = None
-    ) -> AsyncIterator[KvEntry | None]:
+    ) -> AsyncGenerator[KvEntry | None, None]:
         """Current values, then ``None`` once (initial values done), then every change, forever.
 
         The watcher is re-created after a reconnect or an error (resuming may replay the current
