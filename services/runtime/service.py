@@ -112,21 +112,20 @@ def run_service(
     clean stop, 1 when ``main`` failed."""
     args = (parser or service_argparser(name)).parse_args(argv)
     profile_dir = os.environ.get("MPCW_PROFILE_DIR")  # diagnosis: CPU profile of the run, per process
+    prof = None
     if profile_dir:
         import cProfile
 
         prof = cProfile.Profile(time.process_time)
         prof.enable()
-        try:
-            code = uvloop.run(_run(name, main, args, registry, connect_bus, use_db, grace))
-        finally:
+    try:
+        # uvloop: a faster event loop for services that are per-message work over many sockets
+        code = uvloop.run(_run(name, main, args, registry, connect_bus, use_db, grace))
+    finally:
+        if prof is not None and profile_dir:
             prof.disable()
-            identity = args.identity or name
-            prof.dump_stats(str(Path(profile_dir) / f"{process_name(name, identity)}.{os.getpid()}.prof"))
-        sys.exit(code)
-    # uvloop: the services are per-message Python work over many sockets; its loop roughly halves the
-    # event-loop overhead per delivery (measured with loadtest/bench_e2e.py, see BENCHMARKS.md)
-    code = uvloop.run(_run(name, main, args, registry, connect_bus, use_db, grace))
+            pname = process_name(name, args.identity or name)
+            prof.dump_stats(str(Path(profile_dir) / f"{pname}.{os.getpid()}.prof"))
     sys.exit(code)
 
 
