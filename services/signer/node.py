@@ -116,20 +116,20 @@ class VoteJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[str, JournalEntry] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    d = json.loads(line)
-                except ValueError:
-                    continue  # a line torn by a crash mid-append: its vote was never published
-                self.entries[d["tx_id"]] = JournalEntry(**d)
+        raw = path.read_bytes() if path.exists() else b""
+        for line in raw.decode(errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash mid-append: its vote was never published
+            self.entries[d["tx_id"]] = JournalEntry(**d)
         approved = sorted((e.ts_ms, e.amount) for e in self.entries.values() if e.approve)
         self._window: collections.deque[tuple[int, int]] = collections.deque(approved)
         self._window_sum = sum(amount for _, amount in approved)
         self._file = path.open("a")
-        if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        if raw and not raw.endswith(b"\n"):
             self._file.write("\n")  # end a line torn by a crash, or the next append would join it
             self._file.flush()
 
