@@ -6,24 +6,31 @@ Layout under ``<data_dir>/nodes/<node>/``::
     kek                 random key-encryption key (0600) when no passphrase is set: development mode
     hostkey.enc         the ChillDKG host secret key
     shares/<key>.enc    a DKG output: secret share + public data (msgpack), one file per key id
-    nonces/<id>.enc     a pooled FROST secret nonce; deleted (and the directory fsynced) BEFORE it is used
+    nonces.slots        the pooled FROST secret nonces, one fixed-size slot each
+                        (:mod:`services.signer.nonce_slots`); a slot is erased and synced BEFORE its
+                        nonce is used
 
-Every file is ``nonce(12) || ChaCha20-Poly1305(kek, plaintext, aad=node|kind|name)``, written to a temp
-file, fsynced and renamed, so a crash never leaves a torn secret. Binding the AAD to node, kind and name
-means a file copied to another name or node does not decrypt. Nothing here logs or raises with secret
-content in the message.
+Every ``.enc`` file is ``nonce(12) || ChaCha20-Poly1305(kek, plaintext, aad=node|kind|name)``, written to a
+temp file, fsynced and renamed, so a crash never leaves a torn secret. Binding the AAD to node, kind and
+name means a file copied to another name or node does not decrypt; a nonce slot's AAD also binds its
+slot index. Nothing here logs or raises with secret content in the message.
+
+Upgrade: earlier versions kept each nonce in ``nonces/<id>.enc``. Opening the keystore moves such files
+into slots (keeping their mtime as the creation time), syncs the slot file, and only then deletes the old
+files (undecryptable ones too: they can never be used) and the emptied directory.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import time
 from pathlib import Path
 
 import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from services.signer.nonce_slots import DuplicateNonce, NonceSlots, fsync_dir
 
 PASSPHRASE_ENV = "MPCW_NODE_PASSPHRASE"
 
@@ -62,26 +69,23 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
         os.close(fd)
     os.replace(tmp, path)
     if durable:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)
 
 
 class Keystore:
     def __init__(self, data_dir: Path, node: str, passphrase: str | None = None) -> None:
         self.node = node
         self.root = Path(data_dir) / "nodes" / node
-        for sub in ("", "shares", "nonces"):
+        for sub in ("", "shares"):
             (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
         self._aead = ChaCha20Poly1305(self._kek(passphrase))
+        self._nonces = NonceSlots(self.root / "nonces.slots", self._aead, node, check_name=self._check_name)
+        self._import_legacy_nonces()
+
+    def close(self) -> None:
+        self._nonces.close()
 
     def _kek(self, passphrase: str | None) -> bytes:
         if passphrase:
@@ -154,20 +158,22 @@ class Keystore:
 
     # -- pooled secret nonces ------------------------------------------------------------------
     def save_nonce(self, nonce_id: str, secnonce: bytes) -> None:
-        """Store a fresh secret nonce. Not fsynced, on purpose: losing a fresh nonce in an OS crash is
+        """Store a fresh secret nonce. Not synced, on purpose: losing a fresh nonce in an OS crash is
         harmless (its signing attempt is refused and retried with another); only *using* one must be
         durable (:meth:`take_nonce`)."""
-        self._check_name(nonce_id)
-        path = self.root / "nonces" / f"{nonce_id}.enc"
-        if path.exists():
-            raise KeystoreError(f"nonce {nonce_id!r} already exists")
-        self._seal(path, "nonce", nonce_id, bytes(secnonce), durable=False)
+        try:
+            self._nonces.save(nonce_id, bytes(secnonce))
+        except DuplicateNonce:
+            raise KeystoreError(f"nonce {nonce_id!r} already exists") from None
+
+    def has_nonce(self, nonce_id: str) -> bool:
+        return nonce_id in self._nonces
 
     def take_nonce(self, nonce_id: str) -> bytearray:
-        """Read and irrevocably delete a secret nonce: it can be used at most once, even across restarts.
+        """Read and irrevocably erase a secret nonce: it can be used at most once, even across restarts.
 
-        The file is removed and the directory fsynced before the nonce is returned, so a crash after
-        this call loses the nonce rather than allowing a second use.
+        Its slot is overwritten and the slot file fdatasynced before the nonce is returned, so a crash
+        after this call loses the nonce rather than allowing a second use.
         """
         got = self.take_nonces([nonce_id])[nonce_id]
         if got is None:
@@ -175,42 +181,47 @@ class Keystore:
         return got
 
     def take_nonces(self, nonce_ids: list[str]) -> dict[str, bytearray | None]:
-        """:meth:`take_nonce` for many at once, with ONE directory fsync (group commit). An id that is
-        used, unknown or undecryptable maps to None; a repeated id is taken once (the caller hands each
-        secret nonce out once: ``frost.sign`` erases it)."""
-        out: dict[str, bytearray | None] = {}
-        for nonce_id in nonce_ids:
-            self._check_name(nonce_id)
-            if nonce_id in out:
-                continue
-            path = self.root / "nonces" / f"{nonce_id}.enc"
-            if not path.exists():
-                out[nonce_id] = None
-                continue
-            try:
-                out[nonce_id] = bytearray(self._open(path, "nonce", nonce_id))
-            except KeystoreError:
-                out[nonce_id] = None
-            path.unlink()
-        if nonce_ids:
-            _fsync_dir(self.root / "nonces")
-        return out
+        """:meth:`take_nonce` for many at once, with ONE fdatasync (group commit). An id that is used,
+        unknown or undecryptable maps to None; a repeated id is taken once (the caller hands each secret
+        nonce out once: ``frost.sign`` erases it)."""
+        return self._nonces.take(nonce_ids)
 
     def sweep_nonces(self, older_than_s: float) -> int:
-        """Delete secret nonces older than ``older_than_s`` (their KV entries have expired, so nobody can
-        claim them any more); the number deleted."""
-        limit = time.time() - older_than_s
-        gone = 0
-        for path in (self.root / "nonces").glob("*.enc"):
-            try:
-                if path.stat().st_mtime < limit:
-                    path.unlink()
-                    gone += 1
-            except FileNotFoundError:
-                continue  # taken meanwhile
-        if gone:
-            _fsync_dir(self.root / "nonces")
-        return gone
+        """Erase secret nonces older than ``older_than_s`` (their KV entries have expired, so nobody can
+        claim them any more); the number erased."""
+        return self._nonces.sweep(older_than_s)
 
     def nonce_count(self) -> int:
-        return sum(1 for _ in (self.root / "nonces").glob("*.enc"))
+        return len(self._nonces)
+
+    def _import_legacy_nonces(self) -> None:
+        """Move ``nonces/<id>.enc`` files of earlier versions into slots: copy, fdatasync the slot file,
+        then delete the files and fsync the directory. A file that does not decrypt (or cannot be held
+        in a slot) is deleted: it could never be used. An id already in a slot was imported by a run
+        that crashed before the delete finished."""
+        old_dir = self.root / "nonces"
+        if not old_dir.is_dir():
+            return
+        old = sorted(old_dir.iterdir())
+        for path in old:
+            if path.suffix != ".enc" or not path.is_file():
+                continue  # a write_atomic temp file never renamed: never announced, just deleted
+            nonce_id = path.stem
+            try:
+                if self.has_nonce(nonce_id):
+                    continue
+                secnonce = self._open(path, "nonce", nonce_id)
+                created_ms = int(path.stat().st_mtime * 1000)
+                self._nonces.save(nonce_id, secnonce, created_ms=created_ms)
+            except (KeystoreError, ValueError):
+                continue  # invalid id, wrong length, or does not decrypt: deleted below
+        self._nonces.sync()
+        for path in old:
+            if path.is_file():
+                path.unlink()
+        fsync_dir(old_dir)
+        try:
+            old_dir.rmdir()
+        except OSError:
+            return  # something else lives there: leave it
+        fsync_dir(self.root)

@@ -24,9 +24,7 @@ The node holds its key share and its pooled secret nonces in its own data direct
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -65,6 +63,7 @@ from services.runtime.seal import EnvelopeError, verify_certificate
 from services.signer.dkg_participant import DkgParticipant
 from services.signer.keystore import Keystore, KeystoreError, ShareRecord, write_atomic
 from services.signer.spend_check import check_spend
+from services.signer.vote_journal import JournalEntry, VoteJournal
 from tss import frost
 from tss.secp256k1 import cbytes, point_mul_base
 from wallet.threshold_account import ThresholdAccount
@@ -74,7 +73,8 @@ HEARTBEAT_SECONDS = 2.0
 
 
 SIGNING_ACK_WAIT_S = 4.0  # a signing attempt a crashed signer took comes back after this
-NONCE_SWEEP_S = 3600.0  # how often expired secret nonces are looked for
+NONCE_SWEEP_S = 3600.0  # how often expired secret nonces (and old answers) are looked for
+ANSWER_MAX_AGE_S = 24 * 3600.0  # kept answers older than this are deleted: their spends ended long ago
 NONCE_ANNOUNCE_CHUNK = 8  # nonce commitments put into KV concurrently (and the loop breathes between)
 
 
@@ -92,70 +92,6 @@ class _Prepared:
     account: ThresholdAccount
     sighashes: list[bytes]
     my_nonces: list[NonceRef]
-
-
-@dataclass
-class JournalEntry:
-    tx_id: str
-    approve: bool
-    amount: int
-    ts_ms: int
-    sighashes: list[str]
-    reasons: list[str]
-    policy_version: int = 0  # the policy the decision was made under (a replayed vote repeats it)
-
-
-class VoteJournal:
-    """Append-only record of this node's votes: replays re-send the same vote; daily limits count it.
-
-    The file stays open for appending (one write and one fsync per batch). Approvals inside the daily
-    window are also kept in time order with their running total, so the daily limit check does not scan
-    the whole history (:meth:`spent_since` with a ``since`` that only grows, as the signer calls it).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.entries: dict[str, JournalEntry] = {}
-        raw = path.read_bytes() if path.exists() else b""
-        for line in raw.decode(errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash mid-append: its vote was never published
-            self.entries[d["tx_id"]] = JournalEntry(**d)
-        approved = sorted((e.ts_ms, e.amount) for e in self.entries.values() if e.approve)
-        self._window: collections.deque[tuple[int, int]] = collections.deque(approved)
-        self._window_sum = sum(amount for _, amount in approved)
-        self._file = path.open("a")
-        if raw and not raw.endswith(b"\n"):
-            self._file.write("\n")  # end a line torn by a crash, or the next append would join it
-            self._file.flush()
-
-    def spent_since(self, since_ms: int) -> int:
-        """Approved amounts with ``ts_ms >= since_ms``; approvals before ``since_ms`` are dropped for good,
-        so ``since_ms`` must not go back."""
-        while self._window and self._window[0][0] < since_ms:
-            self._window_sum -= self._window.popleft()[1]
-        return self._window_sum
-
-    def record(self, entries: list[JournalEntry]) -> None:
-        """Durably (one fsync for the lot), before the votes are published: after a crash the node
-        re-sends the same votes."""
-        if not entries:
-            return
-        self._file.write("".join(json.dumps(e.__dict__) + "\n" for e in entries))
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        for e in entries:
-            self.entries[e.tx_id] = e
-            if e.approve:
-                self._window.append((e.ts_ms, e.amount))
-                self._window_sum += e.amount
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class SignerNode:
@@ -205,12 +141,16 @@ class SignerNode:
         ]
 
     async def _sweep_nonces(self) -> None:
-        """Hourly (and at start): secret nonces whose KV entries expired unclaimed are deleted."""
+        """Hourly (and at start): secret nonces whose KV entries expired unclaimed are deleted, and so
+        are the kept answers (partial signatures, refusals) of signing attempts a day old."""
         while not self.bus.stopping.is_set():
             async with self._lock:  # not while a signing batch takes nonces
                 gone = self.keystore.sweep_nonces(K.NONCE_FILE_MAX_AGE_S)
             if gone:
                 self.log.info("expired secret nonces deleted", count=gone)
+            old = sweep_answers(self.psig_dir, ANSWER_MAX_AGE_S)
+            if old:
+                self.log.info("old signing answers deleted", count=old)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.bus.stopping.wait(), NONCE_SWEEP_S)
 
@@ -518,7 +458,7 @@ class SignerNode:
         fresh: list[K.NonceEntry] = []
         for k in range(count):
             nonce_id = f"{req.batch_id}-{k}"
-            if (self.keystore.root / "nonces" / f"{nonce_id}.enc").exists():
+            if self.keystore.has_nonce(nonce_id):
                 continue  # redelivered request: this one exists already
             secnonce, pubnonce = frost.nonce_gen(share.secshare, pubshare, None, None, nonce_id.encode())
             self.keystore.save_nonce(nonce_id, bytes(secnonce))
@@ -548,6 +488,22 @@ class SignerNode:
             result,
             f"dkg.{result.session_id}.9.{self.node}",
         )
+
+
+def sweep_answers(directory: Path, older_than_s: float) -> int:
+    """Delete the kept answers in ``directory`` older than ``older_than_s`` (a redelivered attempt that
+    late finds its nonces used and is refused, which is what it should get); how many."""
+    limit = time.time() - older_than_s
+    gone = 0
+    with os.scandir(directory) as entries:
+        for e in entries:
+            try:
+                if e.is_file() and e.stat().st_mtime < limit:
+                    os.unlink(e.path)
+                    gone += 1
+            except FileNotFoundError:
+                continue
+    return gone
 
 
 def _pubnonce_of(secnonce: bytearray) -> bytes:

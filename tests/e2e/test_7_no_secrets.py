@@ -58,14 +58,15 @@ def collect_secrets(cluster: Cluster) -> list[Secret]:
         out.append(Secret(f"{node} secret share", share.secshare))
         out.append(Secret(f"{node} host key", ks._open(ks.root / "hostkey.enc", "hostkey", "host")))
         out.append(Secret(f"{node} key-encryption key", (ks.root / "kek").read_bytes()))
-        nonce_files = sorted((ks.root / "nonces").glob("*.enc"))[:NONCES_PER_NODE]
-        assert len(nonce_files) == NONCES_PER_NODE, f"{node} has too few pooled nonces to check"
-        for f in nonce_files:
-            secnonce = ks._open(f, "nonce", f.stem)
-            assert len(secnonce) >= 64
-            out.append(Secret(f"{node} secret nonce {f.stem}", secnonce))
-            out.append(Secret(f"{node} secret nonce {f.stem} k1", secnonce[:32]))
-            out.append(Secret(f"{node} secret nonce {f.stem} k2", secnonce[32:64]))
+        ids = ks._nonces.ids()[:NONCES_PER_NODE]
+        assert len(ids) == NONCES_PER_NODE, f"{node} has too few pooled nonces to check"
+        for nid in ids:
+            secnonce = ks._nonces._peek(nid)  # decrypted in place, not taken
+            assert secnonce is not None and len(secnonce) == 64
+            out.append(Secret(f"{node} secret nonce {nid}", bytes(secnonce)))
+            out.append(Secret(f"{node} secret nonce {nid} k1", bytes(secnonce[:32])))
+            out.append(Secret(f"{node} secret nonce {nid} k2", bytes(secnonce[32:64])))
+        ks.close()
     assert len({s.value for s in out}) == len(out), "two secrets are equal?!"
     return out
 

@@ -7,12 +7,15 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
+import pytest
 
 from schemas import kv as K
 from services.runtime.nonce_pool import NoncePool
+from services.signer import nonce_slots
 from services.signer.keystore import Keystore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,13 +58,18 @@ async def test_pools_neither_count_nor_hand_out_expired_nonces() -> None:
     assert pool.level("node-1") == 1 and pool.level("node-9") == 0
 
 
-def test_signers_delete_secret_nonces_past_the_kv_ttl(tmp_path: Path) -> None:
+def test_signers_delete_secret_nonces_past_the_kv_ttl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ks = Keystore(tmp_path, "node-1")
-    ks.save_nonce("old-0", b"\x01" * 64)
-    ks.save_nonce("new-0", b"\x02" * 64)
     past = time.time() - K.NONCE_FILE_MAX_AGE_S - 60
-    os.utime(ks.root / "nonces" / "old-0.enc", (past, past))
+    with monkeypatch.context() as m:  # the slot file's clock, when the old nonce was made
+        m.setattr(nonce_slots, "time", SimpleNamespace(time=lambda: past))
+        ks.save_nonce("old-0", b"\x01" * 64)
+    ks.save_nonce("new-0", b"\x02" * 64)
     assert ks.sweep_nonces(K.NONCE_FILE_MAX_AGE_S) == 1
+    assert ks.nonce_count() == 1 and not ks.has_nonce("old-0")
+    assert Keystore(tmp_path, "node-1").nonce_count() == 1  # the sweep is durable
     assert ks.take_nonces(["old-0", "new-0"]) == {"old-0": None, "new-0": bytearray(b"\x02" * 64)}
     assert ks.sweep_nonces(K.NONCE_FILE_MAX_AGE_S) == 0
 
@@ -73,3 +81,17 @@ def test_the_ages_fit_the_bucket_ttl() -> None:
     assert K.NONCE_MAX_AGE_MS / 1000 + 600 <= ttl_s["presig"] < K.NONCE_FILE_MAX_AGE_S
     assert ttl_s["rounds"] >= 24 * 3600  # a round and its final.<tx> outlive every retry by far
     assert msgspec.json.decode(msgspec.json.encode(entry("x", 0)), type=K.NonceEntry).created_ms > 0
+
+
+def test_signers_delete_answers_a_day_old(tmp_path: Path) -> None:
+    """The kept answers (one file per signing attempt) do not pile up for ever."""
+    from services.signer.node import ANSWER_MAX_AGE_S, sweep_answers
+
+    old, fresh = tmp_path / "s-old-a1.psig", tmp_path / "s-new-a1.refused"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    then = time.time() - ANSWER_MAX_AGE_S - 60
+    os.utime(old, (then, then))
+    assert sweep_answers(tmp_path, ANSWER_MAX_AGE_S) == 1
+    assert not old.exists() and fresh.exists()
+    assert sweep_answers(tmp_path, ANSWER_MAX_AGE_S) == 0

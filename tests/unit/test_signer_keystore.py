@@ -8,16 +8,27 @@ from services.signer.keystore import Keystore, KeystoreError, NonceConsumed, Sha
 
 
 def record() -> ShareRecord:
-    return ShareRecord(key_id="default", scheme="frost", index=2, secshare=b"\x11" * 32,
-                       threshold_pubkey=b"\x02" + b"\x22" * 32, pubshares=[b"\x03" * 33],
-                       chain_code=b"\x44" * 32, n=5, t=4)
+    return ShareRecord(
+        key_id="default",
+        scheme="frost",
+        index=2,
+        secshare=b"\x11" * 32,
+        threshold_pubkey=b"\x02" + b"\x22" * 32,
+        pubshares=[b"\x03" * 33],
+        chain_code=b"\x44" * 32,
+        n=5,
+        t=4,
+    )
 
 
 def test_share_round_trip_and_no_plaintext_on_disk(tmp_path: Path) -> None:
     ks = Keystore(tmp_path, "node-3")
     ks.save_share(record())
+    ks.save_nonce("n1", b"\x11" * 64)
     assert Keystore(tmp_path, "node-3").load_share("default") == record()
-    for f in (tmp_path / "nodes" / "node-3").rglob("*.enc"):
+    files = [*(tmp_path / "nodes" / "node-3").rglob("*.enc"), ks.root / "nonces.slots"]
+    assert len(files) == 2
+    for f in files:
         assert b"\x11" * 32 not in f.read_bytes()
         assert f.stat().st_mode & 0o077 == 0
 
@@ -50,7 +61,7 @@ def test_nonce_is_taken_once_even_across_restarts(tmp_path: Path) -> None:
     assert ks.nonce_count() == 0
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "a b"])
+@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "a b", "x" * 25])
 def test_bad_identifiers(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError):
         Keystore(tmp_path, "node-1").take_nonce(name)
