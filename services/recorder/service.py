@@ -46,6 +46,7 @@ BATCH_FALLBACKS = Counter(
     "mpcw_recorder_batch_fallbacks_total", "Batches recorded message by message after an error", ["stream"]
 )
 BATCH = 256  # messages per fetch and per database transaction
+LINGER_S = 0.02  # a batch waits this long to fill: fewer, bigger transactions; views lag by as much
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Recorder:
                     max_ack_pending=batch,
                     ack_wait=ack_wait,
                     resume_from=functools.partial(self._resume_from, stream_for(s.subject)),
+                    linger=LINGER_S,
                 )
             else:
                 task = self.bus.start_consumer(

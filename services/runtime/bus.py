@@ -372,12 +372,23 @@ class _PullFeed:
         with contextlib.suppress(Exception):
             await self._top_up()  # an expired request (408) or a refused one (409 max waiting...)
 
-    async def fetch(self, timeout: float) -> list[Msg]:
-        """The next messages (up to ``batch``), waiting up to ``timeout`` for the first; [] when none."""
+    async def fetch(self, timeout: float, linger: float = 0.0) -> list[Msg]:
+        """The next messages (up to ``batch``), waiting up to ``timeout`` for the first; [] when none.
+        ``linger``: once the first is there, wait up to that long for the batch to fill (fewer, bigger
+        batches for a consumer whose cost is mostly per batch)."""
         if not self.queue and not self.gone:
             self.arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), timeout)
+        if linger > 0 and self.queue:
+            deadline = time.monotonic() + linger
+            while len(self.queue) < self.batch and not self.gone:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.arrived.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.arrived.wait(), left)
         if self.gone:
             raise ConsumerGone(self.gone)
         if self.queue:
@@ -684,6 +695,7 @@ class Bus:
         deliver_policy: str,
         stop: asyncio.Event | None,
         resume_from: Callable[[], Awaitable[int]] | None = None,
+        linger: float = 0.0,
     ) -> None:
         """The pull-consumer loop behind :meth:`consume` and :meth:`consume_batch`.
 
@@ -730,7 +742,7 @@ class Bus:
                         await self._ensure_consumer(stream, durable, subject_filter, config)
                         sub = _PullFeed(self.nc, stream, durable, batch)
                         await sub.start()
-                    msgs = await sub.fetch(fetch_timeout)
+                    msgs = await sub.fetch(fetch_timeout, linger)
                     backoff = 0.2
                     if msgs:
                         await process(msgs, stopping)
@@ -842,15 +854,16 @@ class Bus:
         deliver_policy: str = "all",
         stop: asyncio.Event | None = None,
         resume_from: Callable[[], Awaitable[int]] | None = None,
+        linger: float = 0.0,
     ) -> None:
         """Durable pull-consumer loop that hands ``handler_batch`` every fetched batch at once.
 
         Each fetched message is verified as in :meth:`consume`; invalid ones are terminated and reported
         the same way and left out. The valid ones are passed together, in stream order, to ONE awaited
-        ``handler_batch(list[Received])`` call; all of them are acked only after it returns (the acks are
-        flushed to the server before the next fetch). When it raises :class:`RetryLater` they are all
-        nak'ed with its delay; any other exception naks them all with the growing delay of
-        :meth:`consume`, except those delivered ``poison_after`` times, which are terminated and reported.
+        ``handler_batch(list[Received])`` call; all of them are acked only after it returns. When it
+        raises :class:`RetryLater` they are all nak'ed with its delay; any other exception naks them all
+        with the growing delay of :meth:`consume`, except those delivered ``poison_after`` times, which
+        are terminated and reported.
         A ``CancelledError`` (a crash) acks nothing: the server redelivers after ``ack_wait``.
 
         ``max_ack_pending`` defaults to ``batch``: while this loop runs, the server never hands out a
@@ -861,6 +874,9 @@ class Bus:
         ``resume_from``: on every (re)subscribe the durable is re-created to start at the stream sequence
         ``await resume_from()`` returns (its position + 1), dropping the server's record of unacked
         deliveries, so nothing after the position can overtake anything before it.
+
+        ``linger``: once a message is there, wait up to that many seconds for the batch to fill before
+        handling it (for a handler whose cost is mostly per batch, like the recorder's transaction).
         """
         reg = {**BUILTIN_TYPES, **registry} if registry is not None else self.registry
 
@@ -881,6 +897,7 @@ class Bus:
             deliver_policy=deliver_policy,
             stop=stop,
             resume_from=resume_from,
+            linger=linger,
         )
 
     async def _receive(self, msg: Msg, registry: Registry) -> Received | None:
@@ -974,8 +991,7 @@ class Bus:
             keepalive.cancel()
         M.HANDLER_SECONDS.labels(self.service, durable).observe(time.perf_counter() - t0)
         for msg, _ in valid:
-            await msg.ack()
-        await self.nc.flush(timeout=10)  # the server has every ack before the next fetch
+            await msg.ack()  # buffered: the client's flusher sends them with its next write
         M.MESSAGES_CONSUMED.labels(self.service, durable).inc(len(valid))
 
     async def _poison_or_nak(

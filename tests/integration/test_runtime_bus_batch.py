@@ -62,6 +62,31 @@ async def test_batches_in_order_invalid_dropped_and_reported(bus_factory: BusFac
     assert task.done()
 
 
+async def test_linger_gathers_a_trickle_into_one_batch(bus_factory: BusFactory) -> None:
+    """Messages published 20 ms apart: without linger each is a batch of its own; with a linger longer
+    than the trickle they arrive as one batch (up to ``batch``)."""
+    n1 = await bus_factory("node-1", registry=REG)
+    sizes: dict[str, list[int]] = {"plain": [], "linger": []}
+    for kind, linger in (("plain", 0.0), ("linger", 1.5)):
+        cons = await bus_factory("consensus", registry=REG)
+        tx = uuid.uuid4().hex[:12]
+        got = sizes[kind]
+
+        async def handler(recs: list[Received], got: list[int] = got) -> None:
+            got.append(len(recs))
+
+        task = cons.start_batch_consumer(f"vote.{tx}.*", f"l-{tx}", handler, batch=64, linger=linger)
+        await asyncio.sleep(0.3)  # the consumer is waiting before the first message
+        for i in range(10):
+            await n1.publish(f"vote.{tx}.node-1", Ping(n=i), f"{tx}-{i}")
+            await asyncio.sleep(0.02)
+        await wait_for(lambda got=got: sum(got) == 10)
+        await cons.stop_consuming()
+        assert task.done()
+    assert len(sizes["plain"]) >= 5, sizes
+    assert sizes["linger"] == [10], sizes
+
+
 async def test_failure_naks_all_then_redelivers_and_poison(bus_factory: BusFactory) -> None:
     n2 = await bus_factory("node-2", registry=REG)
     cons = await bus_factory("consensus", registry=REG)
