@@ -170,6 +170,28 @@ def check_fee(fee: int, vsize: int, max_fee: int, max_fee_rate: float) -> None:
         raise FeeTooHigh(fee, vsize, f"ceiling {max_fee_rate} sat/vB")
 
 
+def candidate_window(values_desc: Sequence[int], amount: int, limit: int) -> list[int]:
+    """The indices of at most ``limit`` coins to select from when a wallet holds more than that, so one
+    spend costs the same however many coins the wallet has: the largest half (few inputs pay any
+    amount), then, around ``amount``, the smallest coins that pay it alone and the largest that do not
+    (where branch and bound finds sets without change). ``values_desc`` is sorted descending."""
+    n = len(values_desc)
+    if n <= limit:
+        return list(range(n))
+    big = limit // 2
+    lo, hi = 0, n  # lo: how many coins are worth at least ``amount``
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if values_desc[mid] >= amount:
+            lo = mid + 1
+        else:
+            hi = mid
+    near = limit - big
+    end = min(n, max(big, lo - near // 2) + near)
+    start = max(big, end - near)
+    return list(range(big)) + list(range(start, end))
+
+
 def select_bnb(utxos: Sequence[Utxo], target: int, cost_of_change: int, fee_rate: float) -> list[Utxo] | None:
     """Depth-first search for inputs whose effective values sum to [target, target + cost_of_change],
     minimising the excess; None when no such set is found within BNB_MAX_TRIES."""
@@ -194,29 +216,33 @@ def select_bnb(utxos: Sequence[Utxo], target: int, cost_of_change: int, fee_rate
     best_excess = cost_of_change + 1
     tries = 0
     chosen: list[int] = []
-
-    def search(i: int, total: int) -> None:
-        nonlocal best, best_excess, tries
+    # depth-first, with an explicit stack (a recursion would be as deep as the wallet has coins):
+    # (i, total, False) visits position i; (i, total, True) comes back from the branch that included i
+    # and goes on to the branch that excludes it
+    stack: list[tuple[int, int, bool]] = [(0, 0, False)]
+    while stack:
+        i, total, back = stack.pop()
+        if back:
+            chosen.pop()
+            # excluding i: skip the next UTXOs of the same effective value (their subsets were explored
+            # with i included)
+            j = i + 1
+            while j < len(values) and values[j] == values[i]:
+                j += 1
+            stack.append((j, total, False))
+            continue
         tries += 1
         if tries > BNB_MAX_TRIES or total > target + cost_of_change:
-            return
+            continue
         if total >= target:
             if total - target < best_excess:
                 best, best_excess = list(chosen), total - target
-            return
+            continue
         if i == len(values) or total + remaining_after[i] < target:
-            return
+            continue
         chosen.append(i)
-        search(i + 1, total + values[i])
-        chosen.pop()
-        # excluding i: skip the next UTXOs of the same effective value (their subsets were explored
-        # with i included)
-        j = i + 1
-        while j < len(values) and values[j] == values[i]:
-            j += 1
-        search(j, total)
-
-    search(0, 0)
+        stack.append((i, total, True))
+        stack.append((i + 1, total + values[i], False))
     return None if best is None else [pool[i] for i in best]
 
 

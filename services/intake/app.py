@@ -51,7 +51,7 @@ from wallet.address import InvalidAddress, address_to_script
 from wallet.coin_selection import AmountBelowDust, FeeTooHigh, InsufficientFunds, build_spend
 
 from . import store
-from .wallet_state import NoKey, Wallet, WalletUtxo, load_key
+from .wallet_state import NoKey, UtxoView, Wallet, load_key
 
 TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_KEY_LEN = 256
@@ -60,6 +60,8 @@ DEFAULT_FEE_TARGET = 6  # blocks
 ALIVE_SECONDS = 30.0
 WRITE_ROLES = frozenset({"admin", "operator"})
 UTXO_VIEW_MAX_AGE_S = 2.0  # how old a UTXO list intake may build a spend from
+FEE_ESTIMATES_MAX_AGE_S = 10.0  # how old the chain backend's fee estimates intake may use
+CANDIDATE_LIMIT = 200  # coins a spend first picks from (all of them before it answers "insufficient")
 POLICY_MAX_AGE_S = 1.0  # how old a policy intake may use for defaults and early answers
 RESERVATION_RETENTION_S = 600.0  # reservations of confirmed spends outlive any UTXO list by far
 
@@ -106,7 +108,8 @@ class Intake:
     esplora: EsploraClient | None = None
     wallet: Wallet | None = None
     started: float = field(default_factory=time.time)
-    _utxos: tuple[float, list[WalletUtxo]] | None = None
+    _utxos: tuple[float, UtxoView] | None = None
+    _fee_estimates: tuple[float, dict[int, float]] | None = None
     _policy: tuple[float, Policy] | None = None
     _published: list[str] = field(default_factory=list)
     _marker: asyncio.Task[None] | None = None
@@ -162,7 +165,7 @@ class Intake:
         self._policy = (now, policy)
         return policy
 
-    async def wallet_utxos(self, wallet: Wallet, max_age: float = UTXO_VIEW_MAX_AGE_S) -> list[WalletUtxo]:
+    async def wallet_utxos(self, wallet: Wallet, max_age: float = UTXO_VIEW_MAX_AGE_S) -> UtxoView:
         """The wallet's UTXOs from the chain backend, reusing a list at most ``max_age`` seconds old.
 
         A slightly old list is safe: coins it still shows although they were spent since are either
@@ -173,17 +176,24 @@ class Intake:
         if self._utxos is not None and now - self._utxos[0] <= max_age:
             return self._utxos[1]
         try:
-            utxos = await wallet.utxos(self.chain())
+            view = UtxoView(await wallet.utxos(self.chain()))
         except EsploraError as exc:
             fail(503, "chain backend unavailable", str(exc)[:300])
-        self._utxos = (now, utxos)
-        return utxos
+        self._utxos = (now, view)
+        return view
 
     async def default_fee_rate(self) -> float:
-        try:
-            estimates = await self.chain().fee_estimates()
-        except EsploraError as exc:
-            fail(503, "chain backend unavailable", f"fee estimates: {str(exc)[:300]}")
+        """The backend's estimate for ``DEFAULT_FEE_TARGET`` blocks (asked at most every
+        ``FEE_ESTIMATES_MAX_AGE_S``: estimates move with blocks, not with requests)."""
+        now = time.monotonic()
+        if self._fee_estimates is not None and now - self._fee_estimates[0] <= FEE_ESTIMATES_MAX_AGE_S:
+            estimates = self._fee_estimates[1]
+        else:
+            try:
+                estimates = await self.chain().fee_estimates()
+            except EsploraError as exc:
+                fail(503, "chain backend unavailable", f"fee estimates: {str(exc)[:300]}")
+            self._fee_estimates = (now, estimates)
         if not estimates:
             return 1.0
         target = min(estimates, key=lambda k: (abs(k - DEFAULT_FEE_TARGET), k))
@@ -277,15 +287,17 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
         fee_rate = req.fee_rate
     else:
         fee_rate = min(await intake.default_fee_rate(), policy.max_fee_rate)
-    utxos = await intake.wallet_utxos(wallet)
+    view = await intake.wallet_utxos(wallet)
     tx_id = uuid.uuid4().hex
     now_ms = int(time.time() * 1000)
+    # a bounded choice first (a spend costs the same with 50 coins or 50,000), all of them before a "no"
+    candidates = view.candidates(req.amount_sats, CANDIDATE_LIMIT)
 
     def select(reserved: set[tuple[str, int]]) -> store.NewRequest:
-        free = [u for u in utxos if u.spendable and (u.txid, u.vout) not in reserved]
+        free = [u for u in candidates if (u.txid, u.vout) not in reserved]
         try:
             spend = build_spend(
-                [u.coin() for u in free],
+                [u.coin for u in free],
                 recipient_script,
                 req.amount_sats,
                 wallet.change_script,
@@ -298,8 +310,8 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
         except FeeTooHigh as exc:
             fail(422, "invalid request", f"fee_rate: {exc}")
         except InsufficientFunds as exc:
-            locked = sum(u.value for u in utxos if (u.txid, u.vout) in reserved)
-            unconfirmed = sum(u.value for u in utxos if not u.spendable)
+            locked = sum(u.value for u in candidates if (u.txid, u.vout) in reserved)
+            unconfirmed = sum(u.value for u in view.utxos if not u.spendable)
             fail(
                 409,
                 "insufficient funds",
@@ -335,18 +347,20 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
             created_at_ms=now_ms,
         )
 
-    def candidates() -> list[tuple[str, int]]:
-        return [(u.txid, u.vout) for u in utxos if u.spendable]
+    def outpoints() -> list[tuple[str, int]]:
+        return [(u.txid, u.vout) for u in candidates]
 
     try:
         try:
-            stored = await store.reserve(intake.pool, req.idempotency_key, candidates(), select)
+            stored = await store.reserve(intake.pool, req.idempotency_key, outpoints(), select)
         except ApiError as exc:
             if exc.error != "insufficient funds":
                 raise
-            # the UTXO list may be a moment old: look again before saying no
-            utxos = await intake.wallet_utxos(wallet, max_age=0.0)
-            stored = await store.reserve(intake.pool, req.idempotency_key, candidates(), select)
+            # the UTXO list may be a moment old, and the bounded choice may miss what would do: look
+            # again, at every coin, before saying no
+            view = await intake.wallet_utxos(wallet, max_age=0.0)
+            candidates = view.candidates(req.amount_sats, None)
+            stored = await store.reserve(intake.pool, req.idempotency_key, outpoints(), select)
     except asyncpg.UniqueViolationError:
         # another request took an outpoint or the key between our read and insert: the lock makes
         # this impossible for intake processes sharing the database; answer as a conflict anyway
@@ -476,7 +490,7 @@ async def cluster_status(intake: Intake) -> dict[str, Any]:
 
 async def balance(intake: Intake) -> dict[str, Any]:
     wallet = await intake.get_wallet()
-    utxos = await intake.wallet_utxos(wallet, max_age=0.0)  # what the chain says now
+    utxos = (await intake.wallet_utxos(wallet, max_age=0.0)).utxos  # what the chain says now
     reserved, _ = await store.reserved_total(intake.pool)
     is_reserved = [(u.txid, u.vout) in reserved for u in utxos]
     return {

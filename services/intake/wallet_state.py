@@ -9,6 +9,7 @@ change goes). Both are watched for funds; the derivation path of each UTXO trave
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import msgspec
 
@@ -17,7 +18,7 @@ from schemas.messages import InputRef, TxRequested
 from services.runtime.bus import KV
 from services.runtime.esplora import EsploraClient
 from services.runtime.esplora import Utxo as ChainUtxo
-from wallet.coin_selection import UnsignedSpend, Utxo
+from wallet.coin_selection import UnsignedSpend, Utxo, candidate_window
 from wallet.threshold_account import CHANGE, RECEIVE, ThresholdAccount
 from wallet.transaction import OutPoint
 
@@ -56,8 +57,26 @@ class WalletUtxo:
         """Confirmed outputs, and our own unconfirmed change (nobody else can double-spend it)."""
         return self.confirmed or self.path[0] == CHANGE
 
+    @cached_property
     def coin(self) -> Utxo:
         return Utxo(self.outpoint, self.value, self.script_pubkey)
+
+
+class UtxoView:
+    """One listing of the wallet's UTXOs, with what every spend built from it needs worked out once: the
+    spendable ones, largest first, and (on each, cached) the coin coin selection takes."""
+
+    def __init__(self, utxos: list[WalletUtxo]) -> None:
+        self.utxos = utxos
+        self.spendable = sorted((u for u in utxos if u.spendable), key=lambda u: (-u.value, u.txid, u.vout))
+        self._values = [u.value for u in self.spendable]
+
+    def candidates(self, amount: int, limit: int | None) -> list[WalletUtxo]:
+        """The spendable UTXOs a spend of ``amount`` picks from: all of them, or with ``limit`` at most
+        that many (:func:`wallet.coin_selection.candidate_window`)."""
+        if limit is None:
+            return self.spendable
+        return [self.spendable[i] for i in candidate_window(self._values, amount, limit)]
 
 
 class Wallet:

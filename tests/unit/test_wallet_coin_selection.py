@@ -14,6 +14,7 @@ from wallet.coin_selection import (
     UnsignedSpend,
     Utxo,
     build_spend,
+    candidate_window,
     select_bnb,
 )
 from wallet.fees import dust_limit, estimate_vsize, fee_for
@@ -136,3 +137,39 @@ def test_deterministic_and_recheck() -> None:
         replace(a, fee=a.fee + 1).check()
     with pytest.raises(FeeTooHigh):
         a.check(max_fee=a.fee - 1)
+
+
+# ---- the bounded choice of candidates for a wallet with many coins ----------------------------------------
+
+
+def test_candidate_window_takes_everything_up_to_the_limit() -> None:
+    assert candidate_window([5, 4, 3], 4, 3) == [0, 1, 2]
+    assert candidate_window([], 4, 3) == []
+
+
+@pytest.mark.parametrize("amount", [1, 50, 999, 1_000, 10_000, 50_000, 99_999, 10**9])
+def test_candidate_window_keeps_the_largest_and_the_coins_around_the_amount(amount: int) -> None:
+    values = sorted((RNG.randrange(1, 100_000) for _ in range(5_000)), reverse=True)
+    idx = candidate_window(values, amount, 200)
+    assert len(idx) == 200 and len(set(idx)) == 200 and idx == sorted(idx)
+    assert idx[:100] == list(range(100))  # the largest half
+    covering = [i for i, v in enumerate(values) if v >= amount]
+    below = [i for i, v in enumerate(values) if v < amount]
+    if covering and covering[-1] >= 100:
+        assert covering[-1] in idx  # the smallest coin that pays the amount alone
+    if below:
+        assert below[0] in idx  # the largest coin that does not
+    # the window around the amount is contiguous
+    rest = idx[100:]
+    assert rest == list(range(rest[0], rest[0] + len(rest)))
+
+
+def test_a_spend_from_the_window_is_as_good_as_from_every_coin_when_the_window_holds_a_match() -> None:
+    coins = [utxo(i, 10_000 + 7 * i) for i in range(3_000)]
+    coins.sort(key=lambda u: -u.amount)
+    amount = 15_000
+    idx = candidate_window([u.amount for u in coins], amount, 200)
+    from_window = build_spend([coins[i] for i in idx], DEST, amount, KEYS["p2tr"].script_pubkey, 2.0)
+    from_all = build_spend(coins, DEST, amount, KEYS["p2tr"].script_pubkey, 2.0)
+    assert len(from_window.inputs) == len(from_all.inputs) == 1
+    assert from_window.fee == from_all.fee  # the same single input, no change (branch and bound)
