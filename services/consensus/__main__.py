@@ -141,14 +141,19 @@ class Consensus:
         self.bans: dict[str, int] = {}  # node -> banned until (ms), mirrored from KV bans
 
     # ---- rounds in KV -------------------------------------------------------------------------------
-    async def _update(self, tx_id: str, change: RoundChange, *, fresh: bool = False) -> K.RoundRecord:
+    async def _update(
+        self, tx_id: str, change: RoundChange, *, fresh: bool = False, new: bool = False
+    ) -> K.RoundRecord:
         """Apply ``change`` to the round by compare-and-set, starting from the cached copy (one round trip
         when this instance was the last writer; ``fresh``: read first), re-reading on a conflict.
+        ``new``: the round is probably not in KV yet, so without a cached copy the first try is to
+        create it (one round trip instead of a read and a create).
 
         ``change`` may run several times, each time on a different record: it must depend on nothing
         but the record it is given (and reset whatever it reports)."""
         kv = await self.bus.kv(BUCKET_ROUNDS)
         cached = None if fresh else self.rounds.get(tx_id)
+        guess_absent = new and cached is None  # a failed create (votes came first) reads as usual
         while True:
             if cached is not None:
                 revision, raw = cached
@@ -162,7 +167,8 @@ class Consensus:
                     return rnd
                 except CasConflict:
                     continue
-            entry = await kv.get(tx_id)
+            entry = None if guess_absent else await kv.get(tx_id)
+            guess_absent = False
             if entry is None:
                 rnd = tally.new_round(tx_id, self.cfg.n, self.cfg.t, self.nodes)
                 change(rnd)
@@ -214,7 +220,7 @@ class Consensus:
             TxVoting(tx_id=req.tx_id, round_id=req.tx_id, threshold=self.cfg.t, total_nodes=self.cfg.n),
             f"voting.{req.tx_id}",
         )
-        rnd = await self._update(req.tx_id, open_round)
+        rnd = await self._update(req.tx_id, open_round, new=True)
         await self._after_change(rnd, fx)
 
     async def on_votes(self, batch: list[Received]) -> None:

@@ -1,11 +1,13 @@
 """In-memory stand-ins for driving a service's handlers without servers (the consensus and broadcaster
-unit tests): a KV bucket with compare-and-set, a service context, and a verified delivery."""
+unit tests): a KV bucket with compare-and-set, a bus that records what is published, a service context,
+and a verified delivery."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,11 @@ class FakeKV:
         self.data: dict[str, tuple[int, bytes]] = {}
         self.rev = itertools.count(1)
         self.writes: list[str] = []  # keys written (create / update_cas / put), in order
+        self.reads: list[str] = []  # keys read (get), in order
 
     async def get(self, key: str) -> KvEntry | None:
         await asyncio.sleep(0)
+        self.reads.append(key)
         if key not in self.data:
             return None
         rev, value = self.data[key]
@@ -72,6 +76,33 @@ class FakeKV:
     def final(self, tx_id: str) -> K.FinalRecord | None:
         got = self.data.get(K.final_key(tx_id))
         return None if got is None else msgspec.msgpack.decode(got[1], type=K.FinalRecord)
+
+
+@dataclass
+class FakeBus:
+    """The bus as a service uses it: KV buckets, and publishes recorded as (subject, payload, msg_id,
+    sender), de-duplicated by message id as JetStream does."""
+
+    identity: str = "test"
+    kvs: dict[str, FakeKV] = field(default_factory=dict)
+    published: list[tuple[str, Any, str, str]] = field(default_factory=list)
+    seen_ids: set[str] = field(default_factory=set)
+
+    async def kv(self, bucket: str) -> FakeKV:
+        return self.kvs.setdefault(bucket, FakeKV(bucket))
+
+    async def publish(self, subject: str, payload: Any, msg_id: str) -> None:
+        await asyncio.sleep(0)
+        if msg_id in self.seen_ids:
+            return  # JetStream de-duplication
+        self.seen_ids.add(msg_id)
+        self.published.append((subject, payload, msg_id, self.identity))
+
+    def all(self, subject: str) -> list[Any]:
+        return [p for s, p, _, _ in self.published if s == subject]
+
+    def subjects(self, tx_id: str) -> list[str]:
+        return [s for s, _, _, _ in self.published if s.startswith("tx.") and s.endswith(f".{tx_id}")]
 
 
 def service_context(name: str, bus: Any, **cfg: Any) -> ServiceContext:

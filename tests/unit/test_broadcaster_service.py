@@ -34,8 +34,9 @@ from services.runtime.esplora import (
     TxNotFound,
     TxStatus,
 )
-from tests.unit.service_fakes import FakeKV, service_context
+from tests.unit.service_fakes import FakeBus as BaseFakeBus
 from tests.unit.service_fakes import received as delivered
+from tests.unit.service_fakes import service_context
 
 TXID_A = "a" * 64
 TXID_B = "b" * 64
@@ -53,23 +54,9 @@ LOW_FEE = BroadcastRejected("min relay fee not met, 100 < 141", -26)
 
 
 @dataclass
-class FakeBus:
+class FakeBus(BaseFakeBus):
     identity: str = "broadcaster"
-    kvs: dict[str, FakeKV] = field(default_factory=dict)
-    # (subject, payload, msg_id, sender): what this service published, plus messages placed by tests
-    published: list[tuple[str, Any, str, str]] = field(default_factory=list)
-    seen_ids: set[str] = field(default_factory=set)
     fail_lookups: list[str] = field(default_factory=list)  # subjects whose next lookup times out
-
-    async def kv(self, bucket: str) -> FakeKV:
-        return self.kvs.setdefault(bucket, FakeKV(bucket))
-
-    async def publish(self, subject: str, payload: Any, msg_id: str) -> None:
-        await asyncio.sleep(0)
-        if msg_id in self.seen_ids:
-            return  # JetStream de-duplication
-        self.seen_ids.add(msg_id)
-        self.published.append((subject, payload, msg_id, self.identity))
 
     def place(self, subject: str, payload: Any, sender: str) -> None:
         """A message some service (maybe an earlier run of this one) put in the stream."""
@@ -85,12 +72,6 @@ class FakeBus:
     def last(self, subject: str) -> Any:
         got = self.last_received(subject)
         return None if got is None else got.payload
-
-    def all(self, subject: str) -> list[Any]:
-        return [p for s, p, _, _ in self.published if s == subject]
-
-    def subjects(self, tx_id: str) -> list[str]:
-        return [s for s, _, _, _ in self.published if s.startswith("tx.") and s.endswith(f".{tx_id}")]
 
 
 class FakeChain:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,7 +29,8 @@ from schemas.messages import (
     Vote,
 )
 from services.runtime.bus import Received
-from tests.unit.service_fakes import FakeKV, received, service_context
+from tests.unit.service_fakes import FakeBus as BaseFakeBus
+from tests.unit.service_fakes import received, service_context
 
 NODES = [f"node-{i}" for i in range(1, 6)]
 H = [b"\x01" * 32]
@@ -40,33 +41,18 @@ T0 = 1_700_000_000_000
 
 
 @dataclass
-class FakeBus:
-    kvs: dict[str, FakeKV] = field(default_factory=dict)
-    published: list[tuple[str, Any, str]] = field(default_factory=list)  # (subject, payload, msg_id)
-    seen_ids: set[str] = field(default_factory=set)
-
-    async def kv(self, bucket: str) -> FakeKV:
-        return self.kvs.setdefault(bucket, FakeKV(bucket))
-
-    async def publish(self, subject: str, payload: Any, msg_id: str) -> None:
-        await asyncio.sleep(0)
-        if msg_id in self.seen_ids:
-            return  # JetStream de-duplication
-        self.seen_ids.add(msg_id)
-        self.published.append((subject, payload, msg_id))
+class FakeBus(BaseFakeBus):
+    identity: str = "consensus"
 
     def last(self, subject: str) -> Any:
-        found = [p for s, p, _ in self.published if s == subject]
+        found = self.all(subject)
         return found[-1] if found else None
 
-    def subjects(self, tx_id: str) -> list[str]:
-        return [s for s, _, _ in self.published if s.startswith("tx.") and s.endswith(f".{tx_id}")]
-
     def signings(self, tx_id: str) -> list[TxSigning]:
-        return [p for s, p, _ in self.published if s == f"tx.signing.{tx_id}"]
+        return self.all(f"tx.signing.{tx_id}")
 
     def violations(self, kind: str) -> list[Violation]:
-        return [p for _, p, _ in self.published if isinstance(p, Violation) and p.kind == kind]
+        return [p for _, p, _, _ in self.published if isinstance(p, Violation) and p.kind == kind]
 
 
 class FakePool:
@@ -229,6 +215,19 @@ async def test_deciding_vote_approves_and_starts_attempt_1_in_one_write(bus: Fak
     assert (rnd.outcome, rnd.attempt, rnd.attempt_started_ms, rnd.approved_ms) == ("approved", 1, T0, T0)
     assert bus.subjects("t4") == ["tx.voting.t4", "tx.approved.t4", "tx.signing.t4"]
     assert c.active["t4"] == C.Timer(1, T0 + 10_000)
+
+
+async def test_a_request_opens_its_round_with_one_write_and_no_read(bus: FakeBus, clock: Clock) -> None:
+    c = consensus(bus)
+    await c.on_requested(request("t4b"))
+    rounds = bus.kvs["rounds"]
+    assert (rounds.writes, rounds.reads) == (["t4b"], [])
+    assert rounds.round("t4b").opened
+    # another instance (no cached copy) seeing the same request again: the create fails, it reads, and
+    # finds the round open already (nothing written)
+    other = consensus(bus)
+    await other.on_requested(request("t4b"))
+    assert (rounds.writes, rounds.reads) == (["t4b"], ["t4b"])
 
 
 async def test_votes_before_the_request_approve_when_it_opens(bus: FakeBus, clock: Clock) -> None:
