@@ -128,11 +128,12 @@ async def throughput(client: aiohttp.ClientSession, total: int, workers: int) ->
     pending = set(ids)
     while pending and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
-        async with client.get("/api/v1/transactions", params={"limit": 500}) as r:
-            listing = await r.json()
-        for t in listing["transactions"]:
-            if t["state"] in ("broadcast", "confirmed", "rejected", "failed"):
-                pending.discard(t["id"])
+        for offset in range(0, len(ids), 500):  # the listing pages at 500
+            async with client.get("/api/v1/transactions", params={"limit": 500, "offset": offset}) as r:
+                listing = await r.json()
+            for t in listing["transactions"]:
+                if t["state"] in ("broadcast", "confirmed", "rejected", "failed"):
+                    pending.discard(t["id"])
     last = t0
     failed = 0
     for tx_id in ids:
@@ -190,7 +191,9 @@ async def bench(d: Path, spends: int, concurrent: int, workers: int) -> dict[str
     ) as client:
         for _ in range(3):  # warm-up: caches, connections, consumers
             await wait_state(client, (await spend(client, 10_000))[0], {"broadcast", "confirmed"}, 30)
+        print(f"latency: {spends} spends one at a time ...", flush=True)
         signed, broadcast = await latency(client, spends)
+        print(f"throughput: {concurrent} spends from {workers} clients ...", flush=True)
         cpu0 = cluster_cpu(d)
         rate, refused, failed = await throughput(client, concurrent, workers)
         cpu1 = cluster_cpu(d)
