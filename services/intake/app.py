@@ -112,6 +112,9 @@ class Intake:
     _fee_estimates: tuple[float, dict[int, float]] | None = None
     _policy: tuple[float, Policy] | None = None
     _published: list[str] = field(default_factory=list)
+    # outpoints this process's requests are storing right now (store.reserve): concurrent requests of one
+    # intake never choose the same coins, so only another intake process can make a choice be made again
+    claiming: set[tuple[str, int]] = field(default_factory=set)
     _marker: asyncio.Task[None] | None = None
 
     def published(self, tx_id: str) -> None:
@@ -352,7 +355,9 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
 
     try:
         try:
-            stored = await store.reserve(intake.pool, req.idempotency_key, outpoints(), select)
+            stored = await store.reserve(
+                intake.pool, req.idempotency_key, outpoints(), select, intake.claiming
+            )
         except ApiError as exc:
             if exc.error != "insufficient funds":
                 raise
@@ -360,11 +365,12 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
             # again, at every coin, before saying no
             view = await intake.wallet_utxos(wallet, max_age=0.0)
             candidates = view.candidates(req.amount_sats, None)
-            stored = await store.reserve(intake.pool, req.idempotency_key, outpoints(), select)
-    except asyncpg.UniqueViolationError:
-        # another request took an outpoint or the key between our read and insert: the lock makes
-        # this impossible for intake processes sharing the database; answer as a conflict anyway
-        fail(409, "conflict", "a concurrent request reserved the same funds or key; retry")
+            stored = await store.reserve(
+                intake.pool, req.idempotency_key, outpoints(), select, intake.claiming
+            )
+    except store.ReservationConflict:
+        # other intake processes kept taking the coins chosen for this one; nothing was stored
+        fail(409, "conflict", "concurrent requests kept reserving the same funds; retry")
     if isinstance(stored, store.Existing):
         return await repeat(intake, stored, digest)
     msg = msgspec.msgpack.decode(stored.message, type=TxRequested)

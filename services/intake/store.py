@@ -1,10 +1,14 @@
 """The intake's PostgreSQL side: spend requests, UTXO reservations (``db/040_intake_spends.sql``) and the
 read views over the recorder's projection.
 
-Reservations: :func:`reserve` runs under one advisory lock (``RESERVE_LOCK``) in one transaction: it
-re-checks the idempotency key, reads the reserved outpoints, lets the caller select coins from the rest,
-then inserts the request and its reservations. Two concurrent spends therefore never pick the same
-outpoint, and a repeated idempotency key never creates a second transaction.
+Reservations: :func:`reserve` takes two round trips and no lock. It reads which of the candidate outpoints
+are reserved, lets the caller select coins from the rest, then inserts the request and its reservations
+in ONE statement. The primary key of ``utxo_reservations`` (one in-flight spend per outpoint) and the
+unique idempotency key are the guards: when another request took a chosen outpoint in between (another
+intake process; this one's own concurrent requests are kept apart by the ``claiming`` set), the statement
+fails whole and the choice is made again; when it took the idempotency key, that request is the answer.
+Two spends therefore never reserve the same outpoint, and a repeated idempotency key never creates a
+second transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import asyncpg
 
 from schemas.rest import TransactionView, TransitionView, VoteView
 
-RESERVE_LOCK = 7405310113880
+RESERVE_ATTEMPTS = 8  # choices made again because another intake took a chosen outpoint meanwhile
+IDEMPOTENCY_CONSTRAINT = "spend_requests_idempotency_key_key"
 T = TypeVar("T")
 
 
@@ -80,51 +85,78 @@ class NewRequest:
         )
 
 
+class ReservationConflict(Exception):
+    """Other requests kept reserving the outpoints chosen for this one (``RESERVE_ATTEMPTS`` times)."""
+
+
+_RESERVED_AMONG = """SELECT r.txid, r.vout FROM utxo_reservations r
+    JOIN unnest($1::text[], $2::int[]) AS c(txid, vout) ON r.txid = c.txid AND r.vout = c.vout"""
+
+# the request and its reservations in one statement: all of it is stored, or (a taken outpoint or key)
+# none of it. The foreign key of the reservations is checked at the end of the statement, when the
+# request row is there.
+_INSERT_REQUEST = """WITH req AS (
+    INSERT INTO spend_requests (tx_id, idempotency_key, request_hash, api_key_id, recipient, amount, fee,
+        fee_rate, memo, message, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0))
+    RETURNING tx_id)
+INSERT INTO utxo_reservations (txid, vout, tx_id, amount)
+SELECT c.txid, c.vout, req.tx_id, c.amount
+FROM req, unnest($12::text[], $13::int[], $14::bigint[]) AS c(txid, vout, amount)"""
+
+
 async def reserve(
     pool: asyncpg.Pool,
     idempotency_key: str | None,
     candidates: list[tuple[str, int]],
     select: Callable[[set[tuple[str, int]]], NewRequest],
+    claiming: set[tuple[str, int]],
 ) -> NewRequest | Existing:
-    """Under the reservation lock: the existing request for ``idempotency_key``, or ``select(reserved)``
-    (which may raise to abort) stored with its reservations; ``reserved`` is the reserved part of
-    ``candidates`` (the outpoints the caller may pick from: the table also keeps reservations of spends
-    confirmed a while ago, which no current UTXO list holds, so it is not read whole)."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", RESERVE_LOCK)
-        if idempotency_key is not None:
-            existing = await find_by_idempotency_key(conn, idempotency_key)
-            if existing is not None:
-                return existing
-        rows = await conn.fetch(
-            """SELECT r.txid, r.vout FROM utxo_reservations r
-               JOIN unnest($1::text[], $2::int[]) AS c(txid, vout) ON r.txid = c.txid AND r.vout = c.vout""",
-            [t for t, _ in candidates],
-            [v for _, v in candidates],
-        )
-        reserved = {(r["txid"], r["vout"]) for r in rows}
-        req = select(reserved)
-        await conn.execute(
-            """INSERT INTO spend_requests (tx_id, idempotency_key, request_hash, api_key_id, recipient,
-                   amount, fee, fee_rate, memo, message, created_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0))""",
-            req.tx_id,
-            req.idempotency_key,
-            req.request_hash,
-            req.api_key_id,
-            req.recipient,
-            req.amount,
-            req.fee,
-            req.fee_rate,
-            req.memo,
-            req.message,
-            req.created_at_ms,
-        )
-        await conn.executemany(
-            "INSERT INTO utxo_reservations (txid, vout, tx_id, amount) VALUES ($1, $2, $3, $4)",
-            [(txid, vout, req.tx_id, amount) for txid, vout, amount in req.outpoints],
-        )
-        return req
+    """The existing request for ``idempotency_key``, or ``select(reserved)`` (which may raise to abort)
+    stored with its reservations. ``reserved`` is the reserved part of ``candidates`` (the outpoints the
+    caller may pick from: the table also keeps reservations of spends confirmed a while ago, which no
+    current UTXO list holds, so it is not read whole) plus ``claiming``: the outpoints this process's
+    other requests are storing right now (shared by the caller's concurrent calls; each call adds its
+    choice while it stores it). Raises :class:`ReservationConflict` when other intake processes took the
+    chosen outpoints ``RESERVE_ATTEMPTS`` times in a row."""
+    txids = [t for t, _ in candidates]
+    vouts = [v for _, v in candidates]
+    async with pool.acquire() as conn:
+        for _ in range(RESERVE_ATTEMPTS):
+            rows = await conn.fetch(_RESERVED_AMONG, txids, vouts)
+            req = select({(r["txid"], r["vout"]) for r in rows} | claiming)
+            mine = {(txid, vout) for txid, vout, _ in req.outpoints} - claiming
+            claiming |= mine
+            try:
+                await conn.execute(
+                    _INSERT_REQUEST,
+                    req.tx_id,
+                    req.idempotency_key,
+                    req.request_hash,
+                    req.api_key_id,
+                    req.recipient,
+                    req.amount,
+                    req.fee,
+                    req.fee_rate,
+                    req.memo,
+                    req.message,
+                    req.created_at_ms,
+                    [o[0] for o in req.outpoints],
+                    [o[1] for o in req.outpoints],
+                    [o[2] for o in req.outpoints],
+                )
+                return req
+            except asyncpg.UniqueViolationError as exc:
+                if idempotency_key is not None and exc.constraint_name == IDEMPOTENCY_CONSTRAINT:
+                    existing = await find_by_idempotency_key(conn, idempotency_key)
+                    if existing is not None:
+                        return existing
+                # an outpoint was reserved since it was read: choose again
+            finally:
+                claiming -= mine
+    raise ReservationConflict(
+        f"the chosen outpoints were reserved by other requests {RESERVE_ATTEMPTS} times"
+    )
 
 
 async def mark_published(pool: asyncpg.Pool, tx_ids: list[str]) -> None:
