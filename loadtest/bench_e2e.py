@@ -5,9 +5,10 @@
 Starts a cluster with ``mpcw up`` in a fresh temporary directory (or uses a running one with
 ``--data-dir``), runs the DKG, funds the wallet with enough coins, then measures:
 
-- latency, one spend at a time: request -> signed and request -> broadcast (p50, p99), taken from the
-  transaction's timeline (publish times of ``tx.signed`` / ``tx.broadcast``) against the moment the
-  client sent the request (same machine, same clock);
+- latency, one spend at a time (p50, p99): request -> accepted (the intake's 202 read by the client);
+  request -> signed and request -> broadcast, taken from the transaction's timeline (publish times of
+  ``tx.signed`` / ``tx.broadcast``) against the moment the client sent the request (same machine, same
+  clock);
 - sustained throughput: ``--concurrent`` spends submitted by ``--workers`` concurrent clients; spends per
   second from the first request to the last ``broadcast``.
 
@@ -78,27 +79,30 @@ def at(body: dict[str, Any], state: str) -> float | None:
     return None
 
 
-async def spend(client: aiohttp.ClientSession, amount: int) -> tuple[str, float]:
+async def spend(client: aiohttp.ClientSession, amount: int) -> tuple[str, float, float]:
+    """POST one spend: its id, when the request was sent and when its answer was read (epoch s)."""
     t0 = time.time()
     body = {"recipient": RECIPIENT, "amount_sats": amount, "fee_rate": 2.0}
     async with client.post("/api/v1/transactions", json=body) as r:
         if r.status not in (200, 201, 202):
             raise RuntimeError(f"spend refused: {r.status} {(await r.text())[:200]}")
-        return (await r.json())["id"], t0
+        return (await r.json())["id"], t0, time.time()
 
 
-async def latency(client: aiohttp.ClientSession, count: int) -> tuple[list[float], list[float]]:
+async def latency(client: aiohttp.ClientSession, count: int) -> dict[str, list[float]]:
+    to_accepted: list[float] = []
     to_signed: list[float] = []
     to_broadcast: list[float] = []
     for _ in range(count):
-        tx_id, t0 = await spend(client, 10_000)
+        tx_id, t0, accepted = await spend(client, 10_000)
+        to_accepted.append((accepted - t0) * 1000)
         body = await wait_state(client, tx_id, {"broadcast", "confirmed"}, 30)
         s, b = at(body, "signed"), at(body, "broadcast")
         if s is None or b is None:
             raise RuntimeError(f"{tx_id} ended {body['state']}: {body.get('reasons')}")
         to_signed.append((s - t0) * 1000)
         to_broadcast.append((b - t0) * 1000)
-    return to_signed, to_broadcast
+    return {"accepted": to_accepted, "signed": to_signed, "broadcast": to_broadcast}
 
 
 async def throughput(client: aiohttp.ClientSession, total: int, workers: int) -> tuple[float, int, int]:
@@ -116,7 +120,7 @@ async def throughput(client: aiohttp.ClientSession, total: int, workers: int) ->
             except asyncio.QueueEmpty:
                 return
             try:
-                tx_id, _ = await spend(client, 10_000)
+                tx_id, _, _ = await spend(client, 10_000)
                 ids.append(tx_id)
             except RuntimeError:
                 refused += 1
@@ -192,14 +196,14 @@ async def bench(d: Path, spends: int, concurrent: int, workers: int) -> dict[str
         for _ in range(3):  # warm-up: caches, connections, consumers
             await wait_state(client, (await spend(client, 10_000))[0], {"broadcast", "confirmed"}, 30)
         print(f"latency: {spends} spends one at a time ...", flush=True)
-        signed, broadcast = await latency(client, spends)
+        lat = await latency(client, spends)
         print(f"throughput: {concurrent} spends from {workers} clients ...", flush=True)
         cpu0 = cluster_cpu(d)
         rate, refused, failed = await throughput(client, concurrent, workers)
         cpu1 = cluster_cpu(d)
     cpu = {k: (v - cpu0.get(k, 0.0)) * 1000 / concurrent for k, v in cpu1.items()}
     return {
-        "signed": signed, "broadcast": broadcast, "rate": rate, "refused": refused, "failed": failed,
+        **lat, "rate": rate, "refused": refused, "failed": failed,
         "cpu": cpu,
     }  # fmt: skip
 
@@ -240,7 +244,11 @@ def main() -> None:
     print()
     print("| measure | p50 | p99 | n |")
     print("|---|---:|---:|---:|")
-    for key, name in (("signed", "request -> signed"), ("broadcast", "request -> broadcast")):
+    for key, name in (
+        ("accepted", "request -> accepted (202)"),
+        ("signed", "request -> signed"),
+        ("broadcast", "request -> broadcast"),
+    ):
         v = res[key]
         print(f"| {name} (one at a time) | {statistics.median(v):.1f} ms | {pct(v, 99):.1f} ms | {len(v)} |")
     print(
