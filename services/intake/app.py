@@ -8,9 +8,13 @@ Routes (``/api/v1``)::
     GET  /api/v1/cluster/nodes            node_status rows (+ KV ``nodes`` / ``bans``)
     GET  /api/v1/wallet/address           the receive address (P2TR of the threshold key, path 0/0)
     GET  /api/v1/wallet/balance           confirmed / unconfirmed / reserved / spendable sats
-    POST /api/v1/transactions             a spend (API key required) -> 202 {id, state}; repeat -> 200
+    POST /api/v1/transactions             a spend (admin or operator key) -> 202 {id, state}; repeat -> 200
     GET  /api/v1/transactions             ?state=&limit=&offset=, newest first
     GET  /api/v1/transactions/{id}        state, timeline, votes, txid, signed tx
+
+Every ``/api/v1`` route needs an API key (``Authorization: Bearer <key>`` or ``X-API-Key``): any role
+reads, ``admin`` and ``operator`` keys request spends (``mpcw apikey create|list|revoke``). Without one
+the answer is 401; ``/health`` and ``/metrics`` are open.
 
 ``POST /api/v1/transactions`` answers every bad input with a 4xx before anything is published:
 401/403 (API key missing, unknown, revoked, read-only), 400 (body not JSON, recipient invalid or of
@@ -44,7 +48,7 @@ from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, BUCKET_NODES, BUCKET_PRESI
 from schemas.rest import ErrorBody, Policy, SpendRequest
 from services.runtime.bus import Bus
 from services.runtime.config import ServiceConfig
-from services.runtime.db import lookup_api_key
+from services.runtime.db import hash_api_key, lookup_api_key
 from services.runtime.esplora import EsploraClient, EsploraError
 from services.runtime.logging import Logger
 from wallet.address import InvalidAddress, address_to_script
@@ -58,7 +62,8 @@ MAX_KEY_LEN = 256
 MAX_BODY = 64 * 1024
 DEFAULT_FEE_TARGET = 6  # blocks
 ALIVE_SECONDS = 30.0
-WRITE_ROLES = frozenset({"admin", "operator"})
+WRITE_ROLES = frozenset({"admin", "operator"})  # may request spends; "viewer" keys only read
+READ_KEY_CACHE_S = 5.0  # a key accepted for reading is not looked up again for this long
 UTXO_VIEW_MAX_AGE_S = 2.0  # how old a UTXO list intake may build a spend from
 FEE_ESTIMATES_MAX_AGE_S = 10.0  # how old the chain backend's fee estimates intake may use
 CANDIDATE_LIMIT = 200  # coins a spend first picks from (all of them before it answers "insufficient")
@@ -112,6 +117,7 @@ class Intake:
     _fee_estimates: tuple[float, dict[int, float]] | None = None
     _policy: tuple[float, Policy] | None = None
     _published: list[str] = field(default_factory=list)
+    _read_keys: dict[bytes, float] = field(default_factory=dict)  # key hash -> accepted until (monotonic)
     # outpoints this process's requests are storing right now (store.reserve): concurrent requests of one
     # intake never choose the same coins, so only another intake process can make a choice be made again
     claiming: set[tuple[str, int]] = field(default_factory=set)
@@ -217,16 +223,42 @@ def presented_api_key(request: Request) -> str | None:
 
 
 async def authenticate(intake: Intake, request: Request) -> asyncpg.Record:
+    """The api_keys row of the request's key, which must be allowed to request spends (looked up every
+    time: a revoked key stops spending at once)."""
+    row = await _known_key(intake, _required_key(request))
+    if row["role"] not in WRITE_ROLES:
+        fail(403, "forbidden", f"API key role {row['role']!r} may not request spends")
+    return row
+
+
+async def authenticate_read(intake: Intake, request: Request) -> None:
+    """Any valid key may read (viewer, operator, admin). A key accepted is trusted for reading for
+    ``READ_KEY_CACHE_S`` (pollers do not cost a database look-up each), so a revoked key may read that
+    much longer."""
+    key = _required_key(request)
+    digest = hash_api_key(key)
+    now = time.monotonic()
+    if intake._read_keys.get(digest, 0.0) > now:
+        return
+    await _known_key(intake, key)
+    if len(intake._read_keys) > 10_000:
+        intake._read_keys.clear()
+    intake._read_keys[digest] = now + READ_KEY_CACHE_S
+
+
+def _required_key(request: Request) -> str:
     key = presented_api_key(request)
     if key is None:
         fail(401, "unauthorized", "API key required: Authorization: Bearer <key> or X-API-Key")
     if len(key) > MAX_KEY_LEN:
         fail(401, "unauthorized", "unknown or revoked API key")
+    return key
+
+
+async def _known_key(intake: Intake, key: str) -> asyncpg.Record:
     row = await lookup_api_key(intake.pool, key)
     if row is None:
         fail(401, "unauthorized", "unknown or revoked API key")
-    if row["role"] not in WRITE_ROLES:
-        fail(403, "forbidden", f"API key role {row['role']!r} may not request spends")
     return row
 
 
@@ -557,14 +589,17 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
 
     @app.get("/api/v1/cluster/status")
     async def status(request: Request) -> HTTPResponse:
+        await authenticate_read(intake, request)
         return json_response(await cluster_status(intake))
 
     @app.get("/api/v1/cluster/nodes")
     async def nodes(request: Request) -> HTTPResponse:
+        await authenticate_read(intake, request)
         return json_response({"nodes": await nodes_view(intake)})
 
     @app.get("/api/v1/wallet/address")
     async def address(request: Request) -> HTTPResponse:
+        await authenticate_read(intake, request)
         wallet = await intake.get_wallet()
         return json_response(
             {
@@ -578,6 +613,7 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
 
     @app.get("/api/v1/wallet/balance")
     async def wallet_balance(request: Request) -> HTTPResponse:
+        await authenticate_read(intake, request)
         return json_response(await balance(intake))
 
     @app.post("/api/v1/transactions")
@@ -586,6 +622,7 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
 
     @app.get("/api/v1/transactions")
     async def list_transactions(request: Request) -> HTTPResponse:
+        await authenticate_read(intake, request)
         state = request.args.get("state")
         if state is not None and state not in {s.value for s in TxState}:
             fail(400, "bad query", f"state: must be one of {', '.join(s.value for s in TxState)}")
@@ -596,6 +633,7 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
 
     @app.get("/api/v1/transactions/<tx_id:str>")
     async def get_transaction(request: Request, tx_id: str) -> HTTPResponse:
+        await authenticate_read(intake, request)
         view = await store.get_transaction(intake.pool, parse_tx_id(tx_id))
         if view is None:
             fail(404, "not found", f"no transaction {tx_id}")

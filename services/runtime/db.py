@@ -235,6 +235,27 @@ async def store_api_key(
     return key_id
 
 
+async def list_api_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every API key's id, name, role, creation and revocation time (never the key or its hash)."""
+    return list(
+        await conn.fetch(
+            "SELECT key_id, name, role, created_at, revoked_at FROM api_keys ORDER BY created_at"
+        )
+    )
+
+
+async def revoke_api_key(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> str:
+    """Revoke a key by its id: "revoked", "already" (revoked before) or "unknown"."""
+    revoked = await conn.fetchval(
+        "UPDATE api_keys SET revoked_at = now() WHERE key_id = $1 AND revoked_at IS NULL RETURNING key_id",
+        key_id,
+    )
+    if revoked is not None:
+        return "revoked"
+    known = await conn.fetchval("SELECT 1 FROM api_keys WHERE key_id = $1", key_id)
+    return "already" if known else "unknown"
+
+
 async def lookup_api_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> asyncpg.Record | None:
     """The api_keys row (key_id, name, role) of a presented key, None when unknown or revoked."""
     return await conn.fetchrow(

@@ -8,6 +8,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import Cluster
@@ -81,3 +82,40 @@ def test_wallet_balance(cluster: Cluster) -> None:
     assert shown == Decimal(body["confirmed_sats"]) / 100_000_000
     assert shown > 0
     assert re.search(r"^unconfirmed\s+\d+\.\d{8} BTC", out, re.M), out
+
+
+def test_apikey_create_list_revoke(cluster: Cluster) -> None:
+    """A viewer key made by the CLI reads and may not spend; an operator key is refused once revoked."""
+    out = cluster.mpcw("apikey", "create", "--name", "dashboard", "--role", "viewer").stdout
+    viewer = re.search(r"^key\s+(mpcw_\w+_\S+)$", out, re.M).group(1)  # type: ignore[union-attr]
+    viewer_id = re.search(r"^key id\s+(\w+)$", out, re.M).group(1)  # type: ignore[union-attr]
+    out = cluster.mpcw("apikey", "create", "--name", "treasury bot", "--role", "operator").stdout
+    operator = re.search(r"^key\s+(mpcw_\w+_\S+)$", out, re.M).group(1)  # type: ignore[union-attr]
+    operator_id = re.search(r"^key id\s+(\w+)$", out, re.M).group(1)  # type: ignore[union-attr]
+
+    url = cluster.info["intake_url"]
+    with httpx.Client(base_url=url, timeout=30.0) as http:
+        assert http.get("/api/v1/wallet/balance").status_code == 401  # no key: no reading
+        assert http.get("/api/v1/wallet/balance", headers={"X-API-Key": viewer}).status_code == 200
+        r = http.post("/api/v1/transactions", content=b"{}", headers={"X-API-Key": viewer})
+        assert r.status_code == 403 and "viewer" in r.json()["detail"], r.text
+        # the operator key gets past authentication (to the body check: nothing is spent)
+        r = http.post("/api/v1/transactions", content=b"{}", headers={"Authorization": f"Bearer {operator}"})
+        assert r.status_code == 422, r.text
+
+        listed = cluster.mpcw("apikey", "list").stdout
+        assert re.search(rf"^{viewer_id}\s+viewer\s+.*active\s+dashboard$", listed, re.M), listed
+        assert re.search(rf"^{operator_id}\s+operator\s+.*active\s+treasury bot$", listed, re.M), listed
+        assert viewer not in listed and operator not in listed  # never the keys themselves
+
+        assert f"{operator_id} revoked" in cluster.mpcw("apikey", "revoke", operator_id).stdout
+        r = http.post("/api/v1/transactions", content=b"{}", headers={"Authorization": f"Bearer {operator}"})
+        assert r.status_code == 401 and "revoked" in r.json()["detail"], r.text
+        assert "already revoked" in cluster.mpcw("apikey", "revoke", operator_id).stdout
+        listed = cluster.mpcw("apikey", "list").stdout
+        assert re.search(rf"^{operator_id}\s+operator\s+.*revoked \d", listed, re.M), listed
+
+    bad = cluster.mpcw("apikey", "revoke", "nosuchkey", check=False)
+    assert bad.returncode == 1 and "no API key 'nosuchkey'" in bad.stderr, bad
+    bad = cluster.mpcw("apikey", "create", "--name", "x", "--role", "root", check=False)
+    assert bad.returncode == 2 and "root" in bad.stderr, bad

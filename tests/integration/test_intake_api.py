@@ -27,7 +27,7 @@ from schemas.kv import KeyRecord, key_record_key
 from schemas.names import BUCKET_KEYS, tx_subject
 from schemas.rest import Policy
 from services.runtime.bus import Bus
-from services.runtime.db import new_api_key, store_api_key
+from services.runtime.db import new_api_key, revoke_api_key, store_api_key
 from services.runtime.embedded import free_port
 from services.signer.spend_check import check_spend
 from tests.integration.test_recorder_projection import start_service, stop_service, wait_for
@@ -92,13 +92,16 @@ async def wallet_key(bus_factory: Callable[..., Awaitable[Bus]]) -> AsyncIterato
 
 
 class Api:
-    def __init__(self, url: str, key: str, viewer_key: str) -> None:
-        self.http = httpx.AsyncClient(base_url=url, timeout=15)
+    """The intake over HTTP; ``http`` reads with a viewer key, ``spend`` writes with the operator key."""
+
+    def __init__(self, url: str, key: str, viewer_key: str, database_url: str) -> None:
+        self.http = httpx.AsyncClient(base_url=url, timeout=15, headers={"X-API-Key": viewer_key})
         self.key = key
         self.viewer_key = viewer_key
+        self.database_url = database_url
 
     async def spend(self, body: Any, key: str | None = "default", raw: bytes | None = None) -> httpx.Response:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "X-API-Key": ""}  # "": no key at all
         if key == "default":
             headers["Authorization"] = f"Bearer {self.key}"
         elif key is not None:
@@ -142,7 +145,7 @@ async def api(
                 pass
             assert time.monotonic() < deadline, "intake did not start"
             await asyncio.sleep(0.1)
-    client = Api(url, key, viewer)
+    client = Api(url, key, viewer, fresh_database_url)
     yield client
     await client.http.aclose()
     assert stop_service(proc) == 0, log.read_text()[-2000:]
@@ -158,6 +161,53 @@ async def fund(devchain: str, address: str, sats: int) -> dict[str, Any]:
         r = await c.post("/dev/faucet", json={"address": address, "sats": sats})
         assert r.status_code == 200, r.text
         return dict(r.json())
+
+
+READ_ROUTES = (
+    "/api/v1/cluster/status",
+    "/api/v1/cluster/nodes",
+    "/api/v1/wallet/address",
+    "/api/v1/wallet/balance",
+    "/api/v1/transactions",
+    f"/api/v1/transactions/{uuid.uuid4().hex}",
+)
+
+
+async def test_every_read_needs_a_key_of_any_role_and_revocation_holds(api: Api) -> None:
+    bogus = "mpcw_000000000000_" + "x" * 43
+    async with httpx.AsyncClient(base_url=str(api.http.base_url), timeout=15) as anonymous:
+        for path in READ_ROUTES:
+            r = await anonymous.get(path)
+            assert r.status_code == 401 and "API key required" in r.json()["detail"], (path, r.text)
+            r = await anonymous.get(path, headers={"X-API-Key": bogus})
+            assert r.status_code == 401 and "unknown" in r.json()["detail"], (path, r.text)
+            r = await anonymous.get(path, headers={"Authorization": "Bearer " + "k" * 300})
+            assert r.status_code == 401, (path, r.text)
+            # a key of any role reads (the answer may be 409 "no key yet" or 404, never 401/403)
+            for key in (api.viewer_key, api.key):
+                r = await anonymous.get(path, headers={"X-API-Key": key})
+                assert r.status_code not in (401, 403), (path, r.status_code, r.text)
+        # /health and /metrics stay open (liveness probes, Prometheus)
+        assert (await anonymous.get("/health")).status_code == 200
+        assert (await anonymous.get("/metrics")).status_code == 200
+
+        # revoked: an operator key stops spending at once; a key not read with lately stops reading at once
+        conn = await asyncpg.connect(api.database_url)
+        try:
+            _, operator = new_api_key()
+            _, viewer = new_api_key()
+            op_id = await store_api_key(conn, operator, "to revoke", "operator")
+            viewer_id = await store_api_key(conn, viewer, "to revoke", "viewer")
+            assert await revoke_api_key(conn, op_id) == "revoked"
+            assert await revoke_api_key(conn, viewer_id) == "revoked"
+            assert await revoke_api_key(conn, viewer_id) == "already"
+            assert await revoke_api_key(conn, "no-such-key") == "unknown"
+        finally:
+            await conn.close()
+        r = await api.spend({"recipient": REGTEST_ADDR, "amount_sats": 10_000}, key=operator)
+        assert r.status_code == 401 and "revoked" in r.json()["detail"], r.text
+        r = await anonymous.get("/api/v1/transactions", headers={"X-API-Key": viewer})
+        assert r.status_code == 401 and "revoked" in r.json()["detail"], r.text
 
 
 async def test_no_key_yet_answers_409(api: Api, bus_factory: Callable[..., Awaitable[Bus]]) -> None:
