@@ -99,7 +99,7 @@ class Publishers:
         )
         await b["consensus"].publish(tx_subject("signing", tx), signing, f"s.{tx}.1")
         txid = os.urandom(32).hex()
-        await b["consensus"].publish(
+        await b["broadcaster"].publish(
             tx_subject("signed", tx),
             m.TxSigned(tx_id=tx, txid=txid, signed_tx=b"\x02signed" + os.urandom(100), attempt=1),
             f"d.{tx}",

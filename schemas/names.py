@@ -173,8 +173,69 @@ PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
     "admin": (">",),
 }
 
+# identity (or "node" for every node-k) -> its durable consumers: name ("{self}" substituted) -> filter
+# subject. The broker lets an identity create, read from, ack on and delete only these durables (on the
+# stream of their filter), so no identity can take another's deliveries (a node acking the recorder's
+# or consensus's messages away would leave gaps in the audit log or starve a vote count). The services
+# name their consumers from this table (``durable(identity, name)``).
+CONSUMERS: Final[dict[str, dict[str, str]]] = {
+    "node": {
+        "signer-{self}-requests": "tx.requested.>",
+        "signer-{self}-signing": "tx.signing.>",
+        "signer-{self}-noncegen": "proto.noncegen.*.1.presig.{self}",
+        "signer-{self}-dkg": "proto.chilldkg.*.*.consensus",
+    },
+    "consensus": {
+        "consensus-requested": "tx.requested.>",
+        "consensus-votes": "vote.>",
+        "consensus-signed": "tx.signed.>",
+        "consensus-failed": "tx.failed.>",
+        "consensus-refusals": "proto.frost.*.refused.*",
+        "consensus-dkg": "proto.chilldkg.*.*.*",
+        "consensus-violations": "node.violation.*",
+    },
+    "broadcaster": {
+        "broadcaster-psigs": "proto.frost.*.2.*",
+        "broadcaster-signed": "tx.signed.>",
+        "broadcaster-confirm": "tx.broadcast.>",
+    },
+    "recorder": {
+        "recorder-tx": "tx.>",
+        "recorder-vote": "vote.>",
+        "recorder-violation": "node.violation.>",
+    },
+    "monitor": {
+        "monitor-heartbeat": "node.heartbeat.>",
+        "monitor-violation": "node.violation.>",
+    },
+}
+
+
+def consumers_of(identity: str) -> dict[str, str]:
+    """The durable consumers ``identity`` may use: concrete name -> filter subject."""
+    table = CONSUMERS.get("node" if is_node(identity) else identity, {})
+    return {name.replace("{self}", identity): f.replace("{self}", identity) for name, f in table.items()}
+
+
+def consumers_with_prefix(identity: str, prefix: str) -> dict[str, str]:
+    """:func:`consumers_of` with ``<prefix>-`` instead of ``<identity>-`` at the start of each name (tests
+    run a second recorder or monitor beside the first under other names; a broker rendered with
+    ``consumer_rights="own"``, as ``mpcw up`` renders it, admits only the table's names)."""
+    head = f"{identity}-"
+    return {
+        (f"{prefix}-{name[len(head) :]}" if name.startswith(head) else name): subject
+        for name, subject in consumers_of(identity).items()
+    }
+
+
+def durable(identity: str, name: str) -> tuple[str, str]:
+    """``(filter subject, durable name)`` of the consumer ``name`` (as written in ``CONSUMERS``, e.g.
+    ``signer-{self}-requests``) of ``identity``; KeyError for a consumer the table does not give it."""
+    concrete = name.replace("{self}", identity)
+    return consumers_of(identity)[concrete], concrete
+
+
 # every JetStream client also needs these (see DESIGN.md, Known pitfalls); "{inbox}" is its inbox prefix
-JS_CLIENT_PUBLISH: Final[tuple[str, ...]] = ("$JS.API.>", "$JS.ACK.>", "$JS.FC.>")
 JS_CLIENT_SUBSCRIBE: Final[tuple[str, ...]] = ("{inbox}.>",)
 
 

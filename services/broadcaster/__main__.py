@@ -47,6 +47,7 @@ from schemas.messages import (
     Violation,
 )
 from schemas.names import BUCKET_KEYS, BUCKET_ROUNDS, proto_subject, tx_subject, violation_subject
+from schemas.names import durable as consumer
 from services.runtime.bus import CasConflict, Received, RetryLater
 from services.runtime.esplora import BroadcastRejected, EsploraClient, EsploraError, TxNotFound
 from services.runtime.lookup import last_message
@@ -472,9 +473,10 @@ def _permanent(exc: BroadcastRejected) -> bool:
 async def serve(ctx: ServiceContext) -> None:
     b = Broadcaster(ctx)
     bus = ctx.bus
-    bus.start_consumer("proto.frost.*.2.*", "broadcaster-psigs", b.on_psig)
-    bus.start_consumer("tx.signed.>", "broadcaster-signed", b.on_signed)
-    bus.start_consumer("tx.broadcast.>", "broadcaster-confirm", b.on_broadcast)
+    me = ctx.cfg.identity
+    bus.start_consumer(*consumer(me, "broadcaster-psigs"), b.on_psig)
+    bus.start_consumer(*consumer(me, "broadcaster-signed"), b.on_signed)
+    bus.start_consumer(*consumer(me, "broadcaster-confirm"), b.on_broadcast)
     follower = asyncio.create_task(b.follow_blocks(), name="follow-blocks")
     ctx.ready()
     await ctx.stopped()

@@ -70,6 +70,7 @@ from schemas.names import (
     BUCKET_CONFIG,
     BUCKET_KEYS,
     BUCKET_ROUNDS,
+    durable,
     proto_subject,
     tx_subject,
     violation_subject,
@@ -774,20 +775,21 @@ def _set(rnd: K.RoundRecord, **fields: object) -> bool:
 async def serve(ctx: ServiceContext) -> None:
     c = Consensus(ctx)
     bus = ctx.bus
+    me = ctx.cfg.identity
     tasks = [
         asyncio.create_task(c.pool.run()),
         asyncio.create_task(c.watch_timeouts()),
         asyncio.create_task(c.watch_dkg_requests()),
         asyncio.create_task(c.watch_bans()),
-        bus.start_consumer("tx.requested.>", "consensus-requested", c.on_requested),
-        bus.start_batch_consumer("vote.>", "consensus-votes", c.on_votes, batch=64),
+        bus.start_consumer(*durable(me, "consensus-requested"), c.on_requested),
+        bus.start_batch_consumer(*durable(me, "consensus-votes"), c.on_votes, batch=64),
         # only the events that end a round's signing: verifying every tx.* event here was a third of
         # this service's work
-        bus.start_consumer("tx.signed.>", "consensus-signed", c.on_tx_event),
-        bus.start_consumer("tx.failed.>", "consensus-failed", c.on_tx_event),
-        bus.start_consumer("proto.frost.*.refused.*", "consensus-refusals", c.on_refused),
-        bus.start_consumer("proto.chilldkg.*.*.*", "consensus-dkg", c.on_dkg),
-        bus.start_consumer("node.violation.*", "consensus-violations", c.on_violation),
+        bus.start_consumer(*durable(me, "consensus-signed"), c.on_tx_event),
+        bus.start_consumer(*durable(me, "consensus-failed"), c.on_tx_event),
+        bus.start_consumer(*durable(me, "consensus-refusals"), c.on_refused),
+        bus.start_consumer(*durable(me, "consensus-dkg"), c.on_dkg),
+        bus.start_consumer(*durable(me, "consensus-violations"), c.on_violation),
     ]
     await c.resume()
     ctx.ready()

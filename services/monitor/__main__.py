@@ -20,7 +20,11 @@ async def serve(ctx: ServiceContext) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = service_argparser("monitor")
-    parser.add_argument("--durable-prefix", default="monitor", help="consumer names <prefix>-heartbeat, ...")
+    parser.add_argument(
+        "--durable-prefix",
+        default="monitor",
+        help="consumer names <prefix>-heartbeat, ... (for tests: mpcw up's broker admits the default only)",
+    )
     registry = {**REGISTRY, "BusRejection": BusRejection}
     run_service("monitor", serve, argv=argv, registry=registry, use_db=True, parser=parser)
 

@@ -28,7 +28,14 @@ from prometheus_client import Counter, Gauge
 from schemas.envelope import BusRejection
 from schemas.kv import BanRecord
 from schemas.messages import Heartbeat, Violation
-from schemas.names import BUCKET_BANS, BUCKET_NODES, SERVICE_IDENTITIES, UNKNOWN, check_token
+from schemas.names import (
+    BUCKET_BANS,
+    BUCKET_NODES,
+    SERVICE_IDENTITIES,
+    UNKNOWN,
+    check_token,
+    consumers_with_prefix,
+)
 from services.runtime.bus import Bus, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.logging import get_logger
@@ -71,9 +78,13 @@ class Monitor:
         self.log = get_logger(cfg.name)
 
     def start(self, durable_prefix: str = "monitor") -> list[asyncio.Task[Any]]:
+        consumers = {
+            name.removeprefix(f"{durable_prefix}-"): (subject, name)
+            for name, subject in consumers_with_prefix(self.cfg.identity, durable_prefix).items()
+        }
         return [
-            self.bus.start_consumer("node.heartbeat.>", f"{durable_prefix}-heartbeat", self.on_heartbeat),
-            self.bus.start_consumer("node.violation.>", f"{durable_prefix}-violation", self.on_violation),
+            self.bus.start_consumer(*consumers["heartbeat"], self.on_heartbeat),
+            self.bus.start_consumer(*consumers["violation"], self.on_violation),
             asyncio.create_task(self.sweep_forever(), name="monitor-sweep"),
         ]
 

@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> None:
         default=BATCH,
         help="messages per fetch and per DB transaction (1: one at a time, the old way)",
     )
-    parser.add_argument("--durable-prefix", default="recorder", help="consumer names <prefix>-tx, -vote, ...")
+    parser.add_argument(
+        "--durable-prefix",
+        default="recorder",
+        help="consumer names <prefix>-tx, -vote, ... (for tests: mpcw up's broker admits only the default)",
+    )
     run_service("recorder", serve, argv=argv, registry=REGISTRY, use_db=True, parser=parser)
 
 

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from dataclasses import dataclass
 
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from schemas.names import stream_for, violation_subject
+from schemas.names import consumers_with_prefix, stream_for, violation_subject
 from services.runtime.bus import Bus, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.db import advance_stream_position, audit_append, stream_position
@@ -48,18 +47,6 @@ BATCH_FALLBACKS = Counter(
 BATCH = 256  # messages per fetch and per database transaction
 LINGER_S = 0.02  # a batch waits this long to fill: fewer, bigger transactions; views lag by as much
 
-
-@dataclass(frozen=True)
-class Subscription:
-    subject: str
-    durable: str
-
-
-SUBSCRIPTIONS: tuple[Subscription, ...] = (
-    Subscription("tx.>", "tx"),
-    Subscription("vote.>", "vote"),
-    Subscription("node.violation.>", "violation"),
-)
 
 TRANSIENT = (
     OSError,
@@ -88,24 +75,25 @@ class Recorder:
         self.tasks: list[asyncio.Task[None]] = []
 
     def start(self, *, ack_wait: float = 10.0, durable_prefix: str = "recorder", batch: int = BATCH) -> None:
-        """Start the consumers (durables ``<prefix>-tx``, ``-vote``, ``-violation``); ``batch = 1``: one
-        message per fetch and per database transaction (the slow, original way)."""
-        for s in SUBSCRIPTIONS:
-            durable = f"{durable_prefix}-{s.durable}"
+        """Start the consumers (durables ``<prefix>-tx``, ``-vote``, ``-violation``: ``CONSUMERS`` of
+        ``schemas.names``); ``batch = 1``: one message per fetch and per database transaction (the slow,
+        original way)."""
+        subscriptions = consumers_with_prefix(self.cfg.identity, durable_prefix)
+        for durable, subject in subscriptions.items():
             if batch > 1:
                 task = self.bus.start_batch_consumer(
-                    s.subject,
+                    subject,
                     durable,
                     self.handle_batch,
                     batch=batch,
                     max_ack_pending=batch,
                     ack_wait=ack_wait,
-                    resume_from=functools.partial(self._resume_from, stream_for(s.subject)),
+                    resume_from=functools.partial(self._resume_from, stream_for(subject)),
                     linger=LINGER_S,
                 )
             else:
                 task = self.bus.start_consumer(
-                    s.subject,
+                    subject,
                     durable,
                     self.handle,
                     batch=1,
@@ -114,7 +102,7 @@ class Recorder:
                     ack_sync=True,
                 )
             self.tasks.append(task)
-        self.log.info("recorder consuming", subjects=[s.subject for s in SUBSCRIPTIONS], batch=batch)
+        self.log.info("recorder consuming", consumers=subscriptions, batch=batch)
 
     async def _resume_from(self, stream: str) -> int:
         """Where a batch consumer (re)starts: right after the position stored with the last commit."""

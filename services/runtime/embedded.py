@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .natsconf import NatsPorts, render_cluster_configs, render_server_config
+from .natsconf import ConsumerRights, NatsPorts, render_cluster_configs, render_server_config
 from .pki import server_tls_files
 
 
@@ -100,6 +100,7 @@ def start_nats(
     cluster_size: int = 1,
     ports: list[NatsPorts] | None = None,
     timeout: float = 20.0,
+    consumer_rights: ConsumerRights = "own",
 ) -> NatsServers:
     """Start nats-server with its store in ``DIR/nats/`` and wait until JetStream is ready."""
     nats_dir = data_dir / "nats"
@@ -121,6 +122,7 @@ def start_nats(
                 ca_file=tls.ca,
                 server_cert=tls.cert,
                 server_key=tls.key,
+                consumer_rights=consumer_rights,
             )
         ]
     else:
@@ -131,6 +133,7 @@ def start_nats(
             ca_file=tls.ca,
             server_cert=tls.cert,
             server_key=tls.key,
+            consumer_rights=consumer_rights,
         )
     binary = nats_server_binary()
     procs: list[subprocess.Popen[bytes]] = []

@@ -10,15 +10,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import Any, Literal
 
 from schemas.names import (
+    BUCKETS,
     JS_CLIENT_SUBSCRIBE,
+    consumers_of,
     inbox_prefix,
     publish_rights,
+    stream_for,
 )
 
-# JetStream API subjects every (non-admin) client may use: no stream create/update/delete/purge
+# JetStream API subjects every (non-admin) client may use: reading streams and consumer state, flow
+# control; no stream create/update/delete/purge
 JS_API_CLIENT: tuple[str, ...] = (
     "$JS.API.INFO",
     "$JS.API.STREAM.INFO.*",
@@ -26,10 +30,33 @@ JS_API_CLIENT: tuple[str, ...] = (
     "$JS.API.STREAM.LIST",
     "$JS.API.STREAM.MSG.GET.*",
     "$JS.API.DIRECT.GET.>",
-    "$JS.API.CONSUMER.>",
-    "$JS.ACK.>",
+    "$JS.API.CONSUMER.INFO.*.*",
+    "$JS.API.CONSUMER.NAMES.*",
+    "$JS.API.CONSUMER.LIST.*",
     "$JS.FC.>",
+    # KV watches and key listings: ephemeral consumers the server names (ack policy none)
+    *(f"$JS.API.CONSUMER.CREATE.KV_{bucket}" for bucket in BUCKETS),
 )
+# consumer_rights="any" (the integration tests' broker: their consumers have names of their own): every
+# consumer operation on every consumer, and every ack
+JS_API_ANY_CONSUMER: tuple[str, ...] = ("$JS.API.CONSUMER.>", "$JS.ACK.>")
+ConsumerRights = Literal["own", "any"]
+
+
+def consumer_rights_of(identity: str) -> list[str]:
+    """The JetStream API subjects of ``identity``'s own durable consumers (``schemas.names.CONSUMERS``):
+    create or update, look up, delete, pull from, and ack on them; nothing on anybody else's."""
+    out: list[str] = []
+    for name, subject in consumers_of(identity).items():
+        s = stream_for(subject)
+        out += [
+            f"$JS.API.CONSUMER.CREATE.{s}.{name}",
+            f"$JS.API.CONSUMER.CREATE.{s}.{name}.>",
+            f"$JS.API.CONSUMER.DELETE.{s}.{name}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{s}.{name}",
+            f"$JS.ACK.{s}.{name}.>",
+        ]
+    return out
 
 
 def nats_conf_dir() -> Path:
@@ -48,12 +75,13 @@ def _q(s: str) -> str:
     return json.dumps(s)  # a double-quoted string, valid in nats config
 
 
-def user_entry(identity: str) -> str:
+def user_entry(identity: str, consumer_rights: ConsumerRights = "own") -> str:
     if identity == "admin":
         pub = [">"]
         sub = [">"]
     else:
-        pub = [*publish_rights(identity), *JS_API_CLIENT]
+        consumers = consumer_rights_of(identity) if consumer_rights == "own" else list(JS_API_ANY_CONSUMER)
+        pub = [*publish_rights(identity), *JS_API_CLIENT, *consumers]
         sub = [p.replace("{inbox}", inbox_prefix(identity)) for p in JS_CLIENT_SUBSCRIBE]
     return (
         f"    {{ user: {_q('CN=' + identity)}, permissions: {{\n"
@@ -80,7 +108,10 @@ def render_server_config(
     server_name: str = "mpcw-1",
     routes: list[int] | None = None,
     cluster_name: str = "mpcw",
+    consumer_rights: ConsumerRights = "own",
 ) -> str:
+    """``consumer_rights``: "own" (every deployment) lets each identity use only its own durable
+    consumers; "any" (the integration tests' shared broker) lets it use any."""
     d = nats_conf_dir()
     common = {
         "server_cert": str(server_cert),
@@ -100,7 +131,7 @@ def render_server_config(
         port=ports.client,
         http_port=ports.http,
         store_dir=str(store_dir),
-        users="\n".join(user_entry(i) for i in identities),
+        users="\n".join(user_entry(i, consumer_rights) for i in identities),
         cluster=cluster,
         **common,
     )
@@ -114,6 +145,7 @@ def render_cluster_configs(
     ca_file: Path,
     server_cert: Path,
     server_key: Path,
+    consumer_rights: ConsumerRights = "own",
 ) -> list[str]:
     """One config per server of a JetStream cluster (each routes to all the others)."""
     confs = []
@@ -129,6 +161,7 @@ def render_cluster_configs(
                 server_key=server_key,
                 server_name=f"mpcw-{i + 1}",
                 routes=others,
+                consumer_rights=consumer_rights,
             )
         )
     return confs

@@ -51,6 +51,7 @@ from schemas.names import (
     BUCKET_KEYS,
     BUCKET_PRESIG,
     check_token,
+    durable,
     heartbeat_subject,
     proto_subject,
     tx_subject,
@@ -120,21 +121,16 @@ class SignerNode:
         await self._load_policy()
         me = self.node
         return [
-            self.bus.start_batch_consumer(
-                "tx.requested.>", f"signer-{me}-requests", self.on_requests, batch=64
-            ),
+            self.bus.start_batch_consumer(*durable(me, "signer-{self}-requests"), self.on_requests, batch=64),
             # redelivered to a restarted signer well before consensus gives the attempt up (10 s)
             self.bus.start_batch_consumer(
-                "tx.signing.>",
-                f"signer-{me}-signing",
+                *durable(me, "signer-{self}-signing"),
                 self.on_signings,
                 batch=64,
                 ack_wait=SIGNING_ACK_WAIT_S,
             ),
-            self.bus.start_consumer(
-                f"proto.noncegen.*.1.presig.{me}", f"signer-{me}-noncegen", self.on_noncegen
-            ),
-            self.bus.start_consumer("proto.chilldkg.*.*.consensus", f"signer-{me}-dkg", self.dkg.on_message),
+            self.bus.start_consumer(*durable(me, "signer-{self}-noncegen"), self.on_noncegen),
+            self.bus.start_consumer(*durable(me, "signer-{self}-dkg"), self.dkg.on_message),
             asyncio.create_task(self._watch_policy()),
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self._sweep_nonces()),

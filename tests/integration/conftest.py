@@ -46,7 +46,10 @@ def nats_server(pki: Path) -> Iterator[str]:
     servers = None
     url = external or ""
     if not external:
-        servers = start_nats(pki, all_identities(5))
+        # consumer_rights="any": these tests name their consumers freely (a fresh durable per test, a
+        # second recorder beside the first); the broker `mpcw up` starts admits only each identity's own
+        # (schemas.names.CONSUMERS), which test_nats_security checks on a broker of its own
+        servers = start_nats(pki, all_identities(5), consumer_rights="any")
         url = servers.url
 
     async def ensure() -> None:

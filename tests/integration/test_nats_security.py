@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats.errors
 import pytest
+from nats.js import api
 
 import nats
-from schemas.names import all_identities, publish_rights, sender_may_publish
-from services.runtime.bus import Bus
-from services.runtime.natsconf import NatsPorts, render_cluster_configs, render_server_config
+from schemas.messages import REGISTRY, TxRequested
+from schemas.names import (
+    BUCKET_NODES,
+    all_identities,
+    consumers_of,
+    consumers_with_prefix,
+    durable,
+    publish_rights,
+    sender_may_publish,
+)
+from services.runtime.bus import Bus, Received
+from services.runtime.config import load_config
+from services.runtime.embedded import start_nats
+from services.runtime.natsconf import (
+    NatsPorts,
+    consumer_rights_of,
+    render_cluster_configs,
+    render_server_config,
+)
 from services.runtime.pki import init_pki
 
 BusFactory = Callable[..., Awaitable[Bus]]
@@ -159,3 +176,115 @@ def test_cluster_config_renders(pki: Path) -> None:
         server_key=pki / "pki" / "server.key",
     )
     assert "cluster {" not in single and '"vote.*.node-1"' in single
+
+
+# ---- consumers: each identity uses only its own durables (schemas.names.CONSUMERS) ----------------------
+
+
+@pytest.fixture
+def strict_nats(pki: Path, tmp_path: Path) -> Iterator[str]:
+    """A broker of this test's own, rendered as ``mpcw up`` renders it (``consumer_rights="own"``; the
+    session's shared broker admits any consumer name, for the tests that make fresh ones)."""
+    (tmp_path / "pki").symlink_to(pki / "pki", target_is_directory=True)
+    servers = start_nats(tmp_path, all_identities(5), consumer_rights="own")
+
+    async def ensure() -> None:
+        admin = await Bus.connect(load_config("admin", pki, nats_url=servers.url), ensure=True)
+        await admin.close()
+
+    asyncio.run(ensure())
+    try:
+        yield servers.url
+    finally:
+        servers.stop()
+
+
+async def test_a_node_cannot_take_use_or_delete_others_consumers(pki: Path, strict_nats: str) -> None:
+    admin = await Bus.connect(load_config("admin", pki, nats_url=strict_nats))
+    try:
+        # the recorder's and consensus's durables, as their services create them
+        for name in ("recorder-vote", "consensus-votes"):
+            await admin.js.add_consumer(
+                "VOTE", config=api.ConsumerConfig(name=name, durable_name=name, filter_subject="vote.>")
+            )
+        errors: list[str] = []
+        nc = await connect(strict_nats, ctx(pki, "node-3"), errors, inbox_prefix="_INBOX.node-3")
+        try:
+            forbidden = [
+                "$JS.API.CONSUMER.MSG.NEXT.VOTE.recorder-vote",  # pull the recorder's deliveries away
+                "$JS.API.CONSUMER.MSG.NEXT.VOTE.consensus-votes",  # ... or consensus's votes
+                "$JS.API.CONSUMER.DELETE.VOTE.recorder-vote",
+                "$JS.API.CONSUMER.CREATE.VOTE.consensus-votes.vote.>",  # re-point it
+                "$JS.API.CONSUMER.DURABLE.CREATE.VOTE.recorder-vote",
+                "$JS.API.CONSUMER.CREATE.VOTE",  # an ephemeral one on a stream (only KV watches)
+                "$JS.API.CONSUMER.CREATE.TX.signer-node-2-requests.tx.requested.>",  # another node's
+                "$JS.ACK.VOTE.recorder-vote.1.1.1.1795000000000000000.0",  # ack in the recorder's name
+                "$JS.API.STREAM.PURGE.VOTE",
+            ]
+            for subject in forbidden:
+                await nc.publish(subject, b"{}", reply="_INBOX.node-3.x")
+            await nc.flush(timeout=2)
+            await asyncio.sleep(0.3)
+            said = [e.lower() for e in errors if "permissions violation" in e.lower()]
+            refused = [s for s in forbidden if any(s.lower() in e for e in said)]
+            assert refused == forbidden, errors
+        finally:
+            await nc.close()
+        # nothing happened to them
+        for name in ("recorder-vote", "consensus-votes"):
+            info = await admin.js.consumer_info("VOTE", name)
+            assert info.delivered.stream_seq == 0 and info.config.filter_subject == "vote.>"
+    finally:
+        await admin.close()
+
+
+async def test_a_node_uses_its_own_consumers_and_watches_kv(pki: Path, strict_nats: str) -> None:
+    intake = await Bus.connect(load_config("intake", pki, nats_url=strict_nats))
+    node = await Bus.connect(load_config("node-3", pki, nats_url=strict_nats))
+    try:
+        got: list[str] = []
+        stop = asyncio.Event()
+
+        async def handler(batch: list[Received]) -> None:
+            got.extend(r.subject for r in batch)
+            stop.set()
+
+        subject, name = durable("node-3", "signer-{self}-requests")
+        assert (subject, name) == ("tx.requested.>", "signer-node-3-requests")
+        task = asyncio.create_task(node.consume_batch(subject, name, handler, registry=REGISTRY, stop=stop))
+        req = TxRequested(
+            tx_id="acl-test", key_id="default", scheme="frost", network="regtest", recipient="x", amount=1,
+            fee_rate=1.0, fee=0, unsigned_tx=b"", inputs=[],
+        )  # fmt: skip
+        await intake.publish("tx.requested.acl-test", req, "acl-test")
+        await asyncio.wait_for(task, 10)
+        assert got == ["tx.requested.acl-test"]
+        for _ in range(100):  # its ack goes through (acks are sent with the client's next write)
+            if (await node.js.consumer_info("TX", name)).num_ack_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (await node.js.consumer_info("TX", name)).num_ack_pending == 0
+
+        kv = await node.kv(BUCKET_NODES)  # a watch: an ephemeral consumer the server names
+        watch = kv.watch()
+        assert await asyncio.wait_for(anext(watch), 10) is None  # initial values done (none)
+        await watch.aclose()
+    finally:
+        await node.close()
+        await intake.close()
+
+
+def test_every_service_consumer_is_in_the_table() -> None:
+    """The names the services use are the broker's: ``durable`` refuses one the table lacks."""
+    assert set(consumers_of("recorder")) == {"recorder-tx", "recorder-vote", "recorder-violation"}
+    assert consumers_with_prefix("recorder", "rec42") == {
+        "rec42-tx": "tx.>",
+        "rec42-vote": "vote.>",
+        "rec42-violation": "node.violation.>",
+    }
+    assert consumers_of("intake") == {} and consumers_of("presig") == {}
+    with pytest.raises(KeyError):
+        durable("node-3", "signer-node-2-requests")
+    rights = consumer_rights_of("node-3")
+    assert "$JS.API.CONSUMER.MSG.NEXT.TX.signer-node-3-requests" in rights
+    assert not any("node-2" in r or "recorder" in r or "consensus" in r for r in rights)
