@@ -119,9 +119,16 @@ def _state(d: Path) -> dict[str, Any]:
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--threshold", type=int, default=4, show_default=True)
+@click.option(
+    "--nats-servers",
+    type=click.Choice(["1", "3", "5"]),
+    default="1",
+    show_default=True,
+    help="3 or 5: a local JetStream cluster, every stream and bucket replicated 3 times",
+)
 @click.option("--timeout", type=float, default=90.0, show_default=True, help="seconds to wait for readiness")
 @click.pass_context
-def up(ctx: click.Context, nodes: int, threshold: int, timeout: float) -> None:
+def up(ctx: click.Context, nodes: int, threshold: int, nats_servers: str, timeout: float) -> None:
     """Start a local cluster (NATS, PostgreSQL, every service) and return once it is ready."""
     d = data_dir_of(ctx)
     if not (threshold * 2 > nodes and threshold <= nodes):
@@ -141,7 +148,7 @@ def up(ctx: click.Context, nodes: int, threshold: int, timeout: float) -> None:
     with open(d / "logs" / "supervisor.log", "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.runtime.supervisor", "--data-dir", str(d),
-             "--nodes", str(nodes), "--threshold", str(threshold)],
+             "--nodes", str(nodes), "--threshold", str(threshold), "--nats-servers", nats_servers],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, close_fds=True,
         )  # fmt: skip

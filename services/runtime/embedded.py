@@ -57,6 +57,24 @@ class NatsServers:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
+    def restart_exited(self) -> list[tuple[int, int]]:
+        """Start again, with the same configuration, ports and store, every server that exited (it rejoins
+        its cluster and catches up); returns (server index, exit code) of each one restarted."""
+        restarted = []
+        for i, (proc, conf) in enumerate(zip(self.procs, self.conf_files, strict=True)):
+            code = proc.poll()
+            if code is None:
+                continue
+            with open(conf.parent.parent / "logs" / f"nats-{i + 1}.log", "ab") as out:
+                self.procs[i] = subprocess.Popen(
+                    [str(nats_server_binary()), "-c", str(conf)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            restarted.append((i, code))
+        return restarted
+
     def stop(self, timeout: float = 10.0) -> None:
         for p in self.procs:
             if p.poll() is None:

@@ -123,14 +123,16 @@ class Proc:
 
 
 class Supervisor:
-    def __init__(self, data_dir: Path, n: int, t: int) -> None:
+    def __init__(self, data_dir: Path, n: int, t: int, nats_servers: int = 1) -> None:
         self.data_dir = data_dir
         self.n = n
         self.t = t
+        self.nats_servers = nats_servers  # 3 (or 5): a JetStream cluster, every stream and bucket R3
         self.run = run_dir(data_dir)
         self.logs = data_dir / "logs"
         self.procs: list[Proc] = []
         self.nats: NatsServers | None = None
+        self.nats_next_check = 0.0  # when to look for exited nats-servers next (monotonic)
         self.pg: Postgres | None = None
         self.stopping = False
         self.failed: str | None = None
@@ -173,7 +175,8 @@ class Supervisor:
             init_pki(self.data_dir, self.n)
         else:
             init_pki(self.data_dir, self.n)  # adds identities when n grew; keeps the rest
-        self.nats = start_nats(self.data_dir, all_identities(self.n))
+        self.nats = start_nats(self.data_dir, all_identities(self.n), cluster_size=self.nats_servers)
+        replicas = min(3, self.nats_servers)
         self.pg = start_postgres(self.data_dir)
         from .db import migrate, new_api_key, store_api_key
 
@@ -191,9 +194,9 @@ class Supervisor:
                 await store_api_key(conn, admin_key, "admin", "admin")
             finally:
                 await conn.close()
-            admin = await Bus.connect(
-                load_config("admin", self.data_dir, nats_url=self.nats.url if self.nats else ""), ensure=True
-            )
+            cfg = load_config("admin", self.data_dir, nats_url=self.nats.url if self.nats else "")
+            cfg.extra["nats_replicas"] = replicas  # cluster.json (read by every service) is written below
+            admin = await Bus.connect(cfg, ensure=True)
             await admin.close()
 
         asyncio.run(setup())
@@ -208,7 +211,8 @@ class Supervisor:
             "network": "regtest",
             "nats_url": self.nats.url,
             "nats_monitor_url": f"http://127.0.0.1:{self.nats.ports[0].http}",
-            "nats_replicas": 1,
+            "nats_replicas": replicas,
+            "nats_monitor_urls": [f"http://127.0.0.1:{p.http}" for p in self.nats.ports],
             "database_url": self.pg.url,
             "intake_port": intake_port,
             "intake_url": f"http://127.0.0.1:{intake_port}",
@@ -291,6 +295,10 @@ class Supervisor:
 
     def tick(self) -> None:
         now = time.monotonic()
+        if self.nats is not None and now >= self.nats_next_check:
+            self.nats_next_check = now + 1.0
+            for i, code in self.nats.restart_exited():
+                print(f"supervisor: nats-server {i + 1} exited ({code}); restarted", file=sys.stderr)
         for p in self.procs:
             if p.status in ("missing", "failed"):
                 continue
@@ -416,8 +424,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--nodes", type=int, default=5)
     p.add_argument("--threshold", type=int, default=4)
+    p.add_argument("--nats-servers", type=int, choices=(1, 3, 5), default=1)
     a = p.parse_args(argv)
-    sys.exit(Supervisor(Path(a.data_dir).expanduser().resolve(), a.nodes, a.threshold).main())
+    d = Path(a.data_dir).expanduser().resolve()
+    sys.exit(Supervisor(d, a.nodes, a.threshold, a.nats_servers).main())
 
 
 if __name__ == "__main__":

@@ -310,16 +310,19 @@ def _log_tails(d: Path, n: int = 20) -> str:
 
 @contextlib.contextmanager
 def running_cluster(
-    data_dir: Path, funding: list[str], services: list[dict[str, Any]] | None = None
+    data_dir: Path,
+    funding: list[str],
+    services: list[dict[str, Any]] | None = None,
+    up_args: tuple[str, ...] = (),
 ) -> Iterator[Cluster]:
-    """``mpcw up`` (with ``services`` as ``DIR/services.json`` when given), the DKG, one faucet payment
-    per entry of ``funding`` (BTC); ``mpcw down`` afterwards, killing by pid whatever this cluster
-    started and ``down`` left running."""
+    """``mpcw up UP_ARGS`` (with ``services`` as ``DIR/services.json`` when given), the DKG, one faucet
+    payment per entry of ``funding`` (BTC); ``mpcw down`` afterwards, killing by pid whatever this
+    cluster started and ``down`` left running."""
     c = Cluster(data_dir)
     if services is not None:
         (data_dir / "services.json").write_text(json.dumps({"services": services}, indent=2))
     try:
-        c.mpcw("up", timeout=180.0)
+        c.mpcw("up", *up_args, timeout=180.0)
         c.load_info()
         c.mpcw("dkg", "start", "--scheme", "frost", timeout=90.0)
         address = c.mpcw("wallet", "address").stdout.strip()
