@@ -1,6 +1,7 @@
 """End-to-end latency and throughput of Taproot spends on a local cluster (5 nodes, every service).
 
     python loadtest/bench_e2e.py [--data-dir DIR] [--spends 50] [--concurrent 200] [--workers 32]
+                                 [--nats-servers 1|3]
 
 Starts a cluster with ``mpcw up`` in a fresh temporary directory (or uses a running one with
 ``--data-dir``), runs the DKG, funds the wallet with enough coins, then measures:
@@ -214,13 +215,16 @@ def main() -> None:
     ap.add_argument("--spends", type=int, default=50, help="sequential spends for the latency numbers")
     ap.add_argument("--concurrent", type=int, default=200, help="spends for the throughput number")
     ap.add_argument("--workers", type=int, default=32, help="concurrent clients for the throughput number")
+    ap.add_argument(
+        "--nats-servers", type=int, choices=(1, 3), default=1, help="3: a JetStream cluster, streams R3"
+    )
     args = ap.parse_args()
     own = args.data_dir is None
     d = args.data_dir or Path(tempfile.mkdtemp(prefix="mpcw-bench-"))
     try:
         if own:
             print(f"starting a cluster in {d} ...", flush=True)
-            mpcw(d, "up")
+            mpcw(d, "up", "--nats-servers", str(args.nats_servers))
             mpcw(d, "dkg", "start", "--scheme", "frost")
         address = mpcw(d, "wallet", "address").strip()
         coins = args.spends + args.concurrent + 10
@@ -239,7 +243,8 @@ def main() -> None:
     print()
     print(
         f"`{cmd.strip()}` on {cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d')}; 5 nodes (t=4) and every service on this machine"
+        f"{time.strftime('%Y-%m-%d')}; 5 nodes (t=4), {args.nats_servers} nats-server(s) and every service "
+        "on this machine"
     )
     print()
     print("| measure | p50 | p99 | n |")
