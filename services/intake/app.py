@@ -117,7 +117,7 @@ class Intake:
     _fee_estimates: tuple[float, dict[int, float]] | None = None
     _policy: tuple[float, Policy] | None = None
     _published: list[str] = field(default_factory=list)
-    _read_keys: dict[bytes, float] = field(default_factory=dict)  # key hash -> accepted until (monotonic)
+    read_keys: dict[bytes, float] = field(default_factory=dict)  # key hash -> accepted until (monotonic)
     # outpoints this process's requests are storing right now (store.reserve): concurrent requests of one
     # intake never choose the same coins, so only another intake process can make a choice be made again
     claiming: set[tuple[str, int]] = field(default_factory=set)
@@ -238,12 +238,12 @@ async def authenticate_read(intake: Intake, request: Request) -> None:
     key = _required_key(request)
     digest = hash_api_key(key)
     now = time.monotonic()
-    if intake._read_keys.get(digest, 0.0) > now:
+    if intake.read_keys.get(digest, 0.0) > now:
         return
     await _known_key(intake, key)
-    if len(intake._read_keys) > 10_000:
-        intake._read_keys.clear()
-    intake._read_keys[digest] = now + READ_KEY_CACHE_S
+    if len(intake.read_keys) > 10_000:
+        intake.read_keys.clear()
+    intake.read_keys[digest] = now + READ_KEY_CACHE_S
 
 
 def _required_key(request: Request) -> str:

@@ -115,6 +115,20 @@ def test_apikey_create_list_revoke(cluster: Cluster) -> None:
         listed = cluster.mpcw("apikey", "list").stdout
         assert re.search(rf"^{operator_id}\s+operator\s+.*revoked \d", listed, re.M), listed
 
+    # key management is audited (ids, roles, names; never a key), in the verified chain
+    rows = cluster.fetch(
+        "SELECT action, entity_id, details::text AS d FROM audit_log"
+        " WHERE entity_type = 'api_key' ORDER BY id"
+    )
+    mine = [(r["action"], r["entity_id"]) for r in rows if r["entity_id"] in (viewer_id, operator_id)]
+    assert mine == [
+        ("apikey.create", viewer_id),
+        ("apikey.create", operator_id),
+        ("apikey.revoke", operator_id),  # once: the second revoke changed nothing
+    ], rows
+    assert not any(viewer in r["d"] or operator in r["d"] for r in rows)
+    assert "audit chain verifies" in cluster.mpcw("audit", "verify").stdout
+
     bad = cluster.mpcw("apikey", "revoke", "nosuchkey", check=False)
     assert bad.returncode == 1 and "no API key 'nosuchkey'" in bad.stderr, bad
     bad = cluster.mpcw("apikey", "create", "--name", "x", "--role", "root", check=False)
