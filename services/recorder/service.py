@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 
 import asyncpg
+import msgspec
 from prometheus_client import Counter, Gauge
 
+from schemas import envelope as E
+from schemas.messages import TxApproved, TxRejected
 from schemas.names import consumers_with_prefix, stream_for, violation_subject
 from services.runtime.bus import Bus, Received
 from services.runtime.config import ServiceConfig
@@ -46,6 +50,7 @@ BATCH_FALLBACKS = Counter(
 )
 BATCH = 256  # messages per fetch and per database transaction
 LINGER_S = 0.02  # a batch waits this long to fill: fewer, bigger transactions; views lag by as much
+VOTES_WAIT_S = 0.5  # how long a decision waits for the votes it counted to be projected first
 
 
 TRANSIENT = (
@@ -125,8 +130,38 @@ class Recorder:
         if not recs:
             return
         msgs = [_message(r) for r in recs]
+        await self._await_counted_votes(msgs)
         outcomes = await self._record_batch_until_done(msgs)
         await self._after(msgs, outcomes)
+
+    async def _await_counted_votes(self, msgs: list[Message]) -> None:
+        """A batch holding an approval or rejection waits (up to ``VOTES_WAIT_S``) until the votes its
+        certificate counts are projected: the vote stream is consumed apart from this one, and a view
+        showing a spend rejected before the votes that rejected it would show it without them. The
+        certificate is only read for who voted (the votes themselves come from the vote stream, verified);
+        after the wait the batch is recorded whatever is missing."""
+        wanted: set[tuple[str, str]] = set()
+        for msg in msgs:
+            if isinstance(msg.payload, TxApproved | TxRejected):
+                for raw in msg.payload.certificate:
+                    try:
+                        wanted.add((msg.payload.tx_id, E.decode(raw).sender))
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        continue  # not a vote anyone can wait for; the projection judges it
+        if not wanted:
+            return
+        tx_ids = sorted({tx for tx, _ in wanted})
+        deadline = time.monotonic() + VOTES_WAIT_S
+        while True:
+            try:
+                rows = await self.pool.fetch(
+                    "SELECT tx_id, node_id FROM votes WHERE tx_id = ANY($1::text[])", tx_ids
+                )
+            except (OSError, asyncpg.PostgresError):
+                return  # the recording itself retries the database
+            if wanted <= {(r["tx_id"], r["node_id"]) for r in rows} or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(LINGER_S)
 
     async def _after(self, msgs: list[Message], outcomes: list[Outcome]) -> None:
         """Metrics, refusal logs and violation reports of recorded (committed) messages."""

@@ -140,16 +140,6 @@ class Cluster:
             time.sleep(0.2)
         raise ClusterError(f"{tx_id} not finished after {timeout:.0f}s: {json.dumps(last)[:2000]}")
 
-    def wait_votes(self, tx_id: str, count: int, timeout: float = 10.0) -> dict[str, Any]:
-        """Poll the API until the spend's view lists at least ``count`` votes; return the view (the last
-        one seen when the time is up, for the caller's assertion to show)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            t = self.get_tx(tx_id)
-            if len(t["votes"]) >= count or time.monotonic() > deadline:
-                return t
-            time.sleep(0.05)
-
     # ---- processes -----------------------------------------------------------------------------------
 
     def processes(self) -> dict[str, dict[str, Any]]:

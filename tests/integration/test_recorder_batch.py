@@ -443,3 +443,50 @@ async def test_exactly_once_across_sigkill_mid_batch(
             if p.poll() is None:
                 stop_service(p, signal.SIGKILL)
         await conn.close()
+
+
+async def test_a_decision_waits_for_the_votes_it_counted(
+    pki: Path, fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vote and transaction streams are projected apart: a rejection whose votes are not in yet
+    waits for them (so no view shows it without them), and waits no longer than VOTES_WAIT_S."""
+    from schemas import envelope as E
+    from services.recorder import service
+    from services.recorder.service import Recorder
+    from services.runtime.config import load_config
+
+    def envelope_of(node: str, tx: str) -> bytes:  # only its sender is read, as a hint
+        subject = vote_subject(tx, node)
+        return E.encode(E.Envelope(v=1, sender=node, type="Vote", msg_id=subject, ts_ms=1, subject=subject))
+
+    s = Streams()
+    s.tx("requested", "dec", requested("dec"), "intake")
+    s.tx("voting", "dec", m.TxVoting(tx_id="dec", round_id="dec", threshold=4, total_nodes=5))
+    rejected = s.tx(
+        "rejected",
+        "dec",
+        m.TxRejected(tx_id="dec", reasons=["no"], certificate=[envelope_of(n, "dec") for n in NODES[:2]]),
+    )
+    votes = [s.vote("dec", n, approve=False) for n in NODES[:2]]
+    pool = await asyncpg.create_pool(fresh_database_url, min_size=1, max_size=2)
+    assert pool is not None
+    try:
+        rec = Recorder(load_config("recorder", pki), _StubBus(), pool)  # type: ignore[arg-type]
+        await rec._record_batch_until_done(s.log[:2])
+        waiting = asyncio.create_task(rec._await_counted_votes([rejected]))
+        await asyncio.sleep(0.15)
+        assert not waiting.done()  # node-1 and node-2 are not projected yet
+        await rec._record_batch_until_done(votes[:1])
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # one of the two
+        await rec._record_batch_until_done(votes[1:])
+        await asyncio.wait_for(waiting, 1.0)
+
+        # a vote that never comes holds a decision no longer than VOTES_WAIT_S
+        monkeypatch.setattr(service, "VOTES_WAIT_S", 0.2)
+        never = m.TxRejected(tx_id="dec", reasons=["no"], certificate=[envelope_of("node-5", "dec"), b"junk"])
+        t0 = asyncio.get_running_loop().time()
+        await asyncio.wait_for(rec._await_counted_votes([Message("TX", 9, "tx.rejected.dec", "c", never)]), 2)
+        assert 0.15 < asyncio.get_running_loop().time() - t0 < 1.0
+    finally:
+        await pool.close()
