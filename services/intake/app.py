@@ -113,7 +113,8 @@ class Intake:
     esplora: EsploraClient | None = None
     wallet: Wallet | None = None
     started: float = field(default_factory=time.time)
-    _utxos: tuple[float, UtxoView] | None = None
+    _utxos: tuple[float, UtxoView] | None = None  # (when its fetch started, the list)
+    _utxo_fetch: tuple[float, asyncio.Future[UtxoView]] | None = None  # the fetch in flight, if any
     _fee_estimates: tuple[float, dict[int, float]] | None = None
     _policy: tuple[float, Policy] | None = None
     _published: list[str] = field(default_factory=list)
@@ -180,15 +181,25 @@ class Intake:
         A slightly old list is safe: coins it still shows although they were spent since are either
         reserved by the spend that took them (reservations of confirmed spends are kept for
         ``RESERVATION_RETENTION_S``) or refused by the chain at broadcast; coins that arrived since are
-        only missed for that moment."""
+        only missed for that moment.
+
+        One fetch at a time: concurrent requests that find the list too old wait for the same fetch
+        (the list of a large wallet takes tens of milliseconds to parse) as long as it started no
+        earlier than ``max_age`` ago; a caller asking for a fresher one starts its own."""
         now = time.monotonic()
         if self._utxos is not None and now - self._utxos[0] <= max_age:
             return self._utxos[1]
+        if self._utxo_fetch is None or self._utxo_fetch[1].done() or now - self._utxo_fetch[0] > max_age:
+            self._utxo_fetch = (now, asyncio.ensure_future(self._fetch_utxos(wallet, now)))
         try:
-            view = UtxoView(await wallet.utxos(self.chain()))
+            return await asyncio.shield(self._utxo_fetch[1])  # a caller that goes away leaves it running
         except EsploraError as exc:
             fail(503, "chain backend unavailable", str(exc)[:300])
-        self._utxos = (now, view)
+
+    async def _fetch_utxos(self, wallet: Wallet, started: float) -> UtxoView:
+        view = UtxoView(await wallet.utxos(self.chain()))
+        if self._utxos is None or self._utxos[0] < started:
+            self._utxos = (started, view)
         return view
 
     async def default_fee_rate(self) -> float:
