@@ -297,8 +297,8 @@ class Supervisor:
         now = time.monotonic()
         if self.nats is not None and now >= self.nats_next_check:
             self.nats_next_check = now + 1.0
-            for i, code in self.nats.restart_exited():
-                print(f"supervisor: nats-server {i + 1} exited ({code}); restarted", file=sys.stderr)
+            for i, exit_code in self.nats.restart_exited():
+                print(f"supervisor: nats-server {i + 1} exited ({exit_code}); restarted", file=sys.stderr)
         for p in self.procs:
             if p.status in ("missing", "failed"):
                 continue
