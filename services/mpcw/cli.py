@@ -138,6 +138,16 @@ def up(ctx: click.Context, nodes: int, threshold: int, nats_servers: str, timeou
     if pid is not None:
         click.echo(f"already running (supervisor pid {pid}); `mpcw down` first")
         return
+    before = read_cluster(d).get("nats_url")
+    if before and len(str(before).split(",")) != int(nats_servers):
+        # a single server and a cluster keep their JetStream stores apart: the other layout would start
+        # from empty streams and buckets (no key record, no rounds), though nothing is deleted
+        raise click.BadParameter(
+            f"this data directory's NATS store was made with {len(str(before).split(','))} server(s); "
+            f"starting {nats_servers} would start from empty streams. Use that count, or another "
+            "--data-dir",
+            param_hint="--nats-servers",
+        )
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     run.mkdir(parents=True, exist_ok=True)
     (d / "logs").mkdir(parents=True, exist_ok=True)

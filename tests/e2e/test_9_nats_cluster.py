@@ -77,3 +77,8 @@ def test_spends_go_on_when_a_nats_server_dies(tmp_path: Path) -> None:
         third = c.wait_terminal(c.request_spend(external_address(b"nats3-3"), 1_000_000), timeout=90)
         _confirmed_once(c, third)
         assert "audit chain verifies" in c.mpcw("audit", "verify").stdout
+
+    # the same data directory on one server would start from empty streams: refused, nothing started
+    again = Cluster(tmp_path / "nats3").mpcw("up", check=False)
+    assert again.returncode == 2 and "made with 3 server(s)" in again.stderr, again
+    assert not (tmp_path / "nats3" / "run" / "supervisor.pid").exists()
