@@ -4,6 +4,7 @@ rendered TLS + JetStream config on free ports, and PostgreSQL 16 via ``pgserver`
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,11 +20,42 @@ from .natsconf import ConsumerRights, NatsPorts, render_cluster_configs, render_
 from .pki import server_tls_files
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux; the usual default else)."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_HANDED_OUT: set[int] = set()  # ports this process returned: never twice (they are bound later)
+
+
 def free_port() -> int:
+    """A port free on 127.0.0.1 now, for a process that binds it a moment later.
+
+    Chosen below the kernel's ephemeral range when there is room: a port from that range (what binding
+    port 0 gives) can be taken meanwhile as the local end of any outgoing connection, and a cluster's
+    dozen processes open many, so a service would now and then find its port in use. Below the range
+    only another explicit bind can take it."""
+    lo, _ = _ephemeral_ports()
+    if lo > 11024:
+        for _ in range(100):
+            port = random.randint(lo - 10000, lo - 1)
+            if port in _HANDED_OUT:  # free now, but already promised to another process of ours
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        bound: int = s.getsockname()[1]
+        return bound
 
 
 def nats_server_binary() -> Path:
