@@ -75,6 +75,7 @@ async def serve(ctx: ServiceContext) -> None:
     finally:
         pruner.cancel()
         ctx.log.info("stopping http server")
+        intake.closing.set()  # open event streams end instead of holding the shutdown
         await server.before_stop()
         server.server.close()
         with contextlib.suppress(TimeoutError):

@@ -11,6 +11,7 @@ Routes (``/api/v1``)::
     POST /api/v1/transactions             a spend (admin or operator key) -> 202 {id, state}; repeat -> 200
     GET  /api/v1/transactions             ?state=&limit=&offset=, newest first
     GET  /api/v1/transactions/{id}        state, timeline, votes, txid, signed tx
+    GET  /api/v1/events                   server-sent events: every state change (?after= / Last-Event-ID)
 
 Every ``/api/v1`` route needs an API key (``Authorization: Bearer <key>`` or ``X-API-Key``): any role
 reads, ``admin`` and ``operator`` keys request spends (``mpcw apikey create|list|revoke``). Without one
@@ -28,6 +29,7 @@ The API key is never logged; only its key id is stored with the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import time
@@ -64,6 +66,10 @@ DEFAULT_FEE_TARGET = 6  # blocks
 ALIVE_SECONDS = 30.0
 WRITE_ROLES = frozenset({"admin", "operator"})  # may request spends; "viewer" keys only read
 READ_KEY_CACHE_S = 5.0  # a key accepted for reading is not looked up again for this long
+EVENTS_POLL_S = 0.25  # how often an event stream looks for new state changes
+EVENTS_KEEPALIVE_S = 15.0  # a comment line after this long without an event (proxies close idle streams)
+EVENTS_MAX_CLIENTS = 64  # open event streams per intake process; more are answered 503
+EVENTS_BATCH = 500
 UTXO_VIEW_MAX_AGE_S = 2.0  # how old a UTXO list intake may build a spend from
 FEE_ESTIMATES_MAX_AGE_S = 10.0  # how old the chain backend's fee estimates intake may use
 CANDIDATE_LIMIT = 200  # coins a spend first picks from (all of them before it answers "insufficient")
@@ -119,6 +125,8 @@ class Intake:
     _policy: tuple[float, Policy] | None = None
     _published: list[str] = field(default_factory=list)
     read_keys: dict[bytes, float] = field(default_factory=dict)  # key hash -> accepted until (monotonic)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on stop: event streams end
+    event_streams: int = 0  # open GET /api/v1/events responses
     # outpoints this process's requests are storing right now (store.reserve): concurrent requests of one
     # intake never choose the same coins, so only another intake process can make a choice be made again
     claiming: set[tuple[str, int]] = field(default_factory=set)
@@ -271,6 +279,60 @@ async def _known_key(intake: Intake, key: str) -> asyncpg.Record:
     if row is None:
         fail(401, "unauthorized", "unknown or revoked API key")
     return row
+
+
+async def stream_events(intake: Intake, request: Request) -> None:
+    """``GET /api/v1/events``: server-sent events, one per state change of any spend, as the projection
+    records them (``id`` = the change's id; ``data`` = tx_id, from/to state, event, detail, at_ms). Starts
+    after ``?after=ID`` or the ``Last-Event-ID`` header (a reconnecting browser sends it), else with the
+    next change; a comment line every ``EVENTS_KEEPALIVE_S`` when nothing happens. Any API key."""
+    await authenticate_read(intake, request)
+    raw_cursor = request.args.get("after") or request.headers.get("last-event-id")
+    if raw_cursor is None:
+        after = await store.last_transition_id(intake.pool)
+    else:
+        try:
+            after = int(raw_cursor)
+        except ValueError:
+            fail(400, "bad query", "after / Last-Event-ID: must be an event id (an integer >= 0)")
+        if after < 0:
+            fail(400, "bad query", "after / Last-Event-ID: must be an event id (an integer >= 0)")
+    if intake.event_streams >= EVENTS_MAX_CLIENTS:
+        fail(503, "busy", f"{EVENTS_MAX_CLIENTS} event streams are open on this intake; retry later")
+    intake.event_streams += 1
+    try:
+        response = await request.respond(
+            content_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        await response.send(f"retry: 2000\n: events after {after}\n\n")
+        quiet_since = time.monotonic()
+        while not intake.closing.is_set():
+            rows = await store.transitions_after(intake.pool, after, EVENTS_BATCH)
+            if rows:
+                await response.send("".join(_event(r) for r in rows))
+                after = int(rows[-1]["id"])
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > EVENTS_KEEPALIVE_S:
+                await response.send(": keepalive\n\n")
+                quiet_since = time.monotonic()
+            if len(rows) < EVENTS_BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(intake.closing.wait(), EVENTS_POLL_S)
+        await response.eof()
+    finally:
+        intake.event_streams -= 1
+
+
+def _event(r: asyncpg.Record) -> str:
+    data = {
+        "tx_id": r["tx_id"],
+        "from_state": r["from_state"],
+        "state": r["to_state"],
+        "event": r["event"],
+        "detail": r["detail"],
+        "at_ms": store.ms(r["at"]),
+    }
+    return f"id: {r['id']}\nevent: transition\ndata: {msgspec.json.encode(data).decode()}\n\n"
 
 
 def decode_spend(body: bytes) -> SpendRequest:
@@ -641,6 +703,10 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
         offset = int_arg(request, "offset", 0, 0, 10_000_000)
         views = await store.list_transactions(intake.pool, state, limit, offset)
         return json_response({"transactions": views, "limit": limit, "offset": offset})
+
+    @app.get("/api/v1/events")
+    async def events(request: Request) -> None:
+        await stream_events(intake, request)
 
     @app.get("/api/v1/transactions/<tx_id:str>")
     async def get_transaction(request: Request, tx_id: str) -> HTTPResponse:

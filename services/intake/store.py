@@ -270,6 +270,24 @@ async def get_transaction(pool: asyncpg.Pool, tx_id: str) -> TransactionView | N
         )
 
 
+async def transitions_after(pool: asyncpg.Pool, after: int, limit: int) -> list[asyncpg.Record]:
+    """The projection's state changes with an id above ``after``, oldest first. Only the recorder's one
+    transaction consumer writes them, one batch after another, so ids become visible in order and an id
+    is a cursor that skips nothing."""
+    return list(
+        await pool.fetch(
+            """SELECT id, tx_id, from_state, to_state, event, detail, at FROM transaction_transitions
+               WHERE id > $1 ORDER BY id LIMIT $2""",
+            after,
+            limit,
+        )
+    )
+
+
+async def last_transition_id(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT coalesce(max(id), 0) FROM transaction_transitions"))
+
+
 async def node_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch(
         """SELECT node_id, status, last_heartbeat, version, violations, banned_until, detail

@@ -366,3 +366,81 @@ async def test_spend_idempotency_and_reservations(
         assert await tx_last_seq(admin) == before + 3  # tx.rejected + the new request
     finally:
         assert stop_service(recorder, signal.SIGTERM) == 0
+
+
+async def _transition(conn: asyncpg.Connection, tx: str, frm: str | None, to: str, detail: str = "") -> int:
+    """A state change as the recorder projects it (the event stream reads the projection)."""
+    return int(
+        await conn.fetchval(
+            """INSERT INTO transaction_transitions (tx_id, from_state, to_state, event, detail)
+               VALUES ($1, $2, $3, $4, $5) RETURNING id""",
+            tx,
+            frm,
+            to,
+            f"tx.{to}",
+            detail,
+        )
+    )
+
+
+async def _read_events(
+    r: httpx.Response, count: int, timeout: float = 10.0
+) -> list[tuple[int, dict[str, Any]]]:
+    """The next ``count`` events of an open event stream: (id, data)."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    event_id: int | None = None
+
+    async def read() -> None:
+        nonlocal event_id
+        async for line in r.aiter_lines():
+            if line.startswith("id: "):
+                event_id = int(line[4:])
+            elif line.startswith("data: "):
+                assert event_id is not None
+                out.append((event_id, msgspec.json.decode(line[6:])))
+                if len(out) == count:
+                    return
+
+    await asyncio.wait_for(read(), timeout)
+    return out
+
+
+async def test_events_stream_state_changes_with_a_key_and_resume_after_an_id(api: Api) -> None:
+    base = str(api.http.base_url)
+    async with httpx.AsyncClient(base_url=base, timeout=15) as anonymous:
+        r = await anonymous.get("/api/v1/events")
+        assert r.status_code == 401 and "API key required" in r.json()["detail"]
+        r = await anonymous.get("/api/v1/events?after=-1", headers={"X-API-Key": api.viewer_key})
+        assert r.status_code == 400 and "event id" in r.json()["detail"]
+        r = await anonymous.get("/api/v1/events", headers={"X-API-Key": api.viewer_key, "Last-Event-ID": "x"})
+        assert r.status_code == 400
+
+    conn = await asyncpg.connect(api.database_url)
+    try:
+        tx = f"ev-{uuid.uuid4().hex[:8]}"
+        before = await _transition(conn, tx, None, "pending")
+        # from now on (no cursor): what happened before is not replayed
+        async with api.http.stream("GET", "/api/v1/events") as live:
+            assert live.status_code == 200 and live.headers["content-type"].startswith("text/event-stream")
+            await asyncio.sleep(0.3)  # the stream has taken its starting point
+            ids = [
+                await _transition(conn, tx, "pending", "voting"),
+                await _transition(conn, tx, "voting", "rejected", "policy"),
+            ]
+            got = await _read_events(live, 2)
+        assert [i for i, _ in got] == ids
+        assert [(d["tx_id"], d["from_state"], d["state"]) for _, d in got] == [
+            (tx, "pending", "voting"),
+            (tx, "voting", "rejected"),
+        ]
+        assert (
+            got[1][1]["detail"] == "policy" and got[1][1]["event"] == "tx.rejected" and got[1][1]["at_ms"] > 0
+        )
+
+        # a reconnecting client sends the last id it saw and gets everything after it, in order
+        async with api.http.stream("GET", "/api/v1/events", headers={"Last-Event-ID": str(before)}) as again:
+            assert [i for i, _ in await _read_events(again, 2)] == ids
+        async with api.http.stream("GET", f"/api/v1/events?after={ids[0]}") as again:
+            assert [i for i, _ in await _read_events(again, 1)] == ids[1:]
+    finally:
+        await conn.close()
