@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import OrderedDict
 
 import asyncpg
 import msgspec
@@ -51,6 +52,7 @@ BATCH_FALLBACKS = Counter(
 BATCH = 256  # messages per fetch and per database transaction
 LINGER_S = 0.02  # a batch waits this long to fill: fewer, bigger transactions; views lag by as much
 VOTES_WAIT_S = 0.5  # how long a decision waits for the votes it counted to be projected first
+RECENT_VOTES = 50_000  # committed votes remembered for that wait
 
 
 TRANSIENT = (
@@ -78,6 +80,9 @@ class Recorder:
         self.pool = pool
         self.log = get_logger(cfg.name)
         self.tasks: list[asyncio.Task[None]] = []
+        # (tx_id, node) of the votes this process committed lately: a decision's wait for its votes looks
+        # here first and asks the database only for what it does not find (e.g. after a restart)
+        self.recent_votes: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def start(self, *, ack_wait: float = 10.0, durable_prefix: str = "recorder", batch: int = BATCH) -> None:
         """Start the consumers (durables ``<prefix>-tx``, ``-vote``, ``-violation``: ``CONSUMERS`` of
@@ -132,7 +137,16 @@ class Recorder:
         msgs = [_message(r) for r in recs]
         await self._await_counted_votes(msgs)
         outcomes = await self._record_batch_until_done(msgs)
+        self._remember_votes(msgs, outcomes)
         await self._after(msgs, outcomes)
+
+    def _remember_votes(self, msgs: list[Message], outcomes: list[Outcome]) -> None:
+        for msg, outcome in zip(msgs, outcomes, strict=True):
+            if msg.stream == "VOTE" and outcome.status in ("applied", "replay"):
+                _, tx_id, node = msg.subject.split(".", 2)
+                self.recent_votes[(tx_id, node)] = None
+        while len(self.recent_votes) > RECENT_VOTES:
+            self.recent_votes.popitem(last=False)
 
     async def _await_counted_votes(self, msgs: list[Message]) -> None:
         """A batch holding an approval or rejection waits (up to ``VOTES_WAIT_S``) until the votes its
@@ -148,6 +162,7 @@ class Recorder:
                         wanted.add((msg.payload.tx_id, E.decode(raw).sender))
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         continue  # not a vote anyone can wait for; the projection judges it
+        wanted -= self.recent_votes.keys()
         if not wanted:
             return
         tx_ids = sorted({tx for tx, _ in wanted})

@@ -488,5 +488,17 @@ async def test_a_decision_waits_for_the_votes_it_counted(
         t0 = asyncio.get_running_loop().time()
         await asyncio.wait_for(rec._await_counted_votes([Message("TX", 9, "tx.rejected.dec", "c", never)]), 2)
         assert 0.15 < asyncio.get_running_loop().time() - t0 < 1.0
+
+        # votes this process committed are known without asking the database (it is not asked here:
+        # these two are not in it, and the wait would take VOTES_WAIT_S if it were)
+        monkeypatch.setattr(service, "VOTES_WAIT_S", 5.0)
+        seen = [s.vote("mem", n, approve=False) for n in NODES[:2]]
+        rec._remember_votes(seen, [Outcome("applied", ""), Outcome("replay", "")])
+        known = m.TxRejected(
+            tx_id="mem", reasons=["no"], certificate=[envelope_of(n, "mem") for n in NODES[:2]]
+        )
+        await asyncio.wait_for(
+            rec._await_counted_votes([Message("TX", 10, "tx.rejected.mem", "c", known)]), 0.5
+        )
     finally:
         await pool.close()
