@@ -271,7 +271,7 @@ async def test_exactly_once_across_sigkill(
     try:
         # small batches, so that the publisher outruns it and the kill lands mid-stream
         proc = recorder_proc("--ack-wait", "2", "--batch", "4")
-        ids = [new_id() for _ in range(60)]
+        ids = [new_id() for _ in range(300)]  # enough that a fast machine cannot finish before the kill
         last = None
         for tx in ids:
             await intake.publish(tx_subject("requested", tx), requested(tx), tx)
@@ -287,7 +287,10 @@ async def test_exactly_once_across_sigkill(
             n = await conn.fetchval("SELECT count(*) FROM transactions WHERE id = ANY($1)", ids)
             return bool(n >= 5)
 
-        await wait_for(some_applied, what="first rows")
+        deadline = time.monotonic() + 20
+        while not await some_applied():  # polled tightly: the kill must land while it is still working
+            assert time.monotonic() < deadline, "timed out waiting for first rows"
+            await asyncio.sleep(0.005)
         stop_service(proc, signal.SIGKILL)  # mid-stream: likely between a commit and its ack
         done_before = await conn.fetchval("SELECT count(*) FROM transactions WHERE id = ANY($1)", ids)
         assert done_before < len(ids), "recorder finished before it could be killed mid-stream"
