@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -236,8 +237,16 @@ def main() -> None:
                 r.raise_for_status()
         time.sleep(1.0)
         res = asyncio.run(bench(d, args.spends, args.concurrent, args.workers))
-    finally:
+    except BaseException:
         if own:
+            print(f"the cluster's logs are kept in {d / 'logs'}", file=sys.stderr)
+        raise
+    else:
+        if own:  # its own cluster: about 100 MB of stores and logs
+            mpcw(d, "down")
+            shutil.rmtree(d, ignore_errors=True)
+    finally:
+        if own and (d / "run" / "supervisor.pid").exists():
             mpcw(d, "down")
     cmd = "python loadtest/bench_e2e.py " + " ".join(sys.argv[1:])
     print()
