@@ -285,16 +285,13 @@ async def stream_events(intake: Intake, request: Request) -> None:
     """``GET /api/v1/events``: server-sent events, one per state change of any spend, as the projection
     records them (``id`` = the change's id; ``data`` = tx_id, from/to state, event, detail, at_ms). Starts
     after ``?after=ID`` or the ``Last-Event-ID`` header (a reconnecting browser sends it), else with the
-    next change; a comment line every ``EVENTS_KEEPALIVE_S`` when nothing happens. Any API key."""
-    await authenticate_read(intake, request)
+    next change; a comment line every ``EVENTS_KEEPALIVE_S`` when nothing happens. Any API key (checked
+    by the app's read middleware)."""
     raw_cursor = request.args.get("after") or request.headers.get("last-event-id")
     if raw_cursor is None:
         after = await store.last_transition_id(intake.pool)
     else:
-        try:
-            after = int(raw_cursor)
-        except ValueError:
-            fail(400, "bad query", "after / Last-Event-ID: must be an event id (an integer >= 0)")
+        after = int(raw_cursor) if raw_cursor.isascii() and raw_cursor.isdigit() else -1
         if after < 0:
             fail(400, "bad query", "after / Last-Event-ID: must be an event id (an integer >= 0)")
     if intake.event_streams >= EVENTS_MAX_CLIENTS:
@@ -631,6 +628,12 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
     async def start_timer(request: Request) -> None:
         request.ctx.t0 = time.perf_counter()
 
+    @app.on_request
+    async def authorize_reads(request: Request) -> None:
+        """Every ``/api/v1`` read needs a key of any role (a spend checks its own, stricter)."""
+        if request.path.startswith("/api/v1/") and request.method in ("GET", "HEAD"):
+            await authenticate_read(intake, request)
+
     @app.on_response
     async def observe(request: Request, response: HTTPResponse) -> None:
         route = request.route.name.split(".")[-1] if request.route else "unmatched"
@@ -662,17 +665,14 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
 
     @app.get("/api/v1/cluster/status")
     async def status(request: Request) -> HTTPResponse:
-        await authenticate_read(intake, request)
         return json_response(await cluster_status(intake))
 
     @app.get("/api/v1/cluster/nodes")
     async def nodes(request: Request) -> HTTPResponse:
-        await authenticate_read(intake, request)
         return json_response({"nodes": await nodes_view(intake)})
 
     @app.get("/api/v1/wallet/address")
     async def address(request: Request) -> HTTPResponse:
-        await authenticate_read(intake, request)
         wallet = await intake.get_wallet()
         return json_response(
             {
@@ -686,7 +686,6 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
 
     @app.get("/api/v1/wallet/balance")
     async def wallet_balance(request: Request) -> HTTPResponse:
-        await authenticate_read(intake, request)
         return json_response(await balance(intake))
 
     @app.post("/api/v1/transactions")
@@ -695,7 +694,6 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
 
     @app.get("/api/v1/transactions")
     async def list_transactions(request: Request) -> HTTPResponse:
-        await authenticate_read(intake, request)
         state = request.args.get("state")
         if state is not None and state not in {s.value for s in TxState}:
             fail(400, "bad query", f"state: must be one of {', '.join(s.value for s in TxState)}")
@@ -710,7 +708,6 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
 
     @app.get("/api/v1/transactions/<tx_id:str>")
     async def get_transaction(request: Request, tx_id: str) -> HTTPResponse:
-        await authenticate_read(intake, request)
         view = await store.get_transaction(intake.pool, parse_tx_id(tx_id))
         if view is None:
             fail(404, "not found", f"no transaction {tx_id}")
