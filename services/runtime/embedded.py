@@ -97,13 +97,7 @@ class NatsServers:
             code = proc.poll()
             if code is None:
                 continue
-            with open(conf.parent.parent / "logs" / f"nats-{i + 1}.log", "ab") as out:
-                self.procs[i] = subprocess.Popen(
-                    [str(nats_server_binary()), "-c", str(conf)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
+            self.procs[i] = _spawn_nats(conf, conf.parent.parent / "logs" / f"nats-{i + 1}.log")
             restarted.append((i, code))
         return restarted
 
@@ -118,6 +112,17 @@ class NatsServers:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def _spawn_nats(conf: Path, log: Path) -> subprocess.Popen[bytes]:
+    """One nats-server with ``conf``, appending its output to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(conf)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 def _wait_http_ok(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -185,23 +190,13 @@ def start_nats(
             server_key=tls.key,
             consumer_rights=consumer_rights,
         )
-    binary = nats_server_binary()
     procs: list[subprocess.Popen[bytes]] = []
     conf_files: list[Path] = []
     for i, conf in enumerate(confs):
         cf = nats_dir / f"server-{i + 1}.conf"
         cf.write_text(conf)
         conf_files.append(cf)
-        log = log_dir / f"nats-{i + 1}.log"
-        with open(log, "ab") as out:
-            procs.append(
-                subprocess.Popen(
-                    [str(binary), "-c", str(cf)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            )
+        procs.append(_spawn_nats(cf, log_dir / f"nats-{i + 1}.log"))
     servers = NatsServers(procs, ports, conf_files)
     try:
         for i, (p, proc) in enumerate(zip(ports, procs, strict=True)):
