@@ -73,6 +73,8 @@ EVENTS_BATCH = 500
 UTXO_VIEW_MAX_AGE_S = 2.0  # how old a UTXO list intake may build a spend from
 FEE_ESTIMATES_MAX_AGE_S = 10.0  # how old the chain backend's fee estimates intake may use
 CANDIDATE_LIMIT = 200  # coins a spend first picks from (all of them before it answers "insufficient")
+FRESH_UTXO_VIEW_S = 0.25  # "look again" before answering insufficient funds: a list at most this old
+RESERVED_HERE_MAX_S = 120.0  # how long this process skips coins it reserved (the database decides after)
 POLICY_MAX_AGE_S = 1.0  # how old a policy intake may use for defaults and early answers
 RESERVATION_RETENTION_S = 600.0  # reservations of confirmed spends outlive any UTXO list by far
 
@@ -130,6 +132,12 @@ class Intake:
     # outpoints this process's requests are storing right now (store.reserve): concurrent requests of one
     # intake never choose the same coins, so only another intake process can make a choice be made again
     claiming: set[tuple[str, int]] = field(default_factory=set)
+    # outpoints this process reserved lately -> when (monotonic): a UTXO list keeps showing a coin until
+    # its spend reaches the chain, and a spend's candidate coins are picked among the others (else under
+    # load the candidate window fills with coins already taken). Forgotten once a list fetched after
+    # the reservation no longer shows the coin, or after RESERVED_HERE_MAX_S (the spend was rejected and
+    # its reservation released, say); the database's reservations stay the authority either way.
+    reserved_here: dict[tuple[str, int], float] = field(default_factory=dict)
     _marker: asyncio.Task[None] | None = None
 
     def published(self, tx_id: str) -> None:
@@ -208,7 +216,18 @@ class Intake:
         view = UtxoView(await wallet.utxos(self.chain()))
         if self._utxos is None or self._utxos[0] < started:
             self._utxos = (started, view)
+        listed = {(u.txid, u.vout) for u in view.utxos}
+        oldest = time.monotonic() - RESERVED_HERE_MAX_S
+        for outpoint, at in list(self.reserved_here.items()):
+            if at < oldest or (at < started and outpoint not in listed):
+                del self.reserved_here[outpoint]
         return view
+
+    def reserved(self, outpoints: list[tuple[str, int, int]]) -> None:
+        """This process stored a request reserving ``outpoints``: later spends pick among other coins."""
+        now = time.monotonic()
+        for txid, vout, _ in outpoints:
+            self.reserved_here[(txid, vout)] = now
 
     async def default_fee_rate(self) -> float:
         """The backend's estimate for ``DEFAULT_FEE_TARGET`` blocks (asked at most every
@@ -396,7 +415,7 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
     tx_id = uuid.uuid4().hex
     now_ms = int(time.time() * 1000)
     # a bounded choice first (a spend costs the same with 50 coins or 50,000), all of them before a "no"
-    candidates = view.candidates(req.amount_sats, CANDIDATE_LIMIT)
+    candidates = view.candidates(req.amount_sats, CANDIDATE_LIMIT, intake.reserved_here)
 
     def select(reserved: set[tuple[str, int]]) -> store.NewRequest:
         free = [u for u in candidates if (u.txid, u.vout) not in reserved]
@@ -465,8 +484,8 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
                 raise
             # the UTXO list may be a moment old, and the bounded choice may miss what would do: look
             # again, at every coin, before saying no
-            view = await intake.wallet_utxos(wallet, max_age=0.0)
-            candidates = view.candidates(req.amount_sats, None)
+            view = await intake.wallet_utxos(wallet, max_age=FRESH_UTXO_VIEW_S)
+            candidates = view.candidates(req.amount_sats, None)  # the database alone decides here
             stored = await store.reserve(
                 intake.pool, req.idempotency_key, outpoints(), select, intake.claiming
             )
@@ -475,6 +494,7 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
         fail(409, "conflict", "concurrent requests kept reserving the same funds; retry")
     if isinstance(stored, store.Existing):
         return await repeat(intake, stored, digest)
+    intake.reserved(stored.outpoints)
     msg = msgspec.msgpack.decode(stored.message, type=TxRequested)
     try:
         await intake.bus.publish(tx_subject("requested", tx_id), msg, tx_id)

@@ -8,6 +8,7 @@ change goes). Both are watched for funds; the derivation path of each UTXO trave
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -71,12 +72,20 @@ class UtxoView:
         self.spendable = sorted((u for u in utxos if u.spendable), key=lambda u: (-u.value, u.txid, u.vout))
         self._values = [u.value for u in self.spendable]
 
-    def candidates(self, amount: int, limit: int | None) -> list[WalletUtxo]:
-        """The spendable UTXOs a spend of ``amount`` picks from: all of them, or with ``limit`` at most
-        that many (:func:`wallet.coin_selection.candidate_window`)."""
-        if limit is None:
-            return self.spendable
-        return [self.spendable[i] for i in candidate_window(self._values, amount, limit)]
+    def candidates(
+        self, amount: int, limit: int | None, skip: Container[tuple[str, int]] = ()
+    ) -> list[WalletUtxo]:
+        """The spendable UTXOs a spend of ``amount`` picks from, less the outpoints in ``skip`` (known to
+        be reserved): all of them, or with ``limit`` at most that many
+        (:func:`wallet.coin_selection.candidate_window`)."""
+        free = self.spendable
+        values = self._values
+        if skip:
+            free = [u for u in free if (u.txid, u.vout) not in skip]
+            values = [u.value for u in free] if limit is not None and len(free) > limit else []
+        if limit is None or len(free) <= limit:
+            return free
+        return [free[i] for i in candidate_window(values, amount, limit)]
 
 
 class Wallet:
