@@ -16,6 +16,7 @@ Subjects (first token = stream):
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
@@ -267,9 +268,26 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(p) == len(s)
 
 
-def sender_may_publish(identity: str, subject: str) -> bool:
-    """Whether ``identity`` may be the (signed) sender of a message on ``subject``."""
+def _pattern_regex(pattern: str) -> str:
+    """A NATS subject pattern as a regular expression (the same match as :func:`subject_matches`)."""
+    parts = []
+    for tok in pattern.split("."):
+        parts.append("[^.]+" if tok == "*" else "[^.]+(?:\\.[^.]+)*" if tok == ">" else re.escape(tok))
+    return r"\.".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sender_subjects(identity: str) -> re.Pattern[str]:
+    """One compiled expression for the stream subjects ``identity`` may publish on (every consumer asks
+    this for every message it receives)."""
     if identity == "admin":
         # the operator may write anything the broker lets it, but never speaks for a node or a service
-        return subject.startswith("node.violation.") or subject == heartbeat_subject("admin")
-    return any(subject_matches(p, subject) for p in publish_rights(identity) if not p.startswith("$"))
+        alternatives = [_pattern_regex("node.violation.>"), re.escape(heartbeat_subject("admin"))]
+    else:
+        alternatives = [_pattern_regex(p) for p in publish_rights(identity) if not p.startswith("$")]
+    return re.compile("|".join(f"(?:{a})" for a in alternatives) or "(?!)")
+
+
+def sender_may_publish(identity: str, subject: str) -> bool:
+    """Whether ``identity`` may be the (signed) sender of a message on ``subject``."""
+    return _sender_subjects(identity).fullmatch(subject) is not None
