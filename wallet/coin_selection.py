@@ -11,7 +11,7 @@ a change output. Change below its dust limit is dropped and goes to the fee.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -170,26 +170,54 @@ def check_fee(fee: int, vsize: int, max_fee: int, max_fee_rate: float) -> None:
         raise FeeTooHigh(fee, vsize, f"ceiling {max_fee_rate} sat/vB")
 
 
-def candidate_window(values_desc: Sequence[int], amount: int, limit: int) -> list[int]:
+def candidate_window(
+    values_desc: Sequence[int], amount: int, limit: int, taken: Callable[[int], bool] | None = None
+) -> list[int]:
     """The indices of at most ``limit`` coins to select from when a wallet holds more than that, so one
     spend costs the same however many coins the wallet has: the largest half (few inputs pay any
     amount), then, around ``amount``, the smallest coins that pay it alone and the largest that do not
-    (where branch and bound finds sets without change). ``values_desc`` is sorted descending."""
+    (where branch and bound finds sets without change). ``values_desc`` is sorted descending.
+
+    ``taken(i)``: coin ``i`` is not to be chosen (reserved by another spend). The window is then the one
+    the coins left over would give, found by walking out from its edges, so it costs about ``limit``
+    steps plus the taken coins met on the way, not a pass over the whole wallet."""
     n = len(values_desc)
-    if n <= limit:
+    if taken is None and n <= limit:
         return list(range(n))
+    skip = taken or (lambda i: False)
     big = limit // 2
-    lo, hi = 0, n  # lo: how many coins are worth at least ``amount``
+    near = limit - big
+    out: list[int] = []
+    i = 0
+    while i < n and len(out) < big:
+        if not skip(i):
+            out.append(i)
+        i += 1
+    floor = i  # the coins around the amount come after the largest ones
+    lo, hi = floor, n  # lo: the first coin (at or after floor) worth less than ``amount``
     while lo < hi:
         mid = (lo + hi) // 2
         if values_desc[mid] >= amount:
             lo = mid + 1
         else:
             hi = mid
-    near = limit - big
-    end = min(n, max(big, lo - near // 2) + near)
-    start = max(big, end - near)
-    return list(range(big)) + list(range(start, end))
+    above: list[int] = []  # worth at least ``amount``, smallest first
+    j = lo - 1
+    while j >= floor and len(above) < near // 2:
+        if not skip(j):
+            above.append(j)
+        j -= 1
+    below: list[int] = []  # worth less, largest first
+    k = lo
+    while k < n and len(above) + len(below) < near:
+        if not skip(k):
+            below.append(k)
+        k += 1
+    while j >= floor and len(above) + len(below) < near:  # too few below: more from above
+        if not skip(j):
+            above.append(j)
+        j -= 1
+    return out + above[::-1] + below
 
 
 def select_bnb(utxos: Sequence[Utxo], target: int, cost_of_change: int, fee_rate: float) -> list[Utxo] | None:

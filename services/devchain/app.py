@@ -23,10 +23,10 @@ import json
 import math
 from typing import Any, TypeVar
 
+import msgspec
 from sanic import Request, Sanic
 from sanic.exceptions import NotFound
 from sanic.response import HTTPResponse, raw, text
-from sanic.response import json as json_response
 
 from services.devchain.chain import (
     RPC_DESERIALIZATION_ERROR,
@@ -38,6 +38,11 @@ from services.devchain.chain import (
 
 MAX_BODY = 4_000_000  # hex of a max-weight transaction fits with room to spare
 T = TypeVar("T")
+
+
+def json_response(body: Any, status: int = 200) -> HTTPResponse:
+    """JSON with msgspec (a wallet's UTXO list can hold tens of thousands of entries)."""
+    return raw(msgspec.json.encode(body), status=status, content_type="application/json")
 
 
 def _json_body(request: Request) -> dict[str, Any]:

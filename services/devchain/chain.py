@@ -257,12 +257,18 @@ class Chain:
         """Unspent outputs paying ``script``, mempool ones included, confirmed first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT o.txid, o.vout, o.value, t.block_height FROM outputs o JOIN txs t ON t.txid = o.txid"
+                "SELECT o.txid, o.vout, o.value, t.block_height, b.hash, b.time FROM outputs o"
+                " JOIN txs t ON t.txid = o.txid LEFT JOIN blocks b ON b.height = t.block_height"
                 " WHERE o.script = ? AND o.spent_by IS NULL"
                 " ORDER BY t.block_height IS NULL, t.block_height, t.arrival, o.vout",
                 (script,),
             ).fetchall()
-            return [Utxo(r[0], int(r[1]), int(r[2]), self._block_ref(r[3])) for r in rows]
+            return [
+                Utxo(
+                    r[0], int(r[1]), int(r[2]), None if r[3] is None else BlockRef(int(r[3]), r[4], int(r[5]))
+                )
+                for r in rows
+            ]
 
     def tx_raw(self, txid: str) -> bytes | None:
         with self._lock:

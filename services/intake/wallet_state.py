@@ -71,21 +71,20 @@ class UtxoView:
         self.utxos = utxos
         self.spendable = sorted((u for u in utxos if u.spendable), key=lambda u: (-u.value, u.txid, u.vout))
         self._values = [u.value for u in self.spendable]
+        self._outpoints = [(u.txid, u.vout) for u in self.spendable]
 
     def candidates(
         self, amount: int, limit: int | None, skip: Container[tuple[str, int]] = ()
     ) -> list[WalletUtxo]:
         """The spendable UTXOs a spend of ``amount`` picks from, less the outpoints in ``skip`` (known to
         be reserved): all of them, or with ``limit`` at most that many
-        (:func:`wallet.coin_selection.candidate_window`)."""
-        free = self.spendable
-        values = self._values
-        if skip:
-            free = [u for u in free if (u.txid, u.vout) not in skip]
-            values = [u.value for u in free] if limit is not None and len(free) > limit else []
-        if limit is None or len(free) <= limit:
-            return free
-        return [free[i] for i in candidate_window(values, amount, limit)]
+        (:func:`wallet.coin_selection.candidate_window`, which looks at about ``limit`` coins however many
+        the wallet holds)."""
+        if limit is None:
+            return [u for u in self.spendable if (u.txid, u.vout) not in skip] if skip else self.spendable
+        outpoints = self._outpoints
+        taken = (lambda i: outpoints[i] in skip) if skip else None
+        return [self.spendable[i] for i in candidate_window(self._values, amount, limit, taken)]
 
 
 class Wallet:

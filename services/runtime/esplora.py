@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import msgspec
 
 _TXID = re.compile(r"^[0-9a-fA-F]{64}$")
 _RPC_ERROR_PREFIX = "sendrawtransaction RPC error: "
@@ -64,8 +65,7 @@ class BroadcastRejected(EsploraError):
         super().__init__(reason if code is None else f"{reason} (code {code})")
 
 
-@dataclass(frozen=True)
-class TxStatus:
+class TxStatus(msgspec.Struct, frozen=True):
     confirmed: bool
     block_height: int | None = None
     block_hash: str | None = None
@@ -89,20 +89,28 @@ class TxStatus:
             raise ChainBackendUnavailable(f"malformed status from backend: {str(obj)[:200]}") from exc
 
 
-@dataclass(frozen=True)
-class Utxo:
+class Utxo(msgspec.Struct, frozen=True):
     txid: str
     vout: int
     value: int
     status: TxStatus
 
-    @classmethod
-    def from_json(cls, obj: Any) -> Utxo:
-        try:
-            txid, vout, value = str(obj["txid"]), int(obj["vout"]), int(obj["value"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ChainBackendUnavailable(f"malformed utxo from backend: {str(obj)[:200]}") from exc
-        return cls(txid, vout, value, TxStatus.from_json(obj.get("status")))
+
+# a wallet can hold tens of thousands of UTXOs: their list is decoded straight into structs
+_UTXO_LIST = msgspec.json.Decoder(list[Utxo])
+
+
+def _utxo_list(body: str) -> list[Utxo]:
+    """Esplora's ``/address/:address/utxo`` answer; ChainBackendUnavailable if it is not that."""
+    try:
+        utxos = _UTXO_LIST.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ChainBackendUnavailable(f"malformed utxo list from backend: {str(exc)[:200]}") from exc
+    for u in utxos:
+        st = u.status
+        if st.confirmed and (st.block_height is None or st.block_hash is None or st.block_time is None):
+            raise ChainBackendUnavailable(f"malformed status from backend: {st}")
+    return utxos
 
 
 def _check_txid(txid: str) -> str:
@@ -271,10 +279,7 @@ class EsploraClient(AbstractAsyncContextManager["EsploraClient"]):
         """Unspent outputs of ``address``, unconfirmed ones included (Esplora's mempool view)."""
         if not isinstance(address, str) or not address:
             raise ValueError("address must be a non-empty string")
-        body = await self._get_json(f"/address/{quote(address, safe='')}/utxo")
-        if not isinstance(body, list):
-            raise ChainBackendUnavailable(f"utxo list expected, got {str(body)[:200]}")
-        return [Utxo.from_json(u) for u in body]
+        return _utxo_list((await self._get_ok(f"/address/{quote(address, safe='')}/utxo")).text)
 
     async def tx(self, txid: str) -> dict[str, Any]:
         """Esplora's transaction JSON; :class:`TxNotFound` if unknown."""

@@ -164,6 +164,36 @@ def test_candidate_window_keeps_the_largest_and_the_coins_around_the_amount(amou
     assert rest == list(range(rest[0], rest[0] + len(rest)))
 
 
+def window_by_filtering(values: list[int], amount: int, limit: int, taken: set[int]) -> list[int]:
+    """The reference: the window of the coins left over, mapped back to their indices."""
+    kept = [i for i in range(len(values)) if i not in taken]
+    return [kept[j] for j in candidate_window([values[i] for i in kept], amount, limit)]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_window_skipping_taken_coins_is_the_window_of_the_coins_left(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.choice([0, 5, 150, 199, 200, 201, 260, 1_000, 3_000])
+    values = sorted((rng.randrange(1, 100_000) for _ in range(n)), reverse=True)
+    how = rng.choice(["none", "few", "largest", "around", "most"])
+    amount = rng.choice([1, 500, 30_000, 70_000, 99_999, 10**9])
+    if how == "none":
+        taken: set[int] = set()
+    elif how == "few":
+        taken = {rng.randrange(n) for _ in range(min(n, 20))} if n else set()
+    elif how == "largest":
+        taken = set(range(min(n, rng.randrange(0, 400))))
+    elif how == "around":
+        pos = sum(v >= amount for v in values)
+        taken = set(range(max(0, pos - 150), min(n, pos + 150)))
+    else:
+        taken = {i for i in range(n) if rng.random() < 0.9}
+    limit = rng.choice([1, 2, 3, 10, 200])
+    got = candidate_window(values, amount, limit, taken.__contains__)
+    assert got == window_by_filtering(values, amount, limit, taken), (n, how, amount, limit)
+    assert not set(got) & taken
+
+
 def test_a_spend_from_the_window_is_as_good_as_from_every_coin_when_the_window_holds_a_match() -> None:
     coins = [utxo(i, 10_000 + 7 * i) for i in range(3_000)]
     coins.sort(key=lambda u: -u.amount)
