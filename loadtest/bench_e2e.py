@@ -200,13 +200,13 @@ async def bench(d: Path, spends: int, concurrent: int, workers: int) -> dict[str
         print(f"latency: {spends} spends one at a time ...", flush=True)
         lat = await latency(client, spends)
         print(f"throughput: {concurrent} spends from {workers} clients ...", flush=True)
-        cpu0 = cluster_cpu(d)
+        cpu0, own0 = cluster_cpu(d), time.process_time()
         rate, refused, failed = await throughput(client, concurrent, workers)
-        cpu1 = cluster_cpu(d)
+        cpu1, own1 = cluster_cpu(d), time.process_time()
     cpu = {k: (v - cpu0.get(k, 0.0)) * 1000 / concurrent for k, v in cpu1.items()}
     return {
         **lat, "rate": rate, "refused": refused, "failed": failed,
-        "cpu": cpu,
+        "cpu": cpu, "client_cpu": (own1 - own0) * 1000 / concurrent,
     }  # fmt: skip
 
 
@@ -278,6 +278,11 @@ def main() -> None:
     for name, ms in sorted(res["cpu"].items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {ms:.1f} |")
     print(f"| total | {sum(res['cpu'].values()):.1f} |")
+    print()
+    print(
+        f"The load generator (this script's {args.workers} clients, on the same cores): "
+        f"{res['client_cpu']:.1f} ms CPU per spend."
+    )
     if res["refused"] or res["failed"]:
         print(f"\n{res['refused']} refused at intake, {res['failed']} did not reach broadcast")
 
