@@ -1,7 +1,9 @@
 """Values stored in the JetStream key-value buckets (msgpack), and their key names.
 
 - ``keys``: ``hostpubkey.<node>`` -> :class:`HostPubkey`; ``<scheme>.<key_id>`` -> :class:`KeyRecord`
-- ``presig``: ``frost.<key_id>.<node>.<nonce_id>`` -> :class:`NonceEntry` (claimed once, by CAS)
+- ``presig``: ``frost.<key_id>.<node>.b.<batch>`` -> :class:`NonceBatch` (a node's nonce commitments, put
+  by that node); ``frost.<key_id>.<node>.c.<nonce_id>`` -> :class:`NonceClaim` (create-only: whoever
+  creates it has the nonce, and nobody ever gets it again)
 - ``rounds``: ``<tx_id>`` -> :class:`RoundRecord` (CAS on revision); ``final.<tx_id>`` -> :class:`FinalRecord`
   (create-only: the one arbiter of a spend's final outcome, ``signed`` or ``failed``)
 - ``config``: ``policy`` -> ``schemas.rest.Policy``; ``dkg.<session>`` -> :class:`DkgRequest`
@@ -47,14 +49,31 @@ NONCE_MAX_AGE_MS = 23 * 3600 * 1000
 NONCE_FILE_MAX_AGE_S = 25 * 3600
 
 
-class NonceEntry(msgspec.Struct, frozen=True, kw_only=True):
+NONCE_BATCH_MAX = 64  # nonce commitments per KV entry (one put announces them all)
+
+
+class NonceCommitment(msgspec.Struct, frozen=True, array_like=True):
+    nonce_id: str
+    pubnonce: bytes  # BIP-445 public nonce, 66 bytes
+
+
+class NonceBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """Nonce commitments a node precomputed together; offered until ``created_ms + NONCE_MAX_AGE_MS``."""
+
+    node: str
+    batch_id: str
+    created_ms: int
+    nonces: list[NonceCommitment]
+
+
+class NonceClaim(msgspec.Struct, frozen=True, kw_only=True):
+    """Nonce ``nonce_id`` of ``node`` is taken for attempt ``attempt`` of spend ``tx_id``."""
+
     node: str
     nonce_id: str
-    pubnonce: bytes
-    state: str = "free"  # free | claimed
-    tx_id: str = ""
-    attempt: int = 0
-    created_ms: int = 0
+    tx_id: str
+    attempt: int
+    claimed_ms: int
 
 
 class DkgRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,5 +144,17 @@ def final_key(tx_id: str) -> str:
     return f"{FINAL_KEY_PREFIX}{check_token(tx_id)}"
 
 
-def nonce_key(key_id: str, node: str, nonce_id: str) -> str:
-    return f"frost.{check_token(key_id)}.{check_token(node)}.{check_token(nonce_id)}"
+def nonce_batch_key(key_id: str, node: str, batch_id: str) -> str:
+    return f"frost.{check_token(key_id)}.{check_token(node)}.b.{check_token(batch_id)}"
+
+
+def nonce_claim_key(key_id: str, node: str, nonce_id: str) -> str:
+    return f"frost.{check_token(key_id)}.{check_token(node)}.c.{check_token(nonce_id)}"
+
+
+def parse_presig_key(key: str) -> tuple[str, str, str, str] | None:
+    """``(key_id, node, "b" | "c", batch or nonce id)`` of a ``presig`` key, None for anything else."""
+    parts = key.split(".")
+    if len(parts) != 5 or parts[0] != "frost" or parts[3] not in ("b", "c"):
+        return None
+    return parts[1], parts[2], parts[3], parts[4]

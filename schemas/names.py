@@ -141,7 +141,7 @@ _OWN: Final[tuple[str, ...]] = (
 _NODE: Final[tuple[str, ...]] = (
     *_OWN,
     "vote.*.{self}",
-    "$KV.presig.frost.*.{self}.>",  # its own nonce commitments only
+    "$KV.presig.frost.*.{self}.b.*",  # its own nonce commitments only (never a claim)
     "$KV.keys.hostpubkey.{self}",  # its own ChillDKG host key only (the DKG result is consensus's)
 )
 

@@ -136,7 +136,7 @@ class Consensus:
         self.cfg = ctx.cfg
         self.log = ctx.log
         self.nodes = list(self.cfg.nodes)
-        self.pool = NoncePool(self.bus)
+        self.pool = NoncePool(self.bus, follow_claims=False)
         self.active: dict[str, Timer] = {}  # tx_id -> what to check next (a cache of the KV timers)
         self.rounds: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # tx_id -> (revision, record)
         self.bans: dict[str, int] = {}  # node -> banned until (ms), mirrored from KV bans

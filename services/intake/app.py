@@ -46,7 +46,7 @@ from sanic.response import HTTPResponse, raw
 from schemas.kv import POLICY_KEY
 from schemas.lifecycle import TxState
 from schemas.messages import TxRequested
-from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, BUCKET_NODES, BUCKET_PRESIG, tx_subject
+from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, BUCKET_NODES, tx_subject
 from schemas.rest import ErrorBody, Policy, SpendRequest
 from services.runtime.bus import Bus
 from services.runtime.config import ServiceConfig
@@ -558,6 +558,16 @@ async def kv_keys(intake: Intake, bucket: str) -> list[str]:
         return []
 
 
+def _detail_int(row: asyncpg.Record | None, name: str) -> int | None:
+    if row is None:
+        return None
+    detail = row["detail"]
+    if isinstance(detail, str):
+        detail = msgspec.json.decode(detail)
+    value = detail.get(name) if isinstance(detail, dict) else None
+    return value if isinstance(value, int) else None
+
+
 async def nodes_view(intake: Intake) -> list[dict[str, Any]]:
     now = time.time()
     rows = {r["node_id"]: r for r in await store.node_rows(intake.pool)}
@@ -579,6 +589,7 @@ async def nodes_view(intake: Intake) -> list[dict[str, Any]]:
                 "violations": r["violations"] if r is not None else 0,
                 "banned": banned,
                 "banned_until_ms": int(banned_until * 1000) if banned_until else None,
+                "nonces": _detail_int(r, "nonces"),
             }
         )
     return out
@@ -599,11 +610,9 @@ async def cluster_status(intake: Intake) -> dict[str, Any]:
         }
     except ApiError:
         pass
-    pool: dict[str, int] = {}
-    for k in await kv_keys(intake, BUCKET_PRESIG):
-        parts = k.split(".")
-        if len(parts) == 4:
-            pool[parts[2]] = pool.get(parts[2], 0) + 1
+    # precomputed nonces each node holds, from its last heartbeat (free ones and claimed ones it has not
+    # used yet; ``mpcw presig pool-status`` counts the free ones in KV)
+    pool = {n["node"]: n["nonces"] for n in nodes if n["nonces"] is not None}
     return {
         "n": intake.cfg.n,
         "t": intake.cfg.t,

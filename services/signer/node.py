@@ -16,7 +16,7 @@ The node holds its key share and its pooled secret nonces in its own data direct
   BIP-445 partial signatures on ``proto.frost.<session>.2.<node>``. Partial signatures already produced
   for a session are re-published as they were, so a redelivery never needs a nonce twice.
 - ``proto.noncegen.<batch>.1.presig.<node>``: generate nonces, store the secret halves, put the public
-  halves in KV ``presig`` where consensus claims them by CAS.
+  halves in KV ``presig`` (``NONCE_BATCH_MAX`` to an entry) where consensus claims them by CAS.
 - ``proto.chilldkg.<session>.*.consensus``: the participant side of ChillDKG
   (:mod:`services.signer.dkg_participant`).
 """
@@ -57,7 +57,7 @@ from schemas.names import (
     tx_subject,
 )
 from schemas.rest import Policy
-from services.runtime.bus import Bus, Received
+from services.runtime.bus import KV, Bus, CasConflict, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.lookup import last_message
 from services.runtime.seal import EnvelopeError, verify_certificate
@@ -76,7 +76,6 @@ HEARTBEAT_SECONDS = 2.0
 SIGNING_ACK_WAIT_S = 4.0  # a signing attempt a crashed signer took comes back after this
 NONCE_SWEEP_S = 3600.0  # how often expired secret nonces (and old answers) are looked for
 ANSWER_MAX_AGE_S = 24 * 3600.0  # kept answers older than this are deleted: their spends ended long ago
-NONCE_ANNOUNCE_CHUNK = 8  # nonce commitments put into KV concurrently (and the loop breathes between)
 
 
 class SigningError(Exception):
@@ -444,30 +443,39 @@ class SignerNode:
         presig = await self.bus.kv(BUCKET_PRESIG)
         pubshare = share.pubshares[share.index]
         count = max(0, min(req.count, 1000))
-
-        async def announce(entry: K.NonceEntry) -> None:
-            try:
-                await presig.create(K.nonce_key(key_id, self.node, entry.nonce_id), entry)
-            except Exception as exc:  # CasConflict: already announced
-                self.log.debug("nonce already announced", nonce_id=entry.nonce_id, error=type(exc).__name__)
-
-        fresh: list[K.NonceEntry] = []
-        for k in range(count):
-            nonce_id = f"{req.batch_id}-{k}"
-            if self.keystore.has_nonce(nonce_id):
-                continue  # redelivered request: this one exists already
-            secnonce, pubnonce = frost.nonce_gen(share.secshare, pubshare, None, None, nonce_id.encode())
-            self.keystore.save_nonce(nonce_id, bytes(secnonce))
-            secnonce[:] = bytes(len(secnonce))
-            fresh.append(
-                K.NonceEntry(
-                    node=self.node, nonce_id=nonce_id, pubnonce=pubnonce, created_ms=int(time.time() * 1000)
+        # generated and kept a batch at a time; each batch's commitments go out in one KV entry while
+        # the next is generated, so consensus can use the first ones at once
+        announcing: asyncio.Future[None] | None = None
+        for j, start in enumerate(range(0, count, K.NONCE_BATCH_MAX)):
+            fresh: list[K.NonceCommitment] = []
+            for k in range(start, min(count, start + K.NONCE_BATCH_MAX)):
+                nonce_id = f"{req.batch_id}-{k}"
+                if self.keystore.has_nonce(nonce_id):
+                    continue  # redelivered request: this one exists already
+                secnonce, pubnonce = frost.nonce_gen(share.secshare, pubshare, None, None, nonce_id.encode())
+                self.keystore.save_nonce(nonce_id, bytes(secnonce))
+                secnonce[:] = bytes(len(secnonce))
+                fresh.append(K.NonceCommitment(nonce_id, pubnonce))
+            if announcing is not None:
+                await announcing
+                announcing = None
+            if fresh:
+                batch = K.NonceBatch(
+                    node=self.node,
+                    batch_id=f"{req.batch_id}_{j}",
+                    created_ms=int(time.time() * 1000),
+                    nonces=fresh,
                 )
-            )
-            if len(fresh) == NONCE_ANNOUNCE_CHUNK:  # announced concurrently, a chunk at a time
-                await asyncio.gather(*(announce(e) for e in fresh))
-                fresh = []
-        await asyncio.gather(*(announce(e) for e in fresh))
+                announcing = asyncio.ensure_future(self._announce_nonces(presig, key_id, batch))
+            await asyncio.sleep(0)  # the loop breathes between batches
+        if announcing is not None:
+            await announcing
+
+    async def _announce_nonces(self, presig: KV, key_id: str, batch: K.NonceBatch) -> None:
+        try:
+            await presig.create(K.nonce_batch_key(key_id, self.node, batch.batch_id), batch)
+        except CasConflict:
+            self.log.debug("nonce batch already announced", batch=batch.batch_id)
 
     # ---- DKG glue -----------------------------------------------------------------------------------
     async def publish_dkg(self, session_id: str, round_: int, data: bytes) -> None:

@@ -66,8 +66,11 @@ def _assert_nothing_signed(cluster: Cluster, tx_id: str) -> None:
         kv = await bus.kv(BUCKET_PRESIG)
         out = []
         for key in await kv.keys():
+            parsed = K.parse_presig_key(key)
+            if parsed is None or parsed[2] != "c":
+                continue
             e = await kv.get(key)
-            if e is not None and e.decode(K.NonceEntry).tx_id == tx_id:
+            if e is not None and e.decode(K.NonceClaim).tx_id == tx_id:
                 out.append(key)
         return out
 

@@ -51,6 +51,11 @@ def test_presig_pool_status(cluster: Cluster) -> None:
     levels = dict(re.findall(r"^(node-\d+)\s+(\d+) free$", out, re.M))
     assert set(levels) == set(cluster.info["nodes"]), out
     assert all(int(v) > 0 for v in levels.values()), out
+    # the REST status shows the nonces each node holds, from its heartbeat
+    with cluster.api() as api:
+        status = api.get("/api/v1/cluster/status").json()
+    assert set(status["nonce_pool"]) == set(cluster.info["nodes"]), status
+    assert all(isinstance(v, int) and v > 0 for v in status["nonce_pool"].values()), status
 
 
 def test_dkg_status(cluster: Cluster) -> None:

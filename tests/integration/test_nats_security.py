@@ -111,6 +111,8 @@ async def test_node3_cannot_publish_as_node2(pki: Path, nats_server: str) -> Non
         ("node-3", "$JS.API.STREAM.DELETE.TX"),  # only admin manages streams
         ("node-3", "$KV.bans.node-3"),  # only monitor bans
         ("broadcaster", "$KV.rounds.t1"),  # a round is consensus's; the broadcaster writes final.<tx> only
+        ("node-3", "$KV.presig.frost.default.node-3.c.b1-0"),  # a claim, even on its own nonce
+        ("node-3", "$KV.presig.frost.default.node-2.b.b1_0"),  # another node's nonce commitments
     ],
 )
 async def test_publish_rights(pki: Path, nats_server: str, identity: str, subject: str) -> None:

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from schemas import kv as K
+from services.runtime.bus import CasConflict, KvEntry
 from services.runtime.nonce_pool import NoncePool
 from services.signer import nonce_slots
 from services.signer.keystore import Keystore
@@ -23,11 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class FakeKV:
     def __init__(self) -> None:
-        self.updates: list[str] = []
+        self.created: list[str] = []
+        self.taken: set[str] = set()  # claim keys another consensus instance created first
 
-    async def update_cas(self, key: str, value: Any, revision: int) -> int:
-        self.updates.append(key)
-        return revision + 1
+    async def create(self, key: str, value: Any) -> int:
+        if key in self.taken:
+            raise CasConflict("presig", key, None)
+        self.created.append(key)
+        return len(self.created)
 
 
 class FakeBus:
@@ -38,24 +42,59 @@ class FakeBus:
         return self.presig
 
 
-def entry(nonce_id: str, age_ms: int) -> K.NonceEntry:
+def batch_entry(batch_id: str, age_ms: int, count: int = 2, node: str = "node-1") -> KvEntry:
     now = int(time.time() * 1000)
-    return K.NonceEntry(node="node-1", nonce_id=nonce_id, pubnonce=b"\x02" * 66, created_ms=now - age_ms)
+    batch = K.NonceBatch(
+        node=node,
+        batch_id=batch_id,
+        created_ms=now - age_ms,
+        nonces=[K.NonceCommitment(f"{batch_id}-{k}", b"\x02" * 66) for k in range(count)],
+    )
+    return KvEntry(K.nonce_batch_key("default", node, batch_id), msgspec.msgpack.encode(batch), 1, "PUT")
+
+
+def claim_entry(nonce_id: str, node: str = "node-1") -> KvEntry:
+    claim = K.NonceClaim(node=node, nonce_id=nonce_id, tx_id="t", attempt=1, claimed_ms=0)
+    return KvEntry(K.nonce_claim_key("default", node, nonce_id), msgspec.msgpack.encode(claim), 1, "PUT")
 
 
 async def test_pools_neither_count_nor_hand_out_expired_nonces() -> None:
     bus = FakeBus()
     pool = NoncePool(bus)  # type: ignore[arg-type]
-    old = K.NONCE_MAX_AGE_MS + 60_000
-    pool.free["node-1"] = {
-        f"frost.default.node-1.{n}": (i + 1, entry(n, age))
-        for i, (n, age) in enumerate([("a-0", old), ("a-1", old), ("b-0", 5_000), ("b-1", 1_000)])
-    }
+    pool.apply(batch_entry("a", K.NONCE_MAX_AGE_MS + 60_000))
+    pool.apply(batch_entry("b", 5_000))
     assert pool.level("node-1") == 2
     got = await pool.claim("node-1", 1, "tx", 1)
     assert got is not None and [r.nonce_id for r in got] == ["b-0"]
-    assert bus.presig.updates == ["frost.default.node-1.b-0"]  # the expired ones were never tried
+    assert bus.presig.created == ["frost.default.node-1.c.b-0"]  # the expired ones were never tried
     assert pool.level("node-1") == 1 and pool.level("node-9") == 0
+
+
+async def test_a_claimed_nonce_is_never_offered_again() -> None:
+    bus = FakeBus()
+    pool = NoncePool(bus)  # type: ignore[arg-type]
+    pool.apply(claim_entry("a-1"))  # a claim seen before its batch (the watch's order is the bucket's)
+    pool.apply(batch_entry("a", 1_000, count=4))
+    assert list(pool.free["node-1"]) == ["a-0", "a-2", "a-3"]
+    pool.apply(claim_entry("a-2"))
+    bus.presig.taken.add("frost.default.node-1.c.a-0")  # another consensus instance was first
+    got = await pool.claim("node-1", 1, "tx", 1)
+    assert got is not None and [r.nonce_id for r in got] == ["a-3"]
+    assert await pool.claim("node-1", 1, "tx2", 1) is None  # none left
+    pool.apply(batch_entry("a", 1_000, count=4))  # a watch re-created after a reconnect replays it
+    assert pool.level("node-1") == 0
+    pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", "a"), b"", 2, "DEL"))
+    pool.apply(batch_entry("c", 1_000, count=3))
+    assert pool.level("node-1") == 3
+
+
+def test_a_batch_under_another_nodes_name_is_ignored() -> None:
+    pool = NoncePool(FakeBus())  # type: ignore[arg-type]
+    forged = batch_entry("x", 1_000, node="node-2")
+    pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", "x"), forged.value, 1, "PUT"))
+    pool.apply(KvEntry("frost.default.node-1.x", b"junk", 1, "PUT"))  # not a pool key
+    pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", "y"), b"junk", 1, "PUT"))  # undecodable
+    assert pool.level("node-1") == 0 and pool.level("node-2") == 0
 
 
 def test_signers_delete_secret_nonces_past_the_kv_ttl(
@@ -80,7 +119,6 @@ def test_the_ages_fit_the_bucket_ttl() -> None:
     # offered only well before KV forgets the entry; secret halves kept until it surely has
     assert K.NONCE_MAX_AGE_MS / 1000 + 600 <= ttl_s["presig"] < K.NONCE_FILE_MAX_AGE_S
     assert ttl_s["rounds"] >= 24 * 3600  # a round and its final.<tx> outlive every retry by far
-    assert msgspec.json.decode(msgspec.json.encode(entry("x", 0)), type=K.NonceEntry).created_ms > 0
 
 
 def test_signers_delete_answers_a_day_old(tmp_path: Path) -> None:
