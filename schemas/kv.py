@@ -2,8 +2,8 @@
 
 - ``keys``: ``hostpubkey.<node>`` -> :class:`HostPubkey`; ``<scheme>.<key_id>`` -> :class:`KeyRecord`
 - ``presig``: ``frost.<key_id>.<node>.b.<batch>`` -> :class:`NonceBatch` (a node's nonce commitments, put
-  by that node); ``frost.<key_id>.<node>.c.<nonce_id>`` -> :class:`NonceClaim` (create-only: whoever
-  creates it has the nonce, and nobody ever gets it again)
+  by that node); ``frost.<key_id>.<node>.c.<batch>`` -> :class:`NonceClaim` (create-only: whoever creates
+  it has the batch's nonces, and nobody ever gets one of them again)
 - ``rounds``: ``<tx_id>`` -> :class:`RoundRecord` (CAS on revision); ``final.<tx_id>`` -> :class:`FinalRecord`
   (create-only: the one arbiter of a spend's final outcome, ``signed`` or ``failed``)
 - ``config``: ``policy`` -> ``schemas.rest.Policy``; ``dkg.<session>`` -> :class:`DkgRequest`
@@ -67,12 +67,12 @@ class NonceBatch(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class NonceClaim(msgspec.Struct, frozen=True, kw_only=True):
-    """Nonce ``nonce_id`` of ``node`` is taken for attempt ``attempt`` of spend ``tx_id``."""
+    """Batch ``batch_id`` of ``node`` is taken by ``by`` (a consensus process), which hands its nonces
+    out one at a time, each at most once; what it has not handed out when it stops is never used."""
 
     node: str
-    nonce_id: str
-    tx_id: str
-    attempt: int
+    batch_id: str
+    by: str
     claimed_ms: int
 
 
@@ -148,12 +148,12 @@ def nonce_batch_key(key_id: str, node: str, batch_id: str) -> str:
     return f"frost.{check_token(key_id)}.{check_token(node)}.b.{check_token(batch_id)}"
 
 
-def nonce_claim_key(key_id: str, node: str, nonce_id: str) -> str:
-    return f"frost.{check_token(key_id)}.{check_token(node)}.c.{check_token(nonce_id)}"
+def nonce_claim_key(key_id: str, node: str, batch_id: str) -> str:
+    return f"frost.{check_token(key_id)}.{check_token(node)}.c.{check_token(batch_id)}"
 
 
 def parse_presig_key(key: str) -> tuple[str, str, str, str] | None:
-    """``(key_id, node, "b" | "c", batch or nonce id)`` of a ``presig`` key, None for anything else."""
+    """``(key_id, node, "b" | "c", batch id)`` of a ``presig`` key, None for anything else."""
     parts = key.split(".")
     if len(parts) != 5 or parts[0] != "frost" or parts[3] not in ("b", "c"):
         return None

@@ -782,7 +782,7 @@ async def serve(ctx: ServiceContext) -> None:
         asyncio.create_task(c.watch_dkg_requests()),
         asyncio.create_task(c.watch_bans()),
         bus.start_consumer(*durable(me, "consensus-requested"), c.on_requested),
-        bus.start_batch_consumer(*durable(me, "consensus-votes"), c.on_votes, batch=64),
+        bus.start_batch_consumer(*durable(me, "consensus-votes"), c.on_votes, batch=64, linger=0.002),
         # only the events that end a round's signing: verifying every tx.* event here was a third of
         # this service's work
         bus.start_consumer(*durable(me, "consensus-signed"), c.on_tx_event),

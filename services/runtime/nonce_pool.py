@@ -1,23 +1,28 @@
 """The pool of FROST nonce commitments, as seen from KV ``presig``.
 
 Each signer puts the public halves of the nonces it precomputed, up to ``NONCE_BATCH_MAX`` in one entry,
-under ``frost.<key_id>.<node>.b.<batch>``. A nonce is claimed by *creating* ``frost.<key_id>.<node>.c.
-<nonce_id>`` (create-only: the server's compare-and-set on "no such key"), so however many consensus
-instances race for it, a nonce is handed out at most once, ever. A claimed nonce is never freed again: an
-attempt that fails simply burns it. Entries live 24 h in KV (the bucket's TTL); the pool offers a nonce
-only while its batch is younger than ``NONCE_MAX_AGE_MS`` (the TTL removes entries without telling the
-watch), and a claim outlives that.
+under ``frost.<key_id>.<node>.b.<batch>``. A consensus process claims a whole batch by *creating*
+``frost.<key_id>.<node>.c.<batch>`` (create-only: the server's compare-and-set on "no such key"), then
+hands its nonces out one at a time from memory, each at most once. However many consensus processes race
+for a batch, one gets it; a claimed batch is never claimed again, and the nonces its claimer has not
+handed out when it stops are never used (burned: a restarted process does not know which ones it used,
+so it claims fresh batches). One KV write per batch instead of one per nonce keeps the pool off the
+spend's path.
+
+Entries live 24 h in KV (the bucket's TTL); a nonce is offered only while its batch is younger than
+``NONCE_MAX_AGE_MS`` (the TTL removes entries without telling the watch), and a claim outlives that.
 
 A pool that ``follow_claims`` (presig, ``mpcw presig pool-status``) watches every entry, so its levels
-count other instances' claims too. Consensus does not: it reads the claims once at start, then watches
-only the batches; it knows its own claims, and one made by another consensus instance since shows up as a
-failed create, after which the next nonce is tried. That keeps a claim's echo off consensus's connection.
+leave out every process's claimed batches. Consensus does not: it reads the claims once at start, then
+watches only the batches; a batch another consensus process claimed since shows up as a failed create,
+after which the next batch is tried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 import msgspec
 
@@ -27,7 +32,7 @@ from schemas.names import BUCKET_PRESIG
 
 from .bus import Bus, CasConflict, KvEntry
 
-_SWEEP_EVERY = 4096  # claims noted between two sweeps of what the pool remembers
+_SWEEP_EVERY = 1024  # claims noted between two sweeps of what the pool remembers
 
 
 def _now_ms() -> int:
@@ -35,21 +40,26 @@ def _now_ms() -> int:
 
 
 class NoncePool:
-    """Free FROST nonce commitments per node, mirrored from KV ``presig`` by a watch; claimed by create."""
+    """FROST nonce commitments per node, mirrored from KV ``presig`` by a watch; batches claimed by create."""
 
-    def __init__(self, bus: Bus, key_id: str = K.DEFAULT_KEY_ID, *, follow_claims: bool = True) -> None:
+    def __init__(
+        self, bus: Bus, key_id: str = K.DEFAULT_KEY_ID, *, follow_claims: bool = True, name: str = "consensus"
+    ) -> None:
         self.bus = bus
         self.key_id = key_id
         self.follow_claims = follow_claims
-        # node -> nonce id -> (pubnonce, batch created_ms), oldest first
-        self.free: dict[str, dict[str, tuple[bytes, int]]] = {}
-        # (node, nonce id) -> when this pool learnt it is claimed (ms); forgotten once its nonce is too
-        # old to be offered anyway
+        self.name = name  # who claims (written into the claim)
+        # node -> batch id -> the unclaimed batch, oldest first
+        self.free: dict[str, dict[str, K.NonceBatch]] = {}
+        # node -> nonces of batches this process claimed and has not handed out yet, oldest first
+        self.mine: dict[str, deque[tuple[K.NonceCommitment, int]]] = {}
+        # (node, batch id) -> when this pool learnt the batch is claimed (ms); forgotten once its nonces
+        # are too old to be offered anyway
         self.claimed: dict[tuple[str, str], int] = {}
-        self.batches: dict[str, tuple[str, list[str], int]] = {}  # KV key -> (node, nonce ids, created_ms)
         self.loaded = asyncio.Event()
         self.last_update = time.monotonic()  # when the watch last delivered anything
         self._noted = 0
+        self._claiming: dict[str, asyncio.Future[bool]] = {}  # node -> its batch claim in flight
 
     async def run(self) -> None:
         kv = await self.bus.kv(BUCKET_PRESIG)
@@ -74,78 +84,83 @@ class NoncePool:
         parsed = K.parse_presig_key(entry.key)
         if parsed is None or parsed[0] != self.key_id:
             return
-        _, node, kind, ident = parsed
+        _, node, kind, batch_id = parsed
         if kind == "c":
             if entry.operation == "PUT":  # a claim's deletion frees nothing: a claim is for ever
-                self._note_claimed(node, ident)
+                self._note_claimed(node, batch_id)
             return
         if entry.operation != "PUT":
-            gone = self.batches.pop(entry.key, None)
-            if gone is not None:
-                bucket = self.free.get(gone[0], {})
-                for nonce_id in gone[1]:
-                    bucket.pop(nonce_id, None)
+            self.free.get(node, {}).pop(batch_id, None)
             return
         try:
             batch = entry.decode(K.NonceBatch)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return
-        if batch.node != node:
+        if batch.node != node or batch.batch_id != batch_id:
             return  # the broker lets a node write only its own keys; this is not one of them
-        bucket = self.free.setdefault(node, {})
-        ids: list[str] = []
-        for c in batch.nonces:
-            ids.append(c.nonce_id)
-            if (node, c.nonce_id) not in self.claimed:
-                bucket[c.nonce_id] = (c.pubnonce, batch.created_ms)
-        self.batches[entry.key] = (node, ids, batch.created_ms)
+        if (node, batch_id) not in self.claimed:
+            self.free.setdefault(node, {})[batch_id] = batch
 
-    def _note_claimed(self, node: str, nonce_id: str) -> None:
-        self.claimed[(node, nonce_id)] = _now_ms()
-        self.free.get(node, {}).pop(nonce_id, None)
+    def _note_claimed(self, node: str, batch_id: str) -> None:
+        self.claimed[(node, batch_id)] = _now_ms()
+        self.free.get(node, {}).pop(batch_id, None)
         self._noted += 1
         if self._noted >= _SWEEP_EVERY:
             self._noted = 0
-            self._sweep()
+            oldest = _now_ms() - K.NONCE_MAX_AGE_MS
+            self.claimed = {k: at for k, at in self.claimed.items() if at >= oldest}
 
-    def _sweep(self) -> None:
-        """Forget what no longer matters: claims and batches older than any nonce still offered."""
+    def _drop_expired(self, node: str) -> None:
+        """Forget the node's nonces too old to offer (KV drops them at its TTL, silently)."""
         oldest = _now_ms() - K.NONCE_MAX_AGE_MS
-        self.claimed = {k: at for k, at in self.claimed.items() if at >= oldest}
-        self.batches = {k: b for k, b in self.batches.items() if b[2] >= oldest}
-
-    def _drop_expired(self, node: str) -> dict[str, tuple[bytes, int]]:
-        """The node's free nonces, without those too old to offer (KV drops them at its TTL, silently)."""
-        bucket = self.free.get(node, {})
-        oldest = _now_ms() - K.NONCE_MAX_AGE_MS
-        while bucket:
-            nonce_id = next(iter(bucket))  # oldest first
-            if bucket[nonce_id][1] >= oldest:
+        batches = self.free.get(node, {})
+        while batches:
+            batch_id = next(iter(batches))  # oldest first
+            if batches[batch_id].created_ms >= oldest:
                 break
-            del bucket[nonce_id]
-        return bucket
+            del batches[batch_id]
+        mine = self.mine.get(node)
+        while mine and mine[0][1] < oldest:
+            mine.popleft()
 
     def level(self, node: str) -> int:
-        return len(self._drop_expired(node))
+        """Nonces of ``node`` this pool can still hand out (or, following claims, nobody has claimed)."""
+        self._drop_expired(node)
+        return len(self.mine.get(node, ())) + sum(len(b.nonces) for b in self.free.get(node, {}).values())
 
     async def claim(self, node: str, count: int, tx_id: str, attempt: int) -> list[NonceRef] | None:
         """``count`` nonces of ``node`` for attempt ``attempt`` of ``tx_id``, or None when the pool runs
-        out first (the ones claimed by then stay claimed: a nonce is never handed out twice)."""
-        kv = await self.bus.kv(BUCKET_PRESIG)
+        out first (the ones taken by then stay taken: a nonce is never handed out twice). Concurrent
+        callers short of nonces wait for one batch claim, not one each."""
+        self._drop_expired(node)
+        mine = self.mine.setdefault(node, deque())
         got: list[NonceRef] = []
-        bucket = self._drop_expired(node)
-        while len(got) < count and bucket:
-            nonce_id = next(iter(bucket))
-            pubnonce, _ = bucket[nonce_id]
-            self._note_claimed(node, nonce_id)  # taken off the pool before the await: never offered twice
-            claim = K.NonceClaim(
-                node=node, nonce_id=nonce_id, tx_id=tx_id, attempt=attempt, claimed_ms=_now_ms()
-            )
-            try:
-                await kv.create(K.nonce_claim_key(self.key_id, node, nonce_id), claim)
-            except CasConflict:
-                continue  # another consensus instance has it
-            got.append(NonceRef(nonce_id=nonce_id, pubnonce=pubnonce))
-        if len(got) < count:
-            return None
+        while len(got) < count:
+            if mine:
+                c, _ = mine.popleft()
+                got.append(NonceRef(nonce_id=c.nonce_id, pubnonce=c.pubnonce))
+                continue
+            claiming = self._claiming.get(node)
+            if claiming is None or claiming.done():
+                claiming = asyncio.ensure_future(self._claim_batch(node))
+                self._claiming[node] = claiming
+            if not await asyncio.shield(claiming):
+                return None
         return got
+
+    async def _claim_batch(self, node: str) -> bool:
+        """Claim the oldest unclaimed batch of ``node`` into ``mine``; False when there is none."""
+        kv = await self.bus.kv(BUCKET_PRESIG)
+        batches = self.free.get(node, {})
+        while batches:
+            batch_id = next(iter(batches))
+            batch = batches[batch_id]
+            self._note_claimed(node, batch_id)  # off the free list before the await: claimed once here
+            claim = K.NonceClaim(node=node, batch_id=batch_id, by=self.name, claimed_ms=_now_ms())
+            try:
+                await kv.create(K.nonce_claim_key(self.key_id, node, batch_id), claim)
+            except CasConflict:
+                continue  # another consensus process has it
+            self.mine.setdefault(node, deque()).extend((c, batch.created_ms) for c in batch.nonces)
+            return True
+        return False

@@ -75,6 +75,7 @@ HEARTBEAT_SECONDS = 2.0
 
 SIGNING_ACK_WAIT_S = 4.0  # a signing attempt a crashed signer took comes back after this
 NONCE_SWEEP_S = 3600.0  # how often expired secret nonces (and old answers) are looked for
+NONCE_GEN_SLICE = 8  # nonces generated between two turns of the event loop
 ANSWER_MAX_AGE_S = 24 * 3600.0  # kept answers older than this are deleted: their spends ended long ago
 
 
@@ -456,6 +457,8 @@ class SignerNode:
                 self.keystore.save_nonce(nonce_id, bytes(secnonce))
                 secnonce[:] = bytes(len(secnonce))
                 fresh.append(K.NonceCommitment(nonce_id, pubnonce))
+                if len(fresh) % NONCE_GEN_SLICE == 0:
+                    await asyncio.sleep(0)  # a spend's messages are not held up behind a whole batch
             if announcing is not None:
                 await announcing
                 announcing = None
@@ -467,7 +470,6 @@ class SignerNode:
                     nonces=fresh,
                 )
                 announcing = asyncio.ensure_future(self._announce_nonces(presig, key_id, batch))
-            await asyncio.sleep(0)  # the loop breathes between batches
         if announcing is not None:
             await announcing
 

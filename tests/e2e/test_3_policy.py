@@ -3,7 +3,7 @@
 The policy is changed with ``mpcw policy set`` as an operator would; every node enforces it on its own,
 so the rejection must come from the votes (each carrying the new policy version), and no signing may
 start: no ``tx.signing`` / ``tx.signed`` event for the spend, no FROST round for any of its attempts, no
-nonce claimed for it. The previous policy is written back afterwards.
+nonce used for it. The previous policy is written back afterwards.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 from schemas import kv as K
 from schemas.messages import Vote
-from schemas.names import BUCKET_CONFIG, BUCKET_PRESIG
+from schemas.names import BUCKET_CONFIG
 from schemas.rest import Policy
 from services.runtime.bus import Bus
 from services.runtime.lookup import last_message
@@ -62,19 +62,8 @@ def _assert_nothing_signed(cluster: Cluster, tx_id: str) -> None:
     frost = cluster.subject_counts("PROTO", "proto.frost.>")
     assert not [s for s in frost if s.split(".")[2].startswith(f"{tx_id}-a")], "a signing round ran"
 
-    async def claimed(bus: Bus) -> list[str]:
-        kv = await bus.kv(BUCKET_PRESIG)
-        out = []
-        for key in await kv.keys():
-            parsed = K.parse_presig_key(key)
-            if parsed is None or parsed[2] != "c":
-                continue
-            e = await kv.get(key)
-            if e is not None and e.decode(K.NonceClaim).tx_id == tx_id:
-                out.append(key)
-        return out
-
-    assert cluster.with_bus(claimed) == [], "nonces were claimed for a rejected spend"
+    used = cluster.fetch("SELECT presig_id FROM presignature_usage WHERE tx_id = $1", tx_id)
+    assert used == [], "nonces were used for a rejected spend"
     rows = cluster.fetch("SELECT state, txid FROM transactions WHERE id = $1", tx_id)
     assert [(r["state"], r["txid"]) for r in rows] == [("rejected", None)]
 

@@ -1,7 +1,8 @@
-"""The FROST nonce pool on a real JetStream KV bucket: a node announces its commitments in batches;
-two consensus instances (pools that do not follow claims) and presig (a pool that does) mirror them;
-every nonce is handed out at most once however the instances race, a restarted instance does not offer
-what was claimed before, and presig's levels count every instance's claims."""
+"""The FROST nonce pool on a real JetStream KV bucket: nodes announce their commitments in batches; two
+consensus processes (pools that do not follow claims) claim whole batches and hand their nonces out;
+presig (a pool that does follow them) mirrors the unclaimed ones. Every nonce is handed out at most once
+however the processes race, a restarted process never offers a batch claimed before, and presig's
+levels leave out every process's claims."""
 
 from __future__ import annotations
 
@@ -48,27 +49,30 @@ async def test_two_instances_never_hand_out_a_nonce_twice(bus_factory: BusFactor
     tasks = [asyncio.create_task(p.run()) for p in (a, b, watcher)]
     try:
         await asyncio.gather(*(p.loaded.wait() for p in (a, b, watcher)))
-        ids = await announce(node, key_id, "node-1", "b1", 40)
-        await until(lambda: all(p.level("node-1") == 40 for p in (a, b, watcher)))
+        ids: list[str] = []
+        for i in range(6):
+            ids += await announce(node, key_id, "node-1", f"b{i}", 10)
+        await until(lambda: all(p.level("node-1") == 60 for p in (a, b, watcher)))
 
         claims = await asyncio.gather(
-            *(pool.claim("node-1", 1, f"t{i}", 1) for i in range(30) for pool in (a, b))
+            *(pool.claim("node-1", 1, f"t{i}", 1) for i in range(25) for pool in (a, b))
         )
         got = [r.nonce_id for c in claims if c is not None for r in c]
-        assert len(got) == len(set(got)), "a nonce was handed out twice"
+        assert len(got) == 50 and len(got) == len(set(got)), "a nonce was handed out twice"
         assert set(got) <= set(ids)
-        assert len(got) + sum(c is None for c in claims) == 60
-        # presig sees every instance's claims
-        await until(lambda: watcher.level("node-1") == 40 - len(got))
+        # presig sees the claimed batches leave the pool (each process claimed whole batches)
+        claimed_batches = {n.rsplit("-", 1)[0] for n in got}
+        await until(lambda: watcher.level("node-1") == 60 - 10 * len(claimed_batches))
 
-        # a consensus instance started now reads the claims first: it offers only what is left
+        # a consensus process started now reads the claims first: it offers only unclaimed batches
         c = NoncePool(consensus, key_id, follow_claims=False)
         tasks.append(asyncio.create_task(c.run()))
         await c.loaded.wait()
-        assert c.level("node-1") == 40 - len(got)
-        left = await c.claim("node-1", 40 - len(got), "t-last", 1)
-        assert left is not None and not {r.nonce_id for r in left} & set(got)
+        assert c.level("node-1") == 60 - 10 * len(claimed_batches)
+        rest = await c.claim("node-1", c.level("node-1"), "t-last", 1)
+        assert rest is not None and not {r.nonce_id for r in rest} & set(got)
         await until(lambda: watcher.level("node-1") == 0)
+        assert await c.claim("node-1", 1, "t-none", 1) is None
     finally:
         for t in tasks:
             t.cancel()

@@ -3,6 +3,7 @@ offering them an hour before, and signers delete the secret halves nobody can cl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -14,6 +15,7 @@ import msgspec
 import pytest
 
 from schemas import kv as K
+from services.runtime import nonce_pool
 from services.runtime.bus import CasConflict, KvEntry
 from services.runtime.nonce_pool import NoncePool
 from services.signer import nonce_slots
@@ -28,6 +30,7 @@ class FakeKV:
         self.taken: set[str] = set()  # claim keys another consensus instance created first
 
     async def create(self, key: str, value: Any) -> int:
+        await asyncio.sleep(0)  # a round trip: other claims run meanwhile
         if key in self.taken:
             raise CasConflict("presig", key, None)
         self.created.append(key)
@@ -53,9 +56,9 @@ def batch_entry(batch_id: str, age_ms: int, count: int = 2, node: str = "node-1"
     return KvEntry(K.nonce_batch_key("default", node, batch_id), msgspec.msgpack.encode(batch), 1, "PUT")
 
 
-def claim_entry(nonce_id: str, node: str = "node-1") -> KvEntry:
-    claim = K.NonceClaim(node=node, nonce_id=nonce_id, tx_id="t", attempt=1, claimed_ms=0)
-    return KvEntry(K.nonce_claim_key("default", node, nonce_id), msgspec.msgpack.encode(claim), 1, "PUT")
+def claim_entry(batch_id: str, node: str = "node-1") -> KvEntry:
+    claim = K.NonceClaim(node=node, batch_id=batch_id, by="consensus", claimed_ms=0)
+    return KvEntry(K.nonce_claim_key("default", node, batch_id), msgspec.msgpack.encode(claim), 1, "PUT")
 
 
 async def test_pools_neither_count_nor_hand_out_expired_nonces() -> None:
@@ -66,34 +69,64 @@ async def test_pools_neither_count_nor_hand_out_expired_nonces() -> None:
     assert pool.level("node-1") == 2
     got = await pool.claim("node-1", 1, "tx", 1)
     assert got is not None and [r.nonce_id for r in got] == ["b-0"]
-    assert bus.presig.created == ["frost.default.node-1.c.b-0"]  # the expired ones were never tried
+    assert bus.presig.created == ["frost.default.node-1.c.b"]  # the expired batch was never tried
     assert pool.level("node-1") == 1 and pool.level("node-9") == 0
 
 
-async def test_a_claimed_nonce_is_never_offered_again() -> None:
+async def test_a_claimed_batch_is_never_offered_again() -> None:
     bus = FakeBus()
     pool = NoncePool(bus)  # type: ignore[arg-type]
-    pool.apply(claim_entry("a-1"))  # a claim seen before its batch (the watch's order is the bucket's)
-    pool.apply(batch_entry("a", 1_000, count=4))
-    assert list(pool.free["node-1"]) == ["a-0", "a-2", "a-3"]
-    pool.apply(claim_entry("a-2"))
-    bus.presig.taken.add("frost.default.node-1.c.a-0")  # another consensus instance was first
-    got = await pool.claim("node-1", 1, "tx", 1)
-    assert got is not None and [r.nonce_id for r in got] == ["a-3"]
-    assert await pool.claim("node-1", 1, "tx2", 1) is None  # none left
-    pool.apply(batch_entry("a", 1_000, count=4))  # a watch re-created after a reconnect replays it
+    pool.apply(claim_entry("a"))  # a claim seen before its batch (the watch's order is the bucket's)
+    for b in ("a", "b", "c", "d"):
+        pool.apply(batch_entry(b, 1_000, count=3))
+    assert list(pool.free["node-1"]) == ["b", "c", "d"] and pool.level("node-1") == 9
+    pool.apply(claim_entry("c"))  # another process claimed c
+    bus.presig.taken.add("frost.default.node-1.c.b")  # ... and b, unknown to this pool until it tries
+    got = await pool.claim("node-1", 2, "tx", 1)
+    assert got is not None and [r.nonce_id for r in got] == ["d-0", "d-1"]
+    assert bus.presig.created == ["frost.default.node-1.c.d"]
+    assert pool.level("node-1") == 1  # d-2, this process's own
+    got = await pool.claim("node-1", 2, "tx2", 1)
+    assert got is None  # d-2 went to it, then nothing was left
+    pool.apply(batch_entry("d", 1_000, count=3))  # a watch re-created after a reconnect replays it
     assert pool.level("node-1") == 0
-    pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", "a"), b"", 2, "DEL"))
-    pool.apply(batch_entry("c", 1_000, count=3))
+    pool.apply(batch_entry("e", 1_000, count=3))
+    pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", "e"), b"", 2, "DEL"))
+    assert pool.level("node-1") == 0
+    pool.apply(batch_entry("f", 1_000, count=3))
     assert pool.level("node-1") == 3
+
+
+async def test_nonces_of_a_claimed_batch_expire_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = NoncePool(FakeBus())  # type: ignore[arg-type]
+    pool.apply(batch_entry("a", 1_000, count=3))
+    assert await pool.claim("node-1", 1, "tx", 1) is not None
+    assert pool.level("node-1") == 2  # held by this process
+    later = int(time.time() * 1000) + K.NONCE_MAX_AGE_MS
+    monkeypatch.setattr(nonce_pool, "_now_ms", lambda: later)
+    assert pool.level("node-1") == 0 and await pool.claim("node-1", 1, "tx2", 1) is None
+
+
+async def test_concurrent_claims_share_one_batch_claim() -> None:
+    bus = FakeBus()
+    pool = NoncePool(bus)  # type: ignore[arg-type]
+    for b in ("a", "b", "c"):
+        pool.apply(batch_entry(b, 1_000, count=8))
+    got = await asyncio.gather(*(pool.claim("node-1", 1, f"t{i}", 1) for i in range(10)))
+    ids = [r.nonce_id for g in got if g is not None for r in g]
+    assert len(ids) == 10 == len(set(ids))
+    assert bus.presig.created == ["frost.default.node-1.c.a", "frost.default.node-1.c.b"]
+    assert pool.level("node-1") == 14
 
 
 def test_a_batch_under_another_nodes_name_is_ignored() -> None:
     pool = NoncePool(FakeBus())  # type: ignore[arg-type]
     forged = batch_entry("x", 1_000, node="node-2")
     pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", "x"), forged.value, 1, "PUT"))
+    renamed = batch_entry("y", 1_000)
+    pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", "z"), renamed.value, 1, "PUT"))
     pool.apply(KvEntry("frost.default.node-1.x", b"junk", 1, "PUT"))  # not a pool key
-    pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", "y"), b"junk", 1, "PUT"))  # undecodable
+    pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", "w"), b"junk", 1, "PUT"))  # undecodable
     assert pool.level("node-1") == 0 and pool.level("node-2") == 0
 
 
