@@ -14,7 +14,8 @@ The node holds its key share and its pooled secret nonces in its own data direct
   approving votes, each signed by its node, each over the sighashes this node recomputes), then for every
   input take (and irrevocably delete) the pooled secret nonce consensus claimed for it and publish the
   BIP-445 partial signatures on ``proto.frost.<session>.2.<node>``. Partial signatures already produced
-  for a session are re-published as they were, so a redelivery never needs a nonce twice.
+  for a session are re-published as they were (:mod:`services.signer.answer_log`), so a redelivery never
+  needs a nonce twice.
 - ``proto.noncegen.<batch>.1.presig.<node>``: generate nonces, store the secret halves, put the public
   halves in KV ``presig`` (``NONCE_BATCH_MAX`` to an entry) where consensus claims them by CAS.
 - ``proto.chilldkg.<session>.*.consensus``: the participant side of ChillDKG
@@ -25,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -61,8 +60,9 @@ from services.runtime.bus import KV, Bus, CasConflict, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.lookup import last_message
 from services.runtime.seal import EnvelopeError, verify_certificate
+from services.signer.answer_log import AnswerLog
 from services.signer.dkg_participant import DkgParticipant
-from services.signer.keystore import Keystore, KeystoreError, ShareRecord, write_atomic
+from services.signer.keystore import Keystore, KeystoreError, ShareRecord
 from services.signer.spend_check import check_spend
 from services.signer.vote_journal import JournalEntry, VoteJournal
 from tss import frost
@@ -76,7 +76,6 @@ HEARTBEAT_SECONDS = 2.0
 SIGNING_ACK_WAIT_S = 4.0  # a signing attempt a crashed signer took comes back after this
 NONCE_SWEEP_S = 3600.0  # how often expired secret nonces (and old answers) are looked for
 NONCE_GEN_SLICE = 8  # nonces generated between two turns of the event loop
-ANSWER_MAX_AGE_S = 24 * 3600.0  # kept answers older than this are deleted: their spends ended long ago
 
 
 class SigningError(Exception):
@@ -103,8 +102,7 @@ class SignerNode:
         self.keystore = keystore
         self.log = bus.log
         self.journal = VoteJournal(keystore.root / "votes.jsonl")
-        self.psig_dir = keystore.root / "psigs"
-        self.psig_dir.mkdir(exist_ok=True)
+        self.answers = AnswerLog(keystore.root)
         self.policy = Policy()
         self.dkg = DkgParticipant(self)
         self._share_cache: dict[str, tuple[ShareRecord, ThresholdAccount]] = {}
@@ -137,16 +135,12 @@ class SignerNode:
         ]
 
     async def _sweep_nonces(self) -> None:
-        """Hourly (and at start): secret nonces whose KV entries expired unclaimed are deleted, and so
-        are the kept answers (partial signatures, refusals) of signing attempts a day old."""
+        """Hourly (and at start): secret nonces whose KV entries expired unclaimed are deleted."""
         while not self.bus.stopping.is_set():
             async with self._lock:  # not while a signing batch takes nonces
                 gone = self.keystore.sweep_nonces(K.NONCE_FILE_MAX_AGE_S)
             if gone:
                 self.log.info("expired secret nonces deleted", count=gone)
-            old = sweep_answers(self.psig_dir, ANSWER_MAX_AGE_S)
-            if old:
-                self.log.info("old signing answers deleted", count=old)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.bus.stopping.wait(), NONCE_SWEEP_S)
 
@@ -270,7 +264,7 @@ class SignerNode:
         async with self._lock:
             todo: list[tuple[TxSigning, _Prepared | SigningError]] = []
             for sig in sigs:
-                cached = self._answered(sig)
+                cached = self.answers.get(sig.session_id)
                 if cached is not None:  # a redelivery: publish exactly what was produced before
                     outs.append(cached)
                     continue
@@ -304,21 +298,7 @@ class SignerNode:
         await asyncio.gather(*(self._publish_answer(o) for o in outs))
         # kept after it left (not before: it is off the spend's path), not fsynced: if it is lost, a
         # redelivery finds the nonces used, refuses, and consensus retries; it only spares that
-        for out in fresh:
-            write_atomic(self._answer_path(out), msgspec.msgpack.encode(out), durable=False)
-
-    def _answer_path(self, out: PartialSignatures | SigningRefused) -> Path:
-        suffix = "psig" if isinstance(out, PartialSignatures) else "refused"
-        return self.psig_dir / f"{out.session_id}.{suffix}"
-
-    def _answered(self, sig: TxSigning) -> PartialSignatures | SigningRefused | None:
-        done = self.psig_dir / f"{sig.session_id}.psig"
-        refused = self.psig_dir / f"{sig.session_id}.refused"
-        if done.exists():
-            return msgspec.msgpack.decode(done.read_bytes(), type=PartialSignatures)
-        if refused.exists():
-            return msgspec.msgpack.decode(refused.read_bytes(), type=SigningRefused)
-        return None
+        self.answers.add(fresh)
 
     async def _publish_answer(self, out: PartialSignatures | SigningRefused) -> None:
         round_ = 2 if isinstance(out, PartialSignatures) else REFUSAL_ROUND
@@ -494,22 +474,6 @@ class SignerNode:
             result,
             f"dkg.{result.session_id}.9.{self.node}",
         )
-
-
-def sweep_answers(directory: Path, older_than_s: float) -> int:
-    """Delete the kept answers in ``directory`` older than ``older_than_s`` (a redelivered attempt that
-    late finds its nonces used and is refused, which is what it should get); how many."""
-    limit = time.time() - older_than_s
-    gone = 0
-    with os.scandir(directory) as entries:
-        for e in entries:
-            try:
-                if e.is_file() and e.stat().st_mtime < limit:
-                    os.unlink(e.path)
-                    gone += 1
-            except FileNotFoundError:
-                continue
-    return gone
 
 
 def _pubnonce_of(secnonce: bytearray) -> bytes:

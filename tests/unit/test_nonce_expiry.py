@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -152,17 +151,3 @@ def test_the_ages_fit_the_bucket_ttl() -> None:
     # offered only well before KV forgets the entry; secret halves kept until it surely has
     assert K.NONCE_MAX_AGE_MS / 1000 + 600 <= ttl_s["presig"] < K.NONCE_FILE_MAX_AGE_S
     assert ttl_s["rounds"] >= 24 * 3600  # a round and its final.<tx> outlive every retry by far
-
-
-def test_signers_delete_answers_a_day_old(tmp_path: Path) -> None:
-    """The kept answers (one file per signing attempt) do not pile up for ever."""
-    from services.signer.node import ANSWER_MAX_AGE_S, sweep_answers
-
-    old, fresh = tmp_path / "s-old-a1.psig", tmp_path / "s-new-a1.refused"
-    old.write_bytes(b"x")
-    fresh.write_bytes(b"y")
-    then = time.time() - ANSWER_MAX_AGE_S - 60
-    os.utime(old, (then, then))
-    assert sweep_answers(tmp_path, ANSWER_MAX_AGE_S) == 1
-    assert not old.exists() and fresh.exists()
-    assert sweep_answers(tmp_path, ANSWER_MAX_AGE_S) == 0
