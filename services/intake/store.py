@@ -1,12 +1,13 @@
 """The intake's PostgreSQL side: spend requests, UTXO reservations (``db/040_intake_spends.sql``) and the
 read views over the recorder's projection.
 
-Reservations: :func:`reserve` takes two round trips and no lock. It reads which of the candidate outpoints
-are reserved, lets the caller select coins from the rest, then inserts the request and its reservations
-in ONE statement. The primary key of ``utxo_reservations`` (one in-flight spend per outpoint) and the
-unique idempotency key are the guards: when another request took a chosen outpoint in between (another
-intake process; this one's own concurrent requests are kept apart by the ``claiming`` set), the statement
-fails whole and the choice is made again; when it took the idempotency key, that request is the answer.
+Reservations: :func:`reserve` takes one round trip when nothing conflicts, and no lock. The caller selects
+coins (leaving out what this process knows to be reserved), and the request and its reservations are
+inserted in ONE statement. The primary key of ``utxo_reservations`` (one in-flight spend per outpoint) and
+the unique idempotency key are the guards: when a chosen outpoint is reserved already (by another intake
+process, or by this one before a restart; its own concurrent requests are kept apart by the ``claiming``
+set), the statement fails whole, and the choice is made again knowing which of the candidates are
+reserved (a read, then the insert); when it took the idempotency key, that request is the answer.
 Two spends therefore never reserve the same outpoint, and a repeated idempotency key never creates a
 second transaction.
 """
@@ -113,18 +114,25 @@ async def reserve(
     claiming: set[tuple[str, int]],
 ) -> NewRequest | Existing:
     """The existing request for ``idempotency_key``, or ``select(reserved)`` (which may raise to abort)
-    stored with its reservations. ``reserved`` is the reserved part of ``candidates`` (the outpoints the
-    caller may pick from: the table also keeps reservations of spends confirmed a while ago, which no
-    current UTXO list holds, so it is not read whole) plus ``claiming``: the outpoints this process's
-    other requests are storing right now (shared by the caller's concurrent calls; each call adds its
-    choice while it stores it). Raises :class:`ReservationConflict` when other intake processes took the
-    chosen outpoints ``RESERVE_ATTEMPTS`` times in a row."""
+    stored with its reservations. ``reserved`` is ``claiming`` (the outpoints this process's other
+    requests are storing right now, shared by the caller's concurrent calls; each call adds its choice
+    while it stores it) and, once a first choice hit a reserved outpoint, the reserved part of
+    ``candidates`` (the outpoints the caller may pick from: the table also keeps reservations of spends
+    confirmed a while ago, which no current UTXO list holds, so it is not read whole). Raises
+    :class:`ReservationConflict` when the chosen outpoints were taken ``RESERVE_ATTEMPTS`` times in a
+    row."""
     txids = [t for t, _ in candidates]
     vouts = [v for _, v in candidates]
     async with pool.acquire() as conn:
-        for _ in range(RESERVE_ATTEMPTS):
-            rows = await conn.fetch(_RESERVED_AMONG, txids, vouts)
-            req = select({(r["txid"], r["vout"]) for r in rows} | claiming)
+        for attempt in range(RESERVE_ATTEMPTS):
+            if attempt == 0:  # optimistic: the caller's candidates leave out what it knows is taken
+                try:
+                    req = select(set(claiming))
+                except Exception:
+                    continue  # a refusal is decided knowing what is reserved (and says so)
+            else:
+                rows = await conn.fetch(_RESERVED_AMONG, txids, vouts)
+                req = select({(r["txid"], r["vout"]) for r in rows} | claiming)
             mine = {(txid, vout) for txid, vout, _ in req.outpoints} - claiming
             claiming |= mine
             try:

@@ -1,5 +1,6 @@
-"""``services.intake.store.reserve`` against a real PostgreSQL: two round trips and no lock, so what keeps
-two spends off one outpoint is the table's primary key. These tests make another intake process win the
+"""``services.intake.store.reserve`` against a real PostgreSQL: one round trip when nothing conflicts (an
+optimistic insert), a read and another insert when it does, and no lock, so what keeps two spends off
+one outpoint is the table's primary key. These tests make another intake process hold a coin or win the
 race on purpose (its insert lands between this one's read and insert) and check that the choice is made
 again, that a taken idempotency key answers with the existing request, that a process's own concurrent
 requests never choose the same coins, and that endless losing ends in ``ReservationConflict``."""
@@ -82,8 +83,10 @@ class RacedConnection:
     def __init__(self, conn: Any, other: asyncpg.Connection, races: int, take_coin: bool, key: str | None):
         self.conn, self.other, self.races, self.take_coin, self.key = conn, other, races, take_coin, key
         self.winners: list[str] = []
+        self.reads = 0
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        self.reads += 1
         rows = await self.conn.fetch(sql, *args)
         if self.races > 0:
             self.races -= 1
@@ -132,40 +135,72 @@ async def reservations(conn: asyncpg.Connection) -> dict[tuple[str, int], str]:
     return {(r["txid"], r["vout"]): r["tx_id"] for r in rows}
 
 
+async def test_an_uncontended_reservation_is_one_insert(db: tuple[asyncpg.Pool, asyncpg.Connection]) -> None:
+    pool, other = db
+    raced = RacedConnection(None, other, races=0, take_coin=False, key=None)
+    choose = FirstFree()
+    got = await store.reserve(RacedPool(pool, raced), None, CANDIDATES, choose, set())  # type: ignore[arg-type]
+    assert isinstance(got, store.NewRequest) and raced.reads == 0 and choose.seen == [set()]
+    assert (await reservations(other)) == {CANDIDATES[0]: got.tx_id}
+
+
+async def test_a_coin_reserved_elsewhere_is_chosen_again(db: tuple[asyncpg.Pool, asyncpg.Connection]) -> None:
+    pool, other = db
+    elsewhere = await store_other(other, CANDIDATES[0], None)  # unknown to this process's choice
+    raced = RacedConnection(None, other, races=0, take_coin=False, key=None)
+    choose = FirstFree()
+    got = await store.reserve(RacedPool(pool, raced), None, CANDIDATES, choose, set())  # type: ignore[arg-type]
+    assert isinstance(got, store.NewRequest)
+    assert choose.seen == [set(), {CANDIDATES[0]}] and raced.reads == 1
+    held = await reservations(other)
+    assert held == {CANDIDATES[0]: elsewhere, CANDIDATES[1]: got.tx_id}
+    # nothing of the losing attempt was stored: exactly one request under our tx id
+    assert await other.fetchval("SELECT count(*) FROM spend_requests WHERE tx_id = $1", got.tx_id) == 1
+
+
 async def test_a_coin_taken_between_read_and_insert_is_chosen_again(
     db: tuple[asyncpg.Pool, asyncpg.Connection],
 ) -> None:
     pool, other = db
+    elsewhere = await store_other(other, CANDIDATES[0], None)  # the optimistic insert loses on this one
     raced = RacedConnection(None, other, races=1, take_coin=True, key=None)
     choose = FirstFree()
     got = await store.reserve(RacedPool(pool, raced), None, CANDIDATES, choose, set())  # type: ignore[arg-type]
     assert isinstance(got, store.NewRequest)
-    # the first choice (read before the other insert) lost; the second saw that coin reserved
-    assert len(choose.seen) == 2
-    assert CANDIDATES[0] not in choose.seen[0] and CANDIDATES[0] in choose.seen[1]
+    # the second choice (read before the other insert) lost too; the third saw both coins reserved
+    assert choose.seen == [set(), {CANDIDATES[0]}, {CANDIDATES[0], CANDIDATES[1]}]
     held = await reservations(other)
-    assert held[CANDIDATES[0]] == raced.winners[0]
-    assert held[CANDIDATES[1]] == got.tx_id
-    # nothing of the losing attempt was stored: exactly one request under our tx id, one reservation
+    assert held == {CANDIDATES[0]: elsewhere, CANDIDATES[1]: raced.winners[0], CANDIDATES[2]: got.tx_id}
     assert await other.fetchval("SELECT count(*) FROM spend_requests WHERE tx_id = $1", got.tx_id) == 1
-    assert sorted(held.values()).count(got.tx_id) == 1
 
 
-async def test_an_idempotency_key_taken_meanwhile_answers_with_that_request(
+async def test_a_taken_idempotency_key_answers_with_that_request(
     db: tuple[asyncpg.Pool, asyncpg.Connection],
 ) -> None:
     pool, other = db
-    raced = RacedConnection(None, other, races=1, take_coin=False, key="order-7")
-    got = await store.reserve(RacedPool(pool, raced), "order-7", CANDIDATES, FirstFree("order-7"), set())  # type: ignore[arg-type]
-    assert isinstance(got, store.Existing) and got.tx_id == raced.winners[0]
+    winner = await store_other(other, None, "order-7")
+    got = await store.reserve(pool, "order-7", CANDIDATES, FirstFree("order-7"), set())
+    assert isinstance(got, store.Existing) and got.tx_id == winner
     assert await other.fetchval("SELECT count(*) FROM spend_requests") == 1
     assert await reservations(other) == {}
+
+
+async def test_an_idempotency_key_taken_after_a_read_answers_with_that_request(
+    db: tuple[asyncpg.Pool, asyncpg.Connection],
+) -> None:
+    pool, other = db
+    await store_other(other, CANDIDATES[0], None)  # the optimistic insert loses: a read follows
+    raced = RacedConnection(None, other, races=1, take_coin=False, key="order-8")
+    got = await store.reserve(RacedPool(pool, raced), "order-8", CANDIDATES, FirstFree("order-8"), set())  # type: ignore[arg-type]
+    assert isinstance(got, store.Existing) and got.tx_id == raced.winners[0]
+    assert await other.fetchval("SELECT count(*) FROM spend_requests WHERE idempotency_key = 'order-8'") == 1
 
 
 async def test_losing_every_time_ends_in_a_conflict_and_stores_nothing(
     db: tuple[asyncpg.Pool, asyncpg.Connection],
 ) -> None:
     pool, other = db
+    elsewhere = await store_other(other, CANDIDATES[0], None)
     raced = RacedConnection(None, other, races=100, take_coin=True, key=None)
     choose = FirstFree()
     claiming: set[tuple[str, int]] = set()
@@ -173,7 +208,7 @@ async def test_losing_every_time_ends_in_a_conflict_and_stores_nothing(
         await store.reserve(RacedPool(pool, raced), None, CANDIDATES, choose, claiming)  # type: ignore[arg-type]
     assert len(choose.seen) == store.RESERVE_ATTEMPTS
     held = await reservations(other)
-    assert set(held.values()) == set(raced.winners)  # only the other process's reservations
+    assert set(held.values()) == {elsewhere, *raced.winners}  # only the other process's reservations
     assert claiming == set()  # nothing left claimed
 
 
