@@ -108,6 +108,7 @@ class SignerNode:
         self._share_cache: dict[str, tuple[ShareRecord, ThresholdAccount]] = {}
         # requests this process approved (checked when voting): signing them needs no second look-up
         self.approved: dict[str, TxRequested] = {}
+        self.my_votes: dict[bytes, None] = {}  # the sealed envelopes of this process's latest approvals
         self._lock = asyncio.Lock()
         self._beat_now = asyncio.Event()  # a heartbeat now (the policy changed), not in 2 s
 
@@ -228,7 +229,13 @@ class SignerNode:
             sighashes=[bytes.fromhex(h) for h in entry.sighashes],
             policy_version=entry.policy_version,
         )
-        await self.bus.publish(f"vote.{req.tx_id}.{self.node}", vote, f"vote.{req.tx_id}.{self.node}")
+        subject = f"vote.{req.tx_id}.{self.node}"
+        sealed = self.bus.seal(subject, vote, subject)
+        if entry.approve:  # its certificate will hold these bytes: no signature of ours to check there
+            self.my_votes[sealed] = None
+            while len(self.my_votes) > 10_000:
+                self.my_votes.pop(next(iter(self.my_votes)))
+        await self.bus.publish_raw(subject, sealed, subject)
 
     def _decide(self, req: TxRequested, pending: int = 0) -> JournalEntry:
         now = int(time.time() * 1000)
@@ -378,7 +385,7 @@ class SignerNode:
 
     def _check_certificate(self, sig: TxSigning, sighashes: list[bytes]) -> None:
         try:
-            envs = verify_certificate(sig.certificate, self.bus.identities)
+            envs = verify_certificate(sig.certificate, self.bus.identities, own=self.my_votes)
         except EnvelopeError as exc:
             raise SigningError(f"quorum certificate does not verify: {exc.kind}") from exc
         voters: set[str] = set()

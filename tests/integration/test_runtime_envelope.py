@@ -150,3 +150,32 @@ def test_quorum_certificate(pki: Path, ids: Identities) -> None:
     )
     with pytest.raises(EnvelopeError, match="sender-not-allowed"):
         verify_certificate([*cert[:3], E.encode(forged)], ids)
+
+
+def test_a_certificate_entry_the_caller_sealed_itself_skips_only_the_signature_check(
+    pki: Path, ids: Identities
+) -> None:
+    cert = [
+        E.encode(
+            seal(keys(pki, n), ids, subject=f"vote.tx8.{n}", type_name="Vote", payload=b"yes", msg_id=f"v{n}")
+        )
+        for n in ("node-1", "node-2", "node-3", "node-4")
+    ]
+    mine = {cert[0]: None}
+    assert [e.sender for e in verify_certificate(cert, ids, own=mine)] == [
+        "node-1",
+        "node-2",
+        "node-3",
+        "node-4",
+    ]
+    # the same envelope with its signature broken is not the caller's own any more: checked, refused
+    env = E.decode(cert[0])
+    broken = E.encode(msgspec.structs.replace(env, sig=bytes(64)))
+    with pytest.raises(EnvelopeError):
+        verify_certificate([broken, *cert[1:]], ids, own=mine)
+    # an own entry still has to be a vote, on a subject its sender may publish, once per sender
+    with pytest.raises(EnvelopeError, match="duplicate signer"):
+        verify_certificate([*cert, cert[0]], ids, own=mine)
+    moved = E.encode(msgspec.structs.replace(env, subject="vote.tx8.node-2"))
+    with pytest.raises(EnvelopeError, match="sender-not-allowed"):
+        verify_certificate([moved, *cert[2:]], ids, own={moved: None})
