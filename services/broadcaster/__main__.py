@@ -10,8 +10,9 @@ culprit (a violation; consensus retries without it) and stop. The witnesses are 
 ``verify_transaction`` checks the whole transaction before ``tx.signed`` is published; it is handed to the
 chain backend at once (a transaction the backend already knows counts as broadcast) and ``tx.broadcast``
 follows. Confirmations: a follower reads each new block's txids (not one status request per waiting
-spend); ``tx.broadcast`` stays unacked, looked at again every second, until its block is seen, and
-``tx.confirmed`` is published.
+spend) and publishes ``tx.confirmed`` for the spends waiting in this process; ``tx.broadcast`` stays
+unacked until its block is seen, looked at again every ``CONFIRMATION_POLL_S`` (a safety net: after a
+restart, or for a block the follower missed).
 
 Final outcome: before ``tx.signed`` the broadcaster creates KV ``rounds`` ``final.<tx>`` = ``signed``
 (create-only); consensus does the same with ``failed`` before ``tx.failed``. Whoever comes second stands
@@ -61,7 +62,9 @@ from wallet.verify import TransactionInvalid, verify_transaction
 from wallet.witness import p2tr_key_path_witness
 
 READ_BACK_AFTER_S = 0.5  # an incomplete session is completed from the stream after this
-CONFIRMATION_POLL_S = 1.0  # a spend waiting for its block is looked at again this often (no HTTP)
+# a spend waiting for its block is looked at again this often (no HTTP): only a safety net, the block
+# follower announces the confirmation the moment it reads the block
+CONFIRMATION_POLL_S = 10.0
 BLOCK_POLL_S = 0.5  # the chain tip is read this often
 SCAN_BACK_BLOCKS = 100  # at most this many blocks are read after a gap
 REBROADCAST_AFTER_S = 60.0  # an unconfirmed spend the backend forgot is broadcast again after this
@@ -99,6 +102,8 @@ class Broadcaster:
         # block following (follow_blocks): txid -> height of the block that confirmed it
         self.confirmed_in: dict[str, int] = {}
         self.watching: dict[str, float] = {}  # unconfirmed txids -> when last checked to be known
+        self.awaiting: dict[str, str] = {}  # txid -> tx_id of spends waiting here for their block
+        self.announced: dict[str, None] = {}  # tx_ids whose tx.confirmed this process published
         self.scanned_height = -1
         self.tip_height = 0
 
@@ -409,13 +414,19 @@ class Broadcaster:
                 tip = await self.chain.tip_height()
                 if self.scanned_height < 0:
                     self.scanned_height = tip
+                found: list[tuple[str, str, int]] = []
                 for height in range(max(self.scanned_height + 1, tip - SCAN_BACK_BLOCKS + 1), tip + 1):
                     block_hash = await self.chain.block_hash_at(height)
                     for t in await self.chain.block_txids(block_hash):
                         self.confirmed_in[t] = height
+                        tx_id = self.awaiting.pop(t, None)
+                        if tx_id is not None:
+                            found.append((tx_id, t, height))
                     self._trim(self.confirmed_in)
                     self.scanned_height = height
                 self.tip_height = tip
+                # announced now, not when each waiting tx.broadcast comes back (CONFIRMATION_POLL_S)
+                await asyncio.gather(*(self._confirmed(tx_id, t, h, tip) for tx_id, t, h in found))
             except EsploraError as exc:
                 self.log.warning("following blocks failed; retrying", error=str(exc)[:200])
             with contextlib.suppress(asyncio.TimeoutError):
@@ -448,16 +459,21 @@ class Broadcaster:
                 return  # it can never confirm: reported failed
             tip = max(tip, height or 0)
         if height is None:
+            self.awaiting[msg.txid] = msg.tx_id  # the block follower announces it
+            self._trim(self.awaiting)
             raise RetryLater(CONFIRMATION_POLL_S, "not confirmed yet")
         self.watching.pop(msg.txid, None)
-        out = TxConfirmed(
-            tx_id=msg.tx_id,
-            txid=msg.txid,
-            block_height=height,
-            confirmations=max(1, tip - height + 1),
-        )
-        await self.bus.publish(tx_subject("confirmed", msg.tx_id), out, f"confirmed.{msg.tx_id}")
-        self.log.info("confirmed", tx_id=msg.tx_id, txid=msg.txid, height=height)
+        self.awaiting.pop(msg.txid, None)
+        if msg.tx_id not in self.announced:
+            await self._confirmed(msg.tx_id, msg.txid, height, tip)
+
+    async def _confirmed(self, tx_id: str, txid: str, height: int, tip: int) -> None:
+        out = TxConfirmed(tx_id=tx_id, txid=txid, block_height=height, confirmations=max(1, tip - height + 1))
+        await self.bus.publish(tx_subject("confirmed", tx_id), out, f"confirmed.{tx_id}")
+        self.announced[tx_id] = None
+        self._trim(self.announced)
+        self.watching.pop(txid, None)
+        self.log.info("confirmed", tx_id=tx_id, txid=txid, height=height)
 
 
 def _already_known(exc: BroadcastRejected) -> bool:
@@ -476,7 +492,8 @@ async def serve(ctx: ServiceContext) -> None:
     me = ctx.cfg.identity
     bus.start_consumer(*consumer(me, "broadcaster-psigs"), b.on_psig)
     bus.start_consumer(*consumer(me, "broadcaster-signed"), b.on_signed)
-    bus.start_consumer(*consumer(me, "broadcaster-confirm"), b.on_broadcast)
+    # every broadcast spend stays unacked until its block: on a 10-minute chain that is many at once
+    bus.start_consumer(*consumer(me, "broadcaster-confirm"), b.on_broadcast, max_ack_pending=100_000)
     follower = asyncio.create_task(b.follow_blocks(), name="follow-blocks")
     ctx.ready()
     await ctx.stopped()

@@ -394,6 +394,29 @@ async def test_a_spend_broadcast_while_following_is_not_status_checked(
     assert chain.http == before and TXID_A not in b.watching
 
 
+async def test_the_follower_announces_a_waiting_spend_when_it_reads_its_block(
+    bus: FakeBus, chain: FakeChain
+) -> None:
+    b = broadcaster(bus, chain)
+    async with following(b):
+        await until(lambda: b.scanned_height == 100)
+        msg = signed_tx(chain, "t1", TXID_A)
+        await b._broadcast(msg)
+        retry = await deliver(b, broadcast_rec("t1", TXID_A))
+        assert isinstance(retry, RetryLater) and b.awaiting == {TXID_A: "t1"}
+        chain.mine(101, TXID_A, TXID_B)
+        # announced by the follower, not by the waiting tx.broadcast's next delivery
+        await until(lambda: bus.last("tx.confirmed.t1") is not None)
+        assert bus.last("tx.confirmed.t1") == TxConfirmed(
+            tx_id="t1", txid=TXID_A, block_height=101, confirmations=1
+        )
+        assert b.awaiting == {} and TXID_A not in b.watching
+        # that delivery, when it comes back, is acked without publishing again
+        published = len(bus.published)
+        assert await deliver(b, broadcast_rec("t1", TXID_A)) is None
+        assert len(bus.published) == published
+
+
 async def test_a_spend_broadcast_before_the_follower_started_is_status_checked(
     bus: FakeBus, chain: FakeChain
 ) -> None:
