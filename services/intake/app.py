@@ -34,6 +34,7 @@ import hashlib
 import re
 import time
 import uuid
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -415,10 +416,12 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
     tx_id = uuid.uuid4().hex
     now_ms = int(time.time() * 1000)
     # a bounded choice first (a spend costs the same with 50 coins or 50,000), all of them before a "no"
-    candidates = view.candidates(req.amount_sats, CANDIDATE_LIMIT, intake.reserved_here)
+    avoid: Container[tuple[str, int]] = intake.reserved_here
+    candidates = view.candidates(req.amount_sats, CANDIDATE_LIMIT, avoid)
 
     def select(reserved: set[tuple[str, int]]) -> store.NewRequest:
-        free = [u for u in candidates if (u.txid, u.vout) not in reserved]
+        # nor (first pass) what this process reserved since the candidates were picked, an await ago
+        free = [u for u in candidates if (u.txid, u.vout) not in reserved and (u.txid, u.vout) not in avoid]
         try:
             spend = build_spend(
                 [u.coin for u in free],
@@ -485,7 +488,7 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
             # the UTXO list may be a moment old, and the bounded choice may miss what would do: look
             # again, at every coin, before saying no
             view = await intake.wallet_utxos(wallet, max_age=FRESH_UTXO_VIEW_S)
-            candidates = view.candidates(req.amount_sats, None)  # the database alone decides here
+            candidates, avoid = view.candidates(req.amount_sats, None), ()  # the database alone decides
             stored = await store.reserve(
                 intake.pool, req.idempotency_key, outpoints(), select, intake.claiming
             )
