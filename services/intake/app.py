@@ -477,10 +477,13 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
     def outpoints() -> list[tuple[str, int]]:
         return [(u.txid, u.vout) for u in candidates]
 
+    def stored_here(new: store.NewRequest) -> None:
+        intake.reserved(new.outpoints)
+
     try:
         try:
             stored = await store.reserve(
-                intake.pool, req.idempotency_key, outpoints(), select, intake.claiming
+                intake.pool, req.idempotency_key, outpoints(), select, intake.claiming, stored_here
             )
         except ApiError as exc:
             if exc.error != "insufficient funds":
@@ -490,14 +493,13 @@ async def create_spend(intake: Intake, request: Request) -> HTTPResponse:
             view = await intake.wallet_utxos(wallet, max_age=FRESH_UTXO_VIEW_S)
             candidates, avoid = view.candidates(req.amount_sats, None), ()  # the database alone decides
             stored = await store.reserve(
-                intake.pool, req.idempotency_key, outpoints(), select, intake.claiming
+                intake.pool, req.idempotency_key, outpoints(), select, intake.claiming, stored_here
             )
     except store.ReservationConflict:
         # other intake processes kept taking the coins chosen for this one; nothing was stored
         fail(409, "conflict", "concurrent requests kept reserving the same funds; retry")
     if isinstance(stored, store.Existing):
         return await repeat(intake, stored, digest)
-    intake.reserved(stored.outpoints)
     msg = msgspec.msgpack.decode(stored.message, type=TxRequested)
     try:
         await intake.bus.publish(tx_subject("requested", tx_id), msg, tx_id)

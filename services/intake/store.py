@@ -20,9 +20,16 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+from prometheus_client import Counter
 
 from schemas.rest import TransactionView, TransitionView, VoteView
 
+RESERVE_CHOICES = Counter(
+    "mpcw_intake_reserve_choices_total",
+    "Coin choices made for spend requests: first (optimistic), again (after a read), lost (the insert hit a"
+    " reserved outpoint)",
+    ["kind"],
+)
 RESERVE_ATTEMPTS = 8  # choices made again because another intake took a chosen outpoint meanwhile
 IDEMPOTENCY_CONSTRAINT = "spend_requests_idempotency_key_key"
 T = TypeVar("T")
@@ -112,6 +119,7 @@ async def reserve(
     candidates: list[tuple[str, int]],
     select: Callable[[set[tuple[str, int]]], NewRequest],
     claiming: set[tuple[str, int]],
+    on_stored: Callable[[NewRequest], None] | None = None,
 ) -> NewRequest | Existing:
     """The existing request for ``idempotency_key``, or ``select(reserved)`` (which may raise to abort)
     stored with its reservations. ``reserved`` is ``claiming`` (the outpoints this process's other
@@ -120,17 +128,20 @@ async def reserve(
     ``candidates`` (the outpoints the caller may pick from: the table also keeps reservations of spends
     confirmed a while ago, which no current UTXO list holds, so it is not read whole). Raises
     :class:`ReservationConflict` when the chosen outpoints were taken ``RESERVE_ATTEMPTS`` times in a
-    row."""
+    row. ``on_stored(request)`` runs the moment the request is stored, while its outpoints are still
+    claimed (releasing the connection takes an await, in which other requests choose)."""
     txids = [t for t, _ in candidates]
     vouts = [v for _, v in candidates]
     async with pool.acquire() as conn:
         for attempt in range(RESERVE_ATTEMPTS):
             if attempt == 0:  # optimistic: the caller's candidates leave out what it knows is taken
+                RESERVE_CHOICES.labels("first").inc()
                 try:
                     req = select(set(claiming))
                 except Exception:
                     continue  # a refusal is decided knowing what is reserved (and says so)
             else:
+                RESERVE_CHOICES.labels("again").inc()
                 rows = await conn.fetch(_RESERVED_AMONG, txids, vouts)
                 req = select({(r["txid"], r["vout"]) for r in rows} | claiming)
             mine = {(txid, vout) for txid, vout, _ in req.outpoints} - claiming
@@ -153,13 +164,15 @@ async def reserve(
                     [o[1] for o in req.outpoints],
                     [o[2] for o in req.outpoints],
                 )
+                if on_stored is not None:
+                    on_stored(req)
                 return req
             except asyncpg.UniqueViolationError as exc:
                 if idempotency_key is not None and exc.constraint_name == IDEMPOTENCY_CONSTRAINT:
                     existing = await find_by_idempotency_key(conn, idempotency_key)
                     if existing is not None:
                         return existing
-                # an outpoint was reserved since it was read: choose again
+                RESERVE_CHOICES.labels("lost").inc()  # a chosen outpoint is reserved: choose again
             finally:
                 claiming -= mine
     raise ReservationConflict(

@@ -256,3 +256,20 @@ async def test_claimed_coins_are_not_chosen_and_a_choice_is_claimed_while_it_is_
     assert choose.seen == [{CANDIDATES[0]}] and got.outpoints[0][:2] == CANDIDATES[1]
     assert during == [{CANDIDATES[0], CANDIDATES[1]}]  # claimed while its insert ran
     assert claiming == {CANDIDATES[0]}  # and released after; the other request's claim is untouched
+
+
+async def test_on_stored_runs_while_the_choice_is_still_claimed(
+    db: tuple[asyncpg.Pool, asyncpg.Connection],
+) -> None:
+    """Releasing the connection takes an await: the caller learns of the stored request before that, so
+    no other request of the process can see the coin neither claimed nor known reserved."""
+    pool, _ = db
+    claiming: set[tuple[str, int]] = set()
+    seen: list[tuple[store.NewRequest, set[tuple[str, int]]]] = []
+    got = await store.reserve(
+        pool, None, CANDIDATES, FirstFree(), claiming, lambda r: seen.append((r, set(claiming)))
+    )
+    assert isinstance(got, store.NewRequest) and len(seen) == 1
+    stored, claimed_then = seen[0]
+    assert stored is got and got.outpoints[0][:2] in claimed_then
+    assert claiming == set()
