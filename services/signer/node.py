@@ -74,7 +74,7 @@ HEARTBEAT_SECONDS = 2.0
 
 
 SIGNING_ACK_WAIT_S = 4.0  # a signing attempt a crashed signer took comes back after this
-NONCE_SWEEP_S = 3600.0  # how often expired secret nonces (and old answers) are looked for
+NONCE_SWEEP_S = 3600.0  # how often expired secret nonces are looked for
 NONCE_GEN_SLICE = 8  # nonces generated between two turns of the event loop
 
 
