@@ -11,7 +11,8 @@ Starts a cluster with ``mpcw up`` in a fresh temporary directory (or uses a runn
   ``tx.signed`` / ``tx.broadcast``) against the moment the client sent the request (same machine, same
   clock);
 - sustained throughput: ``--concurrent`` spends submitted by ``--workers`` concurrent clients; spends per
-  second from the first request to the last ``broadcast``.
+  second from the first request to the last ``broadcast``, the times read from the intake's event stream
+  (one server-sent-events connection, not polling).
 
 Prints a markdown table (with the command and the machine) for BENCHMARKS.md. Bounded: every wait has a
 timeout, every request loop a count; it talks to 127.0.0.1 only.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -107,6 +109,46 @@ async def latency(client: aiohttp.ClientSession, count: int) -> dict[str, list[f
     return {"accepted": to_accepted, "signed": to_signed, "broadcast": to_broadcast}
 
 
+class Transitions:
+    """The intake's event stream (``GET /api/v1/events``, server-sent events): every spend's state
+    changes with their times, read as they happen. Watching one stream costs the cluster far less than
+    polling listings or reading every spend's timeline, so the measurement hardly loads what it measures."""
+
+    def __init__(self, client: aiohttp.ClientSession) -> None:
+        self.client = client
+        self.at: dict[str, dict[str, float]] = {}  # tx_id -> state -> when (epoch s)
+        self.changed = asyncio.Event()
+        self.open = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Transitions:
+        self.task = asyncio.create_task(self._read())
+        await asyncio.wait_for(self.open.wait(), 30)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _read(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        async with self.client.get("/api/v1/events", timeout=timeout) as r:
+            r.raise_for_status()
+            async for raw in r.content:
+                line = raw.decode().rstrip("\n")
+                if line.startswith(": events after"):
+                    self.open.set()  # the stream is live: every later change will come
+                elif line.startswith("data: "):
+                    ev = json.loads(line[len("data: ") :])
+                    self.at.setdefault(ev["tx_id"], {}).setdefault(ev["state"], ev["at_ms"] / 1000)
+                    self.changed.set()
+
+    def ended(self, tx_id: str) -> bool:
+        return any(s in self.at.get(tx_id, {}) for s in ("broadcast", "confirmed", "rejected", "failed"))
+
+
 async def throughput(client: aiohttp.ClientSession, total: int, workers: int) -> tuple[float, int, int]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(total):
@@ -127,31 +169,18 @@ async def throughput(client: aiohttp.ClientSession, total: int, workers: int) ->
             except RuntimeError:
                 refused += 1
 
-    t0 = time.time()
-    await asyncio.gather(*(worker() for _ in range(workers)))
-    # wait cheaply (one list request every half second), then read each timeline once
-    deadline = time.monotonic() + 300
-    pending = set(ids)
-    while pending and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-        for offset in range(0, len(ids), 500):  # the listing pages at 500
-            async with client.get("/api/v1/transactions", params={"limit": 500, "offset": offset}) as r:
-                listing = await r.json()
-            for t in listing["transactions"]:
-                if t["state"] in ("broadcast", "confirmed", "rejected", "failed"):
-                    pending.discard(t["id"])
-    last = t0
-    failed = 0
-    for tx_id in ids:
-        async with client.get(f"/api/v1/transactions/{tx_id}") as r:
-            body = await r.json()
-        b = at(body, "broadcast")
-        if b is None:
-            failed += 1
-        else:
-            last = max(last, b)
-    done = len(ids) - failed
-    return done / (last - t0), refused, failed
+    async with Transitions(client) as seen:
+        t0 = time.time()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        deadline = time.monotonic() + 300
+        while not all(seen.ended(t) for t in ids) and time.monotonic() < deadline:
+            seen.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(seen.changed.wait(), 1.0)
+    broadcast = [seen.at[t]["broadcast"] for t in ids if "broadcast" in seen.at.get(t, {})]
+    failed = len(ids) - len(broadcast)
+    last = max(broadcast, default=t0)
+    return len(broadcast) / (last - t0), refused, failed
 
 
 def cluster_cpu(d: Path) -> dict[str, float]:
