@@ -22,6 +22,7 @@ the lifecycle events already carry what an auditor needs. Heartbeats belong to t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections import OrderedDict
@@ -52,6 +53,7 @@ BATCH_FALLBACKS = Counter(
 BATCH = 256  # messages per fetch and per database transaction
 LINGER_S = 0.02  # a batch waits this long to fill: fewer, bigger transactions; views lag by as much
 VOTES_WAIT_S = 0.5  # how long a decision waits for the votes it counted to be projected first
+VOTES_DB_RECHECK_S = 0.1  # meanwhile the database is asked this often (votes committed before a restart)
 RECENT_VOTES = 50_000  # committed votes remembered for that wait
 
 
@@ -83,6 +85,7 @@ class Recorder:
         # (tx_id, node) of the votes this process committed lately: a decision's wait for its votes looks
         # here first and asks the database only for what it does not find (e.g. after a restart)
         self.recent_votes: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._votes_committed = asyncio.Event()  # set (and replaced) whenever votes are committed
 
     def start(self, *, ack_wait: float = 10.0, durable_prefix: str = "recorder", batch: int = BATCH) -> None:
         """Start the consumers (durables ``<prefix>-tx``, ``-vote``, ``-violation``: ``CONSUMERS`` of
@@ -141,12 +144,17 @@ class Recorder:
         await self._after(msgs, outcomes)
 
     def _remember_votes(self, msgs: list[Message], outcomes: list[Outcome]) -> None:
+        added = False
         for msg, outcome in zip(msgs, outcomes, strict=True):
             if msg.stream == "VOTE" and outcome.status in ("applied", "replay"):
                 _, tx_id, node = msg.subject.split(".", 2)
                 self.recent_votes[(tx_id, node)] = None
+                added = True
         while len(self.recent_votes) > RECENT_VOTES:
             self.recent_votes.popitem(last=False)
+        if added:  # wake the decisions waiting for votes; later ones wait on a fresh event
+            self._votes_committed.set()
+            self._votes_committed = asyncio.Event()
 
     async def _await_counted_votes(self, msgs: list[Message]) -> None:
         """A batch holding an approval or rejection waits (up to ``VOTES_WAIT_S``) until the votes its
@@ -167,16 +175,28 @@ class Recorder:
             return
         tx_ids = sorted({tx for tx, _ in wanted})
         deadline = time.monotonic() + VOTES_WAIT_S
+        # this process's vote consumer usually commits them a moment later: wait for that first, and ask
+        # the database (votes committed before a restart) only now and then
+        next_query = time.monotonic() + LINGER_S
         while True:
-            try:
-                rows = await self.pool.fetch(
-                    "SELECT tx_id, node_id FROM votes WHERE tx_id = ANY($1::text[])", tx_ids
-                )
-            except (OSError, asyncpg.PostgresError):
-                return  # the recording itself retries the database
-            if wanted <= {(r["tx_id"], r["node_id"]) for r in rows} or time.monotonic() > deadline:
+            committed = self._votes_committed
+            pause = max(0.0, min(next_query, deadline) - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(committed.wait(), pause)
+            wanted -= self.recent_votes.keys()
+            if not wanted or time.monotonic() > deadline:
                 return
-            await asyncio.sleep(LINGER_S)
+            if time.monotonic() >= next_query:
+                try:
+                    rows = await self.pool.fetch(
+                        "SELECT tx_id, node_id FROM votes WHERE tx_id = ANY($1::text[])", tx_ids
+                    )
+                except (OSError, asyncpg.PostgresError):
+                    return  # the recording itself retries the database
+                wanted -= {(r["tx_id"], r["node_id"]) for r in rows}
+                if not wanted:
+                    return
+                next_query = time.monotonic() + VOTES_DB_RECHECK_S
 
     async def _after(self, msgs: list[Message], outcomes: list[Outcome]) -> None:
         """Metrics, refusal logs and violation reports of recorded (committed) messages."""
