@@ -94,6 +94,7 @@ def main() -> None:
             if tree != ROOT:
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
         subprocess.run(["git", "worktree", "prune"], cwd=ROOT, check=False)
+        shutil.rmtree(base, ignore_errors=True)
     print()
     print(f"`python loadtest/bench_ab.py {' '.join(sys.argv[1:])}`, {args.rounds} alternating rounds")
     print()
