@@ -252,12 +252,12 @@ class Intake:
 
 
 def presented_api_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
+    auth: str | None = request.headers.get("authorization")
     if auth:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    key = request.headers.get("x-api-key")
+    key: str | None = request.headers.get("x-api-key")
     return key.strip() if key and key.strip() else None
 
 
@@ -668,7 +668,7 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
         if request.path.startswith("/api/v1/") and request.method in ("GET", "HEAD"):
             await authenticate_read(intake, request)
 
-    @app.on_response
+    @app.on_response  # type: ignore[untyped-decorator]  # sanic's on_response is not annotated
     async def observe(request: Request, response: HTTPResponse) -> None:
         route = request.route.name.split(".")[-1] if request.route else "unmatched"
         elapsed = time.perf_counter() - getattr(request.ctx, "t0", time.perf_counter())

@@ -310,7 +310,8 @@ async def last_transition_id(pool: asyncpg.Pool) -> int:
 
 
 async def node_rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    return await pool.fetch(
+    rows: list[asyncpg.Record] = await pool.fetch(
         """SELECT node_id, status, last_heartbeat, version, violations, banned_until, detail
            FROM node_status ORDER BY node_id"""
     )
+    return rows

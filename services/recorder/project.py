@@ -182,8 +182,9 @@ def _check_tx_event(msg: Message) -> Refusal | tuple[str, str, TxState]:
     if not isinstance(payload, expected):
         got = type(payload).__name__
         return Refusal(tx_id, f"{event} carries {got}, not {expected.__name__}", "bad-event")
-    if payload.tx_id != tx_id:
-        why = f"payload names transaction {payload.tx_id[:80]!r}, subject {tx_id!r}"
+    named = str(getattr(payload, "tx_id", ""))  # every lifecycle payload names its transaction
+    if named != tx_id:
+        why = f"payload names transaction {named[:80]!r}, subject {tx_id!r}"
         return Refusal(tx_id, why, "bad-event")
     return event, tx_id, new
 

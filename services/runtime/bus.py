@@ -214,7 +214,7 @@ class KV:
             try:
                 while not stop.is_set() and gen == self.bus._generation:
                     try:
-                        e = await w.updates(timeout=1.0)
+                        e = await w.updates(timeout=1.0)  # type: ignore[no-untyped-call]
                     except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from inside fetch: no work
                         continue
                     if e is None:
@@ -234,7 +234,7 @@ class KV:
                 await asyncio.sleep(0.2)
             finally:
                 with contextlib.suppress(Exception):
-                    await w.stop()
+                    await w.stop()  # type: ignore[no-untyped-call]
 
 
 WATCH_INIT_GRACE_S = 0.1  # how long a watch waits for current values announced as done too early

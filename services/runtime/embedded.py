@@ -234,7 +234,7 @@ def start_postgres(data_dir: Path, database: str = "mpcw") -> Postgres:
 
     pg_dir = data_dir / "pg"
     pg_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pg_dir, cleanup_mode=None)
+    server = pgserver.get_server(pg_dir, cleanup_mode=None)  # type: ignore[attr-defined]  # not re-exported
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
@@ -243,7 +243,7 @@ def start_postgres(data_dir: Path, database: str = "mpcw") -> Postgres:
 
 def stop_postgres(pg_dir: Path, timeout: int = 20) -> None:
     """Fast shutdown of the PostgreSQL in ``pg_dir`` (no-op when it is not running)."""
-    from pgserver._commands import pg_ctl
+    from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # defined at import time
 
     if not (pg_dir / "postmaster.pid").exists():
         return

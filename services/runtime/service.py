@@ -32,7 +32,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,7 @@ class ServiceContext:
         await self.stop.wait()
 
 
-Main = Callable[[ServiceContext], Awaitable[None]]
+Main = Callable[[ServiceContext], Coroutine[Any, Any, None]]
 
 
 def service_argparser(name: str) -> argparse.ArgumentParser:
