@@ -42,13 +42,10 @@ def _now_ms() -> int:
 class NoncePool:
     """FROST nonce commitments per node, mirrored from KV ``presig`` by a watch; batches claimed by create."""
 
-    def __init__(
-        self, bus: Bus, key_id: str = K.DEFAULT_KEY_ID, *, follow_claims: bool = True, name: str = "consensus"
-    ) -> None:
+    def __init__(self, bus: Bus, key_id: str = K.DEFAULT_KEY_ID, *, follow_claims: bool = True) -> None:
         self.bus = bus
         self.key_id = key_id
         self.follow_claims = follow_claims
-        self.name = name  # who claims (written into the claim)
         # node -> batch id -> the unclaimed batch, oldest first
         self.free: dict[str, dict[str, K.NonceBatch]] = {}
         # node -> nonces of batches this process claimed and has not handed out yet, oldest first
@@ -156,7 +153,7 @@ class NoncePool:
             batch_id = next(iter(batches))
             batch = batches[batch_id]
             self._note_claimed(node, batch_id)  # off the free list before the await: claimed once here
-            claim = K.NonceClaim(node=node, batch_id=batch_id, by=self.name, claimed_ms=_now_ms())
+            claim = K.NonceClaim(node=node, batch_id=batch_id, by=self.bus.service, claimed_ms=_now_ms())
             try:
                 await kv.create(K.nonce_claim_key(self.key_id, node, batch_id), claim)
             except CasConflict:

@@ -37,6 +37,8 @@ class FakeKV:
 
 
 class FakeBus:
+    service = "consensus"
+
     def __init__(self) -> None:
         self.presig = FakeKV()
 
