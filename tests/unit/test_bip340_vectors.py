@@ -1,4 +1,4 @@
-"""BIP-340 conformance: every row of ``../shared/vectors/bip340/test-vectors.csv`` as its own case.
+"""BIP-340 conformance: every row of ``tests/vectors/bip340/test-vectors.csv`` as its own case.
 
 Verification goes through ``tss.secp256k1.schnorr_verify`` (libsecp256k1, any message length). Rows with a
 secret key are also signed with coincurve's ``PrivateKey.sign_schnorr(msg, aux)`` and must reproduce the

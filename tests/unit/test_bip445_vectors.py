@@ -1,4 +1,4 @@
-"""Every BIP-445 conformance vector in ``../shared/vectors/bip445`` as its own pytest case.
+"""Every BIP-445 conformance vector in ``tests/vectors/bip445`` as its own pytest case.
 
 Layout of the files: ``test_vectors_summary.md`` beside them. Error cases check the exception type and,
 for ``InvalidContributionError``, the blamed position (``signer_index``) and the contribution kind. The

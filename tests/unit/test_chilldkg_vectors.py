@@ -1,4 +1,4 @@
-"""ChillDKG against every published vector of the draft BIP (``shared/vectors/chilldkg/*.json``).
+"""ChillDKG against every published vector of the draft BIP (``tests/vectors/chilldkg/*.json``).
 
 One pytest id per vector case. Valid cases compare bytes; error cases compare the exception's type name
 exactly, every blame attribute (``participantId``, ``participantId1``, ``participantId2``) exactly, and
