@@ -32,7 +32,10 @@ Giving up claims it first and closes the round last; every retry or timeout read
 just before ``tx.signing`` of a retry), so a crash while giving up is finished later and no attempt is
 started for a spend already signed.
 
-DKG: a ``dkg.<session>`` request in KV ``config`` (written by ``mpcw dkg start``) makes this service the
+Bans (KV ``bans``, signed by the monitor), DKG requests and host keys are signed values
+(:mod:`services.runtime.signed_kv`): what does not verify is reported and ignored.
+
+DKG: a ``dkg.<session>`` request in KV ``config`` (signed by admin: ``mpcw dkg start``) makes this service the
 (untrusted) ChillDKG coordinator. It is stateless: on every participant message it reads the round's
 messages back from the stream and, once all ``n`` are there, computes and broadcasts its message; the
 public result goes to KV ``keys``.
@@ -80,6 +83,7 @@ from services.runtime.bus import CasConflict, KvEntry, Received
 from services.runtime.lookup import last_message
 from services.runtime.nonce_pool import NoncePool
 from services.runtime.service import ServiceContext, run_service
+from services.runtime.signed_kv import Removed, Signed, SignedKV
 from tss import chilldkg
 from wallet.threshold_account import dkg_chain_code
 
@@ -534,19 +538,18 @@ class Consensus:
         await self._next_attempt(v.tx_id, failed=v.offender, from_attempt=current.payload.attempt)
 
     async def watch_bans(self) -> None:
-        kv = await self.bus.kv(BUCKET_BANS)
-        async for entry in kv.watch():
-            if entry is None:
-                continue
-            if entry.operation != "PUT":
-                self.bans.pop(entry.key, None)
-                continue
-            try:
-                ban = entry.decode(K.BanRecord)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            self.bans[ban.node] = ban.until_ms
-            self.log.warning("node banned: not chosen as a signer", node=ban.node, until_ms=ban.until_ms)
+        """Bans signed by the monitor (``bans.<node>``); anything else there is reported and ignored."""
+        bans = await SignedKV.open(self.bus, BUCKET_BANS)
+        async for item in bans.watch(">", K.BanRecord):
+            if isinstance(item, Removed):
+                self.bans.pop(item.key, None)
+            elif isinstance(item, Signed):
+                ban = item.value
+                if ban.node != item.key:
+                    self.log.warning("ban record names another node; ignored", key=item.key, node=ban.node)
+                    continue
+                self.bans[ban.node] = ban.until_ms
+                self.log.warning("node banned: not chosen as a signer", node=ban.node, until_ms=ban.until_ms)
 
     async def watch_timeouts(self) -> None:
         while not self.ctx.stop.is_set():
@@ -614,27 +617,30 @@ class Consensus:
 
     # ---- DKG coordinator ----------------------------------------------------------------------------
     async def watch_dkg_requests(self) -> None:
-        kv = await self.bus.kv(BUCKET_CONFIG)
-        async for entry in kv.watch("dkg.>"):
-            if entry is None or entry.operation != "PUT":
+        """DKG requests signed by admin (``dkg.<session>`` in KV ``config``)."""
+        config = await SignedKV.open(self.bus, BUCKET_CONFIG)
+        async for item in config.watch("dkg.>", K.DkgRequest):
+            if not isinstance(item, Signed):
                 continue
             try:
-                req = entry.decode(K.DkgRequest)
-                await self._dkg_start(req)
+                if item.key != f"dkg.{item.value.session_id}":
+                    raise ValueError(f"request for session {item.value.session_id!r} stored elsewhere")
+                await self._dkg_start(item.value)
             except Exception as exc:
-                self.log.error("dkg request failed", key=entry.key, error=repr(exc)[:300])
+                self.log.error("dkg request failed", key=item.key, error=repr(exc)[:300])
 
     async def _dkg_start(self, req: K.DkgRequest) -> None:
         keys = await self.bus.kv(BUCKET_KEYS)
         if await keys.get(K.key_record_key(req.scheme, req.key_id)) is not None:
             self.log.info("key exists; dkg request ignored", key_id=req.key_id)
             return
+        host_keys = await SignedKV.open(self.bus, BUCKET_KEYS)
         hostpubkeys = []
         for node in req.nodes:
-            e = await keys.get(K.hostpubkey_key(node))
-            if e is None:
+            signed = await host_keys.get(K.hostpubkey_key(node), K.HostPubkey)  # signed by that node
+            if signed is None:
                 raise RuntimeError(f"{node} has not published its host public key yet")
-            hostpubkeys.append(e.decode(K.HostPubkey).hostpubkey)
+            hostpubkeys.append(signed.value.hostpubkey)
         start = DkgStart(
             session_id=req.session_id,
             scheme=req.scheme,

@@ -54,6 +54,7 @@ from services.runtime.config import ServiceConfig
 from services.runtime.db import hash_api_key, lookup_api_key
 from services.runtime.esplora import EsploraClient, EsploraError
 from services.runtime.logging import Logger
+from services.runtime.signed_kv import NoVerifiedValue, SignedKV
 from wallet.address import InvalidAddress, address_to_script
 from wallet.coin_selection import AmountBelowDust, FeeTooHigh, InsufficientFunds, build_spend
 
@@ -126,6 +127,7 @@ class Intake:
     _utxo_fetch: tuple[float, asyncio.Future[UtxoView]] | None = None  # the fetch in flight, if any
     _fee_estimates: tuple[float, dict[int, float]] | None = None
     _policy: tuple[float, Policy] | None = None
+    _config: SignedKV | None = None
     _published: list[str] = field(default_factory=list)
     read_keys: dict[bytes, float] = field(default_factory=dict)  # key hash -> accepted until (monotonic)
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on stop: event streams end
@@ -182,13 +184,13 @@ class Intake:
         now = time.monotonic()
         if self._policy is not None and now - self._policy[0] <= POLICY_MAX_AGE_S:
             return self._policy[1]
-        entry = await (await self.bus.kv(BUCKET_CONFIG)).get(POLICY_KEY)
-        policy = Policy()
-        if entry is not None:
-            try:
-                policy = msgspec.msgpack.decode(entry.value, type=Policy)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self.log.error("policy in KV does not decode; using defaults")
+        if self._config is None:
+            self._config = await SignedKV.open(self.bus, BUCKET_CONFIG)
+        try:
+            signed = await self._config.get(POLICY_KEY, Policy)  # signed by admin, or reported and ignored
+        except NoVerifiedValue:
+            fail(503, "no verified policy", "the stored policy is not signed by admin: run `mpcw policy set`")
+        policy = signed.value if signed is not None else Policy()
         self._policy = (now, policy)
         return policy
 

@@ -15,6 +15,7 @@ from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, proto_subject
 from services.mpcw.cli import data_dir_of, main
 from services.mpcw.client import cluster_of, with_admin_bus
 from services.runtime.lookup import last_message
+from services.runtime.signed_kv import SignedKV
 from wallet.threshold_account import ThresholdAccount
 
 
@@ -56,7 +57,7 @@ def dkg_start(ctx: click.Context, scheme: str, key_id: str, timeout: float) -> N
             threshold=int(c["t"]),
             requested_ms=int(time.time() * 1000),
         )
-        await cfg.put(f"dkg.{session}", req)
+        await SignedKV(bus, cfg).create(f"dkg.{session}", req)  # signed by admin: consensus checks it
         click.echo(f"dkg {session}: {len(nodes)} nodes, threshold {c['t']}; waiting for the nodes ...")
         done: dict[str, DkgResult] = {}
         while len(done) < len(nodes):

@@ -7,7 +7,10 @@ The node holds its key share and its pooled secret nonces in its own data direct
 (whose shares are encrypted to the recipients' host keys) or a partial signature.
 
 - ``tx.requested.<tx>``: recheck the spend from scratch (:mod:`services.signer.spend_check`) against the
-  policy in KV ``config``, record the verdict in the node's vote journal, publish a signed
+  policy in KV ``config`` (signed by admin, checked on every read and watch update by
+  :mod:`services.runtime.signed_kv`: a value that does not verify is reported and the last good policy
+  stays in force; a stored policy that never verified makes the node refuse every spend), record the
+  verdict in the node's vote journal, publish a signed
   :class:`Vote` on ``vote.<tx>.<node>``. A replayed request re-publishes the recorded vote (same
   ``Nats-Msg-Id``), never a different one.
 - ``tx.signing.<tx>``: if this node is in the signer set, check the quorum certificate (``t`` distinct
@@ -60,6 +63,7 @@ from services.runtime.bus import KV, Bus, CasConflict, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.lookup import last_message
 from services.runtime.seal import EnvelopeError, verify_certificate
+from services.runtime.signed_kv import NoVerifiedValue, Signed, SignedKV, value_digest
 from services.signer.answer_log import AnswerLog
 from services.signer.dkg_participant import DkgParticipant
 from services.signer.keystore import Keystore, KeystoreError, ShareRecord
@@ -103,7 +107,9 @@ class SignerNode:
         self.log = bus.log
         self.journal = VoteJournal(keystore.root / "votes.jsonl")
         self.answers = AnswerLog(keystore.root)
-        self.policy = Policy()
+        # the policy in force: the defaults while none is stored, None while the stored one never verified
+        self.policy: Policy | None = Policy()
+        self.policy_digest = 0  # of the signed policy in force (heartbeats report it), 0 for the defaults
         self.dkg = DkgParticipant(self)
         self._share_cache: dict[str, tuple[ShareRecord, ThresholdAccount]] = {}
         # requests this process approved (checked when voting): signing them needs no second look-up
@@ -114,9 +120,10 @@ class SignerNode:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> list[asyncio.Task[Any]]:
-        keys = await self.bus.kv(BUCKET_KEYS)
+        keys = await SignedKV.open(self.bus, BUCKET_KEYS)
         hostpub = self.dkg.hostpubkey()
         await keys.put(K.hostpubkey_key(self.node), K.HostPubkey(node=self.node, hostpubkey=hostpub))
+        self.config = await SignedKV.open(self.bus, BUCKET_CONFIG)
         await self._load_policy()
         me = self.node
         return [
@@ -146,23 +153,24 @@ class SignerNode:
                 await asyncio.wait_for(self.bus.stopping.wait(), NONCE_SWEEP_S)
 
     async def _load_policy(self) -> None:
-        cfg = await self.bus.kv(BUCKET_CONFIG)
-        entry = await cfg.get(K.POLICY_KEY)
-        if entry is not None:
-            self.policy = self._decode_policy(entry.value)
-
-    def _decode_policy(self, raw: bytes) -> Policy:
         try:
-            return msgspec.msgpack.decode(raw, type=Policy)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.log.error("policy in KV does not decode; keeping the previous one", error=str(exc)[:200])
-            return self.policy
+            signed = await self.config.get(K.POLICY_KEY, Policy)
+        except NoVerifiedValue as exc:
+            self.policy = None
+            self.log.error("the stored policy does not verify: every spend is refused", why=exc.why.kind)
+            return
+        if signed is not None:
+            self._apply_policy(signed)
+
+    def _apply_policy(self, signed: Signed[Policy]) -> None:
+        self.policy = signed.value
+        self.policy_digest = value_digest(signed.raw)
+        self.log.info("policy applied", version=signed.value.version, digest=self.policy_digest)
 
     async def _watch_policy(self) -> None:
-        cfg = await self.bus.kv(BUCKET_CONFIG)
-        async for entry in cfg.watch(K.POLICY_KEY):
-            if entry is not None and entry.operation == "PUT":
-                self.policy = self._decode_policy(entry.value)
+        async for item in self.config.watch(K.POLICY_KEY, Policy):
+            if isinstance(item, Signed):
+                self._apply_policy(item)
                 self._beat_now.set()
 
     async def _heartbeat(self) -> None:
@@ -172,7 +180,11 @@ class SignerNode:
                 node=self.node,
                 ts_ms=now,
                 ready=True,
-                detail={"nonces": self.keystore.nonce_count(), "policy_version": self.policy.version},
+                detail={
+                    "nonces": self.keystore.nonce_count(),
+                    "policy_version": self.policy.version if self.policy is not None else 0,
+                    "policy_digest": self.policy_digest,
+                },
             )
             try:
                 await self.bus.publish(heartbeat_subject(self.node), hb, f"hb.{self.node}.{now}")
@@ -239,13 +251,18 @@ class SignerNode:
 
     def _decide(self, req: TxRequested, pending: int = 0) -> JournalEntry:
         now = int(time.time() * 1000)
+        sighashes: list[bytes] = []
         try:
             _, account = self.share(req.key_id)
         except (KeystoreError, ValueError):
-            reasons, sighashes = [f"this node holds no share of key {req.key_id!r}"], []
+            reasons = [f"this node holds no share of key {req.key_id!r}"]
         else:
-            res = check_spend(req, self.policy, account, self.journal.spent_since(now - DAY_MS) + pending)
-            reasons, sighashes = res.reasons, res.sighashes
+            if self.policy is None:
+                reasons = ["no verified policy: the stored policy is not signed by admin"]
+            else:
+                spent = self.journal.spent_since(now - DAY_MS) + pending
+                res = check_spend(req, self.policy, account, spent)
+                reasons, sighashes = res.reasons, res.sighashes
         self.log.info("vote", tx_id=req.tx_id, approve=not reasons, reasons=reasons[:5])
         return JournalEntry(
             req.tx_id,
@@ -254,7 +271,7 @@ class SignerNode:
             now,
             [h.hex() for h in sighashes],
             reasons,
-            self.policy.version,
+            self.policy.version if self.policy is not None else 0,
         )
 
     # ---- signing ------------------------------------------------------------------------------------
