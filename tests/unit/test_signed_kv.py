@@ -15,12 +15,13 @@ import nacl.signing
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
+from nats.aio.msg import Msg
 
 from schemas import envelope as E
 from schemas import kv as K
 from schemas.names import UNKNOWN, kv_writer_allowed
 from schemas.rest import Policy
-from services.runtime.bus import KvEntry
+from services.runtime.bus import KvEntry, KvWatcher
 from services.runtime.logging import Logger
 from services.runtime.seal import Ed25519Signer, Identities, IdentityKeys
 from services.runtime.signed_kv import (
@@ -243,3 +244,27 @@ def test_the_writers_table() -> None:
     assert kv_writer_allowed("node-3", "keys", "hostpubkey.node-3")
     assert not kv_writer_allowed("node-3", "keys", "hostpubkey.node-2")
     assert not kv_writer_allowed("node-3", "keys", "hostpubkey.node-3.x")
+
+
+def _delivery(subject: str, stream: str | None) -> Msg:
+    reply = f"$JS.ACK.{stream}.watcher.1.42.7.1700000000000000000.0" if stream else ""
+    return Msg(_client=None, subject=subject, reply=reply, data=b"x")  # type: ignore[arg-type]
+
+
+async def _never(msg: Msg, why: str) -> None:
+    raise AssertionError("not reported here")
+
+
+@pytest.mark.parametrize(
+    ("subject", "stream", "foreign"),
+    [
+        ("$KV.config.policy", "KV_config", False),
+        ("$KV.nodes.node-3", "KV_nodes", True),  # node-3's own key, pointed at our inbox
+        ("$KV.config.policy", "KV_nodes", True),  # the right subject from another stream
+        ("$KV.config.dkg.s1", "KV_config", True),  # the right stream, outside the watched keys
+        ("$KV.config.policy", None, True),  # no JetStream delivery at all
+    ],
+)
+def test_a_watch_takes_only_its_own_bucket_and_keys(subject: str, stream: str | None, foreign: bool) -> None:
+    w = KvWatcher("config", "policy", _never)
+    assert bool(w.foreign(_delivery(subject, stream))) is foreign
