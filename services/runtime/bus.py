@@ -379,7 +379,8 @@ class KvWatcher:
         if self._tainted:
             raise WatchTainted(self._tainted)
         try:
-            item = await asyncio.wait_for(self._updates.get(), timeout)
+            async with asyncio.timeout(timeout):  # (wait_for can swallow a cancellation of the caller)
+                item = await self._updates.get()
         except TimeoutError:
             raise nats.errors.TimeoutError from None
         if item is _TAINTED or self._tainted:
