@@ -81,7 +81,8 @@ async def test_policy_set_waits_for_every_node_and_names_the_others(
         written = await config.get(K.POLICY_KEY, Policy)
         assert written is not None and written.value.max_tx_sats == 5_000_000 and written.sender == "admin"
         for node in NODES[:3]:
-            assert signers[node].policy is not None and signers[node].policy.max_tx_sats == 5_000_000
+            applied = signers[node].policy
+            assert applied is not None and applied.max_tx_sats == 5_000_000
 
         # a node that applied an older value does not count: only the exact signed value does
         for t in tasks:
