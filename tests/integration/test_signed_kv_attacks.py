@@ -134,10 +134,12 @@ class Attacker:
         if want > 1:
             if not await self.push(stream, filter_subject, deliver, since):
                 return False
+            before = {d for d, _ in found}
             deadline = time.monotonic() + 5
-            while True:  # its replacement, on a new inbox, expecting 1
-                fresh = [d for d, w in await self.watchers_of(victim_stream, prefix, victim_filter) if w == 1]
-                if fresh and fresh[0] != deliver:
+            while True:  # its replacement: a consumer not there before, on a new inbox, expecting 1
+                listed = await self.watchers_of(victim_stream, prefix, victim_filter)
+                fresh = [d for d, w in listed if w == 1 and d not in before]
+                if fresh:
                     deliver = fresh[0]
                     break
                 if time.monotonic() > deadline:
