@@ -32,7 +32,7 @@ from services.runtime.signed_kv import (
     seal_value,
     value_digest,
 )
-from tests.unit.service_fakes import FakeKV
+from tests.unit.service_fakes import FakeKV, service_context
 
 NAMES = ["node-1", "node-2", "node-3", "admin", "monitor", "consensus"]
 
@@ -268,3 +268,18 @@ async def _never(msg: Msg, why: str) -> None:
 def test_a_watch_takes_only_its_own_bucket_and_keys(subject: str, stream: str | None, foreign: bool) -> None:
     w = KvWatcher("config", "policy", _never)
     assert bool(w.foreign(_delivery(subject, stream))) is foreign
+
+
+def test_a_signer_without_a_verified_policy_refuses_every_spend(tmp_path: Any) -> None:
+    """The stored policy never verified (unsigned, forged): the node votes no, whatever the spend."""
+    from services.signer.keystore import Keystore
+    from services.signer.node import SignerNode
+    from tests.unit.test_spend_check import ACCOUNT, make_request
+
+    bus: Any = ReaderBus()
+    node = SignerNode(service_context("node-1", bus).cfg, bus, Keystore(tmp_path, "node-1", passphrase="t"))
+    node.share = lambda key_id: (None, ACCOUNT)  # type: ignore[assignment,method-assign,return-value]
+    assert node._decide(make_request()).approve  # control: the defaults allow it
+    node.policy = None
+    entry = node._decide(make_request())
+    assert not entry.approve and any("no verified policy" in r for r in entry.reasons), entry
