@@ -212,6 +212,39 @@ CONSUMERS: Final[dict[str, dict[str, str]]] = {
 }
 
 
+# identity (or "node" for every node-k) -> the KV buckets it reads: bucket -> "get" (single keys, by a
+# stream message get: no consumer) or "watch" (also watches and key listings, which need an ephemeral
+# consumer on the bucket's stream). The broker lets an identity make consumers only on the buckets it
+# watches; nats-server does not check the deliver subject of a new consumer against its creator's rights,
+# so a bucket an identity writes should not be one it watches (a node never does: whatever its consumers
+# can deliver was written by somebody else). Buckets it writes (``PUBLISH_RIGHTS``) it may also get.
+KV_READERS: Final[dict[str, dict[str, str]]] = {
+    "node": {BUCKET_CONFIG: "watch"},  # the policy
+    "intake": {BUCKET_NODES: "watch", BUCKET_KEYS: "get", BUCKET_CONFIG: "get"},
+    "consensus": {
+        BUCKET_ROUNDS: "watch",
+        BUCKET_BANS: "watch",
+        BUCKET_CONFIG: "watch",  # DKG requests
+        BUCKET_PRESIG: "watch",  # the nonce pool
+        BUCKET_KEYS: "get",
+    },
+    "presig": {BUCKET_PRESIG: "watch", BUCKET_KEYS: "get"},
+    "broadcaster": {BUCKET_KEYS: "get", BUCKET_ROUNDS: "get"},
+    "monitor": {},
+    "recorder": {},
+}
+
+
+def kv_reads_of(identity: str) -> dict[str, str]:
+    """``KV_READERS`` of ``identity``: bucket -> "get" or "watch"."""
+    return dict(KV_READERS.get("node" if is_node(identity) else identity, {}))
+
+
+def kv_writes_of(identity: str) -> list[str]:
+    """The buckets ``identity`` may write some key of (from ``PUBLISH_RIGHTS``)."""
+    return [b for b in BUCKETS if any(p.startswith(f"$KV.{b}.") for p in publish_rights(identity))]
+
+
 def consumers_of(identity: str) -> dict[str, str]:
     """The durable consumers ``identity`` may use: concrete name -> filter subject."""
     table = CONSUMERS.get("node" if is_node(identity) else identity, {})
