@@ -193,8 +193,13 @@ def test_cluster_config_renders(pki: Path) -> None:
 def strict_nats(pki: Path, tmp_path: Path) -> Iterator[str]:
     """A broker of this test's own, rendered as ``mpcw up`` renders it (``consumer_rights="own"``; the
     session's shared broker admits any consumer name, for the tests that make fresh ones)."""
-    (tmp_path / "pki").symlink_to(pki / "pki", target_is_directory=True)
-    servers = start_nats(tmp_path, all_identities(5), consumer_rights="own")
+    yield from production_broker(pki, tmp_path)
+
+
+def production_broker(pki: Path, d: Path) -> Iterator[str]:
+    """Start a broker in ``d`` rendered as ``mpcw up`` renders it, make the streams, yield its URL."""
+    (d / "pki").symlink_to(pki / "pki", target_is_directory=True)
+    servers = start_nats(d, all_identities(5), consumer_rights="own")
 
     async def ensure() -> None:
         admin = await Bus.connect(load_config("admin", pki, nats_url=servers.url), ensure=True)
@@ -312,19 +317,7 @@ def test_every_service_consumer_is_in_the_table() -> None:
 def prod_nats(pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One production-rendered broker (``consumer_rights="own"``) for the tests below, which name their
     consumers apart."""
-    d = tmp_path_factory.mktemp("prod-nats")
-    (d / "pki").symlink_to(pki / "pki", target_is_directory=True)
-    servers = start_nats(d, all_identities(5), consumer_rights="own")
-
-    async def ensure() -> None:
-        admin = await Bus.connect(load_config("admin", pki, nats_url=servers.url), ensure=True)
-        await admin.close()
-
-    asyncio.run(ensure())
-    try:
-        yield servers.url
-    finally:
-        servers.stop()
+    yield from production_broker(pki, tmp_path_factory.mktemp("prod-nats"))
 
 
 def create_body(stream: str, deliver: str | None = None, name: str | None = None, **config: object) -> bytes:
