@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -46,7 +47,14 @@ from nats.js.kv import KeyValue
 
 import nats
 from schemas import envelope as E
-from schemas.names import UNKNOWN, inbox_prefix, stream_for, violation_subject
+from schemas.names import (
+    SERVICE_IDENTITIES,
+    UNKNOWN,
+    consumers_of,
+    inbox_prefix,
+    stream_for,
+    violation_subject,
+)
 
 from . import metrics as M
 from .config import ServiceConfig
@@ -523,6 +531,7 @@ class Bus:
                             replicas=replicas,
                         )
                     )
+            await self.ensure_durables([*self.cfg.nodes, *SERVICE_IDENTITIES])
             return
         names = [sd["name"] for sd in defs["streams"]] + [f"KV_{bd['bucket']}" for bd in defs["buckets"]]
         deadline = time.monotonic() + timeout
@@ -538,6 +547,31 @@ class Bus:
                             "(or connect once as admin)"
                         ) from None
                     await asyncio.sleep(0.25)
+
+    async def ensure_durables(self, identities: list[str]) -> None:
+        """Make every durable consumer of ``identities`` (``schemas.names.CONSUMERS``) that does not exist
+        yet, as a pull consumer (admin, with the streams). Its owner may then only update it: the server
+        refuses to turn a pull consumer into a push one, and no identity may delete its durables, so none
+        can have its deliveries pushed to a subject of its choosing (nats-server does not check a deliver
+        subject against its creator's rights)."""
+        d = jetstream_definitions()["consumer_defaults"]
+        for identity in identities:
+            for name, subject in consumers_of(identity).items():
+                stream = stream_for(subject)
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self.js.consumer_info(stream, name)
+                    continue
+                config = api.ConsumerConfig(
+                    name=name,
+                    durable_name=name,
+                    filter_subject=subject,
+                    ack_policy=api.AckPolicy(d["ack_policy"]),
+                    ack_wait=float(d["ack_wait"]),
+                    max_ack_pending=int(d["max_ack_pending"]),
+                    max_deliver=int(d["max_deliver"]),
+                    deliver_policy=api.DeliverPolicy(d["deliver_policy"]),
+                )
+                await self.js.add_consumer(stream, config=config)
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -732,14 +766,11 @@ class Bus:
                             max_ack_pending=max_ack_pending,
                             deliver_policy=api.DeliverPolicy(deliver_policy),
                         )
+                        await self._ensure_consumer(stream, durable, subject_filter, config)
                         if resume_from is not None:
                             start = max(1, await resume_from())
-                            with contextlib.suppress(nats.js.errors.NotFoundError):
-                                await self.js.delete_consumer(stream, durable)
-                            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-                            config.opt_start_seq = start
+                            await self._reset_consumer(stream, durable, start)
                             self.log.info("consumer resumes", durable=durable, stream=stream, start_seq=start)
-                        await self._ensure_consumer(stream, durable, subject_filter, config)
                         sub = _PullFeed(self.nc, stream, durable, batch)
                         await sub.start()
                     msgs = await sub.fetch(fetch_timeout, linger)
@@ -760,6 +791,16 @@ class Bus:
                 await sub.stop()
             if task is not None:
                 self._consumers.discard(task)
+
+    async def _reset_consumer(self, stream: str, durable: str, seq: int) -> None:
+        """Move the durable ``durable`` to stream sequence ``seq``: what it delivered and did not get acked
+        is forgotten, the next delivery is the first message at or after ``seq``."""
+        reply = await self.nc.request(
+            f"$JS.API.CONSUMER.RESET.{stream}.{durable}", json.dumps({"seq": seq}).encode(), timeout=5.0
+        )
+        answer = json.loads(reply.data)
+        if answer.get("error"):
+            raise nats.js.errors.APIError.from_error(answer["error"])
 
     async def _ensure_consumer(
         self, stream: str, durable: str, subject_filter: str, config: api.ConsumerConfig

@@ -56,14 +56,17 @@ ConsumerRights = Literal["own", "any"]
 def consumer_rights_of(identity: str) -> list[str]:
     """The JetStream API subjects of ``identity``'s own durable consumers (``schemas.names.CONSUMERS``):
     create or update (only in the form that names the filter subject, so the filter stays the table's),
-    look up, delete, pull from, and ack on them; nothing on anybody else's."""
+    look up, reset (a restart at a stored position), pull from, and ack on them; nothing on anybody
+    else's. No delete: admin makes them all as pull consumers (``Bus.ensure_durables``), and the server
+    refuses to turn a pull consumer into a push one, so an identity cannot have its deliveries pushed to a
+    subject of its choosing."""
     out: list[str] = []
     for name, subject in consumers_of(identity).items():
         s = stream_for(subject)
         out += [
             f"$JS.API.CONSUMER.CREATE.{s}.{name}.{subject}",
             f"$JS.API.CONSUMER.INFO.{s}.{name}",
-            f"$JS.API.CONSUMER.DELETE.{s}.{name}",
+            f"$JS.API.CONSUMER.RESET.{s}.{name}",
             f"$JS.API.CONSUMER.MSG.NEXT.{s}.{name}",
             f"$JS.ACK.{s}.{name}.>",
         ]

@@ -487,16 +487,52 @@ async def test_node3_consumers_on_streams_are_its_own_with_the_tables_filter(
 
 async def test_node3_cannot_delete_or_pull_from_others_consumers(pki: Path, prod_nats: str) -> None:
     attempts = [
+        ("$JS.API.CONSUMER.DELETE.TX.signer-node-3-requests", b""),  # nor its own: admin made them
         ("$JS.API.CONSUMER.DELETE.VOTE.recorder-vote", b""),
         ("$JS.API.CONSUMER.DELETE.TX.signer-node-2-requests", b""),
         ("$JS.API.CONSUMER.DELETE.KV_config.anything", b""),
         ("$JS.API.CONSUMER.MSG.NEXT.VOTE.consensus-votes", b'{"batch":1}'),
         ("$JS.API.CONSUMER.MSG.NEXT.KV_config.anything", b'{"batch":1}'),  # a pull consumer it made
         ("$JS.API.CONSUMER.RESET.VOTE.recorder-vote", b""),
+        ("$JS.API.CONSUMER.RESET.TX.signer-node-2-requests", b""),
         ("$JS.API.CONSUMER.PAUSE.VOTE.recorder-vote", b"{}"),
         ("$JS.ACK.VOTE.consensus-votes.1.1.1.1795000000000000000.0", b""),
     ]
     assert await refused_subjects(prod_nats, pki, "node-3", attempts) == [s for s, _ in attempts]
+
+
+async def test_node3_cannot_make_its_own_durables_push_to_a_subject_of_its_choosing(
+    pki: Path, prod_nats: str
+) -> None:
+    """Admin made every durable of the table as a pull consumer; node-3 may update its own but the server
+    refuses to turn one into a push consumer, and node-3 may not delete one to make it afresh (the test
+    below)."""
+    admin = await Bus.connect(load_config("admin", pki, nats_url=prod_nats))
+    n3 = await connect(prod_nats, ctx(pki, "node-3"), inbox_prefix="_INBOX.node-3")
+    try:
+        for ident in all_identities(5):
+            for name, subject in consumers_of(ident).items():
+                info = await admin.js.consumer_info(stream_for(subject), name)
+                assert info.config.deliver_subject is None and info.config.filter_subject == subject
+        for name, subject in consumers_of("node-3").items():
+            s = stream_for(subject)
+            for deliver in ("_INBOX.consensus.watch-1", "vote.pushed.node-2"):
+                body = create_body(
+                    s,
+                    deliver,
+                    name,
+                    durable_name=name,
+                    filter_subject=subject,
+                    ack_policy="explicit",
+                    deliver_policy="all",
+                )
+                reply = await n3.request(f"$JS.API.CONSUMER.CREATE.{s}.{name}.{subject}", body, timeout=5)
+                error = json.loads(reply.data).get("error")
+                assert error and "can not update pull consumer to push based" in error["description"], error
+            assert (await admin.js.consumer_info(s, name)).config.deliver_subject is None
+    finally:
+        await n3.close()
+        await admin.close()
 
 
 @pytest.mark.parametrize("victim", ["consensus", "node-1", "admin", "recorder"])
@@ -591,11 +627,17 @@ async def test_node3_does_everything_a_signer_needs(pki: Path, prod_nats: str) -
         for cname in ("signer-{self}-signing", "signer-{self}-noncegen", "signer-{self}-dkg"):
             subject, name = durable("node-3", cname)
             config = api.ConsumerConfig(
-                ack_policy=api.AckPolicy.EXPLICIT, deliver_policy=api.DeliverPolicy.ALL
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=7.0,
+                max_ack_pending=64,
+                deliver_policy=api.DeliverPolicy.ALL,
             )
-            await node._ensure_consumer(stream_for(subject), name, subject, config)
-            assert (await node.js.consumer_info(stream_for(subject), name)).config.filter_subject == subject
-            await node.js.delete_consumer(stream_for(subject), name)
+            await node._ensure_consumer(
+                stream_for(subject), name, subject, config
+            )  # an update: admin made it
+            info = await node.js.consumer_info(stream_for(subject), name)
+            assert info.config.filter_subject == subject and info.config.ack_wait == 7.0
+            await node._reset_consumer(stream_for(subject), name, 1)  # a restart at a stored position
     finally:
         await node.close()
         await admin.close()
