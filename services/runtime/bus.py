@@ -912,8 +912,9 @@ class Bus:
         not hold across a crash: a dead instance's unacked batch is redelivered only after ``ack_wait``,
         and if it held fewer than ``max_ack_pending`` messages, later ones can be delivered first. A
         caller that keeps its own position (an exactly-once guard that skips ``seq <= stored``) passes
-        ``resume_from``: on every (re)subscribe the durable is re-created to start at the stream sequence
-        ``await resume_from()`` returns (its position + 1), dropping the server's record of unacked
+        ``resume_from``: on every (re)subscribe the durable is reset (``$JS.API.CONSUMER.RESET``; it keeps
+        its name and configuration, and no identity may delete its durables) to start at the stream
+        sequence ``await resume_from()`` returns (its position + 1), dropping the server's record of unacked
         deliveries, so nothing after the position can overtake anything before it.
 
         ``linger``: once a message is there, wait up to that many seconds for the batch to fill before
