@@ -60,7 +60,7 @@ from wallet.coin_selection import AmountBelowDust, FeeTooHigh, InsufficientFunds
 from . import store
 from .wallet_state import NoKey, UtxoView, Wallet, load_key
 
-TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 MAX_KEY_LEN = 256
 MAX_BODY = 64 * 1024
 DEFAULT_FEE_TARGET = 6  # blocks
@@ -289,7 +289,7 @@ def _required_key(request: Request) -> str:
     key = presented_api_key(request)
     if key is None:
         fail(401, "unauthorized", "API key required: Authorization: Bearer <key> or X-API-Key")
-    if len(key) > MAX_KEY_LEN:
+    if len(key) > MAX_KEY_LEN or not key.isascii() or not key.isprintable():
         fail(401, "unauthorized", "unknown or revoked API key")
     return key
 

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from schemas.names import (
     all_identities,
+    check_token,
     heartbeat_subject,
+    is_node,
     publish_rights,
     sender_may_publish,
     subject_matches,
@@ -54,3 +58,10 @@ def test_some_rights_by_name() -> None:
     assert sender_may_publish("recorder", "node.violation.node-3")
     assert not sender_may_publish("recorder", "node.violation")
     assert not sender_may_publish("nobody", "node.violation.node-3")
+
+
+@pytest.mark.parametrize("bad", ["node-3\n", "node-3\n.", "tx\n", "a b", "", "a.b", "*", ">"])
+def test_a_token_or_identity_with_a_trailing_newline_or_separator_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        check_token(bad)
+    assert not is_node(bad)
