@@ -231,9 +231,14 @@ class Postgres:
 def start_postgres(data_dir: Path, database: str = "mpcw") -> Postgres:
     """Start (or attach to) PostgreSQL in ``DIR/pg/`` and create ``database`` if missing."""
     import pgserver
+    from pgserver.postgres_server import PostgresServer
 
     pg_dir = data_dir / "pg"
     pg_dir.mkdir(parents=True, exist_ok=True)
+    # pgserver keeps one handle per directory for the life of the process and returns it even after the
+    # server stopped (a restart would then find no server): forget a handle whose server is gone
+    if not (pg_dir / "postmaster.pid").exists():
+        PostgresServer._instances.pop(pg_dir.resolve(), None)
     server = pgserver.get_server(pg_dir, cleanup_mode=None)  # type: ignore[attr-defined]  # not re-exported
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:
