@@ -3,6 +3,7 @@ rendered TLS + JetStream config on free ports, and PostgreSQL 16 via ``pgserver`
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import shutil
@@ -13,6 +14,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,46 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         bound: int = s.getsockname()[1]
         return bound
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets SIGTERM when the process that started it
+    dies, even by SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``), so a killed supervisor leaves no orphans
+    running on its stores. Elsewhere it does nothing."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def postmaster_pid(pg_dir: Path) -> int | None:
+    """The pid of the PostgreSQL server running on ``pg_dir``, None when none runs (no
+    ``postmaster.pid``, or a stale one left by a killed server)."""
+    try:
+        pid = int((pg_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return pid
+    return None if state == "Z" else pid
 
 
 def nats_server_binary() -> Path:
@@ -122,6 +164,7 @@ def _spawn_nats(conf: Path, log: Path) -> subprocess.Popen[bytes]:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
         )
 
 
@@ -236,8 +279,9 @@ def start_postgres(data_dir: Path, database: str = "mpcw") -> Postgres:
     pg_dir = data_dir / "pg"
     pg_dir.mkdir(parents=True, exist_ok=True)
     # pgserver keeps one handle per directory for the life of the process and returns it even after the
-    # server stopped (a restart would then find no server): forget a handle whose server is gone
-    if not (pg_dir / "postmaster.pid").exists():
+    # server stopped or was killed (a restart would then find no server): forget a handle whose server
+    # is gone
+    if postmaster_pid(pg_dir) is None:
         PostgresServer._instances.pop(pg_dir.resolve(), None)
     server = pgserver.get_server(pg_dir, cleanup_mode=None)  # type: ignore[attr-defined]  # not re-exported
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
