@@ -30,7 +30,9 @@ from typing import Any
 import click
 
 from services.runtime.config import default_data_dir, read_cluster
+from services.runtime.logging import open_log_file
 from services.runtime.pki import init_pki, pki_dir
+from services.runtime.secrets_dir import private_dir
 from services.runtime.supervisor import pid_alive, read_pid, run_dir
 
 
@@ -148,14 +150,15 @@ def up(ctx: click.Context, nodes: int, threshold: int, nats_servers: str, timeou
             "--data-dir",
             param_hint="--nats-servers",
         )
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    run.mkdir(parents=True, exist_ok=True)
-    (d / "logs").mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # the supervisor and everything it starts create files for their owner only
+    private_dir(d)
+    private_dir(run)
+    private_dir(d / "logs")
     init_pki(d, nodes)
     for stale in ("cluster.ready", "supervisor.failed", "supervisor.json"):
         with contextlib.suppress(FileNotFoundError):
             (run / stale).unlink()
-    with open(d / "logs" / "supervisor.log", "ab") as out:
+    with open_log_file(d / "logs" / "supervisor.log") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.runtime.supervisor", "--data-dir", str(d),
              "--nodes", str(nodes), "--threshold", str(threshold), "--nats-servers", nats_servers],
