@@ -28,7 +28,14 @@ from .errors import (
     SecshareSumError,
     UnknownFaultyParticipantOrCoordinatorError,
 )
-from .util import parse_points_ext, parse_scalars, scalar_bytes, scalar_wrapping, tagged_hash_bip_dkg
+from .util import (
+    parse_points_ext,
+    parse_scalars,
+    repr_hiding,
+    scalar_bytes,
+    scalar_wrapping,
+    tagged_hash_bip_dkg,
+)
 
 # ---------------------------------------------------------------------------------------------
 # encryption
@@ -197,6 +204,9 @@ class ParticipantInvestigationData(NamedTuple):
     simpl_bstate: simplpedpop.ParticipantInvestigationData
     enc_secshare: int
     pads: list[int]
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, ("pads",))
 
 
 # ---------------------------------------------------------------------------------------------
