@@ -27,6 +27,8 @@ from typing import Any, BinaryIO, TextIO
 
 import msgspec
 
+from .secrets_dir import private_dir
+
 # a name containing one of these anywhere is secret (``secret_share``, ``hostkey``, ``nonce_sk``...)
 SECRET_WORDS = (
     "secret",
@@ -221,8 +223,7 @@ def get_logger(service: str) -> Logger:
 def open_log_file(path: Path) -> BinaryIO:
     """``path`` opened for appending, 0600 (an existing file is narrowed to 0600), in a 0700 directory:
     a log names transactions, addresses and peers, for the operator only."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
+    private_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.fchmod(fd, 0o600)
     return os.fdopen(fd, "ab")

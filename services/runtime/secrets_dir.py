@@ -39,8 +39,13 @@ class SecretsDirError(Exception):
 
 
 def private_dir(path: Path) -> Path:
-    """``path`` (and missing parents) created 0700; an existing ``path`` is narrowed to 0700."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """``path`` (and missing parents) created 0700; an existing ``path`` is narrowed to 0700. (``mkdir``'s
+    own ``parents=True`` would make the missing parents with the process's default mode.)"""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for p in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            p.mkdir(mode=0o700)
+        os.chmod(p, 0o700)
     os.chmod(path, 0o700)
     return path
 

@@ -53,7 +53,7 @@ import nacl.pwhash
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from services.runtime.secrets_dir import SecretsDirError, secrets_dir, write_private
+from services.runtime.secrets_dir import SecretsDirError, private_dir, secrets_dir, write_private
 from services.signer.nonce_slots import DuplicateNonce, NonceSlots, fsync_dir
 
 PASSPHRASE_ENV = "MPCW_NODE_PASSPHRASE"
@@ -100,9 +100,9 @@ class Keystore:
         self.node = node
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "nodes" / node
-        for sub in ("", "shares"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.chmod(self.root / sub, 0o700)
+        private_dir(self.data_dir / "nodes")
+        private_dir(self.root)
+        private_dir(self.root / "shares")
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
         if network in NETWORKS_REQUIRING_PASSPHRASE and not passphrase:
