@@ -30,9 +30,10 @@ Upgrades, done when the keystore opens:
 
 - a development KEK that earlier versions kept at ``nodes/<node>/kek`` moves into the secrets directory;
 - a passphrase keystore of earlier versions (``kek.salt``, scrypt N=2^15) is re-encrypted under the
-  Argon2id KEK, and so is a development keystore when a passphrase is set for the first time (its KEK is
-  then deleted from the secrets directory). Each file is re-sealed atomically; the old salt or key file
-  goes last, so a crash half way is finished by the next start. Pooled nonces (``nonces.slots``) are
+  Argon2id KEK, and so is a development keystore when a passphrase is set for the first time, confirmed
+  by ``MPCW_NODE_PASSPHRASE_CONFIRM`` (its KEK is then deleted from the secrets directory). Each file is
+  re-sealed atomically; the old salt or key file goes last, so a crash half way is finished by the next
+  start. Pooled nonces (``nonces.slots``) are
   not re-encrypted but discarded: a claim of one is refused and retried with another, and the pool
   refills.
 
@@ -57,6 +58,7 @@ from services.runtime.secrets_dir import SecretsDirError, private_dir, secrets_d
 from services.signer.nonce_slots import DuplicateNonce, NonceSlots, fsync_dir
 
 PASSPHRASE_ENV = "MPCW_NODE_PASSPHRASE"
+CONFIRM_ENV = "MPCW_NODE_PASSPHRASE_CONFIRM"  # moving a development keystore to a passphrase
 NETWORKS_REQUIRING_PASSPHRASE = frozenset({"mainnet"})
 ARGON2ID_OPSLIMIT = 3  # RFC 9106 section 4, second recommended option: t=3, m=64 MiB
 ARGON2ID_MEMLIMIT = 64 * 1024 * 1024
@@ -161,22 +163,38 @@ class Keystore:
             raise KeystoreError(f"{path} is corrupt")
         return kek
 
+    def _old_kek_file(self) -> Path | None:
+        """What the sealed files are under when they are not under the passphrase yet: an earlier
+        version's scrypt salt, or a development KEK (in the secrets directory, or where earlier versions
+        kept it). Also found when a re-encryption was interrupted, so the next start finishes it."""
+        if (self.root / LEGACY_SCRYPT_SALT).exists():
+            return self.root / LEGACY_SCRYPT_SALT
+        if not self._sealed_files():
+            return None
+        candidates = [self.root / "kek"]
+        try:
+            candidates.insert(0, secrets_dir(self.data_dir) / "nodes" / self.node / "kek")
+        except SecretsDirError:
+            pass  # no cluster id: no secrets directory either
+        return next((p for p in candidates if p.exists()), None)
+
     def _passphrase_kek(self, passphrase: str) -> bytes:
         kdf_path = self.root / KDF_FILE
-        old_key: bytes | None = None
-        old_file: Path | None = None
+        old_file = self._old_kek_file()
+        if old_file is not None and old_file.name != LEGACY_SCRYPT_SALT:
+            if os.environ.get(CONFIRM_ENV) != passphrase:
+                # nothing checks a passphrase set for the first time: a typo would lock the shares
+                raise KeystoreError(
+                    f"{self.node}'s secrets are under its development key ({old_file}); to re-encrypt "
+                    f"them under {PASSPHRASE_ENV}, start once with {CONFIRM_ENV} set to the same "
+                    "passphrase (the development key is then deleted)"
+                )
         if not kdf_path.exists():
-            if (self.root / LEGACY_SCRYPT_SALT).exists():
-                old_file = self.root / LEGACY_SCRYPT_SALT
-            elif self._sealed_files():  # a development keystore getting its first passphrase
-                old_file = secrets_dir(self.data_dir, create=True) / "nodes" / self.node / "kek"
-                if not old_file.exists():
-                    old_file = self.root / "kek"
-                if not old_file.exists():
-                    raise KeystoreError(
-                        f"{self.node} has sealed files but neither a passphrase record ({kdf_path}) nor "
-                        "a development key: restore the secrets directory or the node's data directory"
-                    )
+            if old_file is None and self._sealed_files():
+                raise KeystoreError(
+                    f"{self.node} has sealed files but neither a passphrase record ({kdf_path}) nor a "
+                    "development key: restore the secrets directory or the node's data directory"
+                )
             params = {
                 "kdf": "argon2id",
                 "salt": secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES).hex(),
@@ -184,8 +202,6 @@ class Keystore:
                 "memlimit": ARGON2ID_MEMLIMIT,
             }
             write_private(kdf_path, json.dumps(params).encode())
-        elif (self.root / LEGACY_SCRYPT_SALT).exists():  # a migration that a crash interrupted
-            old_file = self.root / LEGACY_SCRYPT_SALT
         try:
             params = json.loads(kdf_path.read_bytes())
             kek = nacl.pwhash.argon2id.kdf(

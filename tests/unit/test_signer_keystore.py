@@ -177,10 +177,16 @@ def test_scrypt_keystore_is_reencrypted_under_argon2id(tmp_path: Path) -> None:
     assert Keystore(tmp_path, "node-1", passphrase="correct horse").load_share("default") == record()
 
 
-def test_setting_a_passphrase_reencrypts_a_development_keystore(tmp_path: Path) -> None:
+def test_setting_a_passphrase_reencrypts_a_development_keystore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ks = Keystore(tmp_path, "node-4")
     ks.save_share(record())
     kek = ks.dev_kek_path
+    with pytest.raises(KeystoreError, match="MPCW_NODE_PASSPHRASE_CONFIRM"):
+        Keystore(tmp_path, "node-4", passphrase="pw")  # unconfirmed: a typo would lock the shares
+    assert kek.exists() and Keystore(tmp_path, "node-4").load_share("default") == record()
+    monkeypatch.setenv("MPCW_NODE_PASSPHRASE_CONFIRM", "pw")
     up = Keystore(tmp_path, "node-4", passphrase="pw")
     assert up.load_share("default") == record()
     assert not kek.exists()  # nothing left that opens the shares without the passphrase
@@ -213,3 +219,25 @@ def test_share_record_repr_holds_no_secret() -> None:
     for text in (repr(r), str(r), f"{r}", repr([r])):
         assert "11" * 16 not in text and "\\x11" not in text and "secshare" not in text
         assert "default" in text
+
+
+def test_an_interrupted_passphrase_change_is_finished_by_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ks = Keystore(tmp_path, "node-5")
+    ks.save_share(record())
+    ks.host_seckey()
+    monkeypatch.setenv("MPCW_NODE_PASSPHRASE_CONFIRM", "pw")
+    real_reencrypt = Keystore._reencrypt
+
+    def crash(self: Keystore, old: ChaCha20Poly1305, new: ChaCha20Poly1305) -> None:
+        raise OSError("power cut")
+
+    monkeypatch.setattr(Keystore, "_reencrypt", crash)
+    with pytest.raises(OSError):
+        Keystore(tmp_path, "node-5", passphrase="pw")
+    assert (ks.root / KDF_FILE).exists() and ks.dev_kek_path.exists()
+    monkeypatch.setattr(Keystore, "_reencrypt", real_reencrypt)
+    up = Keystore(tmp_path, "node-5", passphrase="pw")
+    assert up.load_share("default") == record() and len(up.host_seckey()) == 32
+    assert not ks.dev_kek_path.exists()
