@@ -30,7 +30,9 @@ from typing import Any
 import click
 
 from services.runtime.config import default_data_dir, read_cluster
+from services.runtime.logging import open_log_file
 from services.runtime.pki import init_pki, pki_dir
+from services.runtime.secrets_dir import SecretsDirError, private_dir, secrets_dir
 from services.runtime.supervisor import cluster_processes, pid_alive, read_pid, run_dir
 
 
@@ -67,11 +69,19 @@ def certs() -> None:
 def certs_init(ctx: click.Context, nodes: int) -> None:
     """Create the CA, one client certificate and identity keys per identity, and the server certificate."""
     d = data_dir_of(ctx)
-    created = init_pki(d, nodes)
+    created = _init_pki(d, nodes)
     click.echo(
         f"PKI in {pki_dir(d)}: {len(created)} new identities"
         + (f" ({', '.join(created)})" if created else "")
     )
+    click.echo(f"private keys in {secrets_dir(d)} (back it up apart from {d})")
+
+
+def _init_pki(d: Path, nodes: int) -> list[str]:
+    try:
+        return init_pki(d, nodes)
+    except SecretsDirError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # ---- db -------------------------------------------------------------------------------------------------
@@ -156,14 +166,15 @@ def up(ctx: click.Context, nodes: int, threshold: int, nats_servers: str, timeou
             "--data-dir",
             param_hint="--nats-servers",
         )
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    run.mkdir(parents=True, exist_ok=True)
-    (d / "logs").mkdir(parents=True, exist_ok=True)
-    init_pki(d, nodes)
+    os.umask(0o077)  # the supervisor and everything it starts create files for their owner only
+    private_dir(d)
+    private_dir(run)
+    private_dir(d / "logs")
+    _init_pki(d, nodes)
     for stale in ("cluster.ready", "supervisor.failed", "supervisor.json"):
         with contextlib.suppress(FileNotFoundError):
             (run / stale).unlink()
-    with open(d / "logs" / "supervisor.log", "ab") as out:
+    with open_log_file(d / "logs" / "supervisor.log") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.runtime.supervisor", "--data-dir", str(d),
              "--nodes", str(nodes), "--threshold", str(threshold), "--nats-servers", nats_servers],
@@ -204,6 +215,7 @@ def up(ctx: click.Context, nodes: int, threshold: int, nats_servers: str, timeou
     click.echo(f"  postgres {cluster.get('database_url')}")
     click.echo(f"  intake   {cluster.get('intake_url')}   devchain {cluster.get('devchain_url')}")
     click.echo(f"  n={cluster.get('n')} t={cluster.get('t')}; admin API key in {d / 'cluster.json'}")
+    click.echo(f"  private keys in {secrets_dir(d)} (back it up apart from the data directory)")
     if missing:
         click.echo(f"  not installed yet (skipped): {', '.join(missing)}")
 

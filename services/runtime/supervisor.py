@@ -57,7 +57,9 @@ from .embedded import (
     start_postgres,
     stop_postgres,
 )
+from .logging import open_log_file
 from .pki import init_pki, pki_exists
+from .secrets_dir import private_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT = 15.0
@@ -242,7 +244,7 @@ class Supervisor:
             "n": self.n,
             "t": self.t,
             "nodes": node_names(self.n),
-            "network": "regtest",
+            "network": old.get("network", "regtest"),
             "nats_url": self.nats.url,
             "nats_monitor_url": f"http://127.0.0.1:{self.nats.ports[0].http}",
             "nats_replicas": replicas,
@@ -298,7 +300,7 @@ class Supervisor:
         }
         env.pop("MPCW_NATS_URL", None)  # the cluster's own servers, from cluster.json
         env.pop("MPCW_DATABASE_URL", None)
-        with open(self.logs / f"{p.name}.log", "ab") as out:
+        with open_log_file(self.logs / f"{p.name}.log") as out:
             p.popen = subprocess.Popen(
                 [sys.executable, "-m", p.module, "--data-dir", str(self.data_dir), *self._args(p)],
                 stdout=out,
@@ -414,8 +416,10 @@ class Supervisor:
         stop_postgres(self.data_dir / "pg")
 
     def main(self) -> int:
-        self.run.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
+        os.umask(0o077)  # every file the supervisor, its servers and its services create: owner only
+        private_dir(self.data_dir)
+        private_dir(self.run)
+        private_dir(self.logs)
         for stale in ("cluster.ready", "supervisor.failed"):
             with contextlib.suppress(FileNotFoundError):
                 (self.run / stale).unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import asyncpg
 
 from services.runtime.db import lookup_api_key
+from services.runtime.secrets_dir import secrets_dir
 from services.runtime.supervisor import cluster_processes, pid_alive
 
 HELPER = "tests.integration.runtime_helper_service"
@@ -36,6 +38,27 @@ def mpcw(d: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProce
 def write_table(d: Path, entries: list[dict[str, object]]) -> None:
     d.mkdir(parents=True, exist_ok=True)
     (d / "services.json").write_text(json.dumps({"services": entries}))
+
+
+def assert_owner_only(d: Path) -> None:
+    """Every directory and file ``mpcw up`` made (logs, run files, PKI, NATS and PostgreSQL stores) is
+    for its owner only, and no private key lies in the data directory (they are in the secrets one)."""
+    seen = 0
+    # as root, PostgreSQL runs as the user "pgserver", who must traverse (only) the data directory
+    assert d.stat().st_mode & 0o777 == (0o711 if os.geteuid() == 0 else 0o700)
+    for p in d.rglob("*"):
+        if p.name == "services.json" or p.is_symlink() or not (p.is_dir() or p.is_file()):
+            continue  # the test's own file; sockets
+        with contextlib.suppress(FileNotFoundError):  # a temporary file gone meanwhile
+            assert p.stat().st_mode & 0o077 == 0, f"{p} is {oct(p.stat().st_mode & 0o777)}"
+            seen += 1
+        assert p.suffix != ".key" and p.name != "kek", p
+    assert seen > 100
+    for sub in ("logs", "run", "pki", "nats", "pg"):
+        assert (d / sub).stat().st_mode & 0o777 == 0o700, sub
+    sdir = secrets_dir(d)
+    assert (sdir / "pki" / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert sdir.stat().st_mode & 0o777 == 0o700
 
 
 def test_up_ready_status_down(tmp_path: Path) -> None:
@@ -67,6 +90,7 @@ def test_up_ready_status_down(tmp_path: Path) -> None:
             assert (d / "logs" / f"{name}.log").exists()
         sup_pid = int((d / "run" / "supervisor.pid").read_text())
         assert pid_alive(sup_pid)
+        assert_owner_only(d)
 
         s = mpcw(d, "status", "--json")
         assert s.returncode == 0, s.stderr
