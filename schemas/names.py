@@ -33,8 +33,9 @@ SERVICE_IDENTITIES: Final[tuple[str, ...]] = (
 )
 UNKNOWN: Final = "unknown"  # offender token when the sender of a bad message cannot be established
 
-_NODE_RE = re.compile(r"^node-([1-9][0-9]*)$")
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+# \Z, not $: "$" also matches before a trailing newline ("node-3\n" is no identity)
+_NODE_RE = re.compile(r"^node-([1-9][0-9]*)\Z")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+\Z")
 
 
 def node_names(n: int) -> list[str]:

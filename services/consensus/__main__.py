@@ -595,7 +595,7 @@ class Consensus:
         try:
             rnd = entry.decode(K.RoundRecord)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            self.log.warning("not a round record; skipped", key=entry.key)
+            self.log.warning("not a round record; skipped", kv_entry=entry.key)
             return
         if rnd.outcome == "approved" and not rnd.done:
             self._cache(entry.key, entry.revision, rnd)
@@ -622,7 +622,7 @@ class Consensus:
                 req = entry.decode(K.DkgRequest)
                 await self._dkg_start(req)
             except Exception as exc:
-                self.log.error("dkg request failed", key=entry.key, error=repr(exc)[:300])
+                self.log.error("dkg request failed", kv_entry=entry.key, error=repr(exc)[:300])
 
     async def _dkg_start(self, req: K.DkgRequest) -> None:
         keys = await self.bus.kv(BUCKET_KEYS)

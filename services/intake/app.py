@@ -36,12 +36,16 @@ import time
 import uuid
 from collections.abc import Container
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, NoReturn
 
 import asyncpg
 import msgspec
+import nats.errors
+import nats.js.errors
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sanic import Request, Sanic
+from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, raw
 
 from schemas.kv import POLICY_KEY
@@ -60,7 +64,7 @@ from wallet.coin_selection import AmountBelowDust, FeeTooHigh, InsufficientFunds
 from . import store
 from .wallet_state import NoKey, UtxoView, Wallet, load_key
 
-TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 MAX_KEY_LEN = 256
 MAX_BODY = 64 * 1024
 DEFAULT_FEE_TARGET = 6  # blocks
@@ -100,6 +104,42 @@ class ApiError(Exception):
 
 def fail(status: int, error: str, detail: str = "", **extra: Any) -> NoReturn:
     raise ApiError(status, error, detail, **extra)
+
+
+# exceptions that mean a server the intake stands on is away (PostgreSQL restarting, NATS unreachable),
+# not that the request is bad: 503, and the client retries
+_DB_AWAY: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 cannot connect now ...
+    asyncpg.InterfaceError,  # the connection was lost or the pool is closing
+    ConnectionError,
+    TimeoutError,  # acquiring a connection or a query outlived its timeout
+    OSError,
+)
+_BUS_AWAY: tuple[type[BaseException], ...] = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.TimeoutError,
+    nats.errors.UnexpectedEOF,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+def unavailable(exc: BaseException) -> ApiError | None:
+    """The 503 a server's absence deserves, or None when ``exc`` is something else. The body names the
+    server, never the exception's text (which may carry internal detail)."""
+    if isinstance(exc, _BUS_AWAY):
+        return ApiError(503, "bus unavailable", "the message bus is unreachable; retry later")
+    if isinstance(exc, _DB_AWAY):
+        return ApiError(503, "database unavailable", "the database is unreachable; retry later")
+    return None
 
 
 def json_response(body: Any, status: int = 200) -> HTTPResponse:
@@ -289,7 +329,7 @@ def _required_key(request: Request) -> str:
     key = presented_api_key(request)
     if key is None:
         fail(401, "unauthorized", "API key required: Authorization: Bearer <key> or X-API-Key")
-    if len(key) > MAX_KEY_LEN:
+    if len(key) > MAX_KEY_LEN or not key.isascii() or not key.isprintable():
         fail(401, "unauthorized", "unknown or revoked API key")
     return key
 
@@ -686,6 +726,24 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
     @app.exception(ApiError)
     async def api_error(request: Request, exc: ApiError) -> HTTPResponse:
         return error_response(exc)
+
+    @app.exception(Exception)
+    async def other_error(request: Request, exc: Exception) -> HTTPResponse:
+        """Sanic's own errors (404, 405, 413...) keep their status; a server that is away is a 503 with
+        ``Retry-After``; anything else is a 500 whose body says nothing of the internals (the log has the
+        exception's type)."""
+        if isinstance(exc, SanicException):
+            status = int(getattr(exc, "status_code", 500) or 500)
+            message = str(exc) if status < 500 else "the request failed inside the intake"
+            return error_response(ApiError(status, HTTPStatus(status).phrase.lower(), message))
+        away = unavailable(exc)
+        if away is not None:
+            intake.log.warning("dependency unavailable", path=request.path, error=type(exc).__name__)
+            response = error_response(away)
+            response.headers["Retry-After"] = "2"
+            return response
+        intake.log.error("unhandled", path=request.path, error=type(exc).__name__)
+        return error_response(ApiError(500, "internal error", "the request failed inside the intake"))
 
     @app.get("/health")
     async def health(request: Request) -> HTTPResponse:

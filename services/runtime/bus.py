@@ -124,6 +124,15 @@ class StreamsMissing(RuntimeError):
     pass
 
 
+# JetStream cannot answer yet (a cluster electing its leaders): worth asking again
+JETSTREAM_NOT_READY: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+)
+
+
 @dataclass(frozen=True)
 class KvEntry:
     key: str
@@ -500,39 +509,28 @@ class Bus:
 
     async def ensure_jetstream(self, *, create: bool, timeout: float = 30.0) -> None:
         """Streams and buckets from ``nats/jetstream.json``: created/updated (idempotent) when ``create``,
-        else awaited until they exist."""
+        else awaited until they exist.
+
+        Creating retries until ``timeout`` while JetStream cannot answer yet: a cluster that has just
+        started (or restarted on its stores) elects its meta leader and stream leaders first, and requests
+        sent meanwhile time out or answer 503."""
         defs = jetstream_definitions()
         replicas = int(self.cfg.extra.get("nats_replicas", 1))
         if create:
-            for sd in defs["streams"]:
-                sc = _stream_config(sd, replicas)
+            deadline = time.monotonic() + timeout
+            delay = 0.25
+            while True:
                 try:
-                    await self.js.stream_info(sc.name or "")
-                    await self.js.update_stream(sc)
-                except nats.js.errors.NotFoundError:
-                    await self.js.add_stream(sc)
-            for bd in defs["buckets"]:
-                try:
-                    await self.js.key_value(bd["bucket"])
-                    # a bucket made by an older version: bring its TTL (the stream's max_age) up to date
-                    info = await self.js.stream_info(f"KV_{bd['bucket']}")
-                    ttl = float(bd.get("ttl") or 0)
-                    if abs(float(info.config.max_age or 0) - ttl) > 0.001:
-                        info.config.max_age = ttl
-                        await self.js.update_stream(info.config)
-                except nats.js.errors.BucketNotFoundError:
-                    await self.js.create_key_value(
-                        api.KeyValueConfig(
-                            bucket=bd["bucket"],
-                            description=bd.get("description"),
-                            history=int(bd.get("history", 1)),
-                            ttl=float(bd["ttl"]) if bd.get("ttl") else None,
-                            storage=api.StorageType(bd.get("storage", "file")),
-                            replicas=replicas,
-                        )
-                    )
-            await self.ensure_durables([*self.cfg.nodes, *SERVICE_IDENTITIES])
-            return
+                    await self._create_jetstream(defs, replicas)
+                    await self.ensure_durables([*self.cfg.nodes, *SERVICE_IDENTITIES])
+                    return
+                except JETSTREAM_NOT_READY as exc:
+                    if time.monotonic() + delay > deadline:
+                        raise StreamsMissing(
+                            f"JetStream did not answer within {timeout:.0f}s: {type(exc).__name__}"
+                        ) from exc
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
         names = [sd["name"] for sd in defs["streams"]] + [f"KV_{bd['bucket']}" for bd in defs["buckets"]]
         deadline = time.monotonic() + timeout
         for name in names:
@@ -572,6 +570,36 @@ class Bus:
                     deliver_policy=api.DeliverPolicy(d["deliver_policy"]),
                 )
                 await self.js.add_consumer(stream, config=config)
+
+    async def _create_jetstream(self, defs: Mapping[str, Any], replicas: int) -> None:
+        """One idempotent pass: every stream and bucket created, or brought up to date."""
+        for sd in defs["streams"]:
+            sc = _stream_config(sd, replicas)
+            try:
+                await self.js.stream_info(sc.name or "")
+                await self.js.update_stream(sc)
+            except nats.js.errors.NotFoundError:
+                await self.js.add_stream(sc)
+        for bd in defs["buckets"]:
+            try:
+                await self.js.key_value(bd["bucket"])
+                # a bucket made by an older version: bring its TTL (the stream's max_age) up to date
+                info = await self.js.stream_info(f"KV_{bd['bucket']}")
+                ttl = float(bd.get("ttl") or 0)
+                if abs(float(info.config.max_age or 0) - ttl) > 0.001:
+                    info.config.max_age = ttl
+                    await self.js.update_stream(info.config)
+            except nats.js.errors.BucketNotFoundError:
+                await self.js.create_key_value(
+                    api.KeyValueConfig(
+                        bucket=bd["bucket"],
+                        description=bd.get("description"),
+                        history=int(bd.get("history", 1)),
+                        ttl=float(bd["ttl"]) if bd.get("ttl") else None,
+                        storage=api.StorageType(bd.get("storage", "file")),
+                        replicas=replicas,
+                    )
+                )
 
     @property
     def stopping(self) -> asyncio.Event:

@@ -21,6 +21,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from schemas import envelope as E
 from schemas.names import proto_recipient, sender_may_publish
 
+from .pki import identity_key_dir
+from .secrets_dir import read_secret
+
 
 class EnvelopeError(Exception):
     """A message that must be dropped. ``kind`` is one of ``schemas.envelope.REJECTION_KINDS``;
@@ -113,11 +116,13 @@ class IdentityKeys:
 
     @classmethod
     def load(cls, data_dir: Path, name: str) -> IdentityKeys:
-        d = data_dir / "identities" / name
+        d = identity_key_dir(data_dir, name)
         return cls(
             name=name,
-            signing=Ed25519Signer((d / "ed25519.key").read_bytes()),
-            exchange=x25519.X25519PrivateKey.from_private_bytes((d / "x25519.key").read_bytes()),
+            signing=Ed25519Signer(read_secret(d / "ed25519.key", f"{name}'s signing key")),
+            exchange=x25519.X25519PrivateKey.from_private_bytes(
+                read_secret(d / "x25519.key", f"{name}'s exchange key")
+            ),
         )
 
     def __repr__(self) -> str:  # keep keys out of tracebacks and logs

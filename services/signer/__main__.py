@@ -12,7 +12,8 @@ from services.signer.node import SignerNode
 async def serve(ctx: ServiceContext) -> None:
     if not is_node(ctx.cfg.identity):
         raise SystemExit(f"signer needs a node identity (--identity node-k), not {ctx.cfg.identity!r}")
-    node = SignerNode(ctx.cfg, ctx.bus, Keystore(ctx.cfg.data_dir, ctx.cfg.identity))
+    keystore = Keystore(ctx.cfg.data_dir, ctx.cfg.identity, network=ctx.cfg.network)  # mainnet: passphrase
+    node = SignerNode(ctx.cfg, ctx.bus, keystore)
     await node.start()
     ctx.ready(node=ctx.cfg.identity)
     await ctx.stopped()

@@ -254,6 +254,16 @@ async def test_bad_requests_publish_nothing(
         ("fee rate absurd", api.spend({**good, "fee_rate": 1e9}), 422, "fee_rate"),
         ("fee rate over policy", api.spend({**good, "fee_rate": 900.0}), 422, "fee_rate"),
         ("unknown scheme", api.spend({**good, "scheme": "ecdsa"}), 422, "scheme"),
+        ("scheme with a trailing newline", api.spend({**good, "scheme": "frost\n"}), 422, "scheme"),
+        ("NUL in memo", api.spend({**good, "memo": "a\x00b"}), 422, "memo"),
+        ("newline in memo", api.spend({**good, "memo": "a\nb"}), 422, "memo"),
+        ("NUL in idempotency key", api.spend({**good, "idempotency_key": "k\x00"}), 422, "idempotency_key"),
+        (
+            "non-ASCII api key",
+            api.http.post("/api/v1/transactions", json=good, headers={"X-API-Key": b"mpcw_\xff\xfe"}),
+            401,
+            "unknown",
+        ),
         ("mainnet address", api.spend({**good, "recipient": MAINNET_ADDR}), 400, "wrong network"),
         ("bad checksum", api.spend({**good, "recipient": REGTEST_ADDR[:-1] + "q"}), 400, "recipient"),
         ("garbage address", api.spend({**good, "recipient": "not-an-address-at-all"}), 400, "recipient"),
@@ -271,6 +281,7 @@ async def test_bad_requests_publish_nothing(
     assert await tx_last_seq(admin) == before, "a rejected request published something"
     # read-side validation
     assert (await api.http.get("/api/v1/transactions/not%20valid!")).status_code == 400
+    assert (await api.http.get(f"/api/v1/transactions/{uuid.uuid4().hex}%0A")).status_code == 400
     assert (await api.http.get(f"/api/v1/transactions/{uuid.uuid4().hex}")).status_code == 404
     assert (await api.http.get("/api/v1/transactions?state=bogus")).status_code == 400
     assert (await api.http.get("/api/v1/transactions?limit=0")).status_code == 400

@@ -37,7 +37,7 @@ from services.runtime.natsconf import (
     render_cluster_configs,
     render_server_config,
 )
-from services.runtime.pki import init_pki
+from services.runtime.pki import init_pki, tls_files
 
 BusFactory = Callable[..., Awaitable[Bus]]
 
@@ -45,7 +45,8 @@ BusFactory = Callable[..., Awaitable[Bus]]
 def ctx(pki: Path, identity: str | None) -> ssl.SSLContext:
     c = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "pki" / "ca.crt"))
     if identity:
-        c.load_cert_chain(str(pki / "pki" / f"{identity}.crt"), str(pki / "pki" / f"{identity}.key"))
+        tls = tls_files(pki, identity)
+        c.load_cert_chain(str(tls.cert), str(tls.key))
     return c
 
 
@@ -83,7 +84,7 @@ async def test_certificate_from_another_ca_is_refused(tmp_path: Path, nats_serve
     other = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=None)
     other.check_hostname = False
     other.verify_mode = ssl.CERT_NONE
-    other.load_cert_chain(str(tmp_path / "pki" / "node-1.crt"), str(tmp_path / "pki" / "node-1.key"))
+    other.load_cert_chain(str(tls_files(tmp_path, "node-1").cert), str(tls_files(tmp_path, "node-1").key))
     with pytest.raises(Exception):  # noqa: B017
         nc = await connect(nats_server, other)
         await nc.flush(timeout=2)
@@ -199,6 +200,7 @@ def strict_nats(pki: Path, tmp_path: Path) -> Iterator[str]:
 def production_broker(pki: Path, d: Path) -> Iterator[str]:
     """Start a broker in ``d`` rendered as ``mpcw up`` renders it, make the streams, yield its URL."""
     (d / "pki").symlink_to(pki / "pki", target_is_directory=True)
+    (d / "cluster.id").symlink_to(pki / "cluster.id")  # the same secrets directory (server key)
     servers = start_nats(d, all_identities(5), consumer_rights="own")
 
     async def ensure() -> None:

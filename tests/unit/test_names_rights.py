@@ -7,6 +7,8 @@ from __future__ import annotations
 import itertools
 import re
 
+import pytest
+
 from schemas.names import (
     BUCKET_CONFIG,
     BUCKET_KEYS,
@@ -16,8 +18,10 @@ from schemas.names import (
     KV_READERS,
     SERVICE_IDENTITIES,
     all_identities,
+    check_token,
     consumers_of,
     heartbeat_subject,
+    is_node,
     kv_reads_of,
     kv_writes_of,
     node_names,
@@ -114,3 +118,10 @@ def test_production_js_api_rights() -> None:
     assert "$JS.API.CONSUMER.CREATE.KV_config" in js_api_rights_of("node-3")
     assert "$JS.API.CONSUMER.CREATE.KV_bans" not in js_api_rights_of("node-3")
     assert "$JS.API.CONSUMER.CREATE.KV_bans" in js_api_rights_of("consensus")
+
+
+@pytest.mark.parametrize("bad", ["node-3\n", "node-3\n.", "tx\n", "a b", "", "a.b", "*", ">"])
+def test_a_token_or_identity_with_a_trailing_newline_or_separator_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        check_token(bad)
+    assert not is_node(bad)
