@@ -236,6 +236,19 @@ KV_READERS: Final[dict[str, dict[str, str]]] = {
 }
 
 
+# identity (or "node") -> the message streams it reads single messages back from, verified
+# (``services.runtime.lookup``); its consumers read the rest
+STREAM_READERS: Final[dict[str, tuple[str, ...]]] = {
+    "node": (STREAM_TX,),  # the request of a signing
+    "consensus": (STREAM_TX, STREAM_PROTO),
+    "broadcaster": (STREAM_TX, STREAM_PROTO),
+}
+
+
+def stream_reads_of(identity: str) -> tuple[str, ...]:
+    return STREAM_READERS.get("node" if is_node(identity) else identity, ())
+
+
 def kv_reads_of(identity: str) -> dict[str, str]:
     """``KV_READERS`` of ``identity``: bucket -> "get" or "watch"."""
     return dict(KV_READERS.get("node" if is_node(identity) else identity, {}))

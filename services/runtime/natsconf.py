@@ -15,27 +15,24 @@ from typing import Any, Literal
 from schemas.names import (
     BUCKETS,
     JS_CLIENT_SUBSCRIBE,
-    STREAM_FOR_PREFIX,
     consumers_of,
     inbox_prefix,
     kv_reads_of,
     kv_writes_of,
     publish_rights,
     stream_for,
+    stream_reads_of,
 )
 
 # The JetStream API a deployment (consumer_rights="own") gives every non-admin identity: stream info (the
-# bus checks at connect that every stream exists) and reading single messages of the message streams
-# (``services.runtime.lookup``: they are signed, and read back verified). Nothing lists or inspects other
-# identities' consumers (``$JS.API.CONSUMER.NAMES/LIST``, ``INFO`` but on its own): a consumer's info
-# names its deliver subject, an inbox of its owner, and nats-server does not check the deliver subject of
-# a new consumer, nor the reply subject of any request, against the creator's rights. No stream names or
-# list (nobody looks streams up by subject), no account info, no direct get (the buckets are made without
-# ``allow_direct``: the server would not answer).
-JS_API_BASE: tuple[str, ...] = (
-    "$JS.API.STREAM.INFO.*",
-    *(f"$JS.API.STREAM.MSG.GET.{s}" for s in STREAM_FOR_PREFIX.values()),
-)
+# bus checks at connect that every stream exists). Reading single messages back (``STREAM_READERS``,
+# ``KV_READERS``), watches and its own durables come on top, per identity. Nothing lists or inspects
+# other identities' consumers (``$JS.API.CONSUMER.NAMES/LIST``, ``INFO`` but on its own): a consumer's
+# info names its deliver subject, an inbox of its owner, and nats-server does not check the deliver
+# subject of a new consumer, nor the reply subject of any request, against the creator's rights. No
+# stream names or list (nobody looks streams up by subject), no account info, no direct get (the buckets
+# are made without ``allow_direct``: the server would not answer).
+JS_API_BASE: tuple[str, ...] = ("$JS.API.STREAM.INFO.*",)
 # consumer_rights="any" (the integration tests' broker: their consumers have names of their own and they
 # watch whatever bucket they test): the broad rights of before, every consumer operation on every
 # consumer, and every ack
@@ -96,7 +93,8 @@ def js_api_rights_of(identity: str, consumer_rights: ConsumerRights = "own") -> 
     """Every JetStream API subject a non-admin ``identity`` may publish on."""
     if consumer_rights == "any":
         return list(JS_API_ANY)
-    return [*JS_API_BASE, *kv_rights_of(identity), *consumer_rights_of(identity)]
+    reads = [f"$JS.API.STREAM.MSG.GET.{s}" for s in stream_reads_of(identity)]
+    return [*JS_API_BASE, *reads, *kv_rights_of(identity), *consumer_rights_of(identity)]
 
 
 def nats_conf_dir() -> Path:

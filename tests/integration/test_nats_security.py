@@ -31,6 +31,7 @@ from schemas.names import (
 from services.runtime.bus import Bus, Received
 from services.runtime.config import load_config
 from services.runtime.embedded import start_nats
+from services.runtime.lookup import last_message
 from services.runtime.natsconf import (
     NatsPorts,
     consumer_rights_of,
@@ -457,6 +458,9 @@ async def test_node3_cannot_list_or_inspect_others_consumers(pki: Path, prod_nat
         ("$JS.API.INFO", b""),
         ("$JS.API.DIRECT.GET.KV_config", b'{"last_by_subj":"$KV.config.policy"}'),
         ("$JS.API.STREAM.MSG.GET.KV_bans", b'{"last_by_subj":"$KV.bans.node-3"}'),  # not a bucket it reads
+        *(
+            (f"$JS.API.STREAM.MSG.GET.{s}", b'{"seq":1}') for s in ("VOTE", "PROTO", "NODE")
+        ),  # it reads TX only
     ]
     assert await refused_subjects(prod_nats, pki, "node-3", attempts) == [s for s, _ in attempts]
 
@@ -606,10 +610,19 @@ async def test_reply_subjects_are_not_checked_by_the_broker(pki: Path, prod_nats
 
 
 async def test_node3_does_everything_a_signer_needs(pki: Path, prod_nats: str) -> None:
-    """Its durables (create, info, pull, ack), the policy watch and get, its own KV writes."""
+    """Its durables (update, info, reset), the policy watch and get, its own KV writes, reading a request
+    back from TX (the durables' pull and ack: ``test_a_node_uses_its_own_consumers_and_watches_kv``)."""
     admin = await Bus.connect(load_config("admin", pki, nats_url=prod_nats))
-    node = await Bus.connect(load_config("node-3", pki, nats_url=prod_nats))
+    node = await Bus.connect(load_config("node-3", pki, nats_url=prod_nats), registry=REGISTRY)
+    intake = await Bus.connect(load_config("intake", pki, nats_url=prod_nats))
     try:
+        req = TxRequested(
+            tx_id="readback", key_id="default", scheme="frost", network="regtest", recipient="x", amount=1,
+            fee_rate=1.0, fee=0, unsigned_tx=b"", inputs=[],
+        )  # fmt: skip
+        await intake.publish("tx.requested.readback", req, "readback")
+        back = await last_message(node, "tx.requested.readback")
+        assert back is not None and back.sender == "intake" and back.payload == req
         await (await admin.kv("config")).put("policy", b"p1")
         cfg = await node.kv("config")
         assert (await cfg.get("policy")) is not None
@@ -641,5 +654,6 @@ async def test_node3_does_everything_a_signer_needs(pki: Path, prod_nats: str) -
             assert info.config.filter_subject == subject and info.config.ack_wait == 7.0
             await node._reset_consumer(stream_for(subject), name, 1)  # a restart at a stored position
     finally:
+        await intake.close()
         await node.close()
         await admin.close()

@@ -27,6 +27,7 @@ from schemas.names import (
     node_names,
     publish_rights,
     sender_may_publish,
+    stream_reads_of,
     subject_matches,
 )
 from services.runtime.natsconf import js_api_rights_of
@@ -104,6 +105,14 @@ def test_production_js_api_rights() -> None:
         for r in rights:
             assert not r.startswith(("$JS.API.CONSUMER.NAMES", "$JS.API.CONSUMER.LIST", "$JS.API.DIRECT")), r
             assert r not in ("$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST", "$JS.API.INFO", "$JS.FC.>"), r
+            if r.startswith("$JS.API.STREAM.MSG.GET."):
+                stream = r.rsplit(".", 1)[1]
+                bucket = stream[3:] if stream.startswith("KV_") else None
+                assert stream in stream_reads_of(ident) or bucket in [
+                    *kv_reads_of(ident),
+                    *kv_writes_of(ident),
+                ], r
+                continue
             m = CONSUMER_RIGHT.match(r)
             if m is None:
                 assert not r.startswith(("$JS.API.CONSUMER.", "$JS.ACK.")), r
@@ -118,6 +127,10 @@ def test_production_js_api_rights() -> None:
     assert "$JS.API.CONSUMER.CREATE.KV_config" in js_api_rights_of("node-3")
     assert "$JS.API.CONSUMER.CREATE.KV_bans" not in js_api_rights_of("node-3")
     assert "$JS.API.CONSUMER.CREATE.KV_bans" in js_api_rights_of("consensus")
+    assert "$JS.API.STREAM.MSG.GET.TX" in js_api_rights_of("node-3")
+    assert not [
+        r for r in js_api_rights_of("recorder") if r.startswith("$JS.API.STREAM.MSG.GET.") and "KV_" not in r
+    ]
 
 
 @pytest.mark.parametrize("bad", ["node-3\n", "node-3\n.", "tx\n", "a b", "", "a.b", "*", ">"])
