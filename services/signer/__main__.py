@@ -7,12 +7,16 @@ from schemas.names import is_node
 from services.runtime.service import ServiceContext, run_service
 from services.signer.keystore import Keystore
 from services.signer.node import SignerNode
+from services.signer.nonce_slots import NonceStoreBusy
 
 
 async def serve(ctx: ServiceContext) -> None:
     if not is_node(ctx.cfg.identity):
         raise SystemExit(f"signer needs a node identity (--identity node-k), not {ctx.cfg.identity!r}")
-    node = SignerNode(ctx.cfg, ctx.bus, Keystore(ctx.cfg.data_dir, ctx.cfg.identity))
+    try:
+        node = SignerNode(ctx.cfg, ctx.bus, Keystore(ctx.cfg.data_dir, ctx.cfg.identity))
+    except NonceStoreBusy as exc:
+        raise SystemExit(f"signer {ctx.cfg.identity} not started: {exc}") from None
     await node.start()
     ctx.ready(node=ctx.cfg.identity)
     await ctx.stopped()

@@ -6,18 +6,18 @@ Layout under ``<data_dir>/nodes/<node>/``::
     kek                 random key-encryption key (0600) when no passphrase is set: development mode
     hostkey.enc         the ChillDKG host secret key
     shares/<key>.enc    a DKG output: secret share + public data (msgpack), one file per key id
-    nonces.slots        the pooled FROST secret nonces, one fixed-size slot each
-                        (:mod:`services.signer.nonce_slots`); a slot is erased and synced BEFORE its
-                        nonce is used
+    nonces.slots        the pooled FROST secret nonces of the running signer, one fixed-size slot
+                        each, encrypted under a key only that process holds and locked by it
+                        (:mod:`services.signer.nonce_slots`); wiped when the next process opens it
 
 Every ``.enc`` file is ``nonce(12) || ChaCha20-Poly1305(kek, plaintext, aad=node|kind|name)``, written to a
 temp file, fsynced and renamed, so a crash never leaves a torn secret. Binding the AAD to node, kind and
 name means a file copied to another name or node does not decrypt; a nonce slot's AAD also binds its
 slot index. Nothing here logs or raises with secret content in the message.
 
-Upgrade: earlier versions kept each nonce in ``nonces/<id>.enc``. Opening the keystore moves such files
-into slots (keeping their mtime as the creation time), syncs the slot file, and only then deletes the old
-files (undecryptable ones too: they can never be used) and the emptied directory.
+Upgrade: earlier versions kept each nonce in ``nonces/<id>.enc``, and slots under the key-encryption key.
+Opening the nonce store deletes such files and wipes the old slots: a nonce pooled by an earlier process
+is never used (its batch is withdrawn from KV ``presig`` when the signer starts).
 """
 
 from __future__ import annotations
@@ -81,11 +81,27 @@ class Keystore:
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
         self._aead = ChaCha20Poly1305(self._kek(passphrase))
-        self._nonces = NonceSlots(self.root / "nonces.slots", self._aead, node, check_name=self._check_name)
-        self._import_legacy_nonces()
+        self._nonce_store: NonceSlots | None = None
 
     def close(self) -> None:
-        self._nonces.close()
+        if self._nonce_store is not None:
+            self._nonce_store.close()
+            self._nonce_store = None
+
+    def open_nonces(self) -> None:
+        """Take this node's nonce store for this process: lock it (:class:`NonceStoreBusy` when another
+        process holds it), wipe what earlier processes pooled, delete the files of earlier versions.
+        The nonce methods below open it on first use."""
+        if self._nonce_store is None:
+            self._nonce_store = NonceSlots(self.root / "nonces.slots", self.node, check_name=self._check_name)
+            self._delete_legacy_nonces()
+
+    @property
+    def _nonces(self) -> NonceSlots:
+        if self._nonce_store is None:
+            self.open_nonces()
+        assert self._nonce_store is not None
+        return self._nonce_store
 
     def _kek(self, passphrase: str | None) -> bytes:
         if passphrase:
@@ -158,9 +174,7 @@ class Keystore:
 
     # -- pooled secret nonces ------------------------------------------------------------------
     def save_nonce(self, nonce_id: str, secnonce: bytes) -> None:
-        """Store a fresh secret nonce. Not synced, on purpose: losing a fresh nonce in an OS crash is
-        harmless (its signing attempt is refused and retried with another); only *using* one must be
-        durable (:meth:`take_nonce`)."""
+        """Pool a fresh secret nonce, for this process only (it dies with the process)."""
         try:
             self._nonces.save(nonce_id, bytes(secnonce))
         except DuplicateNonce:
@@ -170,18 +184,15 @@ class Keystore:
         return nonce_id in self._nonces
 
     def take_nonce(self, nonce_id: str) -> bytearray:
-        """Read and irrevocably erase a secret nonce: it can be used at most once, even across restarts.
-
-        Its slot is overwritten and the slot file fdatasynced before the nonce is returned, so a crash
-        after this call loses the nonce rather than allowing a second use.
-        """
+        """Read and irrevocably erase a secret nonce: it can be used at most once, even across restarts
+        and restored files (no later process can decrypt it)."""
         got = self.take_nonces([nonce_id])[nonce_id]
         if got is None:
             raise NonceConsumed(f"nonce {nonce_id!r} is used or unknown on {self.node}")
         return got
 
     def take_nonces(self, nonce_ids: list[str]) -> dict[str, bytearray | None]:
-        """:meth:`take_nonce` for many at once, with ONE fdatasync (group commit). An id that is used,
+        """:meth:`take_nonce` for many at once. An id that is used,
         unknown or undecryptable maps to None; a repeated id is taken once (the caller hands each secret
         nonce out once: ``frost.sign`` erases it)."""
         return self._nonces.take(nonce_ids)
@@ -194,29 +205,13 @@ class Keystore:
     def nonce_count(self) -> int:
         return len(self._nonces)
 
-    def _import_legacy_nonces(self) -> None:
-        """Move ``nonces/<id>.enc`` files of earlier versions into slots: copy, fdatasync the slot file,
-        then delete the files and fsync the directory. A file that does not decrypt (or cannot be held
-        in a slot) is deleted: it could never be used. An id already in a slot was imported by a run
-        that crashed before the delete finished."""
+    def _delete_legacy_nonces(self) -> None:
+        """Delete the ``nonces/<id>.enc`` files of earlier versions (and the directory): pooled by an
+        earlier process, they are never used."""
         old_dir = self.root / "nonces"
         if not old_dir.is_dir():
             return
-        old = sorted(old_dir.iterdir())
-        for path in old:
-            if path.suffix != ".enc" or not path.is_file():
-                continue  # a write_atomic temp file never renamed: never announced, just deleted
-            nonce_id = path.stem
-            try:
-                if self.has_nonce(nonce_id):
-                    continue
-                secnonce = self._open(path, "nonce", nonce_id)
-                created_ms = int(path.stat().st_mtime * 1000)
-                self._nonces.save(nonce_id, secnonce, created_ms=created_ms)
-            except (KeystoreError, ValueError):
-                continue  # invalid id, wrong length, or does not decrypt: deleted below
-        self._nonces.sync()
-        for path in old:
+        for path in sorted(old_dir.iterdir()):
             if path.is_file():
                 path.unlink()
         fsync_dir(old_dir)
