@@ -153,6 +153,13 @@ class SignerNode:
             asyncio.create_task(self._sweep_nonces()),
         ]
 
+    def close(self) -> None:
+        """Release the node's files (the nonce store's lock with them; its pooled nonces die)."""
+        self.keystore.close()
+        self.journal.close()
+        self.attempts.close()
+        self.answers.close()
+
     async def _withdraw_nonce_batches(self) -> None:
         """Delete this node's nonce batches from KV ``presig``: the nonces they announce were pooled by an
         earlier process and died with it. A consensus that claimed one drops what it has not handed out
@@ -383,8 +390,8 @@ class SignerNode:
             if res.reasons or [h.hex() for h in res.sighashes] != entry.sighashes:
                 raise SigningError("the spend no longer matches what this node approved")
         sighashes = [bytes.fromhex(h) for h in entry.sighashes]
-        self._check_certificate(sig, sighashes)
-        self._check_signer_set(sig, share)
+        approvers = self._check_certificate(sig, sighashes)
+        self._check_signer_set(sig, share, approvers)
         my_nonces = sig.nonces[self.node]
         for ref in my_nonces:
             try:
@@ -452,11 +459,14 @@ class SignerNode:
         self.log.info("signed", tx_id=sig.tx_id, attempt=sig.attempt, inputs=len(psigs))
         return psigs
 
-    def _check_certificate(self, sig: TxSigning, sighashes: list[bytes]) -> None:
+    def _check_certificate(self, sig: TxSigning, sighashes: list[bytes]) -> set[str]:
+        """The nodes whose approving votes of these sighashes the certificate holds (at least t)."""
         try:
             envs = verify_certificate(sig.certificate, self.bus.identities, own=self.my_votes)
         except EnvelopeError as exc:
-            raise SigningError(f"quorum certificate does not verify: {exc.kind}") from exc
+            raise SigningError(
+                f"quorum certificate does not verify: {exc.kind} ({exc.detail[:200]})"
+            ) from exc
         voters: set[str] = set()
         for env in envs:
             try:
@@ -472,8 +482,11 @@ class SignerNode:
             voters.add(vote.node)
         if len(voters) < self.cfg.t:
             raise SigningError(f"certificate has {len(voters)} approvals, {self.cfg.t} needed")
+        return voters
 
-    def _check_signer_set(self, sig: TxSigning, share: ShareRecord) -> None:
+    def _check_signer_set(self, sig: TxSigning, share: ShareRecord, approvers: set[str]) -> None:
+        """The signers are distinct nodes at their participant ids, at least t, each with nonces listed
+        and each an approver in the certificate (the quorum); this node is one of them."""
         if len(sig.signers) != len(sig.signer_ids) or len(set(sig.signers)) != len(sig.signers):
             raise SigningError("malformed signer set")
         if len(sig.signers) < share.t:
@@ -483,6 +496,8 @@ class SignerNode:
                 raise SigningError(f"signer {name} listed with the wrong participant id")
             if name not in sig.nonces:
                 raise SigningError(f"no nonces listed for {name}")
+            if name not in approvers:
+                raise SigningError(f"signer {name} is outside the quorum (no approval in the certificate)")
         if share.index != self.cfg.nodes.index(self.node):
             raise SigningError("this node's share index does not match its position")
 
