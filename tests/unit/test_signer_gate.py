@@ -54,6 +54,7 @@ from services.signer.keystore import Keystore, ShareRecord
 from services.signer.node import SignerNode
 from services.signer.nonce_slots import NonceStoreBusy
 from services.signer.signing_attempts import DEFAULT_MAX_ATTEMPTS
+from services.signer.spend_check import check_spend
 from tests.unit.frost_test_dealer import DealtKey, deal
 from tests.unit.service_fakes import FakeKV, received
 from tss import frost
@@ -140,16 +141,7 @@ class GateBus:
         return Bus.open(self, raw, subject)  # type: ignore[arg-type]  # the real checks
 
     def seal(self, subject: str, struct: msgspec.Struct, msg_id: str, to: str | None = None) -> bytes:
-        env = seal(
-            self.keys,
-            self.identities,
-            subject=subject,
-            type_name=type(struct).__name__,
-            payload=msgspec.msgpack.encode(struct),
-            msg_id=msg_id,
-            to=to,
-        )
-        return E.encode(env)
+        return Bus.seal(self, subject, struct, msg_id, to)  # type: ignore[arg-type]  # the real sealing
 
     async def publish(self, subject: str, payload: Any, msg_id: str) -> None:
         await asyncio.sleep(0)
@@ -398,6 +390,15 @@ def assert_refused(case: Case, sig: TxSigning, reason: str) -> None:
 SIGNERS = ["node-1", "node-2", "node-3", "node-4"]
 
 
+async def try_attempt(
+    world: World, case: Case, certificate: list[bytes], signers: list[str] = SIGNERS, **kw: Any
+) -> TxSigning:
+    """Attempt 1 of the case's spend with its nonces and this certificate, delivered to its node."""
+    sig = attempt(case.req.tx_id, 1, signers, case.mine, other_nonces(world, signers, 2), certificate, **kw)
+    await deliver(case.node, sig)
+    return sig
+
+
 # ---- the control: an honest attempt signs ------------------------------------------------------------------
 async def test_an_honest_attempt_signs_and_no_secret_nonce_leaves(
     world: World, node: SignerNode, caplog: pytest.LogCaptureFixture
@@ -406,8 +407,7 @@ async def test_an_honest_attempt_signs_and_no_secret_nonce_leaves(
     case = await approved_case(world, node)
     secrets_ = [bytes(node.keystore._nonces._peek(r.nonce_id) or b"") for r in case.mine]
     assert all(len(s) == 64 for s in secrets_)
-    sig = attempt("tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), case.certificate)
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, case.certificate)
     answers = bus_of(node).answers(sig.session_id)
     assert len(answers) == 1 and isinstance(answers[0], PartialSignatures), answers
     verify_psigs(world, case.req, sig, answers[0].psigs, case.sighashes)
@@ -432,16 +432,14 @@ async def test_an_honest_attempt_signs_and_no_secret_nonce_leaves(
 # ---- certificates ------------------------------------------------------------------------------------------
 async def test_a_certificate_of_t_minus_1_approvals_is_refused(world: World, node: SignerNode) -> None:
     case = await approved_case(world, node)
-    sig = attempt("tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), case.certificate[:3])
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, case.certificate[:3])
     assert_refused(case, sig, "certificate has 3 approvals, 4 needed")
 
 
 async def test_a_rejecting_vote_in_the_certificate_is_refused(world: World, node: SignerNode) -> None:
     case = await approved_case(world, node)
     cert = [*case.certificate[:3], vote_env(world, "node-4", "tx1", case.sighashes, approve=False)]
-    sig = attempt("tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), cert)
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, cert)
     assert_refused(case, sig, "a rejection")
 
 
@@ -449,8 +447,7 @@ async def test_another_spends_vote_in_the_certificate_is_refused(world: World, n
     case = await approved_case(world, node)
     # node-4 really approved tx9 (even with these very sighashes): it says nothing about tx1
     cert = [*case.certificate[:3], vote_env(world, "node-4", "tx9", case.sighashes)]
-    sig = attempt("tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), cert)
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, cert)
     assert_refused(case, sig, "another transaction")
 
 
@@ -458,8 +455,7 @@ async def test_votes_for_other_sighashes_are_refused(world: World, node: SignerN
     case = await approved_case(world, node)
     other = [bytes(32), bytes(31) + b"\x01"]
     cert = [*case.certificate[:3], vote_env(world, "node-4", "tx1", other)]
-    sig = attempt("tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), cert)
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, cert)
     assert_refused(case, sig, "node-4 approved different sighashes")
 
 
@@ -467,8 +463,7 @@ async def test_a_duplicate_voter_is_refused(world: World, node: SignerNode) -> N
     case = await approved_case(world, node)
     twice = vote_env(world, "node-3", "tx1", case.sighashes)  # a second, distinct envelope of node-3
     cert = [*case.certificate[:3], twice]
-    sig = attempt("tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), cert)
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, cert)
     assert_refused(case, sig, "duplicate signer node-3 in certificate")
 
 
@@ -483,10 +478,7 @@ async def test_votes_are_counted_by_distinct_voter(
         return [E.decode(raw) for raw in cert]  # no duplicate check (nor any other)
 
     monkeypatch.setattr(signer_node, "verify_certificate", lenient)
-    sig = attempt(
-        "tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), [*case.certificate[:3], twice]
-    )
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, [*case.certificate[:3], twice])
     assert_refused(case, sig, "certificate has 3 approvals, 4 needed")
 
 
@@ -494,8 +486,7 @@ async def test_a_vote_under_another_nodes_name_is_refused(world: World, node: Si
     case = await approved_case(world, node)
     # node-5 signs a vote that claims to be node-4's
     cert = [*case.certificate[:3], vote_env(world, "node-5", "tx1", case.sighashes, node_field="node-4")]
-    sig = attempt("tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), cert)
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, cert)
     assert_refused(case, sig, "other than a node's own vote")
 
 
@@ -503,10 +494,7 @@ async def test_a_forged_vote_is_refused(world: World, node: SignerNode) -> None:
     case = await approved_case(world, node)
     env = E.decode(case.certificate[3])
     forged = E.encode(msgspec.structs.replace(env, sig=bytes(64)))
-    sig = attempt(
-        "tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), [*case.certificate[:3], forged]
-    )
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, [*case.certificate[:3], forged])
     assert_refused(case, sig, "does not verify")
 
 
@@ -514,29 +502,30 @@ async def test_a_forged_vote_is_refused(world: World, node: SignerNode) -> None:
 async def test_a_signer_outside_the_quorum_is_refused(world: World, node: SignerNode) -> None:
     case = await approved_case(world, node)
     signers = ["node-1", "node-2", "node-3", "node-5"]  # node-5 has no approval in the certificate
-    sig = attempt("tx1", 1, signers, case.mine, other_nonces(world, signers, 2), case.certificate)
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, case.certificate, signers)
     assert_refused(case, sig, "signer node-5 is outside the quorum")
 
 
 async def test_a_signer_listed_at_the_wrong_participant_id_is_refused(world: World, node: SignerNode) -> None:
     case = await approved_case(world, node)
-    sig = attempt(
-        "tx1", 1, SIGNERS, case.mine, other_nonces(world, SIGNERS, 2), case.certificate, [0, 1, 2, 4]
-    )
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, case.certificate, signer_ids=[0, 1, 2, 4])
     assert_refused(case, sig, "wrong participant id")
 
 
 async def test_fewer_than_t_signers_is_refused(world: World, node: SignerNode) -> None:
     case = await approved_case(world, node)
     signers = SIGNERS[:3]
-    sig = attempt("tx1", 1, signers, case.mine, other_nonces(world, signers, 2), case.certificate)
-    await deliver(node, sig)
+    sig = await try_attempt(world, case, case.certificate, signers)
     assert_refused(case, sig, "3 signers, 4 needed")
 
 
 # ---- this node's own decision ------------------------------------------------------------------------------
+async def approved_by_the_others(world: World, node: SignerNode, req: TxRequested, sh: list[bytes]) -> Case:
+    """The four other nodes approved ``req`` (sighashes ``sh``); the node holds pooled nonces."""
+    cert = [vote_env(world, v, req.tx_id, sh) for v in ("node-2", "node-3", "node-4", "node-5")]
+    return Case(node, req, sh, await pool_nonces(node, f"b{req.tx_id}", 2), cert)
+
+
 async def test_a_spend_this_node_did_not_approve_is_refused(world: World, node: SignerNode) -> None:
     node.policy = Policy(max_tx_sats=100_000)  # this node rejects the 150,000 sat spend
     req = spend(world, "tx2")
@@ -544,25 +533,16 @@ async def test_a_spend_this_node_did_not_approve_is_refused(world: World, node: 
     assert not node.journal.entries["tx2"].approve
     others_sh = sighashes_of(node, "tx2")  # recorded with the rejection: what the others approved
     assert len(others_sh) == 2
-    cert = [vote_env(world, v, "tx2", others_sh) for v in ("node-2", "node-3", "node-4", "node-5")]
-    mine = await pool_nonces(node, "bx", 2)
-    case = Case(node, req, others_sh, mine, cert)
-    signers = ["node-1", "node-2", "node-3", "node-4"]
-    sig = attempt("tx2", 1, signers, mine, other_nonces(world, signers, 2), cert)
-    await deliver(node, sig)
+    case = await approved_by_the_others(world, node, req, others_sh)
+    sig = await try_attempt(world, case, case.certificate)
     assert_refused(case, sig, "this node did not approve")
 
 
 async def test_a_spend_this_node_never_saw_is_refused(world: World, node: SignerNode) -> None:
     req = spend(world, "tx3")
-    from services.signer.spend_check import check_spend
-
     sh = check_spend(req, Policy(), world.account, 0).sighashes
-    cert = [vote_env(world, v, "tx3", sh) for v in ("node-2", "node-3", "node-4", "node-5")]
-    mine = await pool_nonces(node, "by", 2)
-    case = Case(node, req, sh, mine, cert)
-    sig = attempt("tx3", 1, SIGNERS, mine, other_nonces(world, SIGNERS, 2), cert)
-    await deliver(node, sig)
+    case = await approved_by_the_others(world, node, req, sh)
+    sig = await try_attempt(world, case, case.certificate)
     assert_refused(case, sig, "this node did not approve")
 
 
@@ -573,12 +553,8 @@ async def test_a_batch_of_spends_that_together_cross_the_daily_limit(world: Worl
     assert node.journal.entries["txa"].approve
     assert not node.journal.entries["txb"].approve
     assert any("daily" in r for r in node.journal.entries["txb"].reasons)
-    sh = sighashes_of(node, "txb")
-    cert = [vote_env(world, v, "txb", sh) for v in ("node-2", "node-3", "node-4", "node-5")]
-    mine = await pool_nonces(node, "bz", 2)
-    case = Case(node, b, sh, mine, cert)
-    sig = attempt("txb", 1, SIGNERS, mine, other_nonces(world, SIGNERS, 2), cert)
-    await deliver(node, sig)
+    case = await approved_by_the_others(world, node, b, sighashes_of(node, "txb"))
+    sig = await try_attempt(world, case, case.certificate)
     assert_refused(case, sig, "this node did not approve")
 
 
