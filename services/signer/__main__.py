@@ -15,7 +15,8 @@ async def serve(ctx: ServiceContext) -> None:
         raise SystemExit(f"signer needs a node identity (--identity node-k), not {ctx.cfg.identity!r}")
     try:
         node = SignerNode(ctx.cfg, ctx.bus, Keystore(ctx.cfg.data_dir, ctx.cfg.identity))
-    except NonceStoreBusy as exc:
+    except NonceStoreBusy as exc:  # another signer process of this node runs: never share its nonces
+        ctx.log.error("not started: the nonce store is held by another process", error=str(exc))
         raise SystemExit(f"signer {ctx.cfg.identity} not started: {exc}") from None
     await node.start()
     ctx.ready(node=ctx.cfg.identity)

@@ -705,8 +705,9 @@ async def test_a_second_process_cannot_open_the_nonce_store(world: World, tmp_pa
         class Ctx:
             cfg: ServiceConfig
             bus: GateBus
+            log: Logger
 
-        ctx = Ctx(config(tmp_path, world), GateBus(world.keys[ME], world.identities))
+        ctx = Ctx(config(tmp_path, world), GateBus(world.keys[ME], world.identities), Logger("signer-node-1"))
         with pytest.raises(SystemExit, match=r"signer node-1 not started: .* held by another process"):
             await serve(ctx)  # type: ignore[arg-type]
     finally:
