@@ -404,7 +404,7 @@ class Consensus:
                 signers=signers,
                 signer_ids=[self.nodes.index(s) for s in signers],
                 nonces=nonces,
-                certificate=tally.certificate(rnd),
+                certificate=tally.signing_certificate(rnd, signers),
             ),
             f"signing.{tx_id}.{attempt}",
         )
