@@ -141,7 +141,11 @@ KV_WRITERS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("dkg.*", "admin"),  # a DKG request (``mpcw dkg start``)
     ),
     BUCKET_BANS: (("*", "monitor"),),  # ``<identity>`` -> BanRecord
-    BUCKET_KEYS: (("hostpubkey.{self}", "node"),),  # each node its own ChillDKG host key
+    BUCKET_KEYS: (
+        ("hostpubkey.{self}", "node"),  # each node its own ChillDKG host key
+        ("*.*.result.{self}", "node"),  # each node its statement of a DKG result it holds a share of
+        ("frost.*", "consensus"),  # the DKG result record, as coordinator (believed only with the statements)
+    ),
 }
 
 
@@ -172,7 +176,8 @@ _NODE: Final[tuple[str, ...]] = (
     *_OWN,
     "vote.*.{self}",
     "$KV.presig.frost.*.{self}.b.*",  # its own nonce commitments only (never a claim)
-    "$KV.keys.hostpubkey.{self}",  # its own ChillDKG host key only (the DKG result is consensus's)
+    "$KV.keys.hostpubkey.{self}",  # its own ChillDKG host key only
+    "$KV.keys.*.*.result.{self}",  # its own statement of a DKG result (``<scheme>.<key_id>.result.<node>``)
 )
 
 # identity (or "node" for every node-k) -> subjects it may publish (stream subjects and KV writes)
@@ -188,7 +193,7 @@ PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
         "tx.failed.>",
         "$KV.rounds.>",
         "$KV.presig.>",
-        "$KV.keys.frost.>",  # the public DKG result, as ChillDKG coordinator
+        "$KV.keys.frost.*",  # the DKG result record, as ChillDKG coordinator (never a node's statement)
     ),
     "monitor": (*_OWN, "node.violation.>", "$KV.bans.>"),
     "presig": (*_OWN, "$KV.presig.>"),

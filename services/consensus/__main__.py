@@ -38,7 +38,9 @@ Bans (KV ``bans``, signed by the monitor), DKG requests and host keys are signed
 DKG: a ``dkg.<session>`` request in KV ``config`` (signed by admin: ``mpcw dkg start``) makes this service the
 (untrusted) ChillDKG coordinator. It is stateless: on every participant message it reads the round's
 messages back from the stream and, once all ``n`` are there, computes and broadcasts its message; the
-public result goes to KV ``keys``.
+public result goes to KV ``keys`` (signed; believed by readers only with all nodes' statements,
+``services.runtime.key_proof``). A request for other nodes or another threshold than the configured ones
+is refused here already (every node would refuse it too, and report this service).
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class Consensus:
         self.active: dict[str, Timer] = {}  # tx_id -> what to check next (a cache of the KV timers)
         self.rounds: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # tx_id -> (revision, record)
         self.bans: dict[str, int] = {}  # node -> banned until (ms), mirrored from KV bans
+        self._dkg_keys: SignedKV | None = None
 
     # ---- rounds in KV -------------------------------------------------------------------------------
     async def _update(
@@ -630,17 +633,25 @@ class Consensus:
                 self.log.error("dkg request failed", key=item.key, error=repr(exc)[:300])
 
     async def _dkg_start(self, req: K.DkgRequest) -> None:
-        keys = await self.bus.kv(BUCKET_KEYS)
-        if await keys.get(K.key_record_key(req.scheme, req.key_id)) is not None:
+        if list(req.nodes) != self.nodes or req.threshold != self.cfg.t or len(req.nodes) != self.cfg.n:
+            # every node would refuse it (and report this coordinator): it is not this cluster's DKG
+            self.log.error(
+                "dkg request refused: not this cluster's nodes and threshold",
+                session=req.session_id,
+                nodes=list(req.nodes)[:16],
+                threshold=req.threshold,
+            )
+            return
+        keys = await self.dkg_keys()
+        if await keys.kv.get(K.key_record_key(req.scheme, req.key_id)) is not None:
             self.log.info("key exists; dkg request ignored", key_id=req.key_id)
             return
-        host_keys = await SignedKV.open(self.bus, BUCKET_KEYS)
         hostpubkeys = []
         for node in req.nodes:
-            signed = await host_keys.get(K.hostpubkey_key(node), K.HostPubkey)  # signed by that node
-            if signed is None:
+            e = await keys.get(K.hostpubkey_key(node), K.HostPubkey)
+            if e is None or e.value.node != node:
                 raise RuntimeError(f"{node} has not published its host public key yet")
-            hostpubkeys.append(signed.value.hostpubkey)
+            hostpubkeys.append(e.value.hostpubkey)
         start = DkgStart(
             session_id=req.session_id,
             scheme=req.scheme,
@@ -652,6 +663,12 @@ class Consensus:
         await self.bus.publish(
             proto_subject("chilldkg", req.session_id, 0, "consensus"), start, f"dkg.{req.session_id}.0"
         )
+
+    async def dkg_keys(self) -> SignedKV:
+        """KV ``keys`` as signed values: the nodes' host keys in, the key record out."""
+        if self._dkg_keys is None:
+            self._dkg_keys = await SignedKV.open(self.bus, BUCKET_KEYS)
+        return self._dkg_keys
 
     async def on_dkg(self, rec: Received) -> None:
         msg = rec.payload
@@ -701,12 +718,12 @@ class Consensus:
             recovery_data=bytes(recovery),
             created_ms=now_ms(),
         )
-        keys = await self.bus.kv(BUCKET_KEYS)
+        keys = await self.dkg_keys()
         try:
             await keys.create(K.key_record_key(start.scheme, start.key_id), record)
         except CasConflict:
-            stored = await keys.get(K.key_record_key(start.scheme, start.key_id))
-            if stored is None or stored.decode(K.KeyRecord).session_id != start.session_id:
+            stored = await keys.get(K.key_record_key(start.scheme, start.key_id), K.KeyRecord)
+            if stored is None or stored.value.session_id != start.session_id:
                 # another session produced this key first: finishing this one would leave the nodes
                 # holding shares of a key nobody can see
                 self.log.error(

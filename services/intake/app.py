@@ -44,22 +44,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from sanic import Request, Sanic
 from sanic.response import HTTPResponse, raw
 
-from schemas.kv import POLICY_KEY
+from schemas.kv import DEFAULT_KEY_ID, POLICY_KEY
 from schemas.lifecycle import TxState
 from schemas.messages import TxRequested
-from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, BUCKET_NODES, tx_subject
+from schemas.names import BUCKET_CONFIG, BUCKET_NODES, tx_subject
 from schemas.rest import ErrorBody, Policy, SpendRequest
 from services.runtime.bus import Bus
 from services.runtime.config import ServiceConfig
 from services.runtime.db import hash_api_key, lookup_api_key
 from services.runtime.esplora import EsploraClient, EsploraError
+from services.runtime.key_proof import KeyNotProven, ProvenKeys
 from services.runtime.logging import Logger
 from services.runtime.signed_kv import NoVerifiedValue, SignedKV
 from wallet.address import InvalidAddress, address_to_script
 from wallet.coin_selection import AmountBelowDust, FeeTooHigh, InsufficientFunds, build_spend
 
 from . import store
-from .wallet_state import NoKey, UtxoView, Wallet, load_key
+from .wallet_state import SCHEME, UtxoView, Wallet
 
 TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_KEY_LEN = 256
@@ -121,7 +122,8 @@ class Intake:
     pool: asyncpg.Pool
     log: Logger
     esplora: EsploraClient | None = None
-    wallet: Wallet | None = None
+    wallet: Wallet | None = None  # once its key record is proven
+    keys: ProvenKeys | None = None
     started: float = field(default_factory=time.time)
     _utxos: tuple[float, UtxoView] | None = None  # (when its fetch started, the list)
     _utxo_fetch: tuple[float, asyncio.Future[UtxoView]] | None = None  # the fetch in flight, if any
@@ -166,9 +168,13 @@ class Intake:
 
     async def get_wallet(self) -> Wallet:
         if self.wallet is None:
+            if self.keys is None:
+                self.keys = await ProvenKeys.open(self.bus, self.cfg.nodes, self.cfg.t)
             try:
-                record = await load_key(await self.bus.kv(BUCKET_KEYS))
-            except NoKey:
+                record = await self.keys.get(SCHEME, DEFAULT_KEY_ID)
+            except KeyNotProven as exc:  # no address is ever derived from it
+                fail(409, "key not proven", f"the wallet's key record is refused: {exc.reason}")
+            if record is None:
                 fail(409, "no key yet", "no key yet: run mpcw dkg start")
             self.wallet = Wallet(record, self.cfg.network)
         return self.wallet

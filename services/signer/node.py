@@ -37,8 +37,6 @@ import msgspec
 
 from schemas import kv as K
 from schemas.messages import (
-    DkgMessage,
-    DkgResult,
     Heartbeat,
     NonceBatchRequest,
     NonceRef,
@@ -50,7 +48,6 @@ from schemas.messages import (
 )
 from schemas.names import (
     BUCKET_CONFIG,
-    BUCKET_KEYS,
     BUCKET_PRESIG,
     check_token,
     durable,
@@ -110,7 +107,7 @@ class SignerNode:
         # the policy in force: the defaults while none is stored, None while the stored one never verified
         self.policy: Policy | None = Policy()
         self.policy_digest = 0  # of the signed policy in force (heartbeats report it), 0 for the defaults
-        self.dkg = DkgParticipant(self)
+        self.dkg = DkgParticipant(cfg, bus, keystore, self.forget_share_cache)
         self._share_cache: dict[str, tuple[ShareRecord, ThresholdAccount]] = {}
         # requests this process approved (checked when voting): signing them needs no second look-up
         self.approved: dict[str, TxRequested] = {}
@@ -120,9 +117,8 @@ class SignerNode:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> list[asyncio.Task[Any]]:
-        keys = await SignedKV.open(self.bus, BUCKET_KEYS)
-        hostpub = self.dkg.hostpubkey()
-        await keys.put(K.hostpubkey_key(self.node), K.HostPubkey(node=self.node, hostpubkey=hostpub))
+        await self.dkg.publish_hostpubkey()
+        await self.dkg.restate_results()
         self.config = await SignedKV.open(self.bus, BUCKET_CONFIG)
         await self._load_policy()
         me = self.node
@@ -482,22 +478,6 @@ class SignerNode:
             await presig.create(K.nonce_batch_key(key_id, self.node, batch.batch_id), batch)
         except CasConflict:
             self.log.debug("nonce batch already announced", batch=batch.batch_id)
-
-    # ---- DKG glue -----------------------------------------------------------------------------------
-    async def publish_dkg(self, session_id: str, round_: int, data: bytes) -> None:
-        msg = DkgMessage(session_id=session_id, round=round_, data=data)
-        await self.bus.publish(
-            proto_subject("chilldkg", session_id, round_, self.node),
-            msg,
-            f"dkg.{session_id}.{round_}.{self.node}",
-        )
-
-    async def publish_dkg_result(self, result: DkgResult) -> None:
-        await self.bus.publish(
-            proto_subject("chilldkg", result.session_id, 9, self.node),
-            result,
-            f"dkg.{result.session_id}.9.{self.node}",
-        )
 
 
 def _pubnonce_of(secnonce: bytearray) -> bytes:
