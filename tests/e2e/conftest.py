@@ -36,9 +36,10 @@ from coincurve import PrivateKey
 from schemas import kv as K
 from schemas.lifecycle import TERMINAL, TxState
 from schemas.messages import REGISTRY
-from schemas.names import BUCKET_KEYS, subject_matches
+from schemas.names import subject_matches
 from services.runtime.bus import Bus
 from services.runtime.config import load_config
+from services.runtime.key_proof import ProvenKeys
 from services.runtime.supervisor import pid_alive
 from wallet.address import p2wpkh_address
 from wallet.threshold_account import ThresholdAccount
@@ -210,12 +211,13 @@ class Cluster:
         return self.with_bus(go)
 
     def key_record(self) -> K.KeyRecord:
-        """The public DKG result in KV ``keys``."""
+        """The public DKG result in KV ``keys``, proven by every node's statement."""
 
         async def go(bus: Bus) -> K.KeyRecord:
-            entry = await (await bus.kv(BUCKET_KEYS)).get(K.key_record_key("frost", K.DEFAULT_KEY_ID))
-            assert entry is not None, "no DKG key record"
-            return entry.decode(K.KeyRecord)
+            keys = await ProvenKeys.open(bus, self.info["nodes"], self.info["t"])
+            record = await keys.get("frost", K.DEFAULT_KEY_ID)
+            assert record is not None, "no DKG key record"
+            return record
 
         return self.with_bus(go)
 
