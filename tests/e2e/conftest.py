@@ -74,6 +74,7 @@ class StoredMsg:
 class Cluster:
     data_dir: Path
     info: dict[str, Any] = field(default_factory=dict)
+    dkg_output: str = ""  # what ``mpcw dkg start`` printed
 
     # ---- the CLI -------------------------------------------------------------------------------------
 
@@ -316,7 +317,7 @@ def running_cluster(
     try:
         c.mpcw("up", *up_args, timeout=180.0)
         c.load_info()
-        c.mpcw("dkg", "start", "--scheme", "frost", timeout=90.0)
+        c.dkg_output = c.mpcw("dkg", "start", "--scheme", "frost", timeout=90.0).stdout
         address = c.mpcw("wallet", "address").stdout.strip()
         for btc in funding:
             c.mpcw("dev", "fund", address, btc)

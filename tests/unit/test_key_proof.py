@@ -12,6 +12,7 @@ import pytest
 
 from schemas import envelope as E
 from schemas import kv as K
+from schemas.names import kv_subject, kv_writer_allowed, publish_rights, subject_matches
 from services.runtime.key_proof import VIOLATION_KIND, KeyNotProven, ProvenKeys, check_key_proof
 from services.runtime.signed_kv import seal_value
 from tests.unit.dkg_cluster import IDENTITIES, NODES, Cluster, T, identity_keys, make_cluster, start_of
@@ -174,3 +175,20 @@ def test_check_key_proof_wants_the_configured_nodes() -> None:
     with pytest.raises(KeyNotProven, match="one public share"):
         short = msgspec.structs.replace(record, pubshares=[OTHER_KEY] * 4)
         check_key_proof(short, dict.fromkeys(NODES, short.statement()), NODES, T)
+
+
+def test_who_may_write_the_record_and_the_statements() -> None:
+    """A node writes (broker) and signs (readers) only its own statement; consensus only the record."""
+    mine = K.key_result_key("frost", K.DEFAULT_KEY_ID, "node-3")
+    assert kv_writer_allowed("node-3", "keys", mine)
+    assert not kv_writer_allowed("node-2", "keys", mine)
+    assert not kv_writer_allowed("consensus", "keys", mine)
+    assert kv_writer_allowed("consensus", "keys", RECORD_KEY)
+    assert not kv_writer_allowed("node-3", "keys", RECORD_KEY)
+    assert not kv_writer_allowed("admin", "keys", RECORD_KEY)
+
+    def may_put(identity: str, key: str) -> bool:
+        return any(subject_matches(p, kv_subject("keys", key)) for p in publish_rights(identity))
+
+    assert may_put("node-3", mine) and not may_put("node-2", mine) and not may_put("consensus", mine)
+    assert may_put("consensus", RECORD_KEY) and not may_put("node-3", RECORD_KEY)
