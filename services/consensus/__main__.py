@@ -82,12 +82,12 @@ from schemas.names import (
 )
 from services.consensus import tally
 from services.runtime.bus import CasConflict, KvEntry, Received
+from services.runtime.key_proof import dkg_key_record
 from services.runtime.lookup import last_message
 from services.runtime.nonce_pool import NoncePool
 from services.runtime.service import ServiceContext, run_service
 from services.runtime.signed_kv import Removed, Signed, SignedKV
 from tss import chilldkg
-from wallet.threshold_account import dkg_chain_code
 
 SIGNING_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 5
@@ -704,20 +704,7 @@ class Consensus:
             )
             await self._violation(culprit, "dkg-invalid-signature", str(exc)[:200])
             return
-        record = K.KeyRecord(
-            key_id=start.key_id,
-            scheme=start.scheme,
-            threshold_pubkey=output.thresh_pk,
-            pubshares=list(output.pubshares),
-            chain_code=dkg_chain_code(chilldkg.params_hash(params), output.thresh_pk),
-            nodes=list(start.nodes),
-            n=len(start.nodes),
-            t=start.threshold,
-            session_id=start.session_id,
-            hostpubkeys=list(start.hostpubkeys),
-            recovery_data=bytes(recovery),
-            created_ms=now_ms(),
-        )
+        record = dkg_key_record(start, output, recovery, now_ms())
         keys = await self.dkg_keys()
         try:
             await keys.create(K.key_record_key(start.scheme, start.key_id), record)

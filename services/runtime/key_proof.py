@@ -28,12 +28,37 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from schemas import kv as K
+from schemas.messages import DkgStart
 from schemas.names import BUCKET_KEYS, kv_subject
+from tss import chilldkg
+from wallet.threshold_account import dkg_chain_code
 
 from .bus import Bus
 from .signed_kv import NoVerifiedValue, SignedKV
 
 VIOLATION_KIND = "key-record-unproven"
+
+
+def dkg_key_record(
+    start: DkgStart, output: chilldkg.DKGOutput, recovery: bytes, created_ms: int = 0
+) -> K.KeyRecord:
+    """The public result of the ChillDKG session ``start`` that ended with ``output``: what the coordinator
+    writes, and (as :meth:`KeyRecord.statement`) what each node states of the result it holds."""
+    params = chilldkg.SessionParams(list(start.hostpubkeys), start.threshold)
+    return K.KeyRecord(
+        key_id=start.key_id,
+        scheme=start.scheme,
+        threshold_pubkey=output.thresh_pk,
+        pubshares=list(output.pubshares),
+        chain_code=dkg_chain_code(chilldkg.params_hash(params), output.thresh_pk),
+        nodes=list(start.nodes),
+        n=len(start.nodes),
+        t=start.threshold,
+        session_id=start.session_id,
+        hostpubkeys=list(start.hostpubkeys),
+        recovery_data=bytes(recovery),
+        created_ms=created_ms,
+    )
 
 
 class KeyNotProven(Exception):

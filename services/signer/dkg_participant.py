@@ -32,6 +32,7 @@ from schemas.messages import DkgMessage, DkgResult, DkgStart
 from schemas.names import BUCKET_KEYS, proto_subject
 from services.runtime.bus import Bus, Received
 from services.runtime.config import ServiceConfig
+from services.runtime.key_proof import dkg_key_record
 from services.runtime.signed_kv import NoVerifiedValue, SignedKV
 from services.signer.keystore import Keystore, ShareRecord
 from tss import chilldkg
@@ -223,7 +224,7 @@ class DkgParticipant:
             )
         params = chilldkg.SessionParams(list(start.hostpubkeys), start.threshold)
         state1, pmsg1 = chilldkg.participant_step1(self.hostseckey(), params, secrets.token_bytes(32))
-        self.sessions[start.session_id] = {"start": start, "params": params, "state1": state1}
+        self.sessions[start.session_id] = {"start": start, "state1": state1}
         await self._publish(start.session_id, 1, pmsg1)
 
     async def _step2(self, msg: DkgMessage) -> None:
@@ -244,19 +245,18 @@ class DkgParticipant:
         start: DkgStart = sess["start"]
         if output.secshare is None:
             raise ValueError("participant_finalize returned no secret share")
-        params = sess["params"]
-        chain_code = dkg_chain_code(chilldkg.params_hash(params), output.thresh_pk)
+        result = dkg_key_record(start, output, recovery)
         record = ShareRecord(
             key_id=start.key_id,
             scheme=start.scheme,
             index=start.nodes.index(self.node),
             secshare=output.secshare,
-            threshold_pubkey=output.thresh_pk,
-            pubshares=list(output.pubshares),
-            chain_code=chain_code,
-            n=len(start.nodes),
-            t=start.threshold,
-            recovery_data=bytes(recovery),
+            threshold_pubkey=result.threshold_pubkey,
+            pubshares=list(result.pubshares),
+            chain_code=result.chain_code,
+            n=result.n,
+            t=result.t,
+            recovery_data=result.recovery_data,
         )
         if self.keystore.has_share(start.key_id):
             held = self.keystore.load_share(start.key_id)
@@ -267,19 +267,7 @@ class DkgParticipant:
         else:
             self.keystore.save_share(record)
             self.on_share_saved()
-        statement = K.KeyResultStatement(
-            key_id=start.key_id,
-            scheme=start.scheme,
-            threshold_pubkey=output.thresh_pk,
-            pubshares=list(output.pubshares),
-            chain_code=chain_code,
-            nodes=list(start.nodes),
-            n=len(start.nodes),
-            t=start.threshold,
-            session_id=start.session_id,
-            hostpubkeys=list(start.hostpubkeys),
-            recovery_hash=K.recovery_hash(bytes(recovery)),
-        )
+        statement = result.statement()
         keys = await self.keys()
         await keys.put(K.key_result_key(start.scheme, start.key_id, self.node), statement)
         del self.sessions[msg.session_id]

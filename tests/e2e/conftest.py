@@ -168,10 +168,12 @@ class Cluster:
 
     # ---- the bus (as admin) and the database ---------------------------------------------------------
 
-    def with_bus(self, fn: Callable[[Bus], Awaitable[T]]) -> T:
+    def with_bus(self, fn: Callable[[Bus], Awaitable[T]], identity: str = "admin") -> T:
+        """``fn(bus)`` on a bus of ``identity`` (admin: the auditor's view)."""
+
         async def go() -> T:
             cfg = load_config(
-                "admin",
+                identity,
                 self.data_dir,
                 service="e2e",
                 nats_url=self.info["nats_url"],

@@ -8,16 +8,16 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
 
 from schemas import kv as K
-from schemas.messages import REGISTRY, DkgResult, DkgStart
+from schemas.messages import DkgResult, DkgStart
 from schemas.names import BUCKET_KEYS, proto_subject
 from services.runtime.bus import Bus
-from services.runtime.config import load_config
 from services.runtime.lookup import last_message
 from services.runtime.signed_kv import SignedKV
 from tests.e2e.conftest import Cluster
@@ -25,21 +25,12 @@ from tss import chilldkg
 
 pytestmark = pytest.mark.e2e
 
+T = TypeVar("T")
 
-def as_consensus(cluster: Cluster, fn: Any) -> Any:
-    """Run ``fn(bus)`` on a bus of the ``consensus`` identity (what a compromised coordinator holds)."""
 
-    async def go() -> Any:
-        cfg = load_config(
-            "consensus", cluster.data_dir, service="e2e-coordinator", nats_url=cluster.info["nats_url"]
-        )
-        bus = await Bus.connect(cfg, registry=REGISTRY, ensure=False, timeout=15.0)
-        try:
-            return await fn(bus)
-        finally:
-            await bus.close()
-
-    return asyncio.run(go())
+def as_consensus(cluster: Cluster, fn: Callable[[Bus], Awaitable[T]]) -> T:
+    """``fn(bus)`` on a bus of the ``consensus`` identity (what a compromised coordinator holds)."""
+    return cluster.with_bus(fn, identity="consensus")
 
 
 def run_lying_session(cluster: Cluster, key_id: str, **lie: Any) -> dict[str, DkgResult]:

@@ -4,16 +4,12 @@ and identity keys, signed KV values in shared in-memory buckets, and a coordinat
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
-import nacl.signing
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import x25519
 
 from schemas import envelope as E
 from schemas import kv as K
@@ -21,86 +17,30 @@ from schemas.messages import DkgMessage, DkgResult, DkgStart
 from schemas.names import BUCKET_KEYS, node_names, proto_subject
 from services.runtime.bus import Received
 from services.runtime.config import ServiceConfig
-from services.runtime.logging import Logger
-from services.runtime.seal import Ed25519Signer, Identities, IdentityKeys, seal
+from services.runtime.key_proof import dkg_key_record
+from services.runtime.seal import seal
 from services.runtime.signed_kv import SignedKV
 from services.signer.dkg_participant import DkgParticipant
 from services.signer.keystore import Keystore
-from tests.unit.service_fakes import FakeBus, FakeKV
+from tests.unit.service_fakes import (
+    FakeKV,
+    SignedFakeBus,
+    fake_identities,
+    identity_keys,
+    service_context,
+)
 from tss import chilldkg
-from wallet.threshold_account import dkg_chain_code
 
 N, T = 5, 4
 NODES = node_names(N)
 NAMES = [*NODES, "consensus", "admin", "intake"]
 
 
-def _seed(name: str) -> bytes:
-    return hashlib.sha256(b"dkg test identity " + name.encode()).digest()
+IDENTITIES = fake_identities(NAMES)
 
 
-def _x25519(name: str) -> x25519.X25519PrivateKey:
-    return x25519.X25519PrivateKey.from_private_bytes(hashlib.sha256(b"x " + name.encode()).digest())
-
-
-def _x25519_pub(name: str) -> str:
-    pub = _x25519(name).public_key()
-    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
-
-
-IDENTITIES = Identities(
-    {
-        n: {"ed25519": bytes(nacl.signing.SigningKey(_seed(n)).verify_key).hex(), "x25519": _x25519_pub(n)}
-        for n in NAMES
-    }
-)
-
-
-def identity_keys(name: str) -> IdentityKeys:
-    return IdentityKeys(name=name, signing=Ed25519Signer(_seed(name)), exchange=_x25519(name))
-
-
-@dataclass
-class Report:
-    offender: str
-    kind: str
-    detail: str
-    subject: str
-    evidence: bytes
-
-
-@dataclass
-class SignedFakeBus(FakeBus):
-    """:class:`FakeBus` with what signed values need: identity keys, a log, and ``report``."""
-
-    reports: list[Report] = field(default_factory=list)
-    log: Logger = field(default_factory=lambda: Logger("test"))
-    identities: Identities = field(default_factory=lambda: IDENTITIES)
-
-    @property
-    def keys(self) -> IdentityKeys:
-        return identity_keys(self.identity)
-
-    async def report(
-        self, offender: str, kind: str, detail: str, subject: str, stream: str, seq: int, raw: bytes
-    ) -> None:
-        self.reports.append(Report(offender, kind, detail, subject, raw))
-
-
-def node_config(node: str, data_dir: Path, t: int = T) -> ServiceConfig:
-    nowhere = Path("/nonexistent")
-    return ServiceConfig(
-        identity=node,
-        data_dir=data_dir,
-        nats_url="",
-        ca_file=nowhere,
-        cert_file=nowhere,
-        key_file=nowhere,
-        identities_file=nowhere,
-        n=N,
-        t=t,
-        nodes=tuple(NODES),
-    )
+def node_config(node: str) -> ServiceConfig:
+    return service_context(node, None, n=N, t=T, nodes=tuple(NODES)).cfg
 
 
 def sealed_from(sender: str, subject: str, payload: msgspec.Struct) -> Received:
@@ -129,7 +69,8 @@ class Cluster:
     def bus(self, identity: str) -> SignedFakeBus:
         got = self.buses.get(identity)
         if got is None:
-            got = self.buses[identity] = SignedFakeBus(identity=identity, kvs=self.kvs)
+            got = SignedFakeBus(identity=identity, kvs=self.kvs, identities=IDENTITIES)
+            self.buses[identity] = got
         return got
 
     async def signed(self, identity: str, bucket: str = BUCKET_KEYS) -> SignedKV:
@@ -172,20 +113,7 @@ class Cluster:
             return None
         cmsg2, output, recovery = chilldkg.coordinator_finalize(state, [m[-1].data for m in pmsgs2])
         await self.deliver(DkgMessage(session_id=session, round=4, data=cmsg2), session, 4)
-        return K.KeyRecord(
-            key_id=start.key_id,
-            scheme=start.scheme,
-            threshold_pubkey=output.thresh_pk,
-            pubshares=list(output.pubshares),
-            chain_code=dkg_chain_code(chilldkg.params_hash(params), output.thresh_pk),
-            nodes=list(start.nodes),
-            n=len(start.nodes),
-            t=start.threshold,
-            session_id=session,
-            hostpubkeys=list(start.hostpubkeys),
-            recovery_data=bytes(recovery),
-            created_ms=int(time.time() * 1000),
-        )
+        return dkg_key_record(start, output, recovery, int(time.time() * 1000))
 
 
 async def make_cluster(tmp: Path) -> Cluster:
@@ -193,7 +121,7 @@ async def make_cluster(tmp: Path) -> Cluster:
     cluster = Cluster(kvs, {}, {}, {})
     for node in NODES:
         ks = Keystore(tmp, node)
-        participant = DkgParticipant(node_config(node, tmp), cluster.bus(node), ks, lambda: None)  # type: ignore[arg-type]
+        participant = DkgParticipant(node_config(node), cluster.bus(node), ks, lambda: None)  # type: ignore[arg-type]
         await participant.publish_hostpubkey()
         cluster.nodes[node] = participant
         cluster.keystores[node] = ks

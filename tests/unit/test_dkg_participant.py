@@ -31,7 +31,7 @@ def assert_refused_by_all(cluster: Cluster, session: str, kind: str, refusers: l
         reports = [r for r in cluster.bus(node).reports if r.kind == kind]
         assert len(reports) == 1, (node, cluster.bus(node).reports)
         assert reports[0].offender == "consensus" and reports[0].subject == start_subject
-        assert reports[0].evidence  # the start as consensus signed it
+        assert reports[0].raw  # the start as consensus signed it
 
 
 @pytest.mark.parametrize("threshold", [1, 2, T - 1, T + 1, len(NODES), len(NODES) + 1])

@@ -15,7 +15,8 @@ from schemas import kv as K
 from schemas.names import kv_subject, kv_writer_allowed, publish_rights, subject_matches
 from services.runtime.key_proof import VIOLATION_KIND, KeyNotProven, ProvenKeys, check_key_proof
 from services.runtime.signed_kv import seal_value
-from tests.unit.dkg_cluster import IDENTITIES, NODES, Cluster, T, identity_keys, make_cluster, start_of
+from tests.unit.dkg_cluster import IDENTITIES, NODES, Cluster, T, make_cluster, start_of
+from tests.unit.service_fakes import identity_keys
 from tss.secp256k1 import cbytes, point_mul_base
 
 RECORD_KEY = K.key_record_key("frost", K.DEFAULT_KEY_ID)
@@ -76,7 +77,7 @@ async def test_a_record_consensus_swapped_is_refused_and_reported(
     assert exc.value.offenders == ["consensus"]
     reports = cluster.bus("intake").reports
     assert [(r.offender, r.kind) for r in reports] == [("consensus", VIOLATION_KIND)]
-    assert msgspec.msgpack.decode(_payload(reports[0].evidence), type=K.KeyRecord) == swapped
+    assert msgspec.msgpack.decode(_payload(reports[0].raw), type=K.KeyRecord) == swapped
     with pytest.raises(KeyNotProven):  # asked again: still refused, reported once
         await keys.get("frost", K.DEFAULT_KEY_ID)
     assert len(cluster.bus("intake").reports) == 1
