@@ -116,32 +116,40 @@ class DkgParticipant:
     async def restate_results(self) -> None:
         """For every key record in KV of which this node holds a share but no statement (it stopped in
         between, or its share predates statements): state the result, after checking the record against
-        its own share and the nodes' published host keys."""
-        keys = await self.keys()
-        for name in await keys.kv.keys():
-            parts = name.split(".")
-            if len(parts) != 2 or parts[0] == "hostpubkey" or not self.keystore.has_share(parts[1]):
-                continue
-            scheme, key_id = parts
-            try:
-                if await keys.get(K.key_result_key(scheme, key_id, self.node), K.KeyResultStatement):
-                    continue
-                record = await keys.get(name, K.KeyRecord)
-            except NoVerifiedValue:
-                continue
-            if record is None:
-                continue
-            try:
-                statement = await self._statement_from_share(record.value)
-            except DkgRefused as exc:
-                self.log.error(
-                    "key record contradicts this node's share; no statement",
-                    key=name,
-                    detail=exc.detail[:300],
-                )
-                continue
-            await keys.put(K.key_result_key(scheme, key_id, self.node), statement)
-            self.log.info("dkg result stated", key=name)
+        its own share and the nodes' published host keys. Never stops the node: what fails is logged."""
+        try:
+            keys = await self.keys()
+            for name in await keys.kv.keys():
+                parts = name.split(".")
+                if len(parts) == 2 and parts[0] != "hostpubkey" and self.keystore.has_share(parts[1]):
+                    await self._restate(keys, parts[0], parts[1])
+        except Exception as exc:
+            self.log.error("could not restate dkg results", error=repr(exc)[:300])
+
+    async def _restate(self, keys: SignedKV, scheme: str, key_id: str) -> None:
+        mine = K.key_result_key(scheme, key_id, self.node)
+        try:
+            if await keys.get(mine, K.KeyResultStatement) is not None:
+                return
+        except NoVerifiedValue:
+            pass  # not ours (reported): ours goes over it
+        try:
+            record = await keys.get(K.key_record_key(scheme, key_id), K.KeyRecord)
+        except NoVerifiedValue:
+            return
+        if record is None:
+            return
+        try:
+            statement = await self._statement_from_share(record.value)
+        except DkgRefused as exc:
+            self.log.error(
+                "key record contradicts this node's share; no statement",
+                key=key_id,
+                detail=exc.detail[:300],
+            )
+            return
+        await keys.put(mine, statement)
+        self.log.info("dkg result stated", scheme=scheme, key_id=key_id)
 
     async def _statement_from_share(self, record: K.KeyRecord) -> K.KeyResultStatement:
         share = self.keystore.load_share(record.key_id)
