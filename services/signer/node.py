@@ -14,7 +14,10 @@ signature.
   ``frost.<key>.<node>.b.<batch>``), so pools stop offering nonces nobody holds any more.
 
 - ``tx.requested.<tx>``: recheck the spend from scratch (:mod:`services.signer.spend_check`) against the
-  policy in KV ``config``, record the verdict in the node's vote journal, publish a signed
+  policy in KV ``config`` (signed by admin, checked on every read and watch update by
+  :mod:`services.runtime.signed_kv`: a value that does not verify is reported and the last good policy
+  stays in force; a stored policy that never verified makes the node refuse every spend), record the
+  verdict in the node's vote journal, publish a signed
   :class:`Vote` on ``vote.<tx>.<node>``. A replayed request re-publishes the recorded vote (same
   ``Nats-Msg-Id``), never a different one.
 - ``tx.signing.<tx>``: if this node is in the signer set, check the quorum certificate (``t`` distinct
@@ -44,8 +47,6 @@ import msgspec
 
 from schemas import kv as K
 from schemas.messages import (
-    DkgMessage,
-    DkgResult,
     Heartbeat,
     NonceBatchRequest,
     NonceRef,
@@ -57,7 +58,6 @@ from schemas.messages import (
 )
 from schemas.names import (
     BUCKET_CONFIG,
-    BUCKET_KEYS,
     BUCKET_PRESIG,
     check_token,
     durable,
@@ -70,6 +70,7 @@ from services.runtime.bus import KV, Bus, CasConflict, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.lookup import last_message
 from services.runtime.seal import EnvelopeError, verify_certificate
+from services.runtime.signed_kv import NoVerifiedValue, Signed, SignedKV, value_digest
 from services.signer.answer_log import AnswerLog
 from services.signer.dkg_participant import DkgParticipant
 from services.signer.keystore import Keystore, KeystoreError, ShareRecord
@@ -120,8 +121,10 @@ class SignerNode:
         if self.max_attempts < 1:
             raise ValueError(f"{MAX_ATTEMPTS_KEY} must be at least 1, not {self.max_attempts}")
         self.answers = AnswerLog(keystore.root)
-        self.policy = Policy()
-        self.dkg = DkgParticipant(self)
+        # the policy in force: the defaults while none is stored, None while the stored one never verified
+        self.policy: Policy | None = Policy()
+        self.policy_digest = 0  # of the signed policy in force (heartbeats report it), 0 for the defaults
+        self.dkg = DkgParticipant(cfg, bus, keystore, self.forget_share_cache)
         self._share_cache: dict[str, tuple[ShareRecord, ThresholdAccount]] = {}
         # requests this process approved (checked when voting): signing them needs no second look-up
         self.approved: dict[str, TxRequested] = {}
@@ -131,9 +134,9 @@ class SignerNode:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> list[asyncio.Task[Any]]:
-        keys = await self.bus.kv(BUCKET_KEYS)
-        hostpub = self.dkg.hostpubkey()
-        await keys.put(K.hostpubkey_key(self.node), K.HostPubkey(node=self.node, hostpubkey=hostpub))
+        await self.dkg.publish_hostpubkey()
+        await self.dkg.restate_results()
+        self.config = await SignedKV.open(self.bus, BUCKET_CONFIG)
         await self._load_policy()
         await self._withdraw_nonce_batches()  # before nonce generation starts: only earlier ones go
         me = self.node
@@ -191,23 +194,24 @@ class SignerNode:
                 await asyncio.wait_for(self.bus.stopping.wait(), NONCE_SWEEP_S)
 
     async def _load_policy(self) -> None:
-        cfg = await self.bus.kv(BUCKET_CONFIG)
-        entry = await cfg.get(K.POLICY_KEY)
-        if entry is not None:
-            self.policy = self._decode_policy(entry.value)
-
-    def _decode_policy(self, raw: bytes) -> Policy:
         try:
-            return msgspec.msgpack.decode(raw, type=Policy)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.log.error("policy in KV does not decode; keeping the previous one", error=str(exc)[:200])
-            return self.policy
+            signed = await self.config.get(K.POLICY_KEY, Policy)
+        except NoVerifiedValue as exc:
+            self.policy = None
+            self.log.error("the stored policy does not verify: every spend is refused", why=exc.why.kind)
+            return
+        if signed is not None:
+            self._apply_policy(signed)
+
+    def _apply_policy(self, signed: Signed[Policy]) -> None:
+        self.policy = signed.value
+        self.policy_digest = value_digest(signed.raw)
+        self.log.info("policy applied", version=signed.value.version, digest=self.policy_digest)
 
     async def _watch_policy(self) -> None:
-        cfg = await self.bus.kv(BUCKET_CONFIG)
-        async for entry in cfg.watch(K.POLICY_KEY):
-            if entry is not None and entry.operation == "PUT":
-                self.policy = self._decode_policy(entry.value)
+        async for item in self.config.watch(K.POLICY_KEY, Policy):
+            if isinstance(item, Signed):
+                self._apply_policy(item)
                 self._beat_now.set()
 
     async def _heartbeat(self) -> None:
@@ -217,7 +221,11 @@ class SignerNode:
                 node=self.node,
                 ts_ms=now,
                 ready=True,
-                detail={"nonces": self.keystore.nonce_count(), "policy_version": self.policy.version},
+                detail={
+                    "nonces": self.keystore.nonce_count(),
+                    "policy_version": self.policy.version if self.policy is not None else 0,
+                    "policy_digest": self.policy_digest,
+                },
             )
             try:
                 await self.bus.publish(heartbeat_subject(self.node), hb, f"hb.{self.node}.{now}")
@@ -284,13 +292,18 @@ class SignerNode:
 
     def _decide(self, req: TxRequested, pending: int = 0) -> JournalEntry:
         now = int(time.time() * 1000)
+        sighashes: list[bytes] = []
         try:
             _, account = self.share(req.key_id)
         except (KeystoreError, ValueError):
-            reasons, sighashes = [f"this node holds no share of key {req.key_id!r}"], []
+            reasons = [f"this node holds no share of key {req.key_id!r}"]
         else:
-            res = check_spend(req, self.policy, account, self.journal.spent_since(now - DAY_MS) + pending)
-            reasons, sighashes = res.reasons, res.sighashes
+            if self.policy is None:
+                reasons = ["no verified policy: the stored policy is not signed by admin"]
+            else:
+                spent = self.journal.spent_since(now - DAY_MS) + pending
+                res = check_spend(req, self.policy, account, spent)
+                reasons, sighashes = res.reasons, res.sighashes
         self.log.info("vote", tx_id=req.tx_id, approve=not reasons, reasons=reasons[:5])
         return JournalEntry(
             req.tx_id,
@@ -299,7 +312,7 @@ class SignerNode:
             now,
             [h.hex() for h in sighashes],
             reasons,
-            self.policy.version,
+            self.policy.version if self.policy is not None else 0,
         )
 
     # ---- signing ------------------------------------------------------------------------------------
@@ -549,22 +562,6 @@ class SignerNode:
             await presig.create(K.nonce_batch_key(key_id, self.node, batch.batch_id), batch)
         except CasConflict:
             self.log.debug("nonce batch already announced", batch=batch.batch_id)
-
-    # ---- DKG glue -----------------------------------------------------------------------------------
-    async def publish_dkg(self, session_id: str, round_: int, data: bytes) -> None:
-        msg = DkgMessage(session_id=session_id, round=round_, data=data)
-        await self.bus.publish(
-            proto_subject("chilldkg", session_id, round_, self.node),
-            msg,
-            f"dkg.{session_id}.{round_}.{self.node}",
-        )
-
-    async def publish_dkg_result(self, result: DkgResult) -> None:
-        await self.bus.publish(
-            proto_subject("chilldkg", result.session_id, 9, self.node),
-            result,
-            f"dkg.{result.session_id}.9.{self.node}",
-        )
 
 
 def _pubnonce_of(secnonce: bytearray) -> bytes:
