@@ -99,5 +99,7 @@ REJECTION_KINDS: tuple[str, ...] = (
     "unknown-type",  # payload type not in the receiver's registry
     "bad-payload",  # payload does not decode as its type
     "poison",  # the handler failed on it too many times
+    "stale",  # a signed KV value not newer than the one in force for its key (a replay)
+    "wrong-stream",  # a KV watch delivery from another stream or outside the watched keys
 )
 EVIDENCE_MAX = 64 * 1024

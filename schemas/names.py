@@ -130,6 +130,40 @@ BUCKETS: Final[tuple[str, ...]] = (
     BUCKET_CONFIG,
 )
 
+# ---- who signs which KV value --------------------------------------------------------------------------
+
+# bucket -> (key pattern, identity) pairs. A value a service acts on is a signed envelope
+# (``services.runtime.signed_kv``) whose subject is ``$KV.<bucket>.<key>``; a reader accepts it only when
+# its signer is named here for that key ("node" = every node-k; "{self}" in a pattern = the signer's own
+# name). The broker's write rights (PUBLISH_RIGHTS) are the first line; this table is checked on every read.
+KV_WRITERS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
+    BUCKET_CONFIG: (
+        ("policy", "admin"),  # the spending policy (``mpcw policy set``)
+        ("dkg.*", "admin"),  # a DKG request (``mpcw dkg start``)
+    ),
+    BUCKET_BANS: (("*", "monitor"),),  # ``<identity>`` -> BanRecord
+    BUCKET_KEYS: (
+        ("hostpubkey.{self}", "node"),  # each node its own ChillDKG host key
+        ("*.*.result.{self}", "node"),  # each node its statement of a DKG result it holds a share of
+        ("frost.*", "consensus"),  # the DKG result record, as coordinator (believed only with the statements)
+    ),
+}
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    """The subject a KV write of ``key`` in ``bucket`` is stored under (what a signed value is bound to)."""
+    return f"$KV.{check_token(bucket)}.{key}"
+
+
+def kv_writer_allowed(identity: str, bucket: str, key: str) -> bool:
+    """Whether a value at ``bucket``/``key`` signed by ``identity`` may be acted on (``KV_WRITERS``)."""
+    role = "node" if is_node(identity) else identity
+    return any(
+        who == role and subject_matches(pattern.replace("{self}", identity), key)
+        for pattern, who in KV_WRITERS.get(bucket, ())
+    )
+
+
 # ---- authorization table --------------------------------------------------------------------------------
 
 _OWN: Final[tuple[str, ...]] = (
@@ -143,7 +177,8 @@ _NODE: Final[tuple[str, ...]] = (
     *_OWN,
     "vote.*.{self}",
     "$KV.presig.frost.*.{self}.b.*",  # its own nonce commitments only (never a claim)
-    "$KV.keys.hostpubkey.{self}",  # its own ChillDKG host key only (the DKG result is consensus's)
+    "$KV.keys.hostpubkey.{self}",  # its own ChillDKG host key only
+    "$KV.keys.*.*.result.{self}",  # its own statement of a DKG result (``<scheme>.<key_id>.result.<node>``)
 )
 
 # identity (or "node" for every node-k) -> subjects it may publish (stream subjects and KV writes)
@@ -159,7 +194,7 @@ PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
         "tx.failed.>",
         "$KV.rounds.>",
         "$KV.presig.>",
-        "$KV.keys.frost.>",  # the public DKG result, as ChillDKG coordinator
+        "$KV.keys.frost.*",  # the DKG result record, as ChillDKG coordinator (never a node's statement)
     ),
     "monitor": (*_OWN, "node.violation.>", "$KV.bans.>"),
     "presig": (*_OWN, "$KV.presig.>"),
@@ -216,11 +251,14 @@ CONSUMERS: Final[dict[str, dict[str, str]]] = {
 # identity (or "node" for every node-k) -> the KV buckets it reads: bucket -> "get" (single keys, by a
 # stream message get: no consumer) or "watch" (also watches and key listings, which need an ephemeral
 # consumer on the bucket's stream). The broker lets an identity make consumers only on the buckets it
-# watches; nats-server does not check the deliver subject of a new consumer against its creator's rights,
-# so a bucket an identity writes should not be one it watches (a node never does: whatever its consumers
-# can deliver was written by somebody else). Buckets it writes (``PUBLISH_RIGHTS``) it may also get.
+# watches, and pull from none of them. nats-server does not check the deliver subject of a new consumer
+# against its creator's rights: on a bucket it watches, an identity could have values pushed into an
+# inbox of another identity whose name it knows (names are not listable: no consumer list or foreign
+# info); they are stored values, and a reader acts only on a value signed by a writer ``KV_WRITERS``
+# allows for that key (``services.runtime.signed_kv``). Buckets it writes (``PUBLISH_RIGHTS``) it may get.
 KV_READERS: Final[dict[str, dict[str, str]]] = {
-    "node": {BUCKET_CONFIG: "watch"},  # the policy
+    # the policy; its DKG statements to restate (a key listing); its own nonce batches to withdraw
+    "node": {BUCKET_CONFIG: "watch", BUCKET_KEYS: "watch", BUCKET_PRESIG: "watch"},
     "intake": {BUCKET_NODES: "watch", BUCKET_KEYS: "get", BUCKET_CONFIG: "get"},
     "consensus": {
         BUCKET_ROUNDS: "watch",

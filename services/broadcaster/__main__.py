@@ -47,10 +47,11 @@ from schemas.messages import (
     TxSigning,
     Violation,
 )
-from schemas.names import BUCKET_KEYS, BUCKET_ROUNDS, proto_subject, tx_subject, violation_subject
+from schemas.names import BUCKET_ROUNDS, proto_subject, tx_subject, violation_subject
 from schemas.names import durable as consumer
 from services.runtime.bus import CasConflict, Received, RetryLater
 from services.runtime.esplora import BroadcastRejected, EsploraClient, EsploraError, TxNotFound
+from services.runtime.key_proof import ProvenKeys
 from services.runtime.lookup import last_message
 from services.runtime.service import ServiceContext, run_service
 from tss import frost
@@ -89,6 +90,7 @@ class Broadcaster:
             raise SystemExit("no chain backend configured (esplora_url / devchain_url in cluster.json)")
         self.chain = EsploraClient(url)
         self.accounts: dict[str, tuple[K.KeyRecord, ThresholdAccount]] = {}
+        self.keys: ProvenKeys | None = None  # the key records, proven (services.runtime.key_proof)
         # in-memory fast path; the streams stay the truth (see on_psig)
         self.signing: dict[str, TxSigning] = {}  # tx_id -> newest attempt seen
         self.psigs: dict[str, dict[str, list[bytes]]] = {}  # session -> node -> psigs
@@ -110,11 +112,11 @@ class Broadcaster:
     async def account(self, key_id: str) -> tuple[K.KeyRecord, ThresholdAccount]:
         got = self.accounts.get(key_id)
         if got is None:
-            kv = await self.bus.kv(BUCKET_KEYS)
-            entry = await kv.get(K.key_record_key("frost", key_id))
-            if entry is None:
+            if self.keys is None:
+                self.keys = await ProvenKeys.open(self.bus, self.cfg.nodes, self.cfg.t)
+            rec = await self.keys.get("frost", key_id)  # KeyNotProven: never used unproven
+            if rec is None:
                 raise RuntimeError(f"no key record for {key_id!r}")
-            rec = entry.decode(K.KeyRecord)
             got = (rec, ThresholdAccount(rec.threshold_pubkey, rec.chain_code, self.cfg.network))
             self.accounts[key_id] = got
         return got

@@ -32,10 +32,15 @@ Giving up claims it first and closes the round last; every retry or timeout read
 just before ``tx.signing`` of a retry), so a crash while giving up is finished later and no attempt is
 started for a spend already signed.
 
-DKG: a ``dkg.<session>`` request in KV ``config`` (written by ``mpcw dkg start``) makes this service the
+Bans (KV ``bans``, signed by the monitor), DKG requests and host keys are signed values
+(:mod:`services.runtime.signed_kv`): what does not verify is reported and ignored.
+
+DKG: a ``dkg.<session>`` request in KV ``config`` (signed by admin: ``mpcw dkg start``) makes this service the
 (untrusted) ChillDKG coordinator. It is stateless: on every participant message it reads the round's
 messages back from the stream and, once all ``n`` are there, computes and broadcasts its message; the
-public result goes to KV ``keys``.
+public result goes to KV ``keys`` (signed; believed by readers only with all nodes' statements,
+``services.runtime.key_proof``). A request for other nodes or another threshold than the configured ones
+is refused here already (every node would refuse it too, and report this service).
 """
 
 from __future__ import annotations
@@ -77,11 +82,12 @@ from schemas.names import (
 )
 from services.consensus import tally
 from services.runtime.bus import CasConflict, KvEntry, Received
+from services.runtime.key_proof import dkg_key_record
 from services.runtime.lookup import last_message
 from services.runtime.nonce_pool import NoncePool
 from services.runtime.service import ServiceContext, run_service
+from services.runtime.signed_kv import Removed, Signed, SignedKV
 from tss import chilldkg
-from wallet.threshold_account import dkg_chain_code
 
 SIGNING_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 5
@@ -140,6 +146,7 @@ class Consensus:
         self.active: dict[str, Timer] = {}  # tx_id -> what to check next (a cache of the KV timers)
         self.rounds: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # tx_id -> (revision, record)
         self.bans: dict[str, int] = {}  # node -> banned until (ms), mirrored from KV bans
+        self._dkg_keys: SignedKV | None = None
 
     # ---- rounds in KV -------------------------------------------------------------------------------
     async def _update(
@@ -404,7 +411,7 @@ class Consensus:
                 signers=signers,
                 signer_ids=[self.nodes.index(s) for s in signers],
                 nonces=nonces,
-                certificate=tally.certificate(rnd),
+                certificate=tally.signing_certificate(rnd, signers),
             ),
             f"signing.{tx_id}.{attempt}",
         )
@@ -534,19 +541,20 @@ class Consensus:
         await self._next_attempt(v.tx_id, failed=v.offender, from_attempt=current.payload.attempt)
 
     async def watch_bans(self) -> None:
-        kv = await self.bus.kv(BUCKET_BANS)
-        async for entry in kv.watch():
-            if entry is None:
-                continue
-            if entry.operation != "PUT":
-                self.bans.pop(entry.key, None)
-                continue
-            try:
-                ban = entry.decode(K.BanRecord)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
-            self.bans[ban.node] = ban.until_ms
-            self.log.warning("node banned: not chosen as a signer", node=ban.node, until_ms=ban.until_ms)
+        """Bans signed by the monitor (``bans.<node>``); anything else there is reported and ignored."""
+        bans = await SignedKV.open(self.bus, BUCKET_BANS)
+        async for item in bans.watch(">", K.BanRecord):
+            if isinstance(item, Removed):
+                self.bans.pop(item.key, None)
+            elif isinstance(item, Signed):
+                ban = item.value
+                if ban.node != item.key:
+                    self.log.warning(
+                        "ban record names another node; ignored", kv_entry=item.key, node=ban.node
+                    )
+                    continue
+                self.bans[ban.node] = ban.until_ms
+                self.log.warning("node banned: not chosen as a signer", node=ban.node, until_ms=ban.until_ms)
 
     async def watch_timeouts(self) -> None:
         while not self.ctx.stop.is_set():
@@ -614,27 +622,38 @@ class Consensus:
 
     # ---- DKG coordinator ----------------------------------------------------------------------------
     async def watch_dkg_requests(self) -> None:
-        kv = await self.bus.kv(BUCKET_CONFIG)
-        async for entry in kv.watch("dkg.>"):
-            if entry is None or entry.operation != "PUT":
+        """DKG requests signed by admin (``dkg.<session>`` in KV ``config``)."""
+        config = await SignedKV.open(self.bus, BUCKET_CONFIG)
+        async for item in config.watch("dkg.>", K.DkgRequest):
+            if not isinstance(item, Signed):
                 continue
             try:
-                req = entry.decode(K.DkgRequest)
-                await self._dkg_start(req)
+                if item.key != f"dkg.{item.value.session_id}":
+                    raise ValueError(f"request for session {item.value.session_id!r} stored elsewhere")
+                await self._dkg_start(item.value)
             except Exception as exc:
-                self.log.error("dkg request failed", kv_entry=entry.key, error=repr(exc)[:300])
+                self.log.error("dkg request failed", kv_entry=item.key, error=repr(exc)[:300])
 
     async def _dkg_start(self, req: K.DkgRequest) -> None:
-        keys = await self.bus.kv(BUCKET_KEYS)
-        if await keys.get(K.key_record_key(req.scheme, req.key_id)) is not None:
+        if list(req.nodes) != self.nodes or req.threshold != self.cfg.t or len(req.nodes) != self.cfg.n:
+            # every node would refuse it (and report this coordinator): it is not this cluster's DKG
+            self.log.error(
+                "dkg request refused: not this cluster's nodes and threshold",
+                session=req.session_id,
+                nodes=list(req.nodes)[:16],
+                threshold=req.threshold,
+            )
+            return
+        keys = await self.dkg_keys()
+        if await keys.kv.get(K.key_record_key(req.scheme, req.key_id)) is not None:
             self.log.info("key exists; dkg request ignored", key_id=req.key_id)
             return
         hostpubkeys = []
         for node in req.nodes:
-            e = await keys.get(K.hostpubkey_key(node))
-            if e is None:
+            e = await keys.get(K.hostpubkey_key(node), K.HostPubkey)
+            if e is None or e.value.node != node:
                 raise RuntimeError(f"{node} has not published its host public key yet")
-            hostpubkeys.append(e.decode(K.HostPubkey).hostpubkey)
+            hostpubkeys.append(e.value.hostpubkey)
         start = DkgStart(
             session_id=req.session_id,
             scheme=req.scheme,
@@ -646,6 +665,12 @@ class Consensus:
         await self.bus.publish(
             proto_subject("chilldkg", req.session_id, 0, "consensus"), start, f"dkg.{req.session_id}.0"
         )
+
+    async def dkg_keys(self) -> SignedKV:
+        """KV ``keys`` as signed values: the nodes' host keys in, the key record out."""
+        if self._dkg_keys is None:
+            self._dkg_keys = await SignedKV.open(self.bus, BUCKET_KEYS)
+        return self._dkg_keys
 
     async def on_dkg(self, rec: Received) -> None:
         msg = rec.payload
@@ -681,26 +706,13 @@ class Consensus:
             )
             await self._violation(culprit, "dkg-invalid-signature", str(exc)[:200])
             return
-        record = K.KeyRecord(
-            key_id=start.key_id,
-            scheme=start.scheme,
-            threshold_pubkey=output.thresh_pk,
-            pubshares=list(output.pubshares),
-            chain_code=dkg_chain_code(chilldkg.params_hash(params), output.thresh_pk),
-            nodes=list(start.nodes),
-            n=len(start.nodes),
-            t=start.threshold,
-            session_id=start.session_id,
-            hostpubkeys=list(start.hostpubkeys),
-            recovery_data=bytes(recovery),
-            created_ms=now_ms(),
-        )
-        keys = await self.bus.kv(BUCKET_KEYS)
+        record = dkg_key_record(start, output, recovery, now_ms())
+        keys = await self.dkg_keys()
         try:
             await keys.create(K.key_record_key(start.scheme, start.key_id), record)
         except CasConflict:
-            stored = await keys.get(K.key_record_key(start.scheme, start.key_id))
-            if stored is None or stored.decode(K.KeyRecord).session_id != start.session_id:
+            stored = await keys.get(K.key_record_key(start.scheme, start.key_id), K.KeyRecord)
+            if stored is None or stored.value.session_id != start.session_id:
                 # another session produced this key first: finishing this one would leave the nodes
                 # holding shares of a key nobody can see
                 self.log.error(

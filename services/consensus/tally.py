@@ -114,6 +114,20 @@ def certificate(rnd: RoundRecord) -> list[bytes]:
     return [rnd.votes[n] for n in q[: rnd.t]]
 
 
+def signing_certificate(rnd: RoundRecord, signers: list[str]) -> list[bytes]:
+    """The certificate of a signing attempt: :func:`certificate` plus the approving vote of every signer
+    it leaves out (in node order), so each signer sees that the whole signer set approved these
+    sighashes."""
+    q = quorum(rnd)
+    if q is None:
+        raise ValueError("round is not approved")
+    outside = [s for s in signers if s not in q]
+    if outside:
+        raise ValueError(f"signers outside the quorum: {outside}")
+    chosen = set(q[: rnd.t]) | set(signers)
+    return [rnd.votes[n] for n in q if n in chosen]
+
+
 def mismatched(rnd: RoundRecord) -> list[str]:
     """Approvers outside the quorum (they approved other sighashes); empty while there is no quorum."""
     q = quorum(rnd)

@@ -48,21 +48,23 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, raw
 
-from schemas.kv import POLICY_KEY
+from schemas.kv import DEFAULT_KEY_ID, POLICY_KEY
 from schemas.lifecycle import TxState
 from schemas.messages import TxRequested
-from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, BUCKET_NODES, tx_subject
+from schemas.names import BUCKET_CONFIG, BUCKET_NODES, tx_subject
 from schemas.rest import ErrorBody, Policy, SpendRequest
 from services.runtime.bus import Bus
 from services.runtime.config import ServiceConfig
 from services.runtime.db import hash_api_key, lookup_api_key
 from services.runtime.esplora import EsploraClient, EsploraError
+from services.runtime.key_proof import KeyNotProven, ProvenKeys
 from services.runtime.logging import Logger
+from services.runtime.signed_kv import NoVerifiedValue, SignedKV
 from wallet.address import InvalidAddress, address_to_script
 from wallet.coin_selection import AmountBelowDust, FeeTooHigh, InsufficientFunds, build_spend
 
 from . import store
-from .wallet_state import NoKey, UtxoView, Wallet, load_key
+from .wallet_state import SCHEME, UtxoView, Wallet
 
 TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 MAX_KEY_LEN = 256
@@ -160,12 +162,14 @@ class Intake:
     pool: asyncpg.Pool
     log: Logger
     esplora: EsploraClient | None = None
-    wallet: Wallet | None = None
+    wallet: Wallet | None = None  # once its key record is proven
+    keys: ProvenKeys | None = None
     started: float = field(default_factory=time.time)
     _utxos: tuple[float, UtxoView] | None = None  # (when its fetch started, the list)
     _utxo_fetch: tuple[float, asyncio.Future[UtxoView]] | None = None  # the fetch in flight, if any
     _fee_estimates: tuple[float, dict[int, float]] | None = None
     _policy: tuple[float, Policy] | None = None
+    _config: SignedKV | None = None
     _published: list[str] = field(default_factory=list)
     read_keys: dict[bytes, float] = field(default_factory=dict)  # key hash -> accepted until (monotonic)
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on stop: event streams end
@@ -204,9 +208,13 @@ class Intake:
 
     async def get_wallet(self) -> Wallet:
         if self.wallet is None:
+            if self.keys is None:
+                self.keys = await ProvenKeys.open(self.bus, self.cfg.nodes, self.cfg.t)
             try:
-                record = await load_key(await self.bus.kv(BUCKET_KEYS))
-            except NoKey:
+                record = await self.keys.get(SCHEME, DEFAULT_KEY_ID)
+            except KeyNotProven as exc:  # no address is ever derived from it
+                fail(409, "key not proven", f"the wallet's key record is refused: {exc.reason}")
+            if record is None:
                 fail(409, "no key yet", "no key yet: run mpcw dkg start")
             self.wallet = Wallet(record, self.cfg.network)
         return self.wallet
@@ -222,13 +230,13 @@ class Intake:
         now = time.monotonic()
         if self._policy is not None and now - self._policy[0] <= POLICY_MAX_AGE_S:
             return self._policy[1]
-        entry = await (await self.bus.kv(BUCKET_CONFIG)).get(POLICY_KEY)
-        policy = Policy()
-        if entry is not None:
-            try:
-                policy = msgspec.msgpack.decode(entry.value, type=Policy)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self.log.error("policy in KV does not decode; using defaults")
+        if self._config is None:
+            self._config = await SignedKV.open(self.bus, BUCKET_CONFIG)
+        try:
+            signed = await self._config.get(POLICY_KEY, Policy)  # signed by admin, or reported and ignored
+        except NoVerifiedValue:
+            fail(503, "no verified policy", "the stored policy is not signed by admin: run `mpcw policy set`")
+        policy = signed.value if signed is not None else Policy()
         self._policy = (now, policy)
         return policy
 

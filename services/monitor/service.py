@@ -8,7 +8,8 @@
   A report *counts* toward a ban when a service or the operator filed it, or its evidence envelope
   verifiably carries the offender's signature (a node cannot get another banned by reporting it).
   ``BAN_AFTER`` counting violations of one offender within ``WINDOW`` -> ban for ``BAN_FOR``:
-  ``node_status.status = 'banned'``, ``banned_until``, and KV ``bans`` ``<offender>`` -> :class:`BanRecord`.
+  ``node_status.status = 'banned'``, ``banned_until``, and KV ``bans`` ``<offender>`` -> :class:`BanRecord`
+  signed by the monitor (consensus acts only on signed bans: ``services.runtime.signed_kv``).
 
 The KV ``nodes`` bucket is written by each identity for itself (publish rights ``$KV.nodes.{self}``); the
 monitor keeps its own entry there.
@@ -40,6 +41,7 @@ from services.runtime.bus import Bus, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.logging import get_logger
 from services.runtime.seal import EnvelopeError
+from services.runtime.signed_kv import SignedKV
 
 BAN_AFTER = 5
 WINDOW = dt.timedelta(hours=24)
@@ -243,6 +245,6 @@ class Monitor:
             )
             # the KV write inside the DB transaction: if it fails, the row rolls back and the message
             # is redelivered, so the ban is never recorded in one place only
-            await (await self.bus.kv(BUCKET_BANS)).put(offender, ban)
+            await (await SignedKV.open(self.bus, BUCKET_BANS)).put(offender, ban)  # signed: readers check
         BANS.inc()
         self.log.warning("banned", node=offender, until_ms=ban.until_ms, violations=recent)

@@ -1,9 +1,15 @@
-"""``mpcw policy show|set`` (KV ``config``/``policy``) and ``mpcw presig pool-status``."""
+"""``mpcw policy show|set`` (KV ``config``/``policy``) and ``mpcw presig pool-status``.
+
+The policy is a value signed by ``admin`` (:mod:`services.runtime.signed_kv`); every node checks the
+signature before it applies it and reports the digest of the signed value it applied in its heartbeats,
+so ``policy set`` says "applied" only once every node runs exactly the value it wrote.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -17,14 +23,37 @@ from services.mpcw.cli import data_dir_of, main
 from services.mpcw.client import btc_to_sats, cluster_of, fmt_btc, with_admin_bus
 from services.runtime.lookup import last_message
 from services.runtime.nonce_pool import NoncePool
+from services.runtime.signed_kv import KvValueRejected, SignedKV, value_digest
 
 
-async def _read_policy(bus: Any) -> tuple[Policy, int | None]:
-    kv = await bus.kv(BUCKET_CONFIG)
-    entry = await kv.get(K.POLICY_KEY)
+@dataclass(frozen=True)
+class StoredPolicy:
+    policy: Policy  # the verified policy (or, with a warning, what an unsigned value holds; else defaults)
+    revision: int | None  # None: no policy stored
+    warning: str = ""  # the stored value does not verify
+
+
+async def _read_policy(bus: Any) -> StoredPolicy:
+    """The stored policy, verified as every node verifies it."""
+    config = SignedKV(bus, await bus.kv(BUCKET_CONFIG))
+    entry = await config.kv.get(K.POLICY_KEY)
     if entry is None:
-        return Policy(), None
-    return msgspec.msgpack.decode(entry.value, type=Policy), entry.revision
+        return StoredPolicy(Policy(), None)
+    try:
+        signed = await config.admit(entry, Policy)
+    except KvValueRejected as why:
+        try:  # a value written before policies were signed: its content, to build the signed one from
+            legacy = msgspec.msgpack.decode(entry.value, type=Policy)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            legacy = Policy()
+        warning = (
+            f"the stored policy is not a valid admin-signed value ({why.kind}: {why.detail[:120]}); "
+            "the nodes ignore it (a node with no policy in force refuses every spend) until "
+            "`mpcw policy set` stores a signed one"
+        )
+        return StoredPolicy(legacy, entry.revision, warning)
+    assert signed is not None  # a fresh reader has no value in force
+    return StoredPolicy(signed.value, entry.revision)
 
 
 def _print(p: Policy) -> None:
@@ -45,10 +74,13 @@ def policy() -> None:
 @policy.command("show")
 @click.pass_context
 def policy_show(ctx: click.Context) -> None:
-    p, rev = with_admin_bus(data_dir_of(ctx), _read_policy)
-    if rev is None:
+    stored = with_admin_bus(data_dir_of(ctx), _read_policy)
+    if stored.revision is None:
         click.echo("(defaults: no policy set)")
-    _print(p)
+    if stored.warning:
+        click.echo(f"warning: {stored.warning}", err=True)
+        click.echo("(content of the unsigned value, not in force:)", err=True)
+    _print(stored.policy)
 
 
 @policy.command("set")
@@ -60,6 +92,10 @@ def policy_show(ctx: click.Context) -> None:
 @click.option("--deny", multiple=True, help="denied destination (repeat); replaces the list")
 @click.option("--clear-allow", is_flag=True, help="allow any destination again")
 @click.option("--clear-deny", is_flag=True, help="empty the deny list")
+@click.option(
+    "--wait", type=click.FloatRange(0.0, 3600.0), default=15.0, show_default=True,
+    help="seconds to wait for every node to apply it",
+)  # fmt: skip
 @click.pass_context
 def policy_set(
     ctx: click.Context,
@@ -71,8 +107,10 @@ def policy_set(
     deny: tuple[str, ...],
     clear_allow: bool,
     clear_deny: bool,
+    wait: float,
 ) -> None:
-    """Change the policy (compare-and-set: a concurrent change is not overwritten)."""
+    """Change the policy (signed by admin; compare-and-set: a concurrent change is not overwritten), then
+    wait until every node applied exactly this value."""
     d = data_dir_of(ctx)
     network = cluster_of(d).get("network", "regtest")
     from wallet.address import InvalidAddress, address_to_script
@@ -83,8 +121,12 @@ def policy_set(
         except InvalidAddress as exc:
             raise click.BadParameter(f"{a}: {exc}") from None
 
-    async def run(bus: Any) -> Policy:
-        p, rev = await _read_policy(bus)
+    async def run(bus: Any) -> tuple[Policy, bytes]:
+        stored = await _read_policy(bus)
+        if stored.warning:
+            click.echo(f"warning: {stored.warning}", err=True)
+            click.echo("the new policy is built from that value: check every limit below", err=True)
+        p, rev = stored.policy, stored.revision
         changes: dict[str, Any] = {"version": p.version + 1}
         if max_tx_btc is not None:
             changes["max_tx_sats"] = btc_to_sats(max_tx_btc)
@@ -103,41 +145,56 @@ def policy_set(
         if clear_deny:
             changes["denylist"] = []
         new = msgspec.structs.replace(p, **changes)
-        kv = await bus.kv(BUCKET_CONFIG)
-        if rev is None:
-            await kv.create(K.POLICY_KEY, new)
-        else:
-            await kv.update_cas(K.POLICY_KEY, new, rev)
-        return new
+        config = SignedKV(bus, await bus.kv(BUCKET_CONFIG))
+        await config.write(K.POLICY_KEY, new, rev)
+        written = await config.kv.get(K.POLICY_KEY)
+        return new, written.value if written is not None else b""
 
     nodes = list(cluster_of(d).get("nodes") or [])
 
-    async def set_and_wait(bus: Any) -> tuple[Policy, list[str]]:
-        new = await run(bus)
-        return new, await _wait_applied(bus, nodes, new.version, 10.0)
+    async def set_and_wait(bus: Any) -> tuple[Policy, dict[str, Applied]]:
+        new, raw = await run(bus)
+        return new, await wait_applied(bus, nodes, value_digest(raw), wait)
 
-    new, applied = with_admin_bus(d, set_and_wait)
+    new, seen = with_admin_bus(d, set_and_wait)
     _print(new)
-    missing = [n for n in nodes if n not in applied]
-    if missing:
-        click.echo(f"applied on {len(applied)}/{len(nodes)} nodes; not yet on {', '.join(missing)}", err=True)
+    applied = [n for n in nodes if seen[n].digest_ok]
+    if len(applied) < len(nodes):
+        late = ", ".join(f"{n} ({seen[n].describe()})" for n in nodes if not seen[n].digest_ok)
+        click.echo(
+            f"applied on {len(applied)}/{len(nodes)} nodes; not applied within {wait:g} s on: {late}",
+            err=True,
+        )
         ctx.exit(1)
     click.echo(f"applied on {len(applied)}/{len(nodes)} nodes")
 
 
-async def _wait_applied(bus: Any, nodes: list[str], version: int, timeout: float) -> list[str]:
-    """The nodes whose latest heartbeat reports policy ``version`` or newer (waits up to ``timeout``)."""
+@dataclass(frozen=True)
+class Applied:
+    """What a node's latest heartbeat says about the policy it runs."""
+
+    digest_ok: bool  # it applied exactly the value written
+    version: int | None = None  # the version it reports (None: no heartbeat)
+
+    def describe(self) -> str:
+        return "no heartbeat" if self.version is None else f"runs policy version {self.version}"
+
+
+async def wait_applied(bus: Any, nodes: list[str], digest: int, timeout: float) -> dict[str, Applied]:
+    """Per node, whether its latest heartbeat reports the policy with ``digest`` (the signed value just
+    written); waits up to ``timeout`` seconds for all of them."""
     deadline = asyncio.get_running_loop().time() + timeout
-    applied: list[str] = []
     while True:
-        applied = []
+        seen: dict[str, Applied] = {}
         for node in nodes:
             hb = await last_message(bus, heartbeat_subject(node))
-            if hb is not None and isinstance(hb.payload, Heartbeat) and hb.sender == node:
-                if hb.payload.detail.get("policy_version", 0) >= version:
-                    applied.append(node)
-        if len(applied) == len(nodes) or asyncio.get_running_loop().time() > deadline:
-            return applied
+            if hb is None or not isinstance(hb.payload, Heartbeat) or hb.sender != node:
+                seen[node] = Applied(False)
+                continue
+            detail = hb.payload.detail
+            seen[node] = Applied(detail.get("policy_digest") == digest, detail.get("policy_version", 0))
+        if all(a.digest_ok for a in seen.values()) or asyncio.get_running_loop().time() > deadline:
+            return seen
         await asyncio.sleep(0.2)
 
 

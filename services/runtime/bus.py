@@ -33,7 +33,7 @@ import contextlib
 import json
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,6 +53,7 @@ from schemas.names import (
     consumers_of,
     inbox_prefix,
     stream_for,
+    subject_matches,
     violation_subject,
 )
 
@@ -210,10 +211,29 @@ class KV:
         except nats.js.errors.NoKeysError:
             return []
 
+    async def _open_watch(self, key: str, include_history: bool) -> KvWatcher:
+        """A started :class:`KvWatcher` on ``key`` (a pattern) of this bucket."""
+        return await KvWatcher.open(self.bus.js, self.bucket, key, include_history, self._foreign_delivery)
+
+    async def _foreign_delivery(self, msg: Msg, why: str) -> None:
+        """A watch delivery that is not an entry of this bucket: dropped and reported. Whoever pointed a
+        consumer at our inbox is not known (the message's author is not who delivered it): ``unknown``."""
+        M.MESSAGES_REJECTED.labels(self.bus.service, "wrong-stream").inc()
+        self.bus.log.warning(
+            "dropped a foreign kv watch delivery", bucket=self.bucket, subject=msg.subject[:200]
+        )
+        stream, seq = "", 0
+        with contextlib.suppress(Exception):
+            stream, seq = msg.metadata.stream, msg.metadata.sequence.stream
+        await self.bus.report(UNKNOWN, "wrong-stream", why, msg.subject[:500], stream, seq, msg.data or b"")
+
     async def watch(
         self, key: str = ">", *, include_history: bool = False, stop: asyncio.Event | None = None
     ) -> AsyncGenerator[KvEntry | None, None]:
         """Current values, then ``None`` once (initial values done), then every change, forever.
+
+        Only deliveries from this bucket's stream, under the watched keys, are entries
+        (:class:`KvWatcher`); anything else that arrives in the watcher's inbox is dropped and reported.
 
         The watcher is re-created after a reconnect or an error (resuming may replay the current
         values: consumers of a watch must be idempotent). Keep up: the client buffers 256 entries.
@@ -222,7 +242,7 @@ class KV:
         while not stop.is_set():
             gen = self.bus._generation
             try:
-                w = await self._kv.watch(key, include_history=include_history)
+                w = await self._open_watch(key, include_history)
             except Exception as exc:
                 self.bus.log.warning("kv watch failed; retrying", bucket=self.bucket, error=repr(exc))
                 await asyncio.sleep(0.5)
@@ -231,7 +251,7 @@ class KV:
             try:
                 while not stop.is_set() and gen == self.bus._generation:
                     try:
-                        e = await w.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                        e = await w.updates(timeout=1.0)
                     except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from inside fetch: no work
                         continue
                     if e is None:
@@ -251,10 +271,140 @@ class KV:
                 await asyncio.sleep(0.2)
             finally:
                 with contextlib.suppress(Exception):
-                    await w.stop()  # type: ignore[no-untyped-call]
+                    await w.stop()
 
 
 WATCH_INIT_GRACE_S = 0.1  # how long a watch waits for current values announced as done too early
+WATCH_QUEUE = 256  # entries a watcher buffers (nats-py's size): a slow reader stalls the watch
+
+
+ForeignDelivery = Callable[[Msg, str], Coroutine[Any, Any, None]]  # (message, why it is not an entry)
+
+
+class KvWatcher:
+    """A KV watch (nats-py's ``KeyValue.watch``: an ordered push consumer on the bucket's stream, the last
+    value per key unless ``include_history``, ``None`` once the current values are in) that checks every
+    delivery before it becomes an entry.
+
+    A push consumer's deliver subject is only an inbox name: a client allowed to create a consumer on
+    another stream can point it at our watcher's inbox, and nats-py would take what arrives for an entry
+    of this bucket (its key is the subject minus this bucket's prefix, whatever the subject was). Here a
+    delivery must come from stream ``KV_<bucket>`` (the ack subject the server gives it names the stream)
+    on a subject under the watched keys; anything else goes to ``on_foreign(msg, why)`` and is dropped.
+    ``updates(timeout)`` and ``stop()`` are those of nats-py's watcher.
+    """
+
+    def __init__(self, bucket: str, keys: str, on_foreign: ForeignDelivery) -> None:
+        self.bucket = bucket
+        self.stream = f"KV_{bucket}"
+        self.prefix = f"$KV.{bucket}."
+        self.filter = f"{self.prefix}{keys}"
+        self._on_foreign = on_foreign
+        self._updates: asyncio.Queue[Any] = asyncio.Queue(maxsize=WATCH_QUEUE)
+        self._sub: Any = None
+        self._init_done = False
+        self._reports: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(
+        cls,
+        js: JetStreamContext,
+        bucket: str,
+        keys: str,
+        include_history: bool,
+        on_foreign: ForeignDelivery,
+    ) -> KvWatcher:
+        w = cls(bucket, keys, on_foreign)
+        await w._start(js, include_history)
+        return w
+
+    def foreign(self, msg: Msg) -> str:
+        """Why ``msg`` is not an entry of the watched keys ("" when it is one)."""
+        try:
+            stream = msg.metadata.stream
+        except Exception:
+            return "no JetStream delivery metadata"
+        if stream != self.stream:
+            return f"delivered from stream {stream[:64]!r}, not {self.stream}"
+        if not subject_matches(self.filter, msg.subject):
+            return f"subject {msg.subject[:200]!r} is not under {self.filter}"
+        return ""
+
+    async def _start(self, js: JetStreamContext, include_history: bool) -> None:
+        started: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        async def on_msg(msg: Msg) -> None:
+            if not started.done():
+                await asyncio.wait_for(asyncio.shield(started), 5.0)
+            why = self.foreign(msg)
+            if why:
+                task = asyncio.get_running_loop().create_task(self._on_foreign(msg, why))
+                self._reports.add(task)
+                task.add_done_callback(self._reports.discard)
+                return
+            meta = msg.metadata
+            op = _kv_operation(msg)
+            if op is not None:
+                entry = KeyValue.Entry(
+                    bucket=self.bucket,
+                    key=msg.subject[len(self.prefix) :],
+                    value=msg.data,
+                    revision=meta.sequence.stream,
+                    delta=meta.num_pending,
+                    created=None,
+                    operation=op,
+                )
+                await self._updates.put(entry)
+            if meta.num_pending == 0 and not self._init_done:
+                await self._updates.put(None)
+                self._init_done = True
+
+        self._sub = await js.subscribe(
+            self.filter,
+            stream=self.stream,
+            cb=on_msg,
+            ordered_consumer=True,
+            deliver_policy=None if include_history else api.DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=300.0,
+        )
+        await asyncio.sleep(0)
+        try:
+            info = await self._sub.consumer_info()
+            started.set_result(True)
+            if info.num_pending == 0 and self._sub.delivered == 0:
+                await self._updates.put(None)
+                self._init_done = True
+        except BaseException:
+            started.cancel()
+            await self._sub.unsubscribe()
+            raise
+
+    async def updates(self, timeout: float = 5.0) -> Any:
+        """The next entry (nats-py's ``KeyValue.Entry``) or ``None`` (current values done)."""
+        try:
+            return await asyncio.wait_for(self._updates.get(), timeout)
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for task in list(self._reports):
+            task.cancel()
+
+
+def _kv_operation(msg: Msg) -> str | None:
+    """PUT, DEL or PURGE from a KV message's headers (server expiry markers included); None for a marker
+    of a kind this client does not know (skipped, as nats-py does)."""
+    headers = msg.headers or {}
+    op = headers.get("KV-Operation")
+    if op:
+        return str(op)
+    reason = headers.get("Nats-Marker-Reason")
+    if reason is None:
+        return "PUT"
+    return {"MaxAge": "PURGE", "Purge": "PURGE", "Remove": "DEL"}.get(reason)
 
 
 def _kv_entry(e: Any) -> KvEntry:

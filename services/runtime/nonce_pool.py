@@ -9,6 +9,9 @@ handed out when it stops are never used (burned: a restarted process does not kn
 so it claims fresh batches). One KV write per batch instead of one per nonce keeps the pool off the
 spend's path.
 
+A signer deletes its batches when it restarts (the nonces died with its process): a deleted batch is no
+longer offered, and its nonces this process claimed but has not handed out are dropped.
+
 Entries live 24 h in KV (the bucket's TTL); a nonce is offered only while its batch is younger than
 ``NONCE_MAX_AGE_MS`` (the TTL removes entries without telling the watch), and a claim outlives that.
 
@@ -48,8 +51,9 @@ class NoncePool:
         self.follow_claims = follow_claims
         # node -> batch id -> the unclaimed batch, oldest first
         self.free: dict[str, dict[str, K.NonceBatch]] = {}
-        # node -> nonces of batches this process claimed and has not handed out yet, oldest first
-        self.mine: dict[str, deque[tuple[K.NonceCommitment, int]]] = {}
+        # node -> nonces of batches this process claimed and has not handed out yet, oldest first, with
+        # their batch's creation time and id
+        self.mine: dict[str, deque[tuple[K.NonceCommitment, int, str]]] = {}
         # (node, batch id) -> when this pool learnt the batch is claimed (ms); forgotten once its nonces
         # are too old to be offered anyway
         self.claimed: dict[tuple[str, str], int] = {}
@@ -86,8 +90,13 @@ class NoncePool:
             if entry.operation == "PUT":  # a claim's deletion frees nothing: a claim is for ever
                 self._note_claimed(node, batch_id)
             return
-        if entry.operation != "PUT":
+        if entry.operation != "PUT":  # withdrawn by its signer (restarted: the nonces died with it)
             self.free.get(node, {}).pop(batch_id, None)
+            mine = self.mine.get(node)
+            if mine and any(b == batch_id for _, _, b in mine):
+                kept = [m for m in mine if m[2] != batch_id]
+                mine.clear()  # in place: a claim in progress holds this deque
+                mine.extend(kept)
             return
         try:
             batch = entry.decode(K.NonceBatch)
@@ -134,7 +143,7 @@ class NoncePool:
         got: list[NonceRef] = []
         while len(got) < count:
             if mine:
-                c, _ = mine.popleft()
+                c, _, _ = mine.popleft()
                 got.append(NonceRef(nonce_id=c.nonce_id, pubnonce=c.pubnonce))
                 continue
             claiming = self._claiming.get(node)
@@ -158,6 +167,6 @@ class NoncePool:
                 await kv.create(K.nonce_claim_key(self.key_id, node, batch_id), claim)
             except CasConflict:
                 continue  # another consensus process has it
-            self.mine.setdefault(node, deque()).extend((c, batch.created_ms) for c in batch.nonces)
+            self.mine.setdefault(node, deque()).extend((c, batch.created_ms, batch_id) for c in batch.nonces)
             return True
         return False

@@ -51,6 +51,7 @@ def private_dir(path: Path) -> Path:
 
 
 def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (created, renamed, deleted files) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -6,9 +6,9 @@ Layout under ``<data_dir>/nodes/<node>/`` (0700, files 0600)::
                         (JSON, not secret); the key-encryption key is derived at start and never written
     hostkey.enc         the ChillDKG host secret key
     shares/<key>.enc    a DKG output: secret share + public data (msgpack), one file per key id
-    nonces.slots        the pooled FROST secret nonces, one fixed-size slot each
-                        (:mod:`services.signer.nonce_slots`); a slot is erased and synced BEFORE its
-                        nonce is used
+    nonces.slots        the pooled FROST secret nonces of the running signer, one fixed-size slot
+                        each, encrypted under a key only that process holds and locked by it
+                        (:mod:`services.signer.nonce_slots`); wiped when the next process opens it
 
 Where the key-encryption key (KEK) comes from, never from the data directory alone:
 
@@ -33,13 +33,10 @@ Upgrades, done when the keystore opens:
   Argon2id KEK, and so is a development keystore when a passphrase is set for the first time, confirmed
   by ``MPCW_NODE_PASSPHRASE_CONFIRM`` (its KEK is then deleted from the secrets directory). Each file is
   re-sealed atomically; the old salt or key file goes last, so a crash half way is finished by the next
-  start. Pooled nonces (``nonces.slots``) are
-  not re-encrypted but discarded: a claim of one is refused and retried with another, and the pool
-  refills.
-
-Earlier versions kept each nonce in ``nonces/<id>.enc``. Opening the keystore moves such files
-into slots (keeping their mtime as the creation time), syncs the slot file, and only then deletes the old
-files (undecryptable ones too: they can never be used) and the emptied directory.
+  start.
+- earlier versions kept each nonce in ``nonces/<id>.enc``, and slots under the key-encryption key.
+  Opening the nonce store deletes such files and wipes the old slots: a nonce pooled by an earlier process
+  is never used (its batch is withdrawn from KV ``presig`` when the signer starts).
 """
 
 from __future__ import annotations
@@ -54,8 +51,8 @@ import nacl.pwhash
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from services.runtime.secrets_dir import SecretsDirError, private_dir, secrets_dir, write_private
-from services.signer.nonce_slots import DuplicateNonce, NonceSlots, fsync_dir
+from services.runtime.secrets_dir import SecretsDirError, fsync_dir, private_dir, secrets_dir, write_private
+from services.signer.nonce_slots import DuplicateNonce, NonceSlots
 
 PASSPHRASE_ENV = "MPCW_NODE_PASSPHRASE"
 CONFIRM_ENV = "MPCW_NODE_PASSPHRASE_CONFIRM"  # moving a development keystore to a passphrase
@@ -113,11 +110,27 @@ class Keystore:
                 f"directory) is refused there; set {PASSPHRASE_ENV}"
             )
         self._aead = ChaCha20Poly1305(self._kek(passphrase))
-        self._nonces = NonceSlots(self.root / "nonces.slots", self._aead, node, check_name=self._check_name)
-        self._import_legacy_nonces()
+        self._nonce_store: NonceSlots | None = None
 
     def close(self) -> None:
-        self._nonces.close()
+        if self._nonce_store is not None:
+            self._nonce_store.close()
+            self._nonce_store = None
+
+    def open_nonces(self) -> None:
+        """Take this node's nonce store for this process: lock it (:class:`NonceStoreBusy` when another
+        process holds it), wipe what earlier processes pooled, delete the files of earlier versions.
+        The nonce methods below open it on first use."""
+        if self._nonce_store is None:
+            self._nonce_store = NonceSlots(self.root / "nonces.slots", self.node, check_name=self._check_name)
+            self._delete_legacy_nonces()
+
+    @property
+    def _nonces(self) -> NonceSlots:
+        if self._nonce_store is None:
+            self.open_nonces()
+        assert self._nonce_store is not None
+        return self._nonce_store
 
     # -- the key-encryption key ----------------------------------------------------------------
     @property
@@ -245,10 +258,7 @@ class Keystore:
                 ) from None
             nonce = secrets.token_bytes(12)
             write_private(path, nonce + new.encrypt(nonce, plain, aad))
-        slots = self.root / "nonces.slots"
-        if slots.exists():
-            slots.unlink()
-            fsync_dir(self.root)
+        # pooled nonces are not re-encrypted: the nonce store wipes them when it opens (under its lock)
 
     # -- generic encrypted blobs ---------------------------------------------------------------
     def _aad(self, kind: str, name: str) -> bytes:
@@ -304,9 +314,7 @@ class Keystore:
 
     # -- pooled secret nonces ------------------------------------------------------------------
     def save_nonce(self, nonce_id: str, secnonce: bytes) -> None:
-        """Store a fresh secret nonce. Not synced, on purpose: losing a fresh nonce in an OS crash is
-        harmless (its signing attempt is refused and retried with another); only *using* one must be
-        durable (:meth:`take_nonce`)."""
+        """Pool a fresh secret nonce, for this process only (it dies with the process)."""
         try:
             self._nonces.save(nonce_id, bytes(secnonce))
         except DuplicateNonce:
@@ -316,18 +324,15 @@ class Keystore:
         return nonce_id in self._nonces
 
     def take_nonce(self, nonce_id: str) -> bytearray:
-        """Read and irrevocably erase a secret nonce: it can be used at most once, even across restarts.
-
-        Its slot is overwritten and the slot file fdatasynced before the nonce is returned, so a crash
-        after this call loses the nonce rather than allowing a second use.
-        """
+        """Read and irrevocably erase a secret nonce: it can be used at most once, even across restarts
+        and restored files (no later process can decrypt it)."""
         got = self.take_nonces([nonce_id])[nonce_id]
         if got is None:
             raise NonceConsumed(f"nonce {nonce_id!r} is used or unknown on {self.node}")
         return got
 
     def take_nonces(self, nonce_ids: list[str]) -> dict[str, bytearray | None]:
-        """:meth:`take_nonce` for many at once, with ONE fdatasync (group commit). An id that is used,
+        """:meth:`take_nonce` for many at once. An id that is used,
         unknown or undecryptable maps to None; a repeated id is taken once (the caller hands each secret
         nonce out once: ``frost.sign`` erases it)."""
         return self._nonces.take(nonce_ids)
@@ -340,29 +345,13 @@ class Keystore:
     def nonce_count(self) -> int:
         return len(self._nonces)
 
-    def _import_legacy_nonces(self) -> None:
-        """Move ``nonces/<id>.enc`` files of earlier versions into slots: copy, fdatasync the slot file,
-        then delete the files and fsync the directory. A file that does not decrypt (or cannot be held
-        in a slot) is deleted: it could never be used. An id already in a slot was imported by a run
-        that crashed before the delete finished."""
+    def _delete_legacy_nonces(self) -> None:
+        """Delete the ``nonces/<id>.enc`` files of earlier versions (and the directory): pooled by an
+        earlier process, they are never used."""
         old_dir = self.root / "nonces"
         if not old_dir.is_dir():
             return
-        old = sorted(old_dir.iterdir())
-        for path in old:
-            if path.suffix != ".enc" or not path.is_file():
-                continue  # a write_atomic temp file never renamed: never announced, just deleted
-            nonce_id = path.stem
-            try:
-                if self.has_nonce(nonce_id):
-                    continue
-                secnonce = self._open(path, "nonce", nonce_id)
-                created_ms = int(path.stat().st_mtime * 1000)
-                self._nonces.save(nonce_id, secnonce, created_ms=created_ms)
-            except (KeystoreError, ValueError):
-                continue  # invalid id, wrong length, or does not decrypt: deleted below
-        self._nonces.sync()
-        for path in old:
+        for path in sorted(old_dir.iterdir()):
             if path.is_file():
                 path.unlink()
         fsync_dir(old_dir)

@@ -2,18 +2,31 @@
 
 Theory of operation
 -------------------
-The node holds its key share and its pooled secret nonces in its own data directory, encrypted at rest
-(:mod:`services.signer.keystore`); nothing secret ever leaves the process except as a ChillDKG message
-(whose shares are encrypted to the recipients' host keys) or a partial signature.
+The node holds its key share in its own data directory, encrypted at rest
+(:mod:`services.signer.keystore`), and its pooled secret nonces in a file encrypted under a key only this
+process holds (:mod:`services.signer.nonce_slots`): a pooled nonce dies with the process, so no restart,
+restored backup or copied file can ever offer a used nonce again. Nothing secret ever leaves the process
+except as a ChillDKG message (whose shares are encrypted to the recipients' host keys) or a partial
+signature.
+
+- start: lock the nonce store (a second process for the same node is refused and exits), wipe what an
+  earlier process pooled, and withdraw this node's nonce batches from KV ``presig`` (delete
+  ``frost.<key>.<node>.b.<batch>``), so pools stop offering nonces nobody holds any more.
 
 - ``tx.requested.<tx>``: recheck the spend from scratch (:mod:`services.signer.spend_check`) against the
-  policy in KV ``config``, record the verdict in the node's vote journal, publish a signed
+  policy in KV ``config`` (signed by admin, checked on every read and watch update by
+  :mod:`services.runtime.signed_kv`: a value that does not verify is reported and the last good policy
+  stays in force; a stored policy that never verified makes the node refuse every spend), record the
+  verdict in the node's vote journal, publish a signed
   :class:`Vote` on ``vote.<tx>.<node>``. A replayed request re-publishes the recorded vote (same
   ``Nats-Msg-Id``), never a different one.
 - ``tx.signing.<tx>``: if this node is in the signer set, check the quorum certificate (``t`` distinct
-  approving votes, each signed by its node, each over the sighashes this node recomputes), then for every
-  input take (and irrevocably delete) the pooled secret nonce consensus claimed for it and publish the
-  BIP-445 partial signatures on ``proto.frost.<session>.2.<node>``. Partial signatures already produced
+  approving votes, each signed by its node, each over the sighashes this node recomputes), that this
+  process holds every nonce the attempt names for it ("nonce unknown" otherwise: consensus retries with
+  another signer set) and that the spend is within its attempt cap (:mod:`services.signer.signing_attempts`);
+  a refused attempt takes no nonce. Then count the attempt (durably), for every input take (and delete)
+  the pooled secret nonce consensus claimed for it and publish the BIP-445 partial signatures on
+  ``proto.frost.<session>.2.<node>``. Partial signatures already produced
   for a session are re-published as they were (:mod:`services.signer.answer_log`), so a redelivery never
   needs a nonce twice.
 - ``proto.noncegen.<batch>.1.presig.<node>``: generate nonces, store the secret halves, put the public
@@ -34,8 +47,6 @@ import msgspec
 
 from schemas import kv as K
 from schemas.messages import (
-    DkgMessage,
-    DkgResult,
     Heartbeat,
     NonceBatchRequest,
     NonceRef,
@@ -47,7 +58,6 @@ from schemas.messages import (
 )
 from schemas.names import (
     BUCKET_CONFIG,
-    BUCKET_KEYS,
     BUCKET_PRESIG,
     check_token,
     durable,
@@ -60,9 +70,12 @@ from services.runtime.bus import KV, Bus, CasConflict, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.lookup import last_message
 from services.runtime.seal import EnvelopeError, verify_certificate
+from services.runtime.signed_kv import NoVerifiedValue, Signed, SignedKV, value_digest
 from services.signer.answer_log import AnswerLog
 from services.signer.dkg_participant import DkgParticipant
 from services.signer.keystore import Keystore, KeystoreError, ShareRecord
+from services.signer.signing_attempts import CONFIG_KEY as MAX_ATTEMPTS_KEY
+from services.signer.signing_attempts import DEFAULT_MAX_ATTEMPTS, SigningAttempts
 from services.signer.spend_check import check_spend
 from services.signer.vote_journal import JournalEntry, VoteJournal
 from tss import frost
@@ -101,10 +114,17 @@ class SignerNode:
         self.node = cfg.identity
         self.keystore = keystore
         self.log = bus.log
+        keystore.open_nonces()  # first: NonceStoreBusy if another process runs this node
         self.journal = VoteJournal(keystore.root / "votes.jsonl")
+        self.attempts = SigningAttempts(keystore.root / "signing_attempts.jsonl")
+        self.max_attempts = int(cfg.extra.get(MAX_ATTEMPTS_KEY, DEFAULT_MAX_ATTEMPTS))
+        if self.max_attempts < 1:
+            raise ValueError(f"{MAX_ATTEMPTS_KEY} must be at least 1, not {self.max_attempts}")
         self.answers = AnswerLog(keystore.root)
-        self.policy = Policy()
-        self.dkg = DkgParticipant(self)
+        # the policy in force: the defaults while none is stored, None while the stored one never verified
+        self.policy: Policy | None = Policy()
+        self.policy_digest = 0  # of the signed policy in force (heartbeats report it), 0 for the defaults
+        self.dkg = DkgParticipant(cfg, bus, keystore, self.forget_share_cache)
         self._share_cache: dict[str, tuple[ShareRecord, ThresholdAccount]] = {}
         # requests this process approved (checked when voting): signing them needs no second look-up
         self.approved: dict[str, TxRequested] = {}
@@ -114,10 +134,11 @@ class SignerNode:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> list[asyncio.Task[Any]]:
-        keys = await self.bus.kv(BUCKET_KEYS)
-        hostpub = self.dkg.hostpubkey()
-        await keys.put(K.hostpubkey_key(self.node), K.HostPubkey(node=self.node, hostpubkey=hostpub))
+        await self.dkg.publish_hostpubkey()
+        await self.dkg.restate_results()
+        self.config = await SignedKV.open(self.bus, BUCKET_CONFIG)
         await self._load_policy()
+        await self._withdraw_nonce_batches()  # before nonce generation starts: only earlier ones go
         me = self.node
         return [
             self.bus.start_batch_consumer(*durable(me, "signer-{self}-requests"), self.on_requests, batch=64),
@@ -135,6 +156,33 @@ class SignerNode:
             asyncio.create_task(self._sweep_nonces()),
         ]
 
+    def close(self) -> None:
+        """Release the node's files (the nonce store's lock with them; its pooled nonces die)."""
+        self.keystore.close()
+        self.journal.close()
+        self.attempts.close()
+        self.answers.close()
+
+    async def _withdraw_nonce_batches(self) -> None:
+        """Delete this node's nonce batches from KV ``presig``: the nonces they announce were pooled by an
+        earlier process and died with it. A consensus that claimed one drops what it has not handed out
+        (:class:`services.runtime.nonce_pool.NoncePool`); one it hands out anyway is refused."""
+        presig = await self.bus.kv(BUCKET_PRESIG)
+        old: list[str] = []
+        watch = presig.watch(f"frost.*.{self.node}.b.*")
+        try:
+            async for entry in watch:
+                if entry is None:
+                    break
+                if entry.operation == "PUT":
+                    old.append(entry.key)
+        finally:
+            await watch.aclose()
+        for i in range(0, len(old), 64):
+            await asyncio.gather(*(presig.delete(key) for key in old[i : i + 64]))
+        if old:
+            self.log.info("nonce batches of an earlier process withdrawn", batches=len(old))
+
     async def _sweep_nonces(self) -> None:
         """Hourly (and at start): secret nonces whose KV entries expired unclaimed are deleted."""
         while not self.bus.stopping.is_set():
@@ -146,23 +194,24 @@ class SignerNode:
                 await asyncio.wait_for(self.bus.stopping.wait(), NONCE_SWEEP_S)
 
     async def _load_policy(self) -> None:
-        cfg = await self.bus.kv(BUCKET_CONFIG)
-        entry = await cfg.get(K.POLICY_KEY)
-        if entry is not None:
-            self.policy = self._decode_policy(entry.value)
-
-    def _decode_policy(self, raw: bytes) -> Policy:
         try:
-            return msgspec.msgpack.decode(raw, type=Policy)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self.log.error("policy in KV does not decode; keeping the previous one", error=str(exc)[:200])
-            return self.policy
+            signed = await self.config.get(K.POLICY_KEY, Policy)
+        except NoVerifiedValue as exc:
+            self.policy = None
+            self.log.error("the stored policy does not verify: every spend is refused", why=exc.why.kind)
+            return
+        if signed is not None:
+            self._apply_policy(signed)
+
+    def _apply_policy(self, signed: Signed[Policy]) -> None:
+        self.policy = signed.value
+        self.policy_digest = value_digest(signed.raw)
+        self.log.info("policy applied", version=signed.value.version, digest=self.policy_digest)
 
     async def _watch_policy(self) -> None:
-        cfg = await self.bus.kv(BUCKET_CONFIG)
-        async for entry in cfg.watch(K.POLICY_KEY):
-            if entry is not None and entry.operation == "PUT":
-                self.policy = self._decode_policy(entry.value)
+        async for item in self.config.watch(K.POLICY_KEY, Policy):
+            if isinstance(item, Signed):
+                self._apply_policy(item)
                 self._beat_now.set()
 
     async def _heartbeat(self) -> None:
@@ -172,7 +221,11 @@ class SignerNode:
                 node=self.node,
                 ts_ms=now,
                 ready=True,
-                detail={"nonces": self.keystore.nonce_count(), "policy_version": self.policy.version},
+                detail={
+                    "nonces": self.keystore.nonce_count(),
+                    "policy_version": self.policy.version if self.policy is not None else 0,
+                    "policy_digest": self.policy_digest,
+                },
             )
             try:
                 await self.bus.publish(heartbeat_subject(self.node), hb, f"hb.{self.node}.{now}")
@@ -239,13 +292,18 @@ class SignerNode:
 
     def _decide(self, req: TxRequested, pending: int = 0) -> JournalEntry:
         now = int(time.time() * 1000)
+        sighashes: list[bytes] = []
         try:
             _, account = self.share(req.key_id)
         except (KeystoreError, ValueError):
-            reasons, sighashes = [f"this node holds no share of key {req.key_id!r}"], []
+            reasons = [f"this node holds no share of key {req.key_id!r}"]
         else:
-            res = check_spend(req, self.policy, account, self.journal.spent_since(now - DAY_MS) + pending)
-            reasons, sighashes = res.reasons, res.sighashes
+            if self.policy is None:
+                reasons = ["no verified policy: the stored policy is not signed by admin"]
+            else:
+                spent = self.journal.spent_since(now - DAY_MS) + pending
+                res = check_spend(req, self.policy, account, spent)
+                reasons, sighashes = res.reasons, res.sighashes
         self.log.info("vote", tx_id=req.tx_id, approve=not reasons, reasons=reasons[:5])
         return JournalEntry(
             req.tx_id,
@@ -254,13 +312,14 @@ class SignerNode:
             now,
             [h.hex() for h in sighashes],
             reasons,
-            self.policy.version,
+            self.policy.version if self.policy is not None else 0,
         )
 
     # ---- signing ------------------------------------------------------------------------------------
     async def on_signings(self, batch: list[Received]) -> None:
-        """A fetched batch of signing attempts naming this node: check each, take every nonce they need
-        with one fsync (group commit), sign, and publish the partial signatures (or the refusals)."""
+        """A fetched batch of signing attempts naming this node: check each, count the ones that pass
+        (one fsync for the batch), take every nonce they need, sign, and publish the partial signatures
+        (or the refusals)."""
         sigs = [
             r.payload
             for r in batch
@@ -270,15 +329,25 @@ class SignerNode:
         fresh: list[PartialSignatures | SigningRefused] = []
         async with self._lock:
             todo: list[tuple[TxSigning, _Prepared | SigningError]] = []
+            counting: list[tuple[str, str]] = []  # (tx_id, session) of the attempts that will take nonces
+            sessions: set[str] = set()
             for sig in sigs:
                 cached = self.answers.get(sig.session_id)
                 if cached is not None:  # a redelivery: publish exactly what was produced before
                     outs.append(cached)
                     continue
+                if sig.session_id in sessions:
+                    continue  # delivered twice in this batch: answered once
+                sessions.add(sig.session_id)
                 try:
-                    todo.append((sig, await self._prepare(sig)))
+                    prepared = await self._prepare(sig)
+                    self._check_attempt_cap(sig, counting)
                 except SigningError as exc:
                     todo.append((sig, exc))
+                    continue
+                counting.append((sig.tx_id, sig.session_id))
+                todo.append((sig, prepared))
+            self.attempts.record(counting)  # durable before any nonce is taken (one sync)
             wanted = [ref.nonce_id for _, p in todo if isinstance(p, _Prepared) for ref in p.my_nonces]
             secnonces = self.keystore.take_nonces(wanted)
             for sig, prep in todo:
@@ -334,8 +403,8 @@ class SignerNode:
             if res.reasons or [h.hex() for h in res.sighashes] != entry.sighashes:
                 raise SigningError("the spend no longer matches what this node approved")
         sighashes = [bytes.fromhex(h) for h in entry.sighashes]
-        self._check_certificate(sig, sighashes)
-        self._check_signer_set(sig, share)
+        approvers = self._check_certificate(sig, sighashes)
+        self._check_signer_set(sig, share, approvers)
         my_nonces = sig.nonces[self.node]
         for ref in my_nonces:
             try:
@@ -346,7 +415,27 @@ class SignerNode:
             len(sig.nonces[s]) != len(req.inputs) for s in sig.signers
         ):
             raise SigningError("the attempt does not list one nonce per input for every signer")
+        if len({ref.nonce_id for ref in my_nonces}) != len(my_nonces):
+            raise SigningError("the attempt names one nonce of this node twice")
+        unknown = [ref.nonce_id for ref in my_nonces if not self.keystore.has_nonce(ref.nonce_id)]
+        if unknown:
+            raise SigningError(
+                f"nonce unknown: {unknown[0]} is not held by this signer process (used, expired, or "
+                "pooled before a restart)"
+            )
         return _Prepared(req, share, account, sighashes, list(my_nonces))
+
+    def _check_attempt_cap(self, sig: TxSigning, counting: list[tuple[str, str]]) -> None:
+        """At most ``max_attempts`` sessions of a spend take nonces on this node (``counting``: the
+        attempts of the batch being prepared, not recorded yet)."""
+        if self.attempts.counted(sig.tx_id, sig.session_id):
+            return  # its nonces are used already (the refusal follows), it counts once
+        done = self.attempts.count(sig.tx_id) + sum(1 for t, _ in counting if t == sig.tx_id)
+        if done >= self.max_attempts:
+            raise SigningError(
+                f"attempt cap: this node already took nonces for {done} attempts of this spend "
+                f"(at most {self.max_attempts})"
+            )
 
     def _sign(self, sig: TxSigning, prep: _Prepared, secnonces: dict[str, bytearray | None]) -> list[bytes]:
         share, req = prep.share, prep.req
@@ -383,11 +472,14 @@ class SignerNode:
         self.log.info("signed", tx_id=sig.tx_id, attempt=sig.attempt, inputs=len(psigs))
         return psigs
 
-    def _check_certificate(self, sig: TxSigning, sighashes: list[bytes]) -> None:
+    def _check_certificate(self, sig: TxSigning, sighashes: list[bytes]) -> set[str]:
+        """The nodes whose approving votes of these sighashes the certificate holds (at least t)."""
         try:
             envs = verify_certificate(sig.certificate, self.bus.identities, own=self.my_votes)
         except EnvelopeError as exc:
-            raise SigningError(f"quorum certificate does not verify: {exc.kind}") from exc
+            raise SigningError(
+                f"quorum certificate does not verify: {exc.kind} ({exc.detail[:200]})"
+            ) from exc
         voters: set[str] = set()
         for env in envs:
             try:
@@ -403,8 +495,11 @@ class SignerNode:
             voters.add(vote.node)
         if len(voters) < self.cfg.t:
             raise SigningError(f"certificate has {len(voters)} approvals, {self.cfg.t} needed")
+        return voters
 
-    def _check_signer_set(self, sig: TxSigning, share: ShareRecord) -> None:
+    def _check_signer_set(self, sig: TxSigning, share: ShareRecord, approvers: set[str]) -> None:
+        """The signers are distinct nodes at their participant ids, at least t, each with nonces listed
+        and each an approver in the certificate (the quorum); this node is one of them."""
         if len(sig.signers) != len(sig.signer_ids) or len(set(sig.signers)) != len(sig.signers):
             raise SigningError("malformed signer set")
         if len(sig.signers) < share.t:
@@ -414,6 +509,8 @@ class SignerNode:
                 raise SigningError(f"signer {name} listed with the wrong participant id")
             if name not in sig.nonces:
                 raise SigningError(f"no nonces listed for {name}")
+            if name not in approvers:
+                raise SigningError(f"signer {name} is outside the quorum (no approval in the certificate)")
         if share.index != self.cfg.nodes.index(self.node):
             raise SigningError("this node's share index does not match its position")
 
@@ -465,22 +562,6 @@ class SignerNode:
             await presig.create(K.nonce_batch_key(key_id, self.node, batch.batch_id), batch)
         except CasConflict:
             self.log.debug("nonce batch already announced", batch=batch.batch_id)
-
-    # ---- DKG glue -----------------------------------------------------------------------------------
-    async def publish_dkg(self, session_id: str, round_: int, data: bytes) -> None:
-        msg = DkgMessage(session_id=session_id, round=round_, data=data)
-        await self.bus.publish(
-            proto_subject("chilldkg", session_id, round_, self.node),
-            msg,
-            f"dkg.{session_id}.{round_}.{self.node}",
-        )
-
-    async def publish_dkg_result(self, result: DkgResult) -> None:
-        await self.bus.publish(
-            proto_subject("chilldkg", result.session_id, 9, self.node),
-            result,
-            f"dkg.{result.session_id}.9.{self.node}",
-        )
 
 
 def _pubnonce_of(secnonce: bytearray) -> bytes:

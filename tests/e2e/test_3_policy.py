@@ -20,6 +20,7 @@ from schemas.names import BUCKET_CONFIG
 from schemas.rest import Policy
 from services.runtime.bus import Bus
 from services.runtime.lookup import last_message
+from services.runtime.signed_kv import SignedKV
 from tests.e2e.conftest import Cluster, external_address
 
 pytestmark = pytest.mark.e2e
@@ -27,10 +28,10 @@ pytestmark = pytest.mark.e2e
 
 def _policy(cluster: Cluster) -> tuple[Policy, int | None]:
     async def go(bus: Bus) -> tuple[Policy, int | None]:
-        entry = await (await bus.kv(BUCKET_CONFIG)).get(K.POLICY_KEY)
-        if entry is None:
+        signed = await (await SignedKV.open(bus, BUCKET_CONFIG)).get(K.POLICY_KEY, Policy)
+        if signed is None:
             return Policy(), None
-        return msgspec.msgpack.decode(entry.value, type=Policy), entry.revision
+        return signed.value, signed.revision
 
     return cluster.with_bus(go)
 
@@ -42,14 +43,11 @@ def restore_policy(cluster: Cluster) -> Iterator[Policy]:
     yield before
 
     async def go(bus: Bus) -> None:
-        kv = await bus.kv(BUCKET_CONFIG)
-        entry = await kv.get(K.POLICY_KEY)
-        current = msgspec.msgpack.decode(entry.value, type=Policy) if entry else Policy()
+        config = await SignedKV.open(bus, BUCKET_CONFIG)
+        signed = await config.get(K.POLICY_KEY, Policy)
+        current = signed.value if signed is not None else Policy()
         restored = msgspec.structs.replace(before, version=current.version + 1)
-        if entry is None:
-            await kv.create(K.POLICY_KEY, restored)
-        else:
-            await kv.update_cas(K.POLICY_KEY, restored, entry.revision)
+        await config.write(K.POLICY_KEY, restored, signed.revision if signed is not None else None)
 
     cluster.with_bus(go)
 

@@ -37,6 +37,7 @@ from schemas import kv as K
 from schemas.messages import TxSigned, TxSigning, Violation, Vote
 from schemas.names import BUCKET_BANS, BUCKET_ROUNDS
 from services.runtime.bus import Bus
+from services.runtime.signed_kv import SignedKV
 from services.runtime.supervisor import default_table
 from tests.e2e.byzantine_signer import CORRUPT_PSIG, EQUIVOCATE, EQUIVOCATION_REASON
 from tests.e2e.conftest import (
@@ -161,9 +162,9 @@ def round_record(c: Cluster, tx_id: str) -> K.RoundRecord:
 def ban_record(c: Cluster, node: str) -> K.BanRecord | None:
     async def go(bus: Bus) -> K.BanRecord | None:
         with contextlib.suppress(Exception):  # no such key
-            entry = await (await bus.kv(BUCKET_BANS)).get(node)
-            if entry is not None:
-                return entry.decode(K.BanRecord)
+            signed = await (await SignedKV.open(bus, BUCKET_BANS)).get(node, K.BanRecord)
+            if signed is not None:
+                return signed.value
         return None
 
     return c.with_bus(go)

@@ -24,6 +24,7 @@ from schemas.names import (
     consumers_of,
     consumers_with_prefix,
     durable,
+    kv_reads_of,
     publish_rights,
     sender_may_publish,
     stream_for,
@@ -360,8 +361,9 @@ async def admin_consumers(admin: Bus, stream: str) -> list[api.ConsumerInfo]:
 async def test_node3_makes_no_kv_consumer_but_on_what_it_watches(
     pki: Path, prod_nats: str, bucket: str, victim: str
 ) -> None:
-    """Every form of consumer create on a bucket node-3 does not watch is refused (config, the policy it
-    watches, is the one it may: see the next test for what the server then does not check)."""
+    """Every form of consumer create on a bucket node-3 does not watch is refused; on those it watches
+    (config, keys, presig) only the watch's own form passes (see the next test for what the server then
+    does not check)."""
     stream = f"KV_{bucket}"
     deliver = f"_INBOX.{victim}.kvwatch-{bucket}"
     body = create_body(stream, deliver, filter_subject=f"$KV.{bucket}.>")
@@ -372,26 +374,27 @@ async def test_node3_makes_no_kv_consumer_but_on_what_it_watches(
         (f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.evil-{bucket}", body),
     ]
     refused = await refused_subjects(prod_nats, pki, "node-3", attempts)
-    if bucket == "config":
+    watched = kv_reads_of("node-3").get(bucket) == "watch"
+    assert watched == (bucket in ("config", "keys", "presig"))
+    if watched:
         assert refused == [s for s, _ in attempts[1:]]  # only the watch's own (server-named) form
     else:
         assert refused == [s for s, _ in attempts]
     admin = await Bus.connect(load_config("admin", pki, nats_url=prod_nats))
     try:
         made = [c for c in await admin_consumers(admin, stream) if c.config.deliver_subject == deliver]
-        assert len(made) == (1 if bucket == "config" else 0)
+        assert len(made) == (1 if watched else 0)
     finally:
         await admin.close()
 
 
-async def test_the_server_does_not_check_a_deliver_subject_so_node3_watches_no_bucket_it_writes(
-    pki: Path, prod_nats: str
-) -> None:
+async def test_the_server_does_not_check_a_deliver_subject(pki: Path, prod_nats: str) -> None:
     """What the broker cannot refuse, measured: nats-server does not check a new consumer's deliver
     subject against its creator's rights. On KV_config (node-3 watches the policy) node-3 can make a
     push consumer that delivers into consensus's inbox, if it knows a subject there (it cannot list or
     inspect others' consumers, which name them). What arrives is only what is stored in KV_config, which
-    node-3 cannot write: a genuine value (the signed-KV readers check the writer anyway). A push
+    node-3 cannot write: a genuine value (the signed-KV readers check the writer anyway; on keys and
+    presig, which it also watches, its own signed values are only believed at its own keys). A push
     consumer delivering onto a stream subject stores nothing there."""
     admin = await Bus.connect(load_config("admin", pki, nats_url=prod_nats))
     consensus = await connect(prod_nats, ctx(pki, "consensus"), inbox_prefix="_INBOX.consensus")
@@ -639,6 +642,11 @@ async def test_node3_does_everything_a_signer_needs(pki: Path, prod_nats: str) -
         presig = await node.kv("presig")
         await presig.create("frost.default.node-3.b.b9_0", b"commitments")
         assert (await presig.get("frost.default.node-3.b.b9_0")) is not None
+        own = presig.watch("frost.*.node-3.b.*")  # its batches, to withdraw at start
+        first = await asyncio.wait_for(anext(own), 10)
+        assert first is not None and first.key == "frost.default.node-3.b.b9_0"
+        await own.aclose()
+        assert "hostpubkey.node-3" in await (await node.kv("keys")).keys()  # statements to restate
         for cname in ("signer-{self}-signing", "signer-{self}-noncegen", "signer-{self}-dkg"):
             subject, name = durable("node-3", cname)
             config = api.ConsumerConfig(

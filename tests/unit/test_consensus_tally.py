@@ -17,6 +17,7 @@ from services.consensus.tally import (
     outcome,
     quorum,
     rejection_reasons,
+    signing_certificate,
 )
 
 NODES = [f"node-{i}" for i in range(1, 6)]
@@ -30,6 +31,19 @@ def test_approves_at_t_and_certificate_has_t_envelopes() -> None:
     add_vote(r, "node-5", True, [], b"env5")
     assert outcome(r) is Outcome.APPROVED
     assert certificate(r) == [b"env0", b"env1", b"env2", b"env5"]
+
+
+def test_a_signing_certificate_holds_every_signers_approval() -> None:
+    r = new_round("tx", 5, 4, NODES)
+    for i, node in enumerate(NODES):
+        add_vote(r, node, True, [], f"env{i}".encode())
+    assert certificate(r) == [b"env0", b"env1", b"env2", b"env3"]
+    # a retry's signer set rotated to node-5, whose vote the t-vote certificate leaves out
+    signers = ["node-2", "node-3", "node-4", "node-5"]
+    assert signing_certificate(r, signers) == [b"env0", b"env1", b"env2", b"env3", b"env4"]
+    assert signing_certificate(r, NODES[:4]) == certificate(r)
+    with pytest.raises(ValueError, match="outside the quorum"):
+        signing_certificate(r, ["node-1", "node-2", "node-3", "node-9"])
 
 
 def test_rejects_once_approval_is_impossible() -> None:

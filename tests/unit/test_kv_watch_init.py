@@ -46,17 +46,21 @@ class FakeWatcher:
 
 
 class FakeNatsKV:
+    """Opens the scripted watcher in place of ``KvWatcher``."""
+
     def __init__(self, script: list[tuple[float, E | None]]) -> None:
         self.script = script
 
-    async def watch(self, key: str, include_history: bool = False) -> FakeWatcher:
+    async def watch(self, key: str, include_history: bool = False) -> Any:
         return FakeWatcher(self.script)
 
 
 async def first_values(script: list[tuple[float, E | None]]) -> list[KvEntry | None]:
     stop = asyncio.Event()
     bus: Any = SimpleNamespace(_stopping=stop, _generation=0, log=None)
-    kv = KV(bus, "rounds", FakeNatsKV(script))  # type: ignore[arg-type]
+    fake = FakeNatsKV(script)
+    kv = KV(bus, "rounds", fake)  # type: ignore[arg-type]
+    kv._open_watch = lambda key, include_history: fake.watch(key, include_history)  # type: ignore[method-assign]
     out: list[KvEntry | None] = []
     async for e in kv.watch(stop=stop):
         out.append(e)
