@@ -248,6 +248,55 @@ CONSUMERS: Final[dict[str, dict[str, str]]] = {
 }
 
 
+# identity (or "node" for every node-k) -> the KV buckets it reads: bucket -> "get" (single keys, by a
+# stream message get: no consumer) or "watch" (also watches and key listings, which need an ephemeral
+# consumer on the bucket's stream). The broker lets an identity make consumers only on the buckets it
+# watches, and pull from none of them. nats-server does not check the deliver subject of a new consumer
+# against its creator's rights: on a bucket it watches, an identity could have values pushed into an
+# inbox of another identity whose name it knows (names are not listable: no consumer list or foreign
+# info); they are stored values, and a reader acts only on a value signed by a writer ``KV_WRITERS``
+# allows for that key (``services.runtime.signed_kv``). Buckets it writes (``PUBLISH_RIGHTS``) it may get.
+KV_READERS: Final[dict[str, dict[str, str]]] = {
+    # the policy; its DKG statements to restate (a key listing); its own nonce batches to withdraw
+    "node": {BUCKET_CONFIG: "watch", BUCKET_KEYS: "watch", BUCKET_PRESIG: "watch"},
+    "intake": {BUCKET_NODES: "watch", BUCKET_KEYS: "get", BUCKET_CONFIG: "get"},
+    "consensus": {
+        BUCKET_ROUNDS: "watch",
+        BUCKET_BANS: "watch",
+        BUCKET_CONFIG: "watch",  # DKG requests
+        BUCKET_PRESIG: "watch",  # the nonce pool
+        BUCKET_KEYS: "get",
+    },
+    "presig": {BUCKET_PRESIG: "watch", BUCKET_KEYS: "get"},
+    "broadcaster": {BUCKET_KEYS: "get", BUCKET_ROUNDS: "get"},
+    "monitor": {},
+    "recorder": {},
+}
+
+
+# identity (or "node") -> the message streams it reads single messages back from, verified
+# (``services.runtime.lookup``); its consumers read the rest
+STREAM_READERS: Final[dict[str, tuple[str, ...]]] = {
+    "node": (STREAM_TX,),  # the request of a signing
+    "consensus": (STREAM_TX, STREAM_PROTO),
+    "broadcaster": (STREAM_TX, STREAM_PROTO),
+}
+
+
+def stream_reads_of(identity: str) -> tuple[str, ...]:
+    return STREAM_READERS.get("node" if is_node(identity) else identity, ())
+
+
+def kv_reads_of(identity: str) -> dict[str, str]:
+    """``KV_READERS`` of ``identity``: bucket -> "get" or "watch"."""
+    return dict(KV_READERS.get("node" if is_node(identity) else identity, {}))
+
+
+def kv_writes_of(identity: str) -> list[str]:
+    """The buckets ``identity`` may write some key of (from ``PUBLISH_RIGHTS``)."""
+    return [b for b in BUCKETS if any(p.startswith(f"$KV.{b}.") for p in publish_rights(identity))]
+
+
 def consumers_of(identity: str) -> dict[str, str]:
     """The durable consumers ``identity`` may use: concrete name -> filter subject."""
     table = CONSUMERS.get("node" if is_node(identity) else identity, {})

@@ -4,7 +4,7 @@
 Ordering is what makes the stored stream position an exactly-once guard: a message is applied only if
 its sequence is beyond the stored one, so a later message must never be applied before an earlier one.
 Each consumer therefore fetches batches of ``batch`` messages with ``max_ack_pending = batch`` (the server
-hands out the next batch only after the previous one was acked), is re-created at every start (and
+hands out the next batch only after the previous one was acked), is reset at every start (and
 reconnect) to begin right after the stored position (``resume_from``: a crashed instance's unacked batch
 can then never be overtaken by later messages; nothing before the position is needed again) and
 applies a whole batch in ONE database transaction (:func:`services.recorder.batch.record_batch`), then

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -46,7 +47,15 @@ from nats.js.kv import KeyValue
 
 import nats
 from schemas import envelope as E
-from schemas.names import UNKNOWN, inbox_prefix, stream_for, subject_matches, violation_subject
+from schemas.names import (
+    SERVICE_IDENTITIES,
+    UNKNOWN,
+    consumers_of,
+    inbox_prefix,
+    stream_for,
+    subject_matches,
+    violation_subject,
+)
 
 from . import metrics as M
 from .config import ServiceConfig
@@ -663,6 +672,7 @@ class Bus:
             while True:
                 try:
                     await self._create_jetstream(defs, replicas)
+                    await self.ensure_durables([*self.cfg.nodes, *SERVICE_IDENTITIES])
                     return
                 except JETSTREAM_NOT_READY as exc:
                     if time.monotonic() + delay > deadline:
@@ -685,6 +695,31 @@ class Bus:
                             "(or connect once as admin)"
                         ) from None
                     await asyncio.sleep(0.25)
+
+    async def ensure_durables(self, identities: list[str]) -> None:
+        """Make every durable consumer of ``identities`` (``schemas.names.CONSUMERS``) that does not exist
+        yet, as a pull consumer (admin, with the streams). Its owner may then only update it: the server
+        refuses to turn a pull consumer into a push one, and no identity may delete its durables, so none
+        can have its deliveries pushed to a subject of its choosing (nats-server does not check a deliver
+        subject against its creator's rights)."""
+        d = jetstream_definitions()["consumer_defaults"]
+        for identity in identities:
+            for name, subject in consumers_of(identity).items():
+                stream = stream_for(subject)
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self.js.consumer_info(stream, name)
+                    continue
+                config = api.ConsumerConfig(
+                    name=name,
+                    durable_name=name,
+                    filter_subject=subject,
+                    ack_policy=api.AckPolicy(d["ack_policy"]),
+                    ack_wait=float(d["ack_wait"]),
+                    max_ack_pending=int(d["max_ack_pending"]),
+                    max_deliver=int(d["max_deliver"]),
+                    deliver_policy=api.DeliverPolicy(d["deliver_policy"]),
+                )
+                await self.js.add_consumer(stream, config=config)
 
     async def _create_jetstream(self, defs: Mapping[str, Any], replicas: int) -> None:
         """One idempotent pass: every stream and bucket created, or brought up to date."""
@@ -909,14 +944,11 @@ class Bus:
                             max_ack_pending=max_ack_pending,
                             deliver_policy=api.DeliverPolicy(deliver_policy),
                         )
+                        await self._ensure_consumer(stream, durable, subject_filter, config)
                         if resume_from is not None:
                             start = max(1, await resume_from())
-                            with contextlib.suppress(nats.js.errors.NotFoundError):
-                                await self.js.delete_consumer(stream, durable)
-                            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-                            config.opt_start_seq = start
+                            await self._reset_consumer(stream, durable, start)
                             self.log.info("consumer resumes", durable=durable, stream=stream, start_seq=start)
-                        await self._ensure_consumer(stream, durable, subject_filter, config)
                         sub = _PullFeed(self.nc, stream, durable, batch)
                         await sub.start()
                     msgs = await sub.fetch(fetch_timeout, linger)
@@ -937,6 +969,16 @@ class Bus:
                 await sub.stop()
             if task is not None:
                 self._consumers.discard(task)
+
+    async def _reset_consumer(self, stream: str, durable: str, seq: int) -> None:
+        """Move the durable ``durable`` to stream sequence ``seq``: what it delivered and did not get acked
+        is forgotten, the next delivery is the first message at or after ``seq``."""
+        reply = await self.nc.request(
+            f"$JS.API.CONSUMER.RESET.{stream}.{durable}", json.dumps({"seq": seq}).encode(), timeout=5.0
+        )
+        answer = json.loads(reply.data)
+        if answer.get("error"):
+            raise nats.js.errors.APIError.from_error(answer["error"])
 
     async def _ensure_consumer(
         self, stream: str, durable: str, subject_filter: str, config: api.ConsumerConfig
@@ -1048,8 +1090,9 @@ class Bus:
         not hold across a crash: a dead instance's unacked batch is redelivered only after ``ack_wait``,
         and if it held fewer than ``max_ack_pending`` messages, later ones can be delivered first. A
         caller that keeps its own position (an exactly-once guard that skips ``seq <= stored``) passes
-        ``resume_from``: on every (re)subscribe the durable is re-created to start at the stream sequence
-        ``await resume_from()`` returns (its position + 1), dropping the server's record of unacked
+        ``resume_from``: on every (re)subscribe the durable is reset (``$JS.API.CONSUMER.RESET``; it keeps
+        its name and configuration, and no identity may delete its durables) to start at the stream
+        sequence ``await resume_from()`` returns (its position + 1), dropping the server's record of unacked
         deliveries, so nothing after the position can overtake anything before it.
 
         ``linger``: once a message is there, wait up to that many seconds for the batch to fill before

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -232,6 +233,7 @@ class Supervisor:
                 await conn.close()
             cfg = load_config("admin", self.data_dir, nats_url=self.nats.url if self.nats else "")
             cfg.extra["nats_replicas"] = replicas  # cluster.json (read by every service) is written below
+            cfg = dataclasses.replace(cfg, nodes=tuple(node_names(self.n)))  # whose durables to make
             admin = await Bus.connect(cfg, ensure=True)
             await admin.close()
 

@@ -37,11 +37,14 @@ class FlakyJetStream:
     async def key_value(self, bucket: str) -> None:
         return None
 
+    async def consumer_info(self, stream: str, name: str) -> Any:  # every durable exists already
+        return SimpleNamespace(name=name)
+
 
 def bus_with(js: FlakyJetStream) -> Bus:
     bus = Bus.__new__(Bus)
     bus.js = js  # type: ignore[assignment]
-    bus.cfg = SimpleNamespace(extra={})  # type: ignore[assignment]
+    bus.cfg = SimpleNamespace(extra={}, nodes=("node-1",))  # type: ignore[assignment]
     return bus
 
 
