@@ -175,13 +175,15 @@ def test_partial_for_another_message_blamed() -> None:
 
 def test_out_of_range_and_short_partials_blamed() -> None:
     ks = shares(2, 3)
-    for body in (Q.to_bytes(32, "big"), b"\x01" * 31, b"\x01" * 33):
+    cases = ((Q.to_bytes(32, "big"), "out of range"), (b"\x01" * 31, "too short"), (b"\x01" * 33, "trailing"))
+    for body, why in cases:
         presigs = deal_presignatures(secrets_of(ks), (0, 1), ks[0].public_key)
         h = secrets.token_bytes(32)
         s0, _ = signing.signing_start(presigs[0], h)
         _, m1 = signing.signing_start(presigs[1], h)
         s0, _ = signing.signing_round(s0, [replace_body(m1[0], body)])
         assert s0.phase == "failed" and [b.party for b in s0.blame] == [1]
+        assert why in s0.blame[0].check
 
 
 def test_combine_checks_every_partial_first() -> None:
