@@ -1,0 +1,55 @@
+"""Verifier-side input checks shared by the Paillier-side proofs: each raises
+``InvalidProofError(prover, "<protocol>: <what> ...")`` instead of letting a malformed value reach the
+arithmetic (a wrong type, a value outside its group or range, a wrong count)."""
+
+from __future__ import annotations
+
+import gmpy2
+from gmpy2 import mpz
+
+from tss.cggmp24.errors import InvalidProofError
+
+_MPZ = type(mpz(0))
+
+
+def is_int(x: object) -> bool:
+    return (isinstance(x, int) and not isinstance(x, bool)) or isinstance(x, _MPZ)
+
+
+def fail(prover: int, protocol: str, check: str) -> InvalidProofError:
+    return InvalidProofError(prover, f"{protocol}: {check}")
+
+
+def need_int(x: object, prover: int, protocol: str, what: str) -> mpz:
+    if not is_int(x):
+        raise fail(prover, protocol, f"{what} is not an integer")
+    return mpz(x)
+
+
+def need_unit(x: object, n: int, prover: int, protocol: str, what: str) -> mpz:
+    """``x`` in ``Z*_n``."""
+    xi = need_int(x, prover, protocol, what)
+    if not (0 < xi < n) or gmpy2.gcd(xi, n) != 1:
+        raise fail(prover, protocol, f"{what} not in Z*_N")
+    return xi
+
+
+def need_bound(x: object, bound: int, prover: int, protocol: str, what: str) -> mpz:
+    """``x`` an integer with ``|x| <= bound`` (the specification's ``x in +-bound``)."""
+    xi = need_int(x, prover, protocol, what)
+    if abs(xi) > bound:
+        raise fail(prover, protocol, f"{what} out of range")
+    return xi
+
+
+def need_count(xs: object, count: int, prover: int, protocol: str, what: str) -> tuple[object, ...]:
+    if not isinstance(xs, tuple | list):
+        raise fail(prover, protocol, f"{what} is not a sequence")
+    if len(xs) != count:
+        raise fail(
+            prover, protocol, f"{what} has {len(xs)} entries, not {count} (wrong number of iterations)"
+        )
+    return tuple(xs)
+
+
+__all__ = ["fail", "is_int", "need_bound", "need_count", "need_int", "need_unit"]
