@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Final
 
-from tss.cggmp24 import pi_sch
+from tss.cggmp24 import pi_sch, rounds
 from tss.cggmp24.errors import BadInputError, InvalidContributionError, UnattributableAbortError
 from tss.cggmp24.rounds import (
     PROTOCOL_KEY_REFRESH,
@@ -43,14 +43,12 @@ from tss.cggmp24.rounds import (
     SecretScalar,
     Slot,
     Step,
-    absorb,
     body,
     check_each,
     check_echo,
     drive,
     echo_hash,
     hash_out,
-    missing,
     new_core,
     require,
     send,
@@ -397,20 +395,15 @@ def _fail(
 
 def dealing_round(state: DealingState, inbox: Iterable[object] = ()) -> tuple[DealingState, list[Message]]:
     """Advance a keygen or refresh run with ``inbox``; never raises on network input."""
-    if state.phase in (Phase.DONE, Phase.FAILED):
-        return replace(state, core=absorb(state.core, inbox)), []
     return drive(state, inbox, STEPS, lambda s, c: replace(s, core=c), _fail)
 
 
 def waiting_for(state: DealingState) -> tuple[int, ...]:
     """The parties whose messages the current round still needs."""
-    step = STEPS.get(state.phase)
-    return missing(state.core, step.slots) if step is not None else ()
+    return rounds.waiting_for(state, STEPS)
 
 
-def retransmit(state: DealingState) -> list[Message]:
-    """Everything this party has sent so far (receivers ignore what they already have)."""
-    return list(state.core.sent)
+retransmit = rounds.retransmit
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,7 +45,12 @@ PROTOCOL_PRESIGNING: Final = 3
 PROTOCOL_SIGNING: Final = 4
 
 RejectReason = Literal[
-    "malformed", "wrong-protocol", "wrong-session", "wrong-recipient", "unknown-sender", "impersonation",
+    "malformed",
+    "wrong-protocol",
+    "wrong-session",
+    "wrong-recipient",
+    "unknown-sender",
+    "impersonation",
     "conflicting",
 ]
 
@@ -345,3 +350,14 @@ def drive(
             return fail(state, (), e), out
         out.extend(msgs)
     return state, out
+
+
+def waiting_for(state: Run, steps: Mapping[str, Step[S]]) -> tuple[int, ...]:
+    """The parties whose messages the current round still needs (empty when the run has ended)."""
+    step = steps.get(state.phase)
+    return missing(state.core, step.slots) if step is not None else ()
+
+
+def retransmit(state: Run) -> list[Message]:
+    """Everything this party has sent so far (receivers ignore what they already have)."""
+    return list(state.core.sent)

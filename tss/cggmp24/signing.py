@@ -32,6 +32,7 @@ from typing import Final
 from coincurve._libsecp256k1 import ffi, lib
 from coincurve.context import GLOBAL_CONTEXT
 
+from tss.cggmp24 import rounds
 from tss.cggmp24.errors import BadInputError, InvalidContributionError, UnattributableAbortError
 from tss.cggmp24.rounds import (
     PROTOCOL_SIGNING,
@@ -40,11 +41,9 @@ from tss.cggmp24.rounds import (
     RoundCore,
     Slot,
     Step,
-    absorb,
     body,
     check_each,
     drive,
-    missing,
     new_core,
     require,
     send,
@@ -166,9 +165,7 @@ def verify_partial_signature(pub: PresignatureCommitments, j: int, sigma_bytes: 
     pos = pub.signers.index(j)
     gamma = cpoint(pub.gamma)
     rhs = lincomb([(cpoint(pub.deltas[pos]), m), (cpoint(pub.s_points[pos]), pub.r())])
-    require(
-        point_eq(point_mul(gamma, sigma), rhs), j, "signing: sigma_j * Gamma != m * Delta_j + r * S_j"
-    )
+    require(point_eq(point_mul(gamma, sigma), rhs), j, "signing: sigma_j * Gamma != m * Delta_j + r * S_j")
     return sigma
 
 
@@ -247,10 +244,12 @@ def _fail(
 def signing_round(state: SigningState, inbox: Iterable[object] = ()) -> tuple[SigningState, list[Message]]:
     """Advance with ``inbox``; ``state.signature`` is set when ``phase == "done"``. Never raises on
     network input."""
-    if state.phase != Phase.PARTIALS:
-        return replace(state, core=absorb(state.core, inbox)), []
     return drive(state, inbox, STEPS, lambda s, c: replace(s, core=c), _fail)
 
 
 def waiting_for(state: SigningState) -> tuple[int, ...]:
-    return missing(state.core, (SLOT_PARTIAL,)) if state.phase == Phase.PARTIALS else ()
+    """The parties whose messages the current round still needs."""
+    return rounds.waiting_for(state, STEPS)
+
+
+retransmit = rounds.retransmit
