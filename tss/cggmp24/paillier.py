@@ -97,6 +97,16 @@ def sample_unit(n: int) -> mpz:
             return x
 
 
+def _pow_reduced(b: mpz, e: mpz, mod: mpz, order: mpz) -> mpz:
+    """``b^e mod mod`` for a unit ``b`` whose order divides ``order``: a negative exponent inverts the base,
+    an exponent longer than ``order`` is reduced (a short one is not: reducing would lengthen it)."""
+    if e < 0:
+        b, e = gmpy2.invert(b, mod), -e
+    if e.bit_length() > order.bit_length():
+        e = e % order
+    return gmpy2.powmod(b, e, mod)
+
+
 @dataclass(frozen=True)
 class PaillierNonce:
     """Encryption randomness ``rho`` and ``rho^N mod N^2``, made ahead of time. Secret: never logged."""
@@ -203,16 +213,16 @@ class PaillierSecretKey:
 
     def pow_mod_nn(self, base: int, exp: int) -> mpz:
         """``base^exp mod N^2`` by CRT; ``base`` a unit mod ``N^2``, ``exp`` any integer."""
-        b = mpz(base)
-        r1 = gmpy2.powmod(b % self.p2, mpz(exp) % self._phi_p2, self.p2)
-        r2 = gmpy2.powmod(b % self.q2, mpz(exp) % self._phi_q2, self.q2)
+        b, e = mpz(base), mpz(exp)
+        r1 = _pow_reduced(b % self.p2, e, self.p2, self._phi_p2)
+        r2 = _pow_reduced(b % self.q2, e, self.q2, self._phi_q2)
         return r1 + ((r2 - r1) * self._beta_nn % self.q2) * self.p2
 
     def pow_mod_n(self, base: int, exp: int) -> mpz:
         """``base^exp mod N`` by CRT; ``base`` a unit mod ``N``, ``exp`` any integer."""
-        b = mpz(base)
-        r1 = gmpy2.powmod(b % self.p, mpz(exp) % (self.p - 1), self.p)
-        r2 = gmpy2.powmod(b % self.q, mpz(exp) % (self.q - 1), self.q)
+        b, e = mpz(base), mpz(exp)
+        r1 = _pow_reduced(b % self.p, e, self.p, self.p - 1)
+        r2 = _pow_reduced(b % self.q, e, self.q, self.q - 1)
         return r1 + ((r2 - r1) * self._beta_n % self.q) * self.p
 
     def rho_to_n(self, rho: int) -> mpz:

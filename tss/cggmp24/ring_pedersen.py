@@ -170,8 +170,11 @@ class RingPedersenSecret:
         return f"RingPedersenSecret(bits={self.params.n.bit_length()})"
 
     def commit(self, x: int, y: int) -> mpz:
-        """``s^x t^y mod N-hat`` with exponents reduced modulo the order of ``t``."""
-        return self.params.commit(mpz(x) % self.order, mpz(y) % self.order)
+        """``s^x t^y mod N-hat`` with exponents longer than the order of ``t`` reduced modulo it."""
+        return self.params.commit(self._reduce(mpz(x)), self._reduce(mpz(y)))
+
+    def _reduce(self, e: mpz) -> mpz:
+        return e % self.order if e.bit_length() > self.order.bit_length() else e
 
 
 def ring_pedersen_from_primes(p: int, q: int) -> RingPedersenSecret:

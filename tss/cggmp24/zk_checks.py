@@ -5,9 +5,11 @@ arithmetic (a wrong type, a value outside its group or range, a wrong count)."""
 from __future__ import annotations
 
 import gmpy2
+from coincurve import PublicKey
 from gmpy2 import mpz
 
 from tss.cggmp24.errors import InvalidProofError
+from tss.secp256k1 import Point, cpoint
 
 _MPZ = type(mpz(0))
 
@@ -52,4 +54,30 @@ def need_count(xs: object, count: int, prover: int, protocol: str, what: str) ->
     return tuple(xs)
 
 
-__all__ = ["fail", "is_int", "need_bound", "need_count", "need_int", "need_unit"]
+def need_point(b: object, prover: int, protocol: str, what: str) -> Point:
+    """A 33-byte compressed curve point (never infinity)."""
+    if not isinstance(b, bytes) or len(b) != 33:
+        raise fail(prover, protocol, f"{what} is not a 33-byte point")
+    try:
+        return cpoint(b)
+    except ValueError:
+        raise fail(prover, protocol, f"{what} is not a curve point") from None
+
+
+def need_statement_point(p: object, prover: int, protocol: str, what: str) -> Point:
+    """A statement's point: a curve point object (not infinity)."""
+    if not isinstance(p, PublicKey):
+        raise fail(prover, protocol, f"statement {what} is not a curve point")
+    return p
+
+
+__all__ = [
+    "fail",
+    "is_int",
+    "need_bound",
+    "need_count",
+    "need_int",
+    "need_point",
+    "need_statement_point",
+    "need_unit",
+]
