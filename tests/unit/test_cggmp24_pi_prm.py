@@ -76,6 +76,8 @@ def test_fewer_iterations_are_rejected(honest: tuple[RingPedersenSecret, PrmProo
     short = PrmProof(proof.a[: M - 1], proof.z[: M - 1])
     _rejects(sec.params, short, "wrong number of iterations")
     _rejects(sec.params, short.to_bytes(), "malformed encoding")
+    _rejects(sec.params, PrmProof(proof.a[: M - 1], proof.z), "A has 127 entries")
+    _rejects(sec.params, PrmProof(proof.a, proof.z[: M - 1]), "z has 127 entries")
 
 
 def test_malformed_values_are_rejected(honest: tuple[RingPedersenSecret, PrmProof]) -> None:
