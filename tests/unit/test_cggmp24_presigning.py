@@ -296,3 +296,32 @@ def test_secrets_not_in_repr() -> None:
     text = repr(states[0])
     assert "paillier" not in text.lower() or "bits" in text
     assert str(states[0].secret.k.value()) not in text
+
+
+def test_precomputed_nonces_are_used_once_and_sign() -> None:
+    ks, ax = key(2, 3), aux(3)
+    signers = (0, 2)
+    sid = secrets.token_bytes(32)
+    pools = {}
+    states, first = {}, []
+    for j in signers:
+        pool = presigning.NoncePool()
+        for k, count in presigning.nonces_needed(j, signers).items():
+            pool.fill(k, ax[j].paillier if k == j else ax[j].paillier_keys[k], count)
+        pools[j] = pool
+        states[j], msgs = presigning.presigning_start(sid, ks[j], ax[j], signers, nonces=pool)
+        first += msgs
+    out = run_network(states, first, presigning.presigning_round)
+    ps = presigs(out)
+    assert all(pools[j].count(k) == 0 for j in signers for k in signers)
+    assert "rho" not in repr(pools[0])
+    h = secrets.token_bytes(32)
+    assert_valid_ecdsa(ks[0].public_key, h, sign_with(ps, h)[0].signature)  # type: ignore[arg-type]
+
+
+def test_own_ring_pedersen_secret_used_for_verification() -> None:
+    ax = aux(3)
+    with_secret = AuxInfo(0, ax[0].paillier, ax[0].paillier_keys, ax[0].ring_pedersen, ring_pedersen(0))
+    assert with_secret.verifier_params() is ring_pedersen(0)
+    other = AuxInfo(0, ax[0].paillier, ax[0].paillier_keys, ax[0].ring_pedersen, ring_pedersen(1))
+    assert other.verifier_params() is ax[0].ring_pedersen[0]  # a mismatching secret is not used

@@ -60,7 +60,7 @@ from tss.cggmp24.paillier import (
 )
 from tss.cggmp24.params import ELL_PRIME
 from tss.cggmp24.pi_elog import ElogStatement
-from tss.cggmp24.ring_pedersen import RingPedersenParams
+from tss.cggmp24.ring_pedersen import RingPedersenParams, RingPedersenSecret
 from tss.cggmp24.rounds import (
     PROTOCOL_PRESIGNING,
     Message,
@@ -125,6 +125,14 @@ class AuxInfo:
     paillier: PaillierSecretKey = field(repr=False)
     paillier_keys: Mapping[int, PaillierPublicKey] = field(repr=False)
     ring_pedersen: Mapping[int, RingPedersenParams] = field(repr=False)
+    own_ring_pedersen: RingPedersenSecret | None = field(default=None, repr=False)  # faster verification
+
+    def verifier_params(self) -> RingPedersenParams | RingPedersenSecret:
+        """Our own ring-Pedersen parameters for verifying peers' proofs (with the trapdoor if we have it)."""
+        own = self.own_ring_pedersen
+        if own is not None and own.params == self.ring_pedersen[self.index]:
+            return own
+        return self.ring_pedersen[self.index]
 
 
 class NoncePool:
@@ -153,16 +161,22 @@ class NoncePool:
 
 
 def nonces_needed(me: int, signers: Sequence[int]) -> dict[int, int]:
-    """How many nonces one presigning run takes per key: 2 + 2 (t-1) under our own, 2 under each peer's."""
+    """How many nonces one presigning run takes per key: under our own key 2 (K_i, G_i) and 6 per peer
+    (F, F^, two Pi^enc-elg and two Pi^aff-g commitments), under each peer's key 4 (D, D^ and two Pi^aff-g
+    commitments)."""
     peers = [j for j in signers if j != me]
-    return {me: 2 + 2 * len(peers), **dict.fromkeys(peers, 2)}
+    return {me: 2 + 6 * len(peers), **dict.fromkeys(peers, 4)}
+
+
+def _take(pool: NoncePool | None, index: int) -> PaillierNonce | None:
+    return pool.take(index) if pool is not None else None
 
 
 def _encrypt(
     key: PaillierPublicKey | PaillierSecretKey, index: int, m: int, pool: NoncePool | None
 ) -> tuple[int, int]:
     """``(enc(m; rho), rho)`` with a pooled nonce when there is one."""
-    nonce = pool.take(index) if pool is not None else None
+    nonce = _take(pool, index)
     if nonce is None:
         nonce = key.sample_nonce()
     return int(key.encrypt_with_nonce(m, nonce)), int(nonce.rho)
@@ -332,8 +346,9 @@ def presigning_start(
         rj = aux.ring_pedersen[j]
         st_k = pi_enc_elg.EncElgStatement(big_k, y, a1, a2)
         st_g = pi_enc_elg.EncElgStatement(big_g, y, b1, b2)
-        p0 = pi_enc_elg.prove(session_id, me, rj, sk, st_k, k, rho, a).to_bytes()
-        p1 = pi_enc_elg.prove(session_id, me, rj, sk, st_g, gamma, v, b).to_bytes()
+        n0, n1 = _take(nonces, me), _take(nonces, me)
+        p0 = pi_enc_elg.prove(session_id, me, rj, sk, st_k, k, rho, a, n0).to_bytes()
+        p1 = pi_enc_elg.prove(session_id, me, rj, sk, st_g, gamma, v, b, n1).to_bytes()
         proofs[j] = var(p0) + var(p1)
     sec = _Secrets(
         SecretScalar(x), SecretScalar(k), SecretScalar(gamma), SecretScalar(a), SecretScalar(b), rho, v
@@ -373,7 +388,7 @@ def _on_round1(state: PresigningState) -> tuple[PresigningState, list[Message]]:
 def _on_echo(state: PresigningState) -> tuple[PresigningState, list[Message]]:
     check_echo(state.core, SlotCode.R1, SlotCode.ECHO, TAG)
     me, sid, aux = state.core.me, state.core.session_id, state.aux
-    my_rp = aux.ring_pedersen[me]
+    my_rp = aux.verifier_params()
     peers: dict[int, _Round1] = {}
 
     def check(j: int) -> None:
@@ -407,8 +422,11 @@ def _on_echo(state: PresigningState) -> tuple[PresigningState, list[Message]]:
         d_hat = key_j.add(key_j.mul(x, r1.k), e_hat)
         st = pi_aff_g.AffGStatement(r1.k, d, f, gamma_pt)
         st_hat = pi_aff_g.AffGStatement(r1.k, d_hat, f_hat, x_pt)
-        psi = pi_aff_g.prove(sid, me, rj, key_j, sk, st, gamma, -beta, s, r).to_bytes()
-        psi_hat = pi_aff_g.prove(sid, me, rj, key_j, sk, st_hat, x, -beta_hat, s_hat, r_hat).to_bytes()
+        nj, ni, nj2, ni2 = _take(pool, j), _take(pool, me), _take(pool, j), _take(pool, me)
+        psi = pi_aff_g.prove(sid, me, rj, key_j, sk, st, gamma, -beta, s, r, nj, ni).to_bytes()
+        psi_hat = pi_aff_g.prove(
+            sid, me, rj, key_j, sk, st_hat, x, -beta_hat, s_hat, r_hat, nj2, ni2
+        ).to_bytes()
         sec.betas[j] = (beta, beta_hat)
         out[j] = (
             head
@@ -432,7 +450,7 @@ class _Round2:
 
 def _on_round2(state: PresigningState) -> tuple[PresigningState, list[Message]]:
     me, sid, aux, sk = state.core.me, state.core.session_id, state.aux, state.aux.paillier
-    my_rp = aux.ring_pedersen[me]
+    my_rp = aux.verifier_params()
     mine = _parse_round1(state, me)
     got: dict[int, _Round2] = {}
 
