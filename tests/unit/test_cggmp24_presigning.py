@@ -325,3 +325,37 @@ def test_own_ring_pedersen_secret_used_for_verification() -> None:
     assert with_secret.verifier_params() is ring_pedersen(0)
     other = AuxInfo(0, ax[0].paillier, ax[0].paillier_keys, ax[0].ring_pedersen, ring_pedersen(1))
     assert other.verifier_params() is ax[0].ring_pedersen[0]  # a mismatching secret is not used
+
+
+def flip_at(offset: int) -> Callable[[bytes], bytes]:
+    return lambda b: b[:offset] + bytes([b[offset] ^ 1]) + b[offset + 1 :]
+
+
+def test_bad_enc_elg_proof_for_k_blamed() -> None:
+    # the first of the two proofs (for K_i): a byte in its middle
+    out = run(2, 3, (0, 1), tamper(0, SlotCode.R1_PROOFS, flip_at(200)))
+    assert_blamed(out, 0, "pi_enc_elg", [1])
+
+
+def test_bad_first_aff_g_proof_blamed() -> None:
+    # the first Pi^aff-g (for Gamma_j) starts after Gamma, Pi^elog and the four ciphertexts
+    off = 33 + 163 + 4 * NN_LEN + 4 + 200
+    out = run(2, 3, (0, 1), tamper(1, SlotCode.R2, flip_at(off)))
+    assert_blamed(out, 1, "pi_aff_g", [0])
+
+
+def test_mta_f_ciphertext_zero_blamed() -> None:
+    out = run(2, 3, (0, 1), tamper(1, SlotCode.R2, at(33 + 163 + NN_LEN, bytes(NN_LEN))))
+    assert_blamed(out, 1, "F_ij not in Z*_N^2", [0])
+
+
+def test_mta_hat_ciphertexts_zero_blamed() -> None:
+    out = run(2, 3, (0, 1), tamper(1, SlotCode.R2, at(33 + 163 + 2 * NN_LEN, bytes(NN_LEN))))
+    assert_blamed(out, 1, "D^_ij not in Z*_N^2", [0])
+    out = run(2, 3, (0, 1), tamper(1, SlotCode.R2, at(33 + 163 + 3 * NN_LEN, bytes(NN_LEN))))
+    assert_blamed(out, 1, "F^_ij not in Z*_N^2", [0])
+
+
+def test_g_ciphertext_not_a_unit_blamed() -> None:
+    out = run(2, 3, (0, 1), bad_round1=(1, at(NN_LEN, bytes(NN_LEN))))
+    assert_blamed(out, 1, "G_j not in Z*_N^2", [0])
