@@ -55,7 +55,16 @@ from tss.cggmp24.params import ELL, ELL_PRIME, EPSILON, Q
 from tss.cggmp24.proof_codec import Reader, Writer
 from tss.cggmp24.ring_pedersen import RingPedersenParams, RingPedersenSecret
 from tss.cggmp24.transcript import Transcript
-from tss.cggmp24.zk_checks import fail, need_bound, need_int, need_point, need_statement_point, need_unit
+from tss.cggmp24.zk_checks import (
+    fail,
+    need_bound,
+    need_int,
+    need_point,
+    need_proof,
+    need_statement_point,
+    need_unit,
+    verifier_params,
+)
 from tss.secp256k1 import Point, cbytes, cbytes_ext, point_eq, point_mul, point_mul_base, point_sum
 
 PROTOCOL = "pi_aff_g"
@@ -211,9 +220,7 @@ def verify(
     proof: AffGProof | bytes,
 ) -> None:
     """``VerifyNI_aff-g``; raises ``InvalidProofError(prover, "pi_aff_g: ...")``."""
-    params = aux_j.params if isinstance(aux_j, RingPedersenSecret) else aux_j
-    if not isinstance(params, RingPedersenParams):
-        raise fail(prover, PROTOCOL, "aux is not ring-Pedersen parameters")
+    params = verifier_params(aux_j, prover, PROTOCOL)
     pk_j = key_j.public if isinstance(key_j, PaillierSecretKey) else key_j
     if not isinstance(pk_j, PaillierPublicKey) or not isinstance(key_i, PaillierPublicKey):
         raise fail(prover, PROTOCOL, "keys are not Paillier keys")
@@ -224,10 +231,7 @@ def verify(
     d = need_unit(st.d, nnj, prover, PROTOCOL, "D")
     y = need_unit(st.y, nni, prover, PROTOCOL, "Y")
     x_pt = need_statement_point(st.x, prover, PROTOCOL, "X")
-    if isinstance(proof, bytes | bytearray):
-        proof = AffGProof.from_bytes(bytes(proof), prover)
-    if not isinstance(proof, AffGProof):
-        raise fail(prover, PROTOCOL, "not a proof")
+    proof = need_proof(proof, AffGProof, AffGProof.from_bytes, prover, PROTOCOL)
     cap_a = need_unit(proof.A, nnj, prover, PROTOCOL, "A")
     bx_pt = need_point(proof.Bx, prover, PROTOCOL, "B_x")
     cap_by = need_unit(proof.By, nni, prover, PROTOCOL, "B_y")

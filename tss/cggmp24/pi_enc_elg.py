@@ -51,7 +51,16 @@ from tss.cggmp24.params import ELL, EPSILON, Q
 from tss.cggmp24.proof_codec import Reader, Writer
 from tss.cggmp24.ring_pedersen import RingPedersenParams, RingPedersenSecret
 from tss.cggmp24.transcript import Transcript
-from tss.cggmp24.zk_checks import fail, need_bound, need_int, need_point, need_statement_point, need_unit
+from tss.cggmp24.zk_checks import (
+    fail,
+    need_bound,
+    need_int,
+    need_point,
+    need_proof,
+    need_statement_point,
+    need_unit,
+    verifier_params,
+)
 from tss.secp256k1 import (
     G,
     Point,
@@ -200,9 +209,7 @@ def verify(
     proof: EncElgProof | bytes,
 ) -> None:
     """``VerifyNI_enc-elg``; raises ``InvalidProofError(prover, "pi_enc_elg: ...")``."""
-    params = aux.params if isinstance(aux, RingPedersenSecret) else aux
-    if not isinstance(params, RingPedersenParams):
-        raise fail(prover, PROTOCOL, "aux is not ring-Pedersen parameters")
+    params = verifier_params(aux, prover, PROTOCOL)
     if not isinstance(key, PaillierPublicKey):
         raise fail(prover, PROTOCOL, "key is not a Paillier public key")
     if not isinstance(st, EncElgStatement):
@@ -212,10 +219,7 @@ def verify(
     a = need_statement_point(st.a, prover, PROTOCOL, "A")
     b = need_statement_point(st.b, prover, PROTOCOL, "B")
     x = need_statement_point(st.x, prover, PROTOCOL, "X")
-    if isinstance(proof, bytes | bytearray):
-        proof = EncElgProof.from_bytes(bytes(proof), prover)
-    if not isinstance(proof, EncElgProof):
-        raise fail(prover, PROTOCOL, "not a proof")
+    proof = need_proof(proof, EncElgProof, EncElgProof.from_bytes, prover, PROTOCOL)
     cap_s = need_unit(proof.S, nh, prover, PROTOCOL, "S")
     cap_t = need_unit(proof.T, nh, prover, PROTOCOL, "T")
     cap_d = need_unit(proof.D, nn0, prover, PROTOCOL, "D")

@@ -34,7 +34,7 @@ from tss.cggmp24.params import ELL, EPSILON
 from tss.cggmp24.proof_codec import Reader, Writer
 from tss.cggmp24.ring_pedersen import RingPedersenParams, RingPedersenSecret
 from tss.cggmp24.transcript import Transcript
-from tss.cggmp24.zk_checks import fail, need_bound, need_int, need_unit
+from tss.cggmp24.zk_checks import fail, need_bound, need_int, need_proof, need_unit, verifier_params
 
 PROTOCOL = "pi_fac"
 
@@ -109,16 +109,11 @@ def verify(
     proof: FacProof | bytes,
 ) -> None:
     """``VerifyNI_fac``; raises ``InvalidProofError(prover, "pi_fac: ...")``."""
-    params = aux.params if isinstance(aux, RingPedersenSecret) else aux
-    if not isinstance(params, RingPedersenParams):
-        raise fail(prover, PROTOCOL, "aux is not ring-Pedersen parameters")
+    params = verifier_params(aux, prover, PROTOCOL)
     nz = need_int(n, prover, PROTOCOL, "N")
     if nz < 3:
         raise fail(prover, PROTOCOL, "N out of range")
-    if isinstance(proof, bytes | bytearray):
-        proof = FacProof.from_bytes(bytes(proof), prover)
-    if not isinstance(proof, FacProof):
-        raise fail(prover, PROTOCOL, "not a proof")
+    proof = need_proof(proof, FacProof, FacProof.from_bytes, prover, PROTOCOL)
     nh = params.n
     cap_p = need_unit(proof.P, nh, prover, PROTOCOL, "P")
     cap_q = need_unit(proof.Q, nh, prover, PROTOCOL, "Q")

@@ -30,7 +30,7 @@ from tss.cggmp24.paillier import PaillierSecretKey, sample_unit
 from tss.cggmp24.params import M
 from tss.cggmp24.proof_codec import Reader, Writer
 from tss.cggmp24.transcript import Transcript
-from tss.cggmp24.zk_checks import fail, is_int, need_count, need_int, need_unit
+from tss.cggmp24.zk_checks import fail, is_int, need_count, need_int, need_proof, need_unit
 
 PROTOCOL = "pi_mod"
 
@@ -122,10 +122,7 @@ def verify(session_id: bytes, prover: int, n: int, proof: ModProof | bytes) -> N
         raise fail(prover, PROTOCOL, "N is even")
     if gmpy2.is_prime(nz):
         raise fail(prover, PROTOCOL, "N is prime")
-    if isinstance(proof, bytes | bytearray):
-        proof = ModProof.from_bytes(bytes(proof), prover)
-    if not isinstance(proof, ModProof):
-        raise fail(prover, PROTOCOL, "not a proof")
+    proof = need_proof(proof, ModProof, ModProof.from_bytes, prover, PROTOCOL)
     w = need_unit(proof.w, nz, prover, PROTOCOL, "w")
     xs = need_count(proof.x, M, prover, PROTOCOL, "x")
     as_ = need_count(proof.a, M, prover, PROTOCOL, "a")

@@ -27,7 +27,7 @@ from tss.cggmp24.params import M
 from tss.cggmp24.proof_codec import Reader, Writer
 from tss.cggmp24.ring_pedersen import RingPedersenParams, RingPedersenSecret, check_ring_pedersen_params
 from tss.cggmp24.transcript import Transcript
-from tss.cggmp24.zk_checks import fail, need_count, need_int, need_unit
+from tss.cggmp24.zk_checks import fail, need_count, need_int, need_proof, need_unit
 
 PROTOCOL = "pi_prm"
 
@@ -75,10 +75,7 @@ def verify(session_id: bytes, prover: int, params: RingPedersenParams, proof: Pr
         check_ring_pedersen_params(params.n, params.s, params.t, prover)
     except InvalidContributionError as exc:
         raise fail(prover, PROTOCOL, exc.check) from None
-    if isinstance(proof, bytes | bytearray):
-        proof = PrmProof.from_bytes(bytes(proof), prover)
-    if not isinstance(proof, PrmProof):
-        raise fail(prover, PROTOCOL, "not a proof")
+    proof = need_proof(proof, PrmProof, PrmProof.from_bytes, prover, PROTOCOL)
     n = params.n
     a_raw = need_count(proof.a, M, prover, PROTOCOL, "A")
     z_raw = need_count(proof.z, M, prover, PROTOCOL, "z")

@@ -4,14 +4,19 @@ arithmetic (a wrong type, a value outside its group or range, a wrong count)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import gmpy2
 from coincurve import PublicKey
 from gmpy2 import mpz
 
 from tss.cggmp24.errors import InvalidProofError
+from tss.cggmp24.ring_pedersen import RingPedersenParams, RingPedersenSecret
 from tss.secp256k1 import Point, cpoint
 
 _MPZ = type(mpz(0))
+T = TypeVar("T")
 
 
 def is_int(x: object) -> bool:
@@ -71,6 +76,25 @@ def need_statement_point(p: object, prover: int, protocol: str, what: str) -> Po
     return p
 
 
+def need_proof(
+    proof: object, cls: type[T], decode: Callable[[bytes, int], T], prover: int, protocol: str
+) -> T:
+    """The proof object itself, or decoded from its canonical bytes."""
+    if isinstance(proof, bytes | bytearray):
+        proof = decode(bytes(proof), prover)
+    if not isinstance(proof, cls):
+        raise fail(prover, protocol, "not a proof")
+    return proof
+
+
+def verifier_params(aux: object, prover: int, protocol: str) -> RingPedersenParams:
+    """The verifier's ring-Pedersen parameters, given either them or its ``RingPedersenSecret``."""
+    params = aux.params if isinstance(aux, RingPedersenSecret) else aux
+    if not isinstance(params, RingPedersenParams):
+        raise fail(prover, protocol, "aux is not ring-Pedersen parameters")
+    return params
+
+
 __all__ = [
     "fail",
     "is_int",
@@ -78,6 +102,8 @@ __all__ = [
     "need_count",
     "need_int",
     "need_point",
+    "need_proof",
     "need_statement_point",
     "need_unit",
+    "verifier_params",
 ]
