@@ -114,13 +114,13 @@ def presign(
 
 def make_aux(n: int) -> dict[int, Any]:
     from tests.unit.cggmp24_fixtures import paillier_key, ring_pedersen  # TEST-ONLY primes
-    from tss.cggmp24.presigning import AuxInfo
+    from tss.cggmp24.aux_info import AuxInfoResult
 
     pks = {j: paillier_key(j).public for j in range(n)}
     rps = {j: ring_pedersen(j).params for j in range(n)}
     for rp in rps.values():
         rp.commit(1, 1)  # build the fixed-base tables now (aux-info does it once per peer)
-    return {i: AuxInfo(i, paillier_key(i), pks, rps, ring_pedersen(i)) for i in range(n)}
+    return {i: AuxInfoResult(i, paillier_key(i), pks, rps, ring_pedersen(i)) for i in range(n)}
 
 
 def online_sign(presigs: dict[int, signing.Presignature], signer: int) -> float:

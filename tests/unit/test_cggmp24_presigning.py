@@ -19,9 +19,10 @@ from tests.unit.cggmp24_harness import body_of, replace_body, run_network, slot_
 from tests.unit.test_cggmp24_keygen import run_keygen
 from tests.unit.test_cggmp24_signing import assert_valid_ecdsa, sign_with
 from tss.cggmp24 import presigning, signing
+from tss.cggmp24.aux_info import AuxInfoResult
 from tss.cggmp24.errors import BadInputError, InvalidProofError, UnattributableAbortError
 from tss.cggmp24.keygen import KeyShare
-from tss.cggmp24.presigning import AuxInfo, PresigningState, SlotCode
+from tss.cggmp24.presigning import PresigningState, SlotCode
 from tss.cggmp24.rounds import Message
 from tss.secp256k1 import N as Q
 from tss.secp256k1 import cbytes, point_mul_base
@@ -37,10 +38,10 @@ def key(t: int, n: int) -> tuple[KeyShare, ...]:
 
 
 @cache
-def aux(n: int) -> dict[int, AuxInfo]:
+def aux(n: int) -> dict[int, AuxInfoResult]:
     pks = {j: paillier_key(j).public for j in range(n)}
     rps = {j: ring_pedersen(j).params for j in range(n)}
-    return {i: AuxInfo(i, paillier_key(i), pks, rps) for i in range(n)}
+    return {i: AuxInfoResult(i, paillier_key(i), pks, rps, ring_pedersen(i)) for i in range(n)}
 
 
 def start(
@@ -321,10 +322,9 @@ def test_precomputed_nonces_are_used_once_and_sign() -> None:
 
 def test_own_ring_pedersen_secret_used_for_verification() -> None:
     ax = aux(3)
-    with_secret = AuxInfo(0, ax[0].paillier, ax[0].paillier_keys, ax[0].ring_pedersen, ring_pedersen(0))
-    assert with_secret.verifier_params() is ring_pedersen(0)
-    other = AuxInfo(0, ax[0].paillier, ax[0].paillier_keys, ax[0].ring_pedersen, ring_pedersen(1))
-    assert other.verifier_params() is ax[0].ring_pedersen[0]  # a mismatching secret is not used
+    assert presigning.verifier_params(ax[0]) is ring_pedersen(0)
+    other = AuxInfoResult(0, ax[0].paillier, ax[0].paillier_keys, ax[0].ring_pedersen, ring_pedersen(1))
+    assert presigning.verifier_params(other) is ax[0].ring_pedersen[0]  # a mismatching secret is not used
 
 
 def flip_at(offset: int) -> Callable[[bytes], bytes]:
@@ -359,3 +359,14 @@ def test_mta_hat_ciphertexts_zero_blamed() -> None:
 def test_g_ciphertext_not_a_unit_blamed() -> None:
     out = run(2, 3, (0, 1), bad_round1=(1, at(NN_LEN, bytes(NN_LEN))))
     assert_blamed(out, 1, "G_j not in Z*_N^2", [0])
+
+
+def test_honest_3_of_5_non_prefix_subset_with_shift() -> None:
+    ks = key(3, 5)
+    d = bip32.derive(bip32.from_threshold_key(ks[0].public_key, ks[0].chain_code), "m/1/2")
+    out = run(3, 5, (1, 3, 4), shift=d.shift, child=d.pubkey)
+    ps = presigs(out)
+    h = secrets.token_bytes(32)
+    sig = sign_with(ps, h)[4].signature
+    assert sig is not None
+    assert_valid_ecdsa(d.pubkey, h, sig)

@@ -2,12 +2,12 @@
 Presigning"), as a round state machine (see :mod:`tss.cggmp24.rounds`).
 
 Input for signer ``i`` of the exact signer set ``S`` (keygen indices, ascending): its :class:`KeyShare`, its
-:class:`AuxInfo` (own Paillier key; every signer's Paillier key ``N_j`` and ring-Pedersen parameters
-``R_j = (N-hat_j, s_j, t_j)``, all already proven well-formed by aux-info), the session id, and the BIP-32
-``shift`` with the child public key it gives (``child == X + shift * G`` is checked). Shamir shares become
-additive ones for ``S`` (``x_i = lambda_i x'_i``, ``X_j = lambda_j X'_j``); the shift is added to the first
-signer's share (``x_0 += shift``, ``X_0 += shift * G``) *before* round 1, so the presignature can only ever
-sign for that child key (Groth-Shoup, ePrint 2021/1330).
+:class:`~tss.cggmp24.aux_info.AuxInfoResult` (own Paillier key; every signer's Paillier key ``N_j`` and
+ring-Pedersen parameters ``R_j = (N-hat_j, s_j, t_j)``, all proven well-formed by aux-info), the session
+id, and the BIP-32 ``shift`` with the child public key it gives (``child == X + shift * G`` is checked).
+Shamir shares become additive ones for ``S`` (``x_i = lambda_i x'_i``, ``X_j = lambda_j X'_j``); the
+shift is added to the first signer's share (``x_0 += shift``, ``X_0 += shift * G``) *before* round 1, so
+the presignature can only ever sign for that child key (Groth-Shoup, ePrint 2021/1330).
 
 Rounds (every proof's transcript is bound to the session id and to the prover's keygen index)::
 
@@ -48,6 +48,7 @@ from enum import IntEnum
 from typing import Final
 
 from tss.cggmp24 import pi_aff_g, pi_elog, pi_enc_elg, rounds
+from tss.cggmp24.aux_info import AuxInfoResult
 from tss.cggmp24.errors import BadInputError, InvalidContributionError, UnattributableAbortError
 from tss.cggmp24.keygen import KeyShare, lagrange_coefficient
 from tss.cggmp24.paillier import (
@@ -114,25 +115,13 @@ SLOTS: Final = (
 TAG: Final = "presigning"
 
 
-@dataclass(frozen=True)
-class AuxInfo:
-    """The auxiliary data presigning needs, keyed by keygen index: our own Paillier secret key, every
-    party's Paillier public key and ring-Pedersen parameters (one :class:`RingPedersenParams` object per
-    party, reused across runs so that its fixed-base tables are built once). Everything in it must have
-    passed aux-info's proofs (Pi^mod, Pi^fac, Pi^prm)."""
-
-    index: int
-    paillier: PaillierSecretKey = field(repr=False)
-    paillier_keys: Mapping[int, PaillierPublicKey] = field(repr=False)
-    ring_pedersen: Mapping[int, RingPedersenParams] = field(repr=False)
-    own_ring_pedersen: RingPedersenSecret | None = field(default=None, repr=False)  # faster verification
-
-    def verifier_params(self) -> RingPedersenParams | RingPedersenSecret:
-        """Our own ring-Pedersen parameters for verifying peers' proofs (with the trapdoor if we have it)."""
-        own = self.own_ring_pedersen
-        if own is not None and own.params == self.ring_pedersen[self.index]:
-            return own
-        return self.ring_pedersen[self.index]
+def verifier_params(aux: AuxInfoResult) -> RingPedersenParams | RingPedersenSecret:
+    """Our own ring-Pedersen parameters for verifying peers' proofs: with the trapdoor (reduced exponents)
+    when it belongs to the parameters the others prove against."""
+    own = aux.own_ring_pedersen
+    if own is not None and own.params == aux.ring_pedersen[aux.index]:
+        return own
+    return aux.ring_pedersen[aux.index]
 
 
 class NoncePool:
@@ -216,7 +205,7 @@ class _Secrets:
 class PresigningState:
     core: RoundCore
     share_index: int
-    aux: AuxInfo = field(repr=False)
+    aux: AuxInfoResult = field(repr=False)
     public_shares: Mapping[int, bytes] = field(repr=False)  # X_j (Lagrange-weighted, shifted)
     public_key: bytes  # the key the presignature will sign for (child key when shift != 0)
     shift: int
@@ -277,7 +266,7 @@ def _parse_round1(state: PresigningState, j: int) -> _Round1:
 def presigning_start(
     session_id: bytes,
     share: KeyShare,
-    aux: AuxInfo,
+    aux: AuxInfoResult,
     signers: Sequence[int],
     shift: int = 0,
     child_public_key: bytes | None = None,
@@ -388,7 +377,7 @@ def _on_round1(state: PresigningState) -> tuple[PresigningState, list[Message]]:
 def _on_echo(state: PresigningState) -> tuple[PresigningState, list[Message]]:
     check_echo(state.core, SlotCode.R1, SlotCode.ECHO, TAG)
     me, sid, aux = state.core.me, state.core.session_id, state.aux
-    my_rp = aux.verifier_params()
+    my_rp = verifier_params(aux)
     peers: dict[int, _Round1] = {}
 
     def check(j: int) -> None:
@@ -450,7 +439,7 @@ class _Round2:
 
 def _on_round2(state: PresigningState) -> tuple[PresigningState, list[Message]]:
     me, sid, aux, sk = state.core.me, state.core.session_id, state.aux, state.aux.paillier
-    my_rp = aux.verifier_params()
+    my_rp = verifier_params(aux)
     mine = _parse_round1(state, me)
     got: dict[int, _Round2] = {}
 

@@ -43,6 +43,7 @@ PROTOCOL_KEYGEN: Final = 1
 PROTOCOL_KEY_REFRESH: Final = 2
 PROTOCOL_PRESIGNING: Final = 3
 PROTOCOL_SIGNING: Final = 4
+PROTOCOL_AUX_INFO: Final = 5
 
 RejectReason = Literal[
     "malformed",
