@@ -89,6 +89,9 @@ def test_peer_modulus_validation() -> None:
     pr = fixture_safe_primes()
     with pytest.raises(InvalidContributionError, match="too short"):
         check_paillier_modulus(pr[0] * 3, 2)  # 1538 bits
+    with pytest.raises(InvalidContributionError, match="too long"):
+        check_paillier_modulus((n << 5200) | 1, 2)  # 8272 bits
+    check_paillier_modulus((n << 5100) | 1, 2)  # 8172 bits: accepted by this check
     with pytest.raises(InvalidContributionError, match="even"):
         check_paillier_modulus(n + 1, 2)
     with pytest.raises(InvalidContributionError, match="square"):

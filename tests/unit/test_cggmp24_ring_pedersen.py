@@ -52,6 +52,7 @@ def test_peer_parameter_validation() -> None:
     cases = [
         ((n >> 10) | 1, s % (n >> 10), t % (n >> 10), "too short"),
         (n + 1, s, t, "even"),
+        ((n << 5200) | 1, s, t, "too long"),
         (n, 0, t, "s not in Z"),
         (n, s, n, "t not in Z"),
         (n, s, ring_pedersen(0).p, "t not in Z"),

@@ -24,7 +24,8 @@ Public API (every integer argument may be ``int`` or ``gmpy2.mpz``; results are 
   (uniform in ``[-b, b]``), ``sample_unit(n)`` (uniform in ``Z*_n``), ``is_unit(x, n)`` (an ``int`` with
   ``0 < x < n`` and ``gcd(x, n) = 1``; ``bool`` and other types are refused).
 - Peer validation, raising ``InvalidContributionError(party, check)``: ``check_paillier_modulus(n, party)``
-  (an odd ``int`` of at least ``MIN_MODULUS_BITS`` bits), ``check_ciphertext(key, c, party, what)`` (``c``
+  (an odd ``int`` of at least ``MIN_MODULUS_BITS`` and at most ``MAX_MODULUS_BITS`` bits, not a square),
+  ``check_ciphertext(key, c, party, what)`` (``c``
   in ``Z*_{N^2}``: ``0 < c < N^2`` and ``gcd(c, N) = 1``).
 - ``paillier_key_from_primes(p, q)``: a ``PaillierSecretKey`` after checking ``p != q`` and that the modulus
   has at least ``MIN_MODULUS_BITS`` bits (``BadInputError`` otherwise).
@@ -42,6 +43,10 @@ from gmpy2 import mpz
 
 from tss.cggmp24.errors import BadInputError, InvalidContributionError
 from tss.cggmp24.params import MIN_MODULUS_BITS
+
+MAX_MODULUS_BITS = 8192
+"""The longest peer modulus (Paillier or ring-Pedersen) accepted: not in the specification, a guard against
+a peer making every later exponentiation arbitrarily slow (ours are 3072 bits)."""
 
 _MPZ = type(mpz(0))
 
@@ -278,6 +283,8 @@ def check_paillier_modulus(n: object, party: int) -> PaillierPublicKey:
     nz = mpz(n)
     if nz.bit_length() < MIN_MODULUS_BITS:
         raise InvalidContributionError(party, "paillier: modulus too short")
+    if nz.bit_length() > MAX_MODULUS_BITS:
+        raise InvalidContributionError(party, "paillier: modulus too long")
     if nz % 2 == 0:
         raise InvalidContributionError(party, "paillier: modulus is even")
     if gmpy2.is_square(nz):
@@ -293,6 +300,7 @@ def check_ciphertext(key: PaillierPublicKey, c: object, party: int, what: str) -
 
 
 __all__ = [
+    "MAX_MODULUS_BITS",
     "PaillierNonce",
     "PaillierPublicKey",
     "PaillierSecretKey",

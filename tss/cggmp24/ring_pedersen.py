@@ -19,10 +19,10 @@ Public API:
   table holds ``g^(256^i)`` and their inverses; a product ``prod g_k^(e_k)`` costs one multiplication per
   non-zero byte of the exponents plus at most 2 x 255 (Yao's bucket method), about a quarter of two
   ``powmod`` calls at 3072 bits.
-- ``check_ring_pedersen_params(n, s, t, party)``: a peer's parameters (integers, ``n`` odd of at least
-  ``MIN_MODULUS_BITS`` bits and not a square, ``s``, ``t`` in ``Z*_n``, neither ``1`` nor ``-1``, ``s !=
-  t``), raising ``InvalidContributionError(party, check)``; returns ``RingPedersenParams``. Pi^prm must
-  still be verified.
+- ``check_ring_pedersen_params(n, s, t, party)``: a peer's parameters (integers; ``n`` odd, not a square,
+  of ``MIN_MODULUS_BITS`` to ``MAX_MODULUS_BITS`` bits; ``s``, ``t`` in ``Z*_n``, neither ``1`` nor ``-1``,
+  ``s != t``), raising ``InvalidContributionError(party, check)``; returns ``RingPedersenParams``. Pi^prm
+  must still be verified.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import gmpy2
 from gmpy2 import mpz
 
 from tss.cggmp24.errors import BadInputError, InvalidContributionError
-from tss.cggmp24.paillier import is_unit, sample_unit
+from tss.cggmp24.paillier import MAX_MODULUS_BITS, is_unit, sample_unit
 from tss.cggmp24.params import MIN_MODULUS_BITS
 from tss.cggmp24.transcript import Transcript
 
@@ -196,6 +196,8 @@ def check_ring_pedersen_params(n: object, s: object, t: object, party: int) -> R
     nz = mpz(n)
     if nz.bit_length() < MIN_MODULUS_BITS:
         raise InvalidContributionError(party, "ring-pedersen: modulus too short")
+    if nz.bit_length() > MAX_MODULUS_BITS:
+        raise InvalidContributionError(party, "ring-pedersen: modulus too long")
     if nz % 2 == 0 or gmpy2.is_square(nz):
         raise InvalidContributionError(party, "ring-pedersen: modulus even or a square")
     if not is_unit(s, int(nz)):
