@@ -53,6 +53,7 @@ from tss.cggmp24.ring_pedersen import (
     ring_pedersen_from_primes,
 )
 from tss.cggmp24.rounds import (
+    PROTOCOL_AUX_INFO,
     Message,
     Reader,
     RoundCore,
@@ -72,7 +73,6 @@ from tss.cggmp24.rounds import (
 from tss.cggmp24.rounds import waiting_for as _waiting_for
 from tss.cggmp24.transcript import Transcript
 
-PROTOCOL_AUX_INFO: Final = 5
 TAG: Final = "aux_info"
 MIN_PARTIES: Final = 2
 MAX_PARTIES: Final = 255
