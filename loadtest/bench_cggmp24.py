@@ -91,7 +91,7 @@ def presign(
             c0 = time.process_time()
             pool = presigning.NoncePool()
             for k, count in presigning.nonces_needed(j, signers).items():
-                pool.fill(k, aux[j].paillier if k == j else aux[j].paillier_keys[k], count)
+                pool.fill(aux[j].paillier if k == j else aux[j].paillier_keys[k], count)
             pools[j] = pool
             fill += time.process_time() - c0
     sid = secrets.token_bytes(32)

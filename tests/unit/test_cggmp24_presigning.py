@@ -317,13 +317,15 @@ def test_precomputed_nonces_are_used_once_and_sign() -> None:
     for j in signers:
         pool = presigning.NoncePool()
         for k, count in presigning.nonces_needed(j, signers).items():
-            pool.fill(k, ax[j].paillier if k == j else ax[j].paillier_keys[k], count)
+            pool.fill(ax[j].paillier if k == j else ax[j].paillier_keys[k], count)
+        pool.fill(paillier_key(4).public, 3)
         pools[j] = pool
         states[j], msgs = presigning.presigning_start(sid, ks[j], ax[j], signers, nonces=pool)
         first += msgs
     out = run_network(states, first, presigning.presigning_round)
     ps = presigs(out)
-    assert all(pools[j].count(k) == 0 for j in signers for k in signers)
+    assert all(pools[j].count(ax[j].paillier_keys[k]) == 0 for j in signers for k in signers)
+    assert all(pools[j].count(paillier_key(4)) == 3 for j in signers)  # another key's nonces are not used
     assert "rho" not in repr(pools[0])
     h = secrets.token_bytes(32)
     assert_valid_ecdsa(ks[0].public_key, h, sign_with(ps, h)[0].signature)  # type: ignore[arg-type]

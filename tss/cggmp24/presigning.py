@@ -125,47 +125,47 @@ def verifier_params(aux: AuxInfoResult) -> RingPedersenParams | RingPedersenSecr
 
 
 class NoncePool:
-    """Paillier randomness ``(rho, rho^N mod N^2)`` computed ahead of time, per party (keygen index) whose
-    key it is for. Presigning takes from it when it has some (one encryption then costs a multiplication)
-    and samples fresh randomness otherwise; a nonce is removed when taken, so it is used once. The pool
-    holds secrets: it is never logged (``repr`` shows counts only)."""
+    """Paillier randomness ``(rho, rho^N mod N^2)`` computed ahead of time, filed under the modulus ``N`` it
+    belongs to (so a nonce can never be used under another key, e.g. after aux-info was re-run).
+    Presigning takes from it when it has some (one encryption then costs a multiplication) and samples
+    fresh randomness otherwise; a nonce is removed when taken, so it is used once. The pool holds secrets:
+    it is never logged (``repr`` shows counts only)."""
 
     __slots__ = ("_nonces",)
 
     def __init__(self) -> None:
         self._nonces: dict[int, list[PaillierNonce]] = {}
 
-    def fill(self, index: int, key: PaillierPublicKey | PaillierSecretKey, count: int) -> None:
-        self._nonces.setdefault(index, []).extend(precompute_nonces(key, count))
+    def fill(self, key: PaillierPublicKey | PaillierSecretKey, count: int) -> None:
+        self._nonces.setdefault(int(key.n), []).extend(precompute_nonces(key, count))
 
-    def take(self, index: int) -> PaillierNonce | None:
-        lst = self._nonces.get(index)
+    def take(self, key: PaillierPublicKey | PaillierSecretKey) -> PaillierNonce | None:
+        lst = self._nonces.get(int(key.n))
         return lst.pop() if lst else None
 
-    def count(self, index: int) -> int:
-        return len(self._nonces.get(index, ()))
+    def count(self, key: PaillierPublicKey | PaillierSecretKey) -> int:
+        return len(self._nonces.get(int(key.n), ()))
 
     def __repr__(self) -> str:
-        return f"NoncePool({ {j: len(v) for j, v in self._nonces.items()} })"
+        return f"NoncePool({sorted(len(v) for v in self._nonces.values())})"
 
 
 def nonces_needed(me: int, signers: Sequence[int]) -> dict[int, int]:
-    """How many nonces one presigning run takes per key: under our own key 2 (K_i, G_i) and 6 per peer
+    """How many nonces one presigning run takes, per party whose key they are for (fill the pool with
+    ``pool.fill(key_of_that_party, count)``): under our own key 2 (K_i, G_i) and 6 per peer
     (F, F^, two Pi^enc-elg and two Pi^aff-g commitments), under each peer's key 4 (D, D^ and two Pi^aff-g
     commitments)."""
     peers = [j for j in signers if j != me]
     return {me: 2 + 6 * len(peers), **dict.fromkeys(peers, 4)}
 
 
-def _take(pool: NoncePool | None, index: int) -> PaillierNonce | None:
-    return pool.take(index) if pool is not None else None
+def _take(pool: NoncePool | None, key: PaillierPublicKey | PaillierSecretKey) -> PaillierNonce | None:
+    return pool.take(key) if pool is not None else None
 
 
-def _encrypt(
-    key: PaillierPublicKey | PaillierSecretKey, index: int, m: int, pool: NoncePool | None
-) -> tuple[int, int]:
+def _encrypt(key: PaillierPublicKey | PaillierSecretKey, m: int, pool: NoncePool | None) -> tuple[int, int]:
     """``(enc(m; rho), rho)`` with a pooled nonce when there is one."""
-    nonce = _take(pool, index)
+    nonce = _take(pool, key)
     if nonce is None:
         nonce = key.sample_nonce()
     return int(key.encrypt_with_nonce(m, nonce)), int(nonce.rho)
@@ -319,8 +319,8 @@ def presigning_start(
     sk = aux.paillier
     k, gamma = secrets.randbelow(Q - 1) + 1, secrets.randbelow(Q - 1) + 1
     a, b = secrets.randbelow(Q - 1) + 1, secrets.randbelow(Q - 1) + 1
-    big_k, rho = _encrypt(sk, me, k, nonces)
-    big_g, v = _encrypt(sk, me, gamma, nonces)
+    big_k, rho = _encrypt(sk, k, nonces)
+    big_g, v = _encrypt(sk, gamma, nonces)
     y = point_mul_base(secrets.randbelow(Q - 1) + 1)
     a1, a2 = point_mul_base(a), point_add(point_mul(y, a), point_mul_base(k))
     b1, b2 = point_mul_base(b), point_add(point_mul(y, b), point_mul_base(gamma))
@@ -335,7 +335,7 @@ def presigning_start(
         rj = aux.ring_pedersen[j]
         st_k = pi_enc_elg.EncElgStatement(big_k, y, a1, a2)
         st_g = pi_enc_elg.EncElgStatement(big_g, y, b1, b2)
-        n0, n1 = _take(nonces, me), _take(nonces, me)
+        n0, n1 = _take(nonces, sk), _take(nonces, sk)
         p0 = pi_enc_elg.prove(session_id, me, rj, sk, st_k, k, rho, a, n0).to_bytes()
         p1 = pi_enc_elg.prove(session_id, me, rj, sk, st_g, gamma, v, b, n1).to_bytes()
         proofs[j] = var(p0) + var(p1)
@@ -403,15 +403,15 @@ def _on_echo(state: PresigningState) -> tuple[PresigningState, list[Message]]:
         key_j, rj = aux.paillier_keys[j], aux.ring_pedersen[j]
         beta, beta_hat = int(sample_signed(ELL_PRIME)), int(sample_signed(ELL_PRIME))
         pool = state.nonces
-        e, s = _encrypt(key_j, j, -beta, pool)
-        e_hat, s_hat = _encrypt(key_j, j, -beta_hat, pool)
-        f, r = _encrypt(sk, me, -beta, pool)
-        f_hat, r_hat = _encrypt(sk, me, -beta_hat, pool)
+        e, s = _encrypt(key_j, -beta, pool)
+        e_hat, s_hat = _encrypt(key_j, -beta_hat, pool)
+        f, r = _encrypt(sk, -beta, pool)
+        f_hat, r_hat = _encrypt(sk, -beta_hat, pool)
         d = key_j.add(key_j.mul(gamma, r1.k), e)
         d_hat = key_j.add(key_j.mul(x, r1.k), e_hat)
         st = pi_aff_g.AffGStatement(r1.k, d, f, gamma_pt)
         st_hat = pi_aff_g.AffGStatement(r1.k, d_hat, f_hat, x_pt)
-        nj, ni, nj2, ni2 = _take(pool, j), _take(pool, me), _take(pool, j), _take(pool, me)
+        nj, ni, nj2, ni2 = _take(pool, key_j), _take(pool, sk), _take(pool, key_j), _take(pool, sk)
         psi = pi_aff_g.prove(sid, me, rj, key_j, sk, st, gamma, -beta, s, r, nj, ni).to_bytes()
         psi_hat = pi_aff_g.prove(
             sid, me, rj, key_j, sk, st_hat, x, -beta_hat, s_hat, r_hat, nj2, ni2
