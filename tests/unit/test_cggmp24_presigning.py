@@ -381,3 +381,18 @@ def test_honest_3_of_5_non_prefix_subset_with_shift() -> None:
     sig = sign_with(ps, h)[4].signature
     assert sig is not None
     assert_valid_ecdsa(d.pubkey, h, sig)
+
+
+def test_parties_disagreeing_on_the_child_key_abort_at_the_echo() -> None:
+    """Signer 0 was told to presign for m/0/1, signer 1 for m/0/2: the echo (which binds the child key and
+    the shift) fails for both; no proof is blamed and nothing is presigned."""
+    ks, ax = key(2, 3), aux(3)
+    root = bip32.from_threshold_key(ks[0].public_key, ks[0].chain_code)
+    d1, d2 = bip32.derive(root, "m/0/1"), bip32.derive(root, "m/0/2")
+    sid = secrets.token_bytes(32)
+    s0, m0 = presigning.presigning_start(sid, ks[0], ax[0], (0, 1), d1.shift, d1.pubkey)
+    s1, m1 = presigning.presigning_start(sid, ks[1], ax[1], (0, 1), d2.shift, d2.pubkey)
+    out = run_network({0: s0, 1: s1}, m0 + m1, presigning.presigning_round)
+    for i in (0, 1):
+        assert out[i].phase == "failed" and out[i].result is None
+        assert [b.party for b in out[i].blame] == [1 - i] and "echo" in out[i].blame[0].check

@@ -369,13 +369,21 @@ def _others(state: PresigningState) -> list[int]:
     return [j for j in state.core.parties if j != state.core.me]
 
 
+def _context(state: PresigningState) -> bytes:
+    """What the echo binds besides the round-1 broadcasts: the key the presignature signs for and the
+    shift (parties that disagree on them abort at the echo instead of blaming each other's proofs)."""
+    return state.public_key + state.shift.to_bytes(32, "big")
+
+
 def _on_round1(state: PresigningState) -> tuple[PresigningState, list[Message]]:
-    core, msgs = send(state.core, SlotCode.ECHO, {None: echo_hash(state.core, SlotCode.R1, TAG)})
+    core, msgs = send(
+        state.core, SlotCode.ECHO, {None: echo_hash(state.core, SlotCode.R1, TAG, _context(state))}
+    )
     return replace(state, core=core, phase=Phase.ECHO), msgs
 
 
 def _on_echo(state: PresigningState) -> tuple[PresigningState, list[Message]]:
-    check_echo(state.core, SlotCode.R1, SlotCode.ECHO, TAG)
+    check_echo(state.core, SlotCode.R1, SlotCode.ECHO, TAG, _context(state))
     me, sid, aux = state.core.me, state.core.session_id, state.aux
     my_rp = verifier_params(aux)
     peers: dict[int, _Round1] = {}

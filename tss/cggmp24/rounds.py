@@ -186,19 +186,23 @@ def send(core: RoundCore, slot: int, payloads: Mapping[int | None, bytes]) -> tu
 # the echo (reliability) round
 
 
-def echo_hash(core: RoundCore, slot: int, tag: str) -> bytes:
-    """``H(Encode[echo](sid, V_0, ..., V_{n-1}))`` over the broadcast bodies of ``slot`` in party order."""
+def echo_hash(core: RoundCore, slot: int, tag: str, context: bytes = b"") -> bytes:
+    """``H(Encode[echo](sid, V_0, ..., V_{n-1}))`` over the broadcast bodies of ``slot`` in party order,
+    with the party set and ``context`` (session parameters every party must agree on, e.g. presigning's
+    derivation shift and child key) bound in too."""
     t = Transcript(f"{tag}/echo", core.session_id, 0)
     t.append_ints("parties", list(core.parties))
+    t.append_bytes("context", context)
     for p in core.parties:
         t.append_bytes(f"V[{p}]", body(core, slot, p))
     return hash_out(t)
 
 
-def check_echo(core: RoundCore, slot: int, echo_slot: int, tag: str) -> None:
+def check_echo(core: RoundCore, slot: int, echo_slot: int, tag: str, context: bytes = b"") -> None:
     """Every party's echo must equal ours; raises naming every party whose echo differs (that party lied
-    about what it received, or a round-1 sender equivocated: the echo cannot tell which)."""
-    mine = echo_hash(core, slot, tag)
+    about what it received, a round-1 sender equivocated, or the parties disagree on the session's
+    parameters: the echo cannot tell which)."""
+    mine = echo_hash(core, slot, tag, context)
     check_each(
         [p for p in core.parties if p != core.me],
         lambda p: _require(body(core, echo_slot, p) == mine, p, f"{tag}: echo of round-1 broadcasts differs"),
