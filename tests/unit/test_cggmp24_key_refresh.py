@@ -136,3 +136,18 @@ def test_keygen_message_not_accepted_in_refresh() -> None:
     _, kg = keygen.keygen_start(sid, 1, 2, 3)
     s0, _ = key_refresh.refresh_round(s0, kg)
     assert [r.reason for r in s0.core.rejections] == ["wrong-protocol"]
+
+
+def test_refresh_of_different_keys_aborts_at_the_echo() -> None:
+    """A party that refreshes a share of another key (or another view of the public shares) makes the echo
+    fail for everyone; nobody gets a new share."""
+    a, b = keygen_shares(2, 3), keygen_shares(2, 3)
+    sid = secrets.token_bytes(32)
+    states, first = {}, []
+    for s in (a[0], a[1], b[2]):
+        states[s.index], msgs = key_refresh.refresh_start(sid, s)
+        first += msgs
+    out = run_network(states, first, key_refresh.refresh_round)
+    for i in range(3):
+        assert out[i].phase == "failed" and out[i].result is None
+        assert out[i].blame and all("echo" in e.check for e in out[i].blame)

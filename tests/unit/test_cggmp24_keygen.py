@@ -344,3 +344,18 @@ def test_share_for_someone_else_rejected() -> None:
 def test_blame_is_an_invalid_contribution() -> None:
     out = run_keygen(2, 3, filt=tamper(2, SlotCode.DECOMMIT, lambda b: b[:10]))
     assert all(isinstance(b, InvalidContributionError) for b in out[0].blame)
+
+
+def test_parties_disagreeing_on_t_abort_at_the_echo() -> None:
+    """Party 0 was started as 3-of-3, the others as 2-of-3: the echo binds t, so everyone aborts there
+    instead of blaming party 0's (well-formed, 3-point) opening."""
+    sid = secrets.token_bytes(32)
+    states, first = {}, []
+    for i in range(3):
+        states[i], msgs = keygen.keygen_start(sid, i, 3 if i == 0 else 2, 3)
+        first += msgs
+    out = run_network(states, first, keygen.keygen_round)
+    for i in range(3):
+        assert out[i].phase == "failed" and out[i].result is None
+        assert all("echo" in b.check for b in out[i].blame)
+    assert [b.party for b in out[1].blame] == [0]

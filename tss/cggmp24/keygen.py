@@ -218,13 +218,24 @@ def _eval_commitments(points: Sequence[Point], x: int, zero_constant: bool) -> P
 # handlers
 
 
+def _context(state: DealingState) -> bytes:
+    """What the echo binds besides the commitments: ``t``, ``n``, whether a chain code is made and, for a
+    refresh, the key and public shares being refreshed. Parties started with different parameters abort at
+    the echo instead of blaming each other's well-formed messages."""
+    out = bytes([state.t, state.n, state.hd])
+    if state.previous is not None:
+        out += state.previous.public_key + b"".join(state.previous.public_shares) + state.previous.chain_code
+    return out
+
+
 def _on_commits(state: DealingState) -> tuple[DealingState, list[Message]]:
-    core, msgs = send(state.core, SlotCode.ECHO, {None: echo_hash(state.core, SlotCode.COMMIT, _tag(state))})
+    echo = echo_hash(state.core, SlotCode.COMMIT, _tag(state), _context(state))
+    core, msgs = send(state.core, SlotCode.ECHO, {None: echo})
     return replace(state, core=core, phase=Phase.ECHO), msgs
 
 
 def _on_echoes(state: DealingState) -> tuple[DealingState, list[Message]]:
-    check_echo(state.core, SlotCode.COMMIT, SlotCode.ECHO, _tag(state))
+    check_echo(state.core, SlotCode.COMMIT, SlotCode.ECHO, _tag(state), _context(state))
     core, msgs = send(state.core, SlotCode.DECOMMIT, {None: state.opening})
     p2p: dict[int | None, bytes] = {j: v for j, v in state.outgoing_shares.items()}
     core, shares = send(core, SlotCode.SHARE, p2p)
