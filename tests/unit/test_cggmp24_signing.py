@@ -22,7 +22,7 @@ from tests.unit.cggmp24_harness import body_of, replace_body, run_network
 from tests.unit.cggmp24_presig_dealer import deal_presignatures
 from tests.unit.test_cggmp24_keygen import run_keygen
 from tss.cggmp24 import signing
-from tss.cggmp24.errors import BadInputError
+from tss.cggmp24.errors import BadInputError, UnattributableAbortError
 from tss.cggmp24.keygen import KeyShare
 from tss.cggmp24.rounds import Blames, Message
 from tss.cggmp24.signing import Presignature, Signature
@@ -150,8 +150,8 @@ def test_bad_partial_signature_blamed_by_every_honest_signer() -> None:
 
     def bad(m: Message, r: int) -> list[Message]:
         if m.sender == 2:
-            sigma = (int.from_bytes(body_of(m), "big") + 1) % Q
-            return [replace_body(m, sigma.to_bytes(32, "big"))]
+            sigma = (int.from_bytes(body_of(m)[32:], "big") + 1) % Q
+            return [replace_body(m, sighash + sigma.to_bytes(32, "big"))]
         return [m]
 
     out = run_network(states, first, signing.signing_round, filt=bad)
@@ -162,15 +162,29 @@ def test_bad_partial_signature_blamed_by_every_honest_signer() -> None:
 
 
 def test_partial_for_another_message_blamed() -> None:
-    """A signer that signs another hash (with its own genuine presignature) is caught by the per-partial
-    check, before anything is combined."""
+    """A signer that signs another hash while claiming ours (with its genuine presignature) is caught by
+    the per-partial check, before anything is combined."""
     ks = shares(2, 3)
     presigs = deal_presignatures(secrets_of(ks), (0, 1), ks[0].public_key)
     h = secrets.token_bytes(32)
-    s0, _m0 = signing.signing_start(presigs[0], h)
-    _s1, m1 = signing.signing_start(presigs[1], secrets.token_bytes(32))
-    s0, _ = signing.signing_round(s0, m1)
+    s0, _ = signing.signing_start(presigs[0], h)
+    _, m1 = signing.signing_start(presigs[1], secrets.token_bytes(32))
+    s0, _ = signing.signing_round(s0, [replace_body(m1[0], h + body_of(m1[0])[32:])])
     assert s0.phase == "failed" and [b.party for b in s0.blame] == [1]
+
+
+def test_signers_told_different_sighashes_abort_unblamed() -> None:
+    """Signer 1 was asked to sign another transaction: nobody is blamed (either side may be the honest
+    one), nothing is signed."""
+    ks = shares(2, 3)
+    presigs = deal_presignatures(secrets_of(ks), (0, 1), ks[0].public_key)
+    s0, m0 = signing.signing_start(presigs[0], secrets.token_bytes(32))
+    s1, m1 = signing.signing_start(presigs[1], secrets.token_bytes(32))
+    s0, _ = signing.signing_round(s0, m1)
+    s1, _ = signing.signing_round(s1, m0)
+    for s in (s0, s1):
+        assert s.phase == "failed" and s.signature is None and not s.blame
+        assert isinstance(s.error, UnattributableAbortError) and "another sighash" in s.error.check
 
 
 def test_out_of_range_and_short_partials_blamed() -> None:
@@ -181,7 +195,7 @@ def test_out_of_range_and_short_partials_blamed() -> None:
         h = secrets.token_bytes(32)
         s0, _ = signing.signing_start(presigs[0], h)
         _, m1 = signing.signing_start(presigs[1], h)
-        s0, _ = signing.signing_round(s0, [replace_body(m1[0], body)])
+        s0, _ = signing.signing_round(s0, [replace_body(m1[0], h + body)])
         assert s0.phase == "failed" and [b.party for b in s0.blame] == [1]
         assert why in s0.blame[0].check
 

@@ -18,7 +18,8 @@ same paper.
 
 Signing round for signer ``i``::
 
-    sigma_i = k~_i * m + r * chi~_i  (mod q),  r = x(Gamma) mod q,  m = int(sighash)  -> broadcast
+    sigma_i = k~_i * m + r * chi~_i  (mod q),  r = x(Gamma) mod q,  m = int(sighash)
+    -> broadcast sighash || sigma_i (signers that disagree on the sighash abort unattributed)
     with every sigma_j: check sigma_j * Gamma == m * Delta~_j + r * S~_j for each j (blame each failure),
     s = sum sigma_j, low-S normalised; verify (r, s) under the child public key.
 """
@@ -222,12 +223,19 @@ def signing_start(presignature: Presignature, sighash: bytes) -> tuple[SigningSt
     pub = presignature.public
     core = new_core(PROTOCOL_SIGNING, pub.session_id, presignature.index, pub.signers, SLOTS)
     sigma = issue_partial_signature(presignature, sighash)
-    core, msgs = send(core, SLOT_PARTIAL, {None: sigma})
+    core, msgs = send(core, SLOT_PARTIAL, {None: sighash + sigma})
     return SigningState(core, pub, sighash), msgs
 
 
 def _on_partials(state: SigningState) -> tuple[SigningState, list[Message]]:
-    partials = {j: body(state.core, SLOT_PARTIAL, j) for j in state.core.parties}
+    """Every message body is ``sighash || sigma_j``. A signer that signed another sighash is not blamed
+    (it may be honest and the one told a different transaction may be us): the run aborts unattributed."""
+    partials: dict[int, bytes] = {}
+    for j in state.core.parties:
+        b = body(state.core, SLOT_PARTIAL, j)
+        if len(b) >= 32 and b[:32] != state.sighash:
+            raise UnattributableAbortError(f"signing: signer {j} signed another sighash")
+        partials[j] = b[32:]
     sig = combine_partial_signatures(state.commitments, partials, state.sighash)
     return replace(state, phase=Phase.DONE, signature=sig), []
 
