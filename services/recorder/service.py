@@ -15,6 +15,11 @@ each, the way ``batch = 1`` always works: a message that fails the same way a fe
 database is reachable is recorded as a ``record.failed`` audit entry, its position advanced, and the
 stream moves on.
 
+After each commit the highest audit row written (and its hash) is handed to the
+:class:`~services.recorder.anchor.Anchorer`, which signs it onto ``audit.anchor.<recorder>.<chain>`` at
+most once per ``anchor_interval``, off the batch's path; at stop, after the consumers finished, the last
+head is anchored.
+
 Protocol subjects (``proto.>``) are not recorded: their payloads are encrypted or secret-adjacent, and
 the lifecycle events already carry what an auditor needs. Heartbeats belong to the monitor.
 """

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import uuid
@@ -25,6 +26,7 @@ import nats.js.errors
 import pytest
 import pytest_asyncio
 
+import nats
 from schemas import envelope as E
 from schemas import messages as m
 from schemas.names import STREAM_AUDIT, audit_anchor_subject, tx_subject
@@ -344,6 +346,54 @@ async def test_the_audit_stream_refuses_delete_purge_and_rollup_even_to_admin(
     after = await admin.js.stream_info(STREAM_AUDIT)
     assert after.state.messages == info.state.messages and after.state.last_seq == last
     assert after.config.deny_delete and after.config.deny_purge
+
+
+async def _denied(pki: Path, nats_url: str, identity: str, subject: str) -> list[str]:
+    """The server's errors after ``identity`` published ``subject`` (core publish, as the broker sees it)."""
+    errors: list[str] = []
+
+    async def on_error(e: Exception) -> None:
+        errors.append(str(e))
+
+    tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "pki" / "ca.crt"))
+    tls.load_cert_chain(str(pki / "pki" / f"{identity}.crt"), str(pki / "pki" / f"{identity}.key"))
+    nc = await nats.connect(
+        servers=[nats_url],
+        tls=tls,
+        allow_reconnect=False,
+        connect_timeout=3,
+        error_cb=on_error,
+        inbox_prefix=f"_INBOX.{identity}",
+    )
+    try:
+        await nc.publish(subject, b"x")
+        await nc.flush(timeout=2)
+        await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+    return errors
+
+
+@pytest.mark.parametrize(
+    ("identity", "subject"),
+    [
+        ("node-1", "audit.anchor.recorder.somechain"),  # only the recorder anchors
+        ("intake", "audit.anchor.intake.somechain"),  # nobody else, not even under its own name
+        ("recorder", "audit.anchor.node-1.somechain"),  # the recorder only under its own name
+        ("recorder", "$JS.API.STREAM.PURGE.AUDIT"),  # and it cannot manage the stream
+        ("recorder", "$JS.API.STREAM.MSG.DELETE.AUDIT"),
+    ],
+)
+async def test_the_broker_lets_only_the_recorder_anchor(
+    pki: Path, nats_server: str, identity: str, subject: str
+) -> None:
+    errors = await _denied(pki, nats_server, identity, subject)
+    assert any("permissions violation for publish" in e.lower() for e in errors), errors
+
+
+async def test_the_recorder_may_anchor(pki: Path, nats_server: str) -> None:
+    errors = await _denied(pki, nats_server, "recorder", "audit.anchor.recorder.somechain")
+    assert errors == []
 
 
 # ---- the CLI -----------------------------------------------------------------------------------------------
