@@ -8,6 +8,7 @@ rollups even from admin; the anchors are batched (not one bus message per audit 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -105,11 +106,15 @@ async def anchored(
 # ---- the database owner at work ----------------------------------------------------------------------------
 
 
-async def _owner(url: str) -> asyncpg.Connection:
+@contextlib.asynccontextmanager
+async def _owner(url: str) -> AsyncIterator[asyncpg.Connection]:
     """A superuser session whose writes fire no trigger (neither the append-only guard nor the chain)."""
     conn = await asyncpg.connect(url)
-    await conn.execute("SET session_replication_role = replica")
-    return conn
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        yield conn
+    finally:
+        await conn.close()
 
 
 async def _recompute_from(conn: asyncpg.Connection, first: int) -> None:
@@ -159,13 +164,10 @@ async def test_an_honest_chain_verifies_against_its_anchors(
 
 async def test_a_deleted_row_is_found(anchored: Anchored, bus_factory: Callable[..., Awaitable[Bus]]) -> None:
     victim = anchored.ids[2]
-    conn = await _owner(anchored.url)
-    try:
+    async with _owner(anchored.url) as conn:
         await conn.execute("DELETE FROM audit_log WHERE id = $1", victim)
         await _recompute_from(conn, victim)
         assert await verify_chain(conn) == (True, None)  # PostgreSQL alone sees nothing
-    finally:
-        await conn.close()
     report = await _verify(bus_factory, anchored.url)
     assert not report.ok and report.first_bad == victim, report
     assert report.chain_problems == []
@@ -177,8 +179,7 @@ async def test_reordered_rows_are_found(
     anchored: Anchored, bus_factory: Callable[..., Awaitable[Bus]]
 ) -> None:
     first, second = anchored.ids[1], anchored.ids[3]
-    conn = await _owner(anchored.url)
-    try:
+    async with _owner(anchored.url) as conn:
         await conn.execute(
             """UPDATE audit_log a SET created_at = b.created_at, actor = b.actor, action = b.action,
                    entity_type = b.entity_type, entity_id = b.entity_id, details = b.details,
@@ -192,8 +193,6 @@ async def test_reordered_rows_are_found(
         swapped = await conn.fetch(
             "SELECT entity_id FROM audit_log WHERE id = ANY($1) ORDER BY id", [first, second]
         )
-    finally:
-        await conn.close()
     assert swapped[0]["entity_id"] != swapped[1]["entity_id"]
     report = await _verify(bus_factory, anchored.url)
     assert not report.ok and report.first_bad == first, report
@@ -205,13 +204,10 @@ async def test_a_rewritten_row_with_recomputed_hashes_is_found(
     anchored: Anchored, bus_factory: Callable[..., Awaitable[Bus]]
 ) -> None:
     victim = anchored.ids[4]
-    conn = await _owner(anchored.url)
-    try:
+    async with _owner(anchored.url) as conn:
         await conn.execute("""UPDATE audit_log SET details = '{"amount": 1}' WHERE id = $1""", victim)
         await _recompute_from(conn, victim)
         assert await verify_chain(conn) == (True, None)
-    finally:
-        await conn.close()
     report = await _verify(bus_factory, anchored.url)
     assert not report.ok and report.first_bad == victim, report
     assert [p.seq for p in report.anchor_problems] == anchored.ids[4:]
@@ -222,12 +218,9 @@ async def test_a_truncated_tail_is_found(
     anchored: Anchored, bus_factory: Callable[..., Awaitable[Bus]]
 ) -> None:
     cut = anchored.ids[3]
-    conn = await _owner(anchored.url)
-    try:
+    async with _owner(anchored.url) as conn:
         await conn.execute("DELETE FROM audit_log WHERE id >= $1", cut)
         assert await verify_chain(conn) == (True, None)  # a shorter chain is still a chain
-    finally:
-        await conn.close()
     report = await _verify(bus_factory, anchored.url)
     assert not report.ok and report.first_bad == cut, report
     assert all("missing" in p.reason for p in report.anchor_problems)
@@ -238,11 +231,8 @@ async def test_a_row_changed_in_place_is_still_found_by_the_chain(
     anchored: Anchored, bus_factory: Callable[..., Awaitable[Bus]]
 ) -> None:
     victim = anchored.ids[1]
-    conn = await _owner(anchored.url)
-    try:
+    async with _owner(anchored.url) as conn:
         await conn.execute("UPDATE audit_log SET actor = 'mallory' WHERE id = $1", victim)
-    finally:
-        await conn.close()
     report = await _verify(bus_factory, anchored.url)
     assert not report.ok and report.first_bad == victim
     assert report.chain_problems[0].id == victim
@@ -428,12 +418,9 @@ async def test_mpcw_audit_verify_exits_non_zero_on_a_deleted_row(
     assert ok.returncode == 0, ok.stderr
     assert f"audit chain verifies: {anchored.rows} rows, anchored up to #{anchored.ids[-1]}" in ok.stdout
     victim = anchored.ids[1]
-    conn = await _owner(anchored.url)
-    try:
+    async with _owner(anchored.url) as conn:
         await conn.execute("DELETE FROM audit_log WHERE id = $1", victim)
         await _recompute_from(conn, victim)
-    finally:
-        await conn.close()
     bad = await asyncio.to_thread(_mpcw, pki, tmp_path, nats_server, anchored.url, "audit", "verify")
     assert bad.returncode == 1 and f"audit chain BROKEN at entry #{victim}" in bad.stderr, bad
     assert f"anchored row #{victim} is missing" in bad.stderr
