@@ -16,7 +16,7 @@ row it wrote and the hash the database gave it (``INSERT ... RETURNING`` in that
 committed, never a later read that a database owner could have prepared). A background task publishes an
 :class:`~schemas.messages.AuditAnchor` ``(chain, seq, hash)`` on ``audit.anchor.<recorder>.<chain>`` when
 the head moved, ``interval`` seconds (default 1) after the first commit it has not anchored, and once more
-when the recorder stops. The spend path pays a comparison per committed batch; the bus carries at most
+when the recorder stops. The spend path pays one comparison per recorded message; the bus carries at most
 one anchor per ``interval`` however many spends go through (under load, thousands of audit rows per
 anchor). ``<chain>`` names the database (``current_database()``), so recorders of different databases on
 one broker never mix their anchors; the verifier takes the name from its own connection.
