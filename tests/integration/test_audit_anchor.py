@@ -35,6 +35,7 @@ from services.recorder import verify_chain
 from services.recorder.anchor import AuditReport, chain_of, read_anchors, verify_anchored
 from services.runtime.bus import Bus
 from services.runtime.db import ZERO_HASH, audit_canonical
+from services.runtime.pki import tls_files
 from services.runtime.seal import IdentityKeys, seal
 
 from .test_recorder_projection import ROOT, requested, start_service, stop_service, wait_for, wait_position
@@ -345,8 +346,9 @@ async def _denied(pki: Path, nats_url: str, identity: str, subject: str) -> list
     async def on_error(e: Exception) -> None:
         errors.append(str(e))
 
-    tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki / "pki" / "ca.crt"))
-    tls.load_cert_chain(str(pki / "pki" / f"{identity}.crt"), str(pki / "pki" / f"{identity}.key"))
+    files = tls_files(pki, identity)
+    tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca))
+    tls.load_cert_chain(str(files.cert), str(files.key))
     nc = await nats.connect(
         servers=[nats_url],
         tls=tls,
