@@ -204,6 +204,16 @@ class DkgResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     reason: str = ""
 
 
+class AuditAnchor(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``audit.anchor.<recorder>.<chain>``: the audit log of database ``chain`` held row ``seq`` (its
+    ``audit_log.id``) with hash ``hash`` when the recorder committed it; that hash covers every row before
+    it (``services.recorder.anchor``)."""
+
+    chain: str
+    seq: int
+    hash: bytes  # SHA-256, 32 bytes
+
+
 REGISTRY: dict[str, type[msgspec.Struct]] = {
     cls.__name__: cls
     for cls in (
@@ -225,5 +235,6 @@ REGISTRY: dict[str, type[msgspec.Struct]] = {
         DkgStart,
         DkgMessage,
         DkgResult,
+        AuditAnchor,
     )
 }

@@ -12,6 +12,7 @@ Subjects (first token = stream):
 - ``vote.<tx_id>.<node>``
 - ``proto.<protocol>.<session>.<round>.<from>`` (broadcast), ``...<from>.<to>`` (point to point)
 - ``node.heartbeat.<identity>``, ``node.violation.<offender>`` (any identity may report)
+- ``audit.anchor.<recorder>.<chain>``: signed checkpoints of the audit chain of database ``<chain>``
 """
 
 from __future__ import annotations
@@ -71,11 +72,13 @@ STREAM_TX: Final = "TX"
 STREAM_VOTE: Final = "VOTE"
 STREAM_PROTO: Final = "PROTO"
 STREAM_NODE: Final = "NODE"
+STREAM_AUDIT: Final = "AUDIT"  # the audit chain's signed anchors: no delete, no purge, no rollup
 STREAM_FOR_PREFIX: Final[dict[str, str]] = {
     "tx": STREAM_TX,
     "vote": STREAM_VOTE,
     "proto": STREAM_PROTO,
     "node": STREAM_NODE,
+    "audit": STREAM_AUDIT,
 }
 
 
@@ -103,6 +106,16 @@ def heartbeat_subject(identity: str) -> str:
 
 def violation_subject(offender: str) -> str:
     return f"node.violation.{check_token(offender)}"
+
+
+def audit_anchor_subject(recorder: str, chain: str) -> str:
+    """Where ``recorder`` anchors the audit chain of the database ``chain`` (``services.recorder.anchor``)."""
+    return f"audit.anchor.{check_token(recorder)}.{check_token(chain)}"
+
+
+def audit_anchor_filter(chain: str) -> str:
+    """Every recorder's anchors of the audit chain ``chain``."""
+    return f"audit.anchor.*.{check_token(chain)}"
 
 
 def proto_recipient(subject: str) -> str | None:
@@ -206,7 +219,7 @@ PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
         "tx.failed.>",
         "$KV.rounds.final.>",  # the final-outcome arbiter (create-only ``final.<tx>``), never a round
     ),
-    "recorder": _OWN,
+    "recorder": (*_OWN, "audit.anchor.{self}.*"),
     "admin": (">",),
 }
 

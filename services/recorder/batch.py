@@ -467,11 +467,12 @@ async def _append_audit(conn: asyncpg.Connection, entries: list[_Audit]) -> None
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
                 WITH ORDINALITY AS x(a, b, c, d, e, f, g, ord)
            ORDER BY ord
-           RETURNING id""",
+           RETURNING id, hash""",
         *cols,
     )
-    ids = sorted(int(r["id"]) for r in rows)
-    if len(ids) != len(entries):
-        raise RuntimeError(f"audit append wrote {len(ids)} rows for {len(entries)} entries")
-    for e, audit_id in zip(entries, ids, strict=True):
+    written = sorted((int(r["id"]), bytes(r["hash"])) for r in rows)
+    if len(written) != len(entries):
+        raise RuntimeError(f"audit append wrote {len(written)} rows for {len(entries)} entries")
+    for e, (audit_id, audit_hash) in zip(entries, written, strict=True):
         e.outcome.audit_id = audit_id
+        e.outcome.audit_hash = audit_hash

@@ -92,6 +92,7 @@ class Outcome:
     detail: str = ""
     violation: m.Violation | None = None
     audit_id: int | None = None
+    audit_hash: bytes | None = None  # the chain hash of that audit row, as committed
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -124,8 +125,9 @@ async def _audit(
     entity_type: str,
     entity_id: str,
     details: dict[str, Any],
-) -> int:
-    audit_id, _ = await audit_append(
+) -> tuple[int, bytes]:
+    """Append the message's audit row: its ``(id, hash)``."""
+    return await audit_append(
         conn,
         actor=msg.sender,
         action=action,
@@ -135,12 +137,11 @@ async def _audit(
         stream=msg.stream,
         stream_seq=msg.seq,
     )
-    return audit_id
 
 
 async def _refuse(conn: asyncpg.Connection, msg: Message, r: Refusal) -> Outcome:
-    audit_id = await _audit(conn, msg, "refused", "transaction", r.tx_id, r.audit_details())
-    return Outcome("refused", r.why, violation=r.violation(msg), audit_id=audit_id)
+    audit_id, audit_hash = await _audit(conn, msg, "refused", "transaction", r.tx_id, r.audit_details())
+    return Outcome("refused", r.why, violation=r.violation(msg), audit_id=audit_id, audit_hash=audit_hash)
 
 
 # ---- checks and rows that need no database (shared with services.recorder.batch) --------------------------
@@ -378,8 +379,8 @@ async def _tx_event(conn: asyncpg.Connection, msg: Message) -> Outcome:
     await _apply(conn, msg, tx_id, current, new, event, payload)
     await conn.execute(INSERT_TRANSITION, *_transition_row(msg, tx_id, current, new, event, payload))
     details = _tx_details(current, new, payload)
-    audit_id = await _audit(conn, msg, f"tx.{event}", "transaction", tx_id, details)
-    return Outcome("applied", f"{tx_id} -> {new.value}", audit_id=audit_id)
+    audit_id, audit_hash = await _audit(conn, msg, f"tx.{event}", "transaction", tx_id, details)
+    return Outcome("applied", f"{tx_id} -> {new.value}", audit_id=audit_id, audit_hash=audit_hash)
 
 
 async def _apply(
@@ -523,12 +524,13 @@ async def _vote(conn: asyncpg.Connection, msg: Message) -> Outcome:
         if first == v.approve:
             return Outcome("replay", f"vote of {node} on {tx_id} already recorded")
         details = _vote_conflict_details(node, first, v)
-        audit_id = await _audit(conn, msg, "vote.conflict", "transaction", tx_id, details)
-        return Outcome("refused", f"{node} voted differently before on {tx_id}", audit_id=audit_id)
+        audit_id, audit_hash = await _audit(conn, msg, "vote.conflict", "transaction", tx_id, details)
+        why = f"{node} voted differently before on {tx_id}"
+        return Outcome("refused", why, audit_id=audit_id, audit_hash=audit_hash)
     column = "approvals" if v.approve else "rejections"
     await conn.execute(f"UPDATE voting_rounds SET {column} = {column} + 1 WHERE tx_id = $1", tx_id)
-    audit_id = await _audit(conn, msg, "vote", "transaction", tx_id, _vote_details(node, v))
-    return Outcome("applied", f"vote {node} on {tx_id}", audit_id=audit_id)
+    audit_id, audit_hash = await _audit(conn, msg, "vote", "transaction", tx_id, _vote_details(node, v))
+    return Outcome("applied", f"vote {node} on {tx_id}", audit_id=audit_id, audit_hash=audit_hash)
 
 
 # ---- node.violation.<offender> ---------------------------------------------------------------------------
@@ -536,8 +538,8 @@ async def _vote(conn: asyncpg.Connection, msg: Message) -> Outcome:
 
 async def _violation(conn: asyncpg.Connection, msg: Message) -> Outcome:
     offender, details = _violation_details(msg)
-    audit_id = await _audit(conn, msg, "node.violation", "node", offender, details)
-    return Outcome("applied", f"violation by {offender}", audit_id=audit_id)
+    audit_id, audit_hash = await _audit(conn, msg, "node.violation", "node", offender, details)
+    return Outcome("applied", f"violation by {offender}", audit_id=audit_id, audit_hash=audit_hash)
 
 
 # ---- reading the audit trail -----------------------------------------------------------------------------

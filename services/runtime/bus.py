@@ -448,6 +448,9 @@ def _stream_config(d: Mapping[str, Any], replicas: int) -> api.StreamConfig:
         max_msgs_per_subject=int(d.get("max_msgs_per_subject", -1)),
         max_msg_size=int(d.get("max_msg_size", -1)),
         num_replicas=replicas,
+        deny_delete=bool(d.get("deny_delete", False)),
+        deny_purge=bool(d.get("deny_purge", False)),
+        allow_rollup_hdrs=bool(d.get("allow_rollup_hdrs", False)),
     )
 
 
