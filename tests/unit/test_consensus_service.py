@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 import services.consensus.__main__ as C
+from core.lifecycle import RoundOutcome
 from schemas import kv as K
 from schemas.messages import (
     InputRef,
@@ -475,7 +476,9 @@ async def test_resume_decides_a_round_left_undecided(bus: FakeBus, clock: Clock)
 
 async def test_rounds_approved_by_an_earlier_version_start_attempt_1(bus: FakeBus, clock: Clock) -> None:
     kv = await bus.kv("rounds")
-    rnd = K.RoundRecord(tx_id="t17", n=5, t=4, nodes=NODES, opened=True, inputs=1, outcome="approved")
+    rnd = K.RoundRecord(
+        tx_id="t17", n=5, t=4, nodes=NODES, opened=True, inputs=1, outcome=RoundOutcome.APPROVED
+    )
     for n in NODES[:4]:
         rnd.approve[n] = True
         rnd.votes[n] = f"env-{n}".encode()
