@@ -132,8 +132,6 @@ class IllegalTransition(ValueError):
 
 
 S = TxState
-_WHILE_VOTED_ON = (S.PENDING, S.VOTING, S.APPROVED, S.SIGNING)  # a round that still takes votes
-_ROUND_STATES = (*_WHILE_VOTED_ON, S.SIGNED, S.REJECTED, S.FAILED)  # every state consensus keeps
 
 # state -> event -> the state it moves to. ``None`` is a spend not known yet.
 EVENT_TRIGGERED_TRANSITIONS: dict[TxState | None, dict[Event, TxState]] = {
@@ -206,8 +204,10 @@ REPORTED: dict[Event, Violation] = {
 }
 
 TERMINAL: frozenset[TxState] = frozenset({S.CONFIRMED, S.REJECTED, S.FAILED})
-ROUND_STATES: tuple[TxState, ...] = _ROUND_STATES
-VOTED_ON: frozenset[TxState] = frozenset(_WHILE_VOTED_ON)
+# the states a voting round in KV ``rounds`` spells (consensus does not follow broadcast and confirmation)
+ROUND_STATES: frozenset[TxState] = frozenset(
+    {S.PENDING, S.VOTING, S.APPROVED, S.SIGNING, S.SIGNED, S.REJECTED, S.FAILED}
+)
 
 
 def transition(state: TxState | None, event: Event, now_ms: int) -> Transition:

@@ -10,7 +10,16 @@ the step's time (passed in) where the record keeps one. Vote counting itself (``
 
 from __future__ import annotations
 
-from core.lifecycle import Effects, Event, FinalOutcome, RoundOutcome, TxState, transition
+from core.lifecycle import (
+    ROUND_STATES,
+    Effects,
+    Event,
+    FinalOutcome,
+    IllegalTransition,
+    RoundOutcome,
+    TxState,
+    transition,
+)
 from schemas.kv import RoundRecord
 
 
@@ -30,8 +39,11 @@ def round_state(rnd: RoundRecord) -> TxState:
 
 def advance(rnd: RoundRecord, event: Event, now_ms: int) -> Effects:
     """Apply ``event`` to the round in place; raises :class:`core.lifecycle.IllegalTransition` (and
-    changes nothing) when the lifecycle does not allow it."""
-    _, effects = transition(round_state(rnd), event, now_ms)
+    changes nothing) when the lifecycle does not allow it, or leads to a state a round does not keep."""
+    state = round_state(rnd)
+    new, effects = transition(state, event, now_ms)
+    if new not in ROUND_STATES:
+        raise IllegalTransition(state, event)  # broadcast and confirmation are not kept in rounds
     if event is Event.VOTING_OPENED:
         rnd.opened = True
     elif event is Event.QUORUM_REACHED:
