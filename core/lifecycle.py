@@ -33,7 +33,6 @@ stamps its records with the time the step was taken; this module reads no clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -107,8 +106,7 @@ class Violation(StrEnum):
     SIGHASH_MISMATCH = "sighash-mismatch"
 
 
-@dataclass(frozen=True, slots=True)
-class Effects:
+class Effects(NamedTuple):
     """What a transition asks its caller to do once the new state is stored."""
 
     announce: TxEvent | None  # publish ``tx.<announce>.<tx_id>``

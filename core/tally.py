@@ -207,11 +207,11 @@ def add_votes(rnd: RoundRecord, votes: Sequence[CastVote], now_ms: int) -> Round
     it and start attempt 1 in the same change. Equivocations and approvals of other sighashes than the
     quorum's are reported; the votes of a round that ended are late and not counted."""
     change = RoundChange()
+    # counting a vote changes no lifecycle field: the table is asked whether the round takes votes
+    late = not allows(round_state(rnd), Event.VOTE_COUNTED)
     for v in votes:
-        late = not allows(round_state(rnd), Event.VOTE_COUNTED)
         result = add_vote(rnd, v.node, v.approve, list(v.reasons), v.envelope, v.sighashes, late=late)
         if result is VoteResult.COUNTED:
-            advance(rnd, Event.VOTE_COUNTED, now_ms)
             change.counted.append(v.node)
         elif result is VoteResult.EQUIVOCATION:
             _report(rnd, change, v.node, Event.VOTE_EQUIVOCATED, now_ms)
