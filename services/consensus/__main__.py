@@ -396,9 +396,8 @@ class Consensus:
         if empty:
             self.log.warning("nonce pool empty", nodes=empty, tx_id=tx_id, attempt=attempt)
 
-            await self._update(
-                tx_id, lambda r: signer_set.mark_failed(r, empty)
-            )  # passed over next time (unless nobody else is left)
+            # passed over next time (unless nobody else is left)
+            await self._update(tx_id, lambda r: signer_set.mark_failed(r, empty))
             await self._wait_for_nonces(rnd, attempt, short=empty)
             return
         nonces = {node: got for node, got in zip(signers, claims, strict=True) if got is not None}
