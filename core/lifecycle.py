@@ -27,6 +27,9 @@ another signer set after a refusal, a blamed signer or a timeout) and ``broadcas
 rebroadcast after the backend was unreachable). An announced event that would move a spend to a state
 it already reached is a replay (:func:`is_replay`): handlers stay idempotent by ignoring it.
 
+The stored forms of two of these facts are KV values (``schemas.kv.RoundOutcome``, how a vote ended, and
+``schemas.kv.FinalOutcome``, how signing ended); :mod:`core.round` maps a round record to its state.
+
 Time is passed in (``now_ms``, wall clock in milliseconds) and returned in the effects, so the caller
 stamps its records with the time the step was taken; this module reads no clock.
 """
@@ -82,21 +85,6 @@ class Event(StrEnum):
     FAILED = "failed"  # the spend was given up and the final outcome says failed
     BROADCAST = "broadcast"  # the transaction went to the network (again)
     CONFIRMED = "confirmed"  # the transaction is in a block
-
-
-class RoundOutcome(StrEnum):
-    """``RoundRecord.outcome`` in KV ``rounds``: how the vote ended (the strings stored since v1)."""
-
-    OPEN = "open"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-
-
-class FinalOutcome(StrEnum):
-    """``FinalRecord.outcome`` in KV ``rounds`` ``final.<tx_id>``: how the spend's signing ended."""
-
-    SIGNED = "signed"
-    FAILED = "failed"
 
 
 class Violation(StrEnum):

@@ -14,13 +14,11 @@ from core.lifecycle import (
     ROUND_STATES,
     Effects,
     Event,
-    FinalOutcome,
     IllegalTransition,
-    RoundOutcome,
     TxState,
     transition,
 )
-from schemas.kv import RoundRecord
+from schemas.kv import FinalOutcome, RoundOutcome, RoundRecord
 
 
 def round_state(rnd: RoundRecord) -> TxState:

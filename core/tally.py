@@ -25,10 +25,10 @@ from enum import StrEnum
 
 import msgspec
 
-from core.lifecycle import Event, RoundOutcome, TxState, Violation, allows
+from core.lifecycle import Event, TxState, Violation, allows
 from core.round import advance, round_state
 from schemas import envelope as E
-from schemas.kv import RoundRecord
+from schemas.kv import RoundOutcome, RoundRecord
 from schemas.messages import Vote
 
 # the sighash list an approval is for; a node name when it cannot be known (it then matches nobody)

@@ -16,10 +16,10 @@
 from __future__ import annotations
 
 import hashlib
+from enum import StrEnum
 
 import msgspec
 
-from core.lifecycle import FinalOutcome, RoundOutcome
 from schemas.names import check_token
 
 DEFAULT_KEY_ID = "default"
@@ -129,6 +129,21 @@ class DkgRequest(msgspec.Struct, frozen=True, kw_only=True):
     nodes: list[str]
     threshold: int
     requested_ms: int = 0
+
+
+class RoundOutcome(StrEnum):
+    """``RoundRecord.outcome`` in KV ``rounds``: how the vote ended (the strings stored since v1)."""
+
+    OPEN = "open"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class FinalOutcome(StrEnum):
+    """``FinalRecord.outcome`` in KV ``rounds`` ``final.<tx_id>``: how the spend's signing ended."""
+
+    SIGNED = "signed"
+    FAILED = "failed"
 
 
 class RoundRecord(msgspec.Struct, kw_only=True):

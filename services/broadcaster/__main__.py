@@ -35,8 +35,8 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from core.lifecycle import FinalOutcome
 from schemas import kv as K
+from schemas.kv import FinalOutcome
 from schemas.messages import (
     REGISTRY,
     PartialSignatures,

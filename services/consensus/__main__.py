@@ -60,9 +60,10 @@ from dataclasses import dataclass
 import msgspec
 
 from core import signer_set, tally
-from core.lifecycle import Event, FinalOutcome, IllegalTransition, RoundOutcome, TxEvent, TxState
+from core.lifecycle import Event, IllegalTransition, TxEvent, TxState
 from core.round import close, round_state
 from schemas import kv as K
+from schemas.kv import FinalOutcome, RoundOutcome
 from schemas.messages import (
     REGISTRY,
     DkgMessage,

@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 import services.consensus.__main__ as C
-from core.lifecycle import RoundOutcome
 from schemas import kv as K
+from schemas.kv import RoundOutcome
 from schemas.messages import (
     InputRef,
     NonceRef,

@@ -13,9 +13,7 @@ from core import tally
 from core.lifecycle import (
     TERMINAL,
     Event,
-    FinalOutcome,
     IllegalTransition,
-    RoundOutcome,
     TxEvent,
     TxState,
     Violation,
@@ -25,6 +23,7 @@ from core.lifecycle import (
 )
 from core.round import advance, close, round_state
 from schemas import kv as K
+from schemas.kv import FinalOutcome, RoundOutcome
 
 S, E = TxState, Event
 NODES = [f"node-{i}" for i in range(1, 6)]

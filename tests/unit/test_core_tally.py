@@ -3,7 +3,6 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from core.lifecycle import RoundOutcome
 from core.signer_set import choose_signers
 from core.tally import (
     VoteResult,
@@ -18,6 +17,7 @@ from core.tally import (
     signing_certificate,
 )
 from schemas import envelope as E
+from schemas.kv import RoundOutcome
 from schemas.messages import Vote
 
 NODES = [f"node-{i}" for i in range(1, 6)]
