@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+from enum import StrEnum
 
 import msgspec
 
@@ -130,6 +131,21 @@ class DkgRequest(msgspec.Struct, frozen=True, kw_only=True):
     requested_ms: int = 0
 
 
+class RoundOutcome(StrEnum):
+    """``RoundRecord.outcome`` in KV ``rounds``: how the vote ended (the strings stored since v1)."""
+
+    OPEN = "open"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class FinalOutcome(StrEnum):
+    """``FinalRecord.outcome`` in KV ``rounds`` ``final.<tx_id>``: how the spend's signing ended."""
+
+    SIGNED = "signed"
+    FAILED = "failed"
+
+
 class RoundRecord(msgspec.Struct, kw_only=True):
     tx_id: str
     n: int
@@ -139,7 +155,7 @@ class RoundRecord(msgspec.Struct, kw_only=True):
     votes: dict[str, bytes] = {}  # node -> raw signed vote envelope (first vote counts)
     approve: dict[str, bool] = {}
     reasons: dict[str, list[str]] = {}
-    outcome: str = "open"  # open | approved | rejected
+    outcome: RoundOutcome = RoundOutcome.OPEN  # how the vote ended
     amount: int = 0
     inputs: int = 0
     attempt: int = 0
@@ -148,6 +164,7 @@ class RoundRecord(msgspec.Struct, kw_only=True):
     done: bool = False  # signed, rejected or failed
     sighashes: dict[str, list[bytes]] = {}  # approving node -> the sighashes its vote approves
     approved_ms: int = 0  # when the round was approved (wall clock)
+    final: FinalOutcome | None = None  # how the spend ended (set with done; None in older records)
 
 
 class FinalRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -157,7 +174,7 @@ class FinalRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     before publishing ``tx.signed``; whoever finds it already there with the other outcome stands down.
     """
 
-    outcome: str  # signed | failed
+    outcome: FinalOutcome
     by: str  # identity that created it
     at_ms: int
     reason: str = ""  # why it failed (repeated in tx.failed if that has to be sent again)

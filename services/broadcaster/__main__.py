@@ -36,6 +36,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from schemas import kv as K
+from schemas.kv import FinalOutcome
 from schemas.messages import (
     REGISTRY,
     PartialSignatures,
@@ -267,7 +268,7 @@ class Broadcaster:
         except TransactionInvalid as exc:
             await self._fail(req.tx_id, f"signed transaction does not verify: {exc}")
             return False
-        if not await self._claim_final(req.tx_id, "signed"):
+        if not await self._claim_final(req.tx_id, FinalOutcome.SIGNED):
             self.log.warning("consensus gave up on this spend first; not publishing it", tx_id=req.tx_id)
             return False
         raw = serialize(signed)
@@ -281,7 +282,7 @@ class Broadcaster:
         await self._broadcast(out, signed_stored)  # now, not a hop later; on_signed repeats it after a crash
         return True
 
-    async def _claim_final(self, tx_id: str, outcome: str) -> bool:
+    async def _claim_final(self, tx_id: str, outcome: FinalOutcome) -> bool:
         """Create the spend's final-outcome arbiter (KV ``rounds`` ``final.<tx>``) with ``outcome``; True
         when it now says ``outcome`` (created here, or earlier by this service), False when consensus
         decided otherwise first. Nothing is signed after ``failed`` and nothing failed after ``signed``."""
@@ -305,7 +306,7 @@ class Broadcaster:
     async def _fail(self, tx_id: str, reason: str, *, signed: bool = False) -> None:
         """Report the spend failed; before it was signed only if the arbiter agrees (``signed``: a signed
         transaction the chain refused for good, after the arbiter already said signed)."""
-        if not signed and not await self._claim_final(tx_id, "failed"):
+        if not signed and not await self._claim_final(tx_id, FinalOutcome.FAILED):
             return  # signed by another instance: the broadcast path finishes it
         self.log.error("spend failed", tx_id=tx_id, reason=reason)
         await self.bus.publish(

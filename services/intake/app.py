@@ -48,8 +48,8 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, raw
 
+from core.lifecycle import TxState
 from schemas.kv import DEFAULT_KEY_ID, POLICY_KEY
-from schemas.lifecycle import TxState
 from schemas.messages import TxRequested
 from schemas.names import BUCKET_CONFIG, BUCKET_NODES, tx_subject
 from schemas.rest import ErrorBody, Policy, SpendRequest

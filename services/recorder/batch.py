@@ -15,7 +15,7 @@ of round trips and one commit per batch instead of ~8 round trips and a commit p
    audit append lock is always taken after them);
 4. the rows the batch depends on are read in bulk (states ``FOR UPDATE``, vote counts, earlier votes,
    spend requests); the lifecycle is then simulated in Python message by message with
-   ``schemas.lifecycle`` (replays are no-ops, illegal transitions refused and audited, the rest
+   ``core.lifecycle`` (replays are no-ops, illegal transitions refused and audited, the rest
    applied), collecting the writes;
 5. the writes go out table by table with ``executemany`` (each in message order; the tables do not
    depend on each other within a batch, see ``_flush``), the audit rows in ONE ordered INSERT (one
@@ -36,8 +36,8 @@ from typing import Any
 
 import asyncpg
 
+from core.lifecycle import TxState
 from schemas import messages as m
-from schemas.lifecycle import TxState
 
 from .project import (
     ASYNC_COMMIT,

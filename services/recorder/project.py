@@ -17,7 +17,7 @@ service runs each durable consumer with ``max_ack_pending = 1`` and never fails 
 
 Projection, per subject:
 
-- ``tx.<event>.<tx_id>``: the event names the new state (``schemas.lifecycle.STATE_FOR_EVENT``). A
+- ``tx.<event>.<tx_id>``: the event names the new state (``core.lifecycle.STATE_FOR_EVENT``). A
   replay (``is_replay``: the transaction already reached that state) is a no-op. An illegal transition
   (``check_transition``), a payload of the wrong type or naming another transaction, is *refused*:
   nothing is applied, an audit entry ``refused`` records why, and the caller reports the sender as a
@@ -41,9 +41,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from core.lifecycle import STATE_FOR_EVENT, TxState, can_transition, is_replay
 from schemas import messages as m
 from schemas.envelope import BusRejection
-from schemas.lifecycle import STATE_FOR_EVENT, TxState, can_transition, is_replay
 from services.runtime.db import advance_stream_position, audit_append
 
 CONSUMER = "recorder"

@@ -13,7 +13,7 @@ signature.
   earlier process pooled, and withdraw this node's nonce batches from KV ``presig`` (delete
   ``frost.<key>.<node>.b.<batch>``), so pools stop offering nonces nobody holds any more.
 
-- ``tx.requested.<tx>``: recheck the spend from scratch (:mod:`services.signer.spend_check`) against the
+- ``tx.requested.<tx>``: recheck the spend from scratch (:mod:`core.policy`) against the
   policy in KV ``config`` (signed by admin, checked on every read and watch update by
   :mod:`services.runtime.signed_kv`: a value that does not verify is reported and the last good policy
   stays in force; a stored policy that never verified makes the node refuse every spend), record the
@@ -45,6 +45,7 @@ from typing import Any
 
 import msgspec
 
+from core.policy import check_spend
 from schemas import kv as K
 from schemas.messages import (
     Heartbeat,
@@ -76,7 +77,6 @@ from services.signer.dkg_participant import DkgParticipant
 from services.signer.keystore import Keystore, KeystoreError, ShareRecord
 from services.signer.signing_attempts import CONFIG_KEY as MAX_ATTEMPTS_KEY
 from services.signer.signing_attempts import DEFAULT_MAX_ATTEMPTS, SigningAttempts
-from services.signer.spend_check import check_spend
 from services.signer.vote_journal import JournalEntry, VoteJournal
 from tss import frost
 from tss.secp256k1 import cbytes, point_mul_base

@@ -33,8 +33,8 @@ import nats.js.errors
 import pytest
 from coincurve import PrivateKey
 
+from core.lifecycle import TERMINAL, TxState
 from schemas import kv as K
-from schemas.lifecycle import TERMINAL, TxState
 from schemas.messages import REGISTRY
 from schemas.names import subject_matches
 from services.runtime.bus import Bus

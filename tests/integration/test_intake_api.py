@@ -1,7 +1,7 @@
 """The intake as a real process (Sanic) against real NATS, PostgreSQL, the devchain process and a recorder
 process: every bad input answered with the right 4xx and nothing published, API keys, idempotency, UTXO
 reservations released on rejection, and a valid spend that publishes exactly one ``TxRequested`` a signer
-accepts (``services.signer.spend_check``) spending the funded wallet UTXOs."""
+accepts (``core.policy``) spending the funded wallet UTXOs."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from core.policy import check_spend
 from schemas import messages as m
 from schemas.kv import KeyRecord, key_record_key, key_result_key
 from schemas.names import BUCKET_KEYS, tx_subject
@@ -30,7 +31,6 @@ from services.runtime.bus import Bus
 from services.runtime.db import new_api_key, revoke_api_key, store_api_key
 from services.runtime.embedded import free_port
 from services.runtime.signed_kv import SignedKV
-from services.signer.spend_check import check_spend
 from tests.integration.test_recorder_projection import start_service, stop_service, wait_for
 from tests.unit.frost_test_dealer import deal
 from wallet.threshold_account import ThresholdAccount

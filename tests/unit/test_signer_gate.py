@@ -28,6 +28,7 @@ import msgspec
 import nats.js.errors
 import pytest
 
+from core.policy import check_spend
 from schemas import envelope as E
 from schemas import kv as K
 from schemas.messages import (
@@ -54,7 +55,6 @@ from services.signer.keystore import Keystore, ShareRecord
 from services.signer.node import SignerNode
 from services.signer.nonce_slots import NonceStoreBusy
 from services.signer.signing_attempts import DEFAULT_MAX_ATTEMPTS
-from services.signer.spend_check import check_spend
 from tests.unit.frost_test_dealer import DealtKey, deal
 from tests.unit.service_fakes import FakeKV, received
 from tss import frost
