@@ -80,6 +80,7 @@ class Cluster:
     pumped: int = 0  # log entries handed to the consumers so far
     store: Store | None = None
     coordinator: DkgCoordinator | None = None
+    in_flight: list[Delivery] = field(default_factory=list)  # what a pump that raised left undelivered
 
     def bus(self, identity: str) -> SignedFakeBus:
         got = self.buses.get(identity)
@@ -155,8 +156,10 @@ class Cluster:
         limit: int = 10_000,
     ) -> None:
         """Deliver until nothing is in flight; ``rng`` picks the next delivery at random (reordering),
-        ``deliveries`` turns one delivery into what arrives (replays, duplicates)."""
-        in_flight = self._stored()
+        ``deliveries`` turns one delivery into what arrives (replays, duplicates). A handler that raises
+        stops the pump; its delivery is gone (the test hands it again), the others stay in flight."""
+        in_flight = self.in_flight
+        in_flight.extend(self._stored())
         while in_flight and limit:
             limit -= 1
             target, rec = in_flight.pop(rng.randrange(len(in_flight)) if rng else 0)
