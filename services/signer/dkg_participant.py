@@ -103,6 +103,18 @@ def check_session(
         )
 
 
+def _start_of(record: K.KeyRecord) -> DkgStart:
+    """The start of the session that produced ``record``, as the record tells it."""
+    return DkgStart(
+        session_id=record.session_id,
+        scheme=record.scheme,
+        nodes=list(record.nodes),
+        threshold=record.t,
+        hostpubkeys=list(record.hostpubkeys),
+        key_id=record.key_id,
+    )
+
+
 class DkgParticipant:
     def __init__(
         self, cfg: ServiceConfig, bus: Bus, keystore: Keystore, on_share_saved: Callable[[], None]
@@ -143,15 +155,48 @@ class DkgParticipant:
     async def restate_results(self) -> None:
         """For every key record in KV of which this node holds a share but no statement (it stopped in
         between, or its share predates statements): state the result, after checking the record against
-        its own share and the nodes' published host keys. Never stops the node: what fails is logged."""
+        its own share and the nodes' published host keys. For a record of its nodes of which it holds no
+        share (it stopped before storing it, or lost it): recover the share from the record's recovery
+        data (:meth:`_recover`). Never stops the node: what fails is logged."""
         try:
             keys = await self.keys()
             for name in await keys.kv.keys():
                 parts = name.split(".")
-                if len(parts) == 2 and parts[0] != "hostpubkey" and self.keystore.has_share(parts[1]):
+                if len(parts) != 2 or parts[0] == "hostpubkey":
+                    continue
+                if self.keystore.has_share(parts[1]):
                     await self._restate(keys, parts[0], parts[1])
+                else:
+                    await self._recover(keys, parts[0], parts[1])
         except Exception as exc:
             self.log.error("could not restate dkg results", error=repr(exc)[:300])
+
+    async def _recover(self, keys: SignedKV, scheme: str, key_id: str) -> None:
+        """ChillDKG recovery: the share of ``<scheme>.<key_id>`` from the record's recovery data and this
+        node's host key (``participant_recover``: the data is certified by every participant, and the
+        share must match this node's public share in it). Stored and stated only if the session is the
+        cluster's (:meth:`_check_start`) and the result equals the record field for field."""
+        try:
+            got = await keys.get(K.key_record_key(scheme, key_id), K.KeyRecord)
+        except NoVerifiedValue:
+            return
+        if got is None or self.node not in got.value.nodes:
+            return
+        record = got.value
+        start = _start_of(record)
+        try:
+            await self._check_start(start)
+            output, params = chilldkg.participant_recover(self.hostseckey(), record.recovery_data)
+            if params != chilldkg.SessionParams(list(record.hostpubkeys), record.t):
+                raise DkgRefused("", "the recovery data is of another session")
+            if dkg_key_record(start, output, record.recovery_data).statement() != record.statement():
+                raise DkgRefused("", "the record differs from the result its recovery data gives")
+        except (DkgRefused, chilldkg.ProtocolError, ValueError) as exc:
+            detail = exc.detail if isinstance(exc, DkgRefused) else type(exc).__name__
+            self.log.error("dkg share not recovered", key_id=key_id, detail=detail[:300])
+            return
+        await self._store(start, output, record.recovery_data)
+        self.log.info("dkg share recovered", scheme=scheme, key_id=key_id)
 
     async def _restate(self, keys: SignedKV, scheme: str, key_id: str) -> None:
         mine = K.key_result_key(scheme, key_id, self.node)
@@ -180,15 +225,7 @@ class DkgParticipant:
 
     async def _statement_from_share(self, record: K.KeyRecord) -> K.KeyResultStatement:
         share = self.keystore.load_share(record.key_id)
-        start = DkgStart(
-            session_id=record.session_id,
-            scheme=record.scheme,
-            nodes=list(record.nodes),
-            threshold=record.t,
-            hostpubkeys=list(record.hostpubkeys),
-            key_id=record.key_id,
-        )
-        await self._check_start(start)
+        await self._check_start(_start_of(record))
         params = chilldkg.SessionParams(list(record.hostpubkeys), record.t)
         statement = record.statement()
         if (
@@ -297,7 +334,8 @@ class DkgParticipant:
                 rec.envelope_raw,
             )
         if machine.output is not None and run.machine.output is None:
-            await self._store(run.peers.start, machine)  # the share and the statement before the ack
+            # the share and the statement before the acknowledgment
+            await self._store(run.peers.start, machine.output, machine.recovery_data)
         if outbox:
             run.progressed = time.monotonic()
         run.machine = machine
@@ -313,10 +351,11 @@ class DkgParticipant:
         self.sessions.pop(session, None)
         self.ended.add(session)
 
-    async def _store(self, start: DkgStart, machine: ParticipantSession) -> None:
+    async def _store(
+        self, start: DkgStart, output: chilldkg.DKGOutput | None, recovery: bytes | None
+    ) -> None:
         """Keep the share (encrypted) and sign the statement of the result (``ValueError`` if this node
         holds another share of the key)."""
-        output, recovery = machine.output, machine.recovery_data
         if output is None or recovery is None or output.secshare is None:
             raise ValueError("the finalized session holds no secret share")
         result = dkg_key_record(start, output, recovery)

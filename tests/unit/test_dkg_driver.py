@@ -17,6 +17,7 @@ from schemas import kv as K
 from schemas.messages import DkgMessage
 from services.runtime.chilldkg_wire import parse_subject
 from services.runtime.key_proof import check_key_proof
+from services.signer.dkg_participant import DkgParticipant
 from tests.unit.dkg_cluster import NODES, Cluster, Delivery, Entry, T, make_cluster, start_of
 from tss import chilldkg, secp256k1
 
@@ -250,3 +251,43 @@ async def test_a_session_that_lost_the_race_for_the_key_is_not_finished(tmp_path
     assert "proto.chilldkg.s1.4.consensus" not in published_by_consensus(cluster)
     assert await cluster.record(await start_of(cluster)) == other
     assert not any(cluster.keystores[node].has_share(K.DEFAULT_KEY_ID) for node in NODES)
+
+
+async def test_a_node_that_lost_its_share_recovers_it_from_the_recovery_data(tmp_path: Path) -> None:
+    """node-3 could not store its share (and so acknowledged nothing): the record is not proven. Restarted,
+    it recovers the share from the record's recovery data with its host key, and states the result; a
+    record that differs from what the recovery data gives is not taken."""
+    cluster = await make_cluster(tmp_path)
+    keystore = cluster.keystores["node-3"]
+    save = keystore.save_share
+
+    def broken_disk(record: object) -> None:
+        raise OSError("disk full")
+
+    keystore.save_share = broken_disk  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        await cluster.run(await start_of(cluster))
+    await cluster.pump()  # the others finish their part
+    keystore.save_share = save  # type: ignore[method-assign]
+    record = await cluster.record(await start_of(cluster))
+    assert record is not None and not keystore.has_share(K.DEFAULT_KEY_ID)
+    consensus = await cluster.signed("consensus")
+    restarted = DkgParticipant(cluster.nodes["node-3"].cfg, cluster.bus("node-3"), keystore, lambda: None)  # type: ignore[arg-type]
+
+    await consensus.put(
+        K.key_record_key("frost", K.DEFAULT_KEY_ID), msgspec.structs.replace(record, chain_code=bytes(32))
+    )
+    await restarted.restate_results()
+    assert not keystore.has_share(K.DEFAULT_KEY_ID)
+
+    await consensus.put(K.key_record_key("frost", K.DEFAULT_KEY_ID), record)
+    await restarted.restate_results()
+    share = keystore.load_share(K.DEFAULT_KEY_ID)
+    assert share.threshold_pubkey == record.threshold_pubkey and share.recovery_data == record.recovery_data
+    keys = await cluster.signed("intake")
+    statements = {}
+    for node in NODES:
+        got = await keys.get(K.key_result_key("frost", K.DEFAULT_KEY_ID, node), K.KeyResultStatement)
+        assert got is not None, node
+        statements[node] = got.value
+    check_key_proof(record, statements, NODES, T)
