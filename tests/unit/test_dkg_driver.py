@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -18,6 +19,7 @@ from schemas.messages import DkgMessage
 from services.runtime.chilldkg_wire import parse_subject
 from services.runtime.key_proof import check_key_proof
 from services.signer.dkg_participant import DkgParticipant
+from services.signer.keystore import ShareRecord
 from tests.unit.dkg_cluster import NODES, Cluster, Delivery, Entry, T, make_cluster, start_of
 from tss import chilldkg, secp256k1
 
@@ -203,25 +205,33 @@ async def test_a_corrupted_certificate_is_blamed_on_the_coordinator(tmp_path: Pa
         assert cluster.sent(node, "s1", 7) == []  # no acknowledgment of recovery data it does not have
 
 
-async def test_the_share_and_statement_are_stored_before_the_acknowledgment(tmp_path: Path) -> None:
-    """node-2 cannot write its share: it sends no recovery acknowledgment (so nobody's session confirms),
-    and the certificate delivered again, once the disk works, finishes the session."""
-    cluster = await make_cluster(tmp_path)
-    keystore = cluster.keystores["node-2"]
+async def run_with_a_broken_disk(cluster: Cluster, node: str) -> Callable[[ShareRecord], None]:
+    """Run a session in which ``node`` cannot write its share (the handler raises, as a full disk
+    makes it); the keystore's own ``save_share``, to put back."""
+    keystore = cluster.keystores[node]
     save = keystore.save_share
 
-    def broken_disk(record: object) -> None:
+    def broken_disk(record: ShareRecord) -> None:
         raise OSError("disk full")
 
     keystore.save_share = broken_disk  # type: ignore[method-assign]
     with pytest.raises(OSError):
         await cluster.run(await start_of(cluster))
+    return save
+
+
+async def test_the_share_and_statement_are_stored_before_the_acknowledgment(tmp_path: Path) -> None:
+    """node-2 cannot write its share: it sends no recovery acknowledgment (so nobody's session confirms),
+    and the certificate delivered again, once the disk works, finishes the session."""
+    cluster = await make_cluster(tmp_path)
+    keystore = cluster.keystores["node-2"]
+    save = await run_with_a_broken_disk(cluster, "node-2")
     assert cluster.sent("node-2", "s1", 7) == []
     stated = await (await cluster.signed("intake")).get(
         K.key_result_key("frost", K.DEFAULT_KEY_ID, "node-2"), K.KeyResultStatement
     )
     assert stated is None
-    keystore.save_share = save  # type: ignore[method-assign]
+    keystore.save_share = save  # type: ignore[assignment,method-assign]
     certificate = await cluster.last("proto.chilldkg.s1.4.consensus")
     assert certificate is not None
     await cluster.nodes["node-2"].on_message(certificate)  # JetStream redelivers what was not acked
@@ -259,16 +269,9 @@ async def test_a_node_that_lost_its_share_recovers_it_from_the_recovery_data(tmp
     record that differs from what the recovery data gives is not taken."""
     cluster = await make_cluster(tmp_path)
     keystore = cluster.keystores["node-3"]
-    save = keystore.save_share
-
-    def broken_disk(record: object) -> None:
-        raise OSError("disk full")
-
-    keystore.save_share = broken_disk  # type: ignore[method-assign]
-    with pytest.raises(OSError):
-        await cluster.run(await start_of(cluster))
+    save = await run_with_a_broken_disk(cluster, "node-3")
     await cluster.pump()  # the others finish their part
-    keystore.save_share = save  # type: ignore[method-assign]
+    keystore.save_share = save  # type: ignore[assignment,method-assign]
     record = await cluster.record(await start_of(cluster))
     assert record is not None and not keystore.has_share(K.DEFAULT_KEY_ID)
     consensus = await cluster.signed("consensus")
