@@ -55,6 +55,7 @@ from tss.chilldkg_session import (
 from wallet.threshold_account import dkg_chain_code
 
 RETRANSMIT_S: Final = 10.0  # a session without progress this long sends its last messages again
+MAX_RETRANSMITS: Final = 6  # ... this many times; then the node gives the session up
 
 
 @dataclass(slots=True)
@@ -386,13 +387,22 @@ class DkgParticipant:
 
     async def retransmit_stalled(self, after_s: float = RETRANSMIT_S) -> None:
         """Send again the last messages of every session that made no progress for ``after_s`` seconds
-        (a publish that was lost; the coordinator answers what it owes). Idempotent at the receiver."""
+        (a publish that was lost; the coordinator answers what it owes; receivers ignore what they have).
+        After :data:`MAX_RETRANSMITS` the session is given up: announced failed if this node holds no
+        share of it, else only left (its share and statement stand; the key is proven by the statements)."""
         now = time.monotonic()
-        for run in list(self.sessions.values()):
-            if now - run.progressed >= after_s:
-                run.progressed = now
-                run.retransmits += 1
-                await self._send(run, participant_retransmit(run.machine), f".r{run.retransmits}")
+        for session, run in list(self.sessions.items()):
+            if now - run.progressed < after_s:
+                continue
+            run.progressed = now
+            if run.retransmits >= MAX_RETRANSMITS:
+                self._end(session)
+                self.log.warning("dkg session given up", session=session, phase=run.machine.phase.name)
+                if run.machine.output is None:
+                    await self._announce_failure(session, "no progress: the session was given up")
+                continue
+            run.retransmits += 1
+            await self._send(run, participant_retransmit(run.machine), f".r{run.retransmits}")
 
     async def run_retransmits(self) -> None:
         """:meth:`retransmit_stalled`, for the life of the node."""

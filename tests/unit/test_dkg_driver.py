@@ -18,7 +18,7 @@ from schemas import kv as K
 from schemas.messages import DkgMessage
 from services.runtime.chilldkg_wire import parse_subject
 from services.runtime.key_proof import check_key_proof
-from services.signer.dkg_participant import DkgParticipant
+from services.signer.dkg_participant import MAX_RETRANSMITS, DkgParticipant
 from services.signer.keystore import ShareRecord
 from tests.unit.dkg_cluster import NODES, Cluster, Delivery, Entry, T, make_cluster, start_of
 from tss import chilldkg, secp256k1
@@ -294,3 +294,21 @@ async def test_a_node_that_lost_its_share_recovers_it_from_the_recovery_data(tmp
         assert got is not None, node
         statements[node] = got.value
     check_key_proof(record, statements, NODES, T)
+
+
+async def test_a_session_without_progress_is_given_up(tmp_path: Path) -> None:
+    """Nobody answers (the coordinator is gone): each node retransmits a bounded number of times, then
+    announces that it gave the session up."""
+    cluster = await make_cluster(tmp_path)
+    cluster.store = Outage(1, "node-5")
+    await cluster.run(await start_of(cluster))
+    for _ in range(MAX_RETRANSMITS + 1):
+        await cluster.retransmit()
+        await cluster.pump()
+    for node in NODES:
+        assert len(cluster.sent(node, "s1", 1)) == (MAX_RETRANSMITS + 1 if node != "node-5" else 0)
+        result = cluster.result(node, "s1")
+        assert result is not None and not result.ok and "given up" in result.reason, (node, result)
+        assert "s1" not in cluster.nodes[node].sessions
+    await cluster.retransmit()
+    assert len(cluster.sent("node-1", "s1", 1)) == MAX_RETRANSMITS + 1
