@@ -234,6 +234,7 @@ CONSUMERS: Final[dict[str, dict[str, str]]] = {
         "signer-{self}-signing": "tx.signing.>",
         "signer-{self}-noncegen": "proto.noncegen.*.1.presig.{self}",
         "signer-{self}-dkg": "proto.chilldkg.*.*.consensus",
+        "signer-{self}-dkg-inv": "proto.chilldkg.*.6.consensus.{self}",  # its ChillDKG investigation data
     },
     "consensus": {
         "consensus-requested": "tx.requested.>",

@@ -35,12 +35,7 @@ started for a spend already signed.
 Bans (KV ``bans``, signed by the monitor), DKG requests and host keys are signed values
 (:mod:`services.runtime.signed_kv`): what does not verify is reported and ignored.
 
-DKG: a ``dkg.<session>`` request in KV ``config`` (signed by admin: ``mpcw dkg start``) makes this service the
-(untrusted) ChillDKG coordinator. It is stateless: on every participant message it reads the round's
-messages back from the stream and, once all ``n`` are there, computes and broadcasts its message; the
-public result goes to KV ``keys`` (signed; believed by readers only with all nodes' statements,
-``services.runtime.key_proof``). A request for other nodes or another threshold than the configured ones
-is refused here already (every node would refuse it too, and report this service).
+DKG: this service is also the (untrusted) ChillDKG coordinator, :mod:`services.consensus.dkg_coordinator`.
 
 Every change of a round is a step of the spend lifecycle (:mod:`core.lifecycle`), applied to the round
 record by the pure core (:mod:`core.round`, :mod:`core.tally`, :mod:`core.signer_set`); this service
@@ -66,8 +61,6 @@ from schemas import kv as K
 from schemas.kv import FinalOutcome, RoundOutcome
 from schemas.messages import (
     REGISTRY,
-    DkgMessage,
-    DkgStart,
     NonceRef,
     SigningRefused,
     TxApproved,
@@ -81,21 +74,17 @@ from schemas.messages import (
 )
 from schemas.names import (
     BUCKET_BANS,
-    BUCKET_CONFIG,
-    BUCKET_KEYS,
     BUCKET_ROUNDS,
     durable,
-    proto_subject,
     tx_subject,
     violation_subject,
 )
+from services.consensus.dkg_coordinator import DkgCoordinator
 from services.runtime.bus import CasConflict, KvEntry, Received
-from services.runtime.key_proof import dkg_key_record
 from services.runtime.lookup import last_message
 from services.runtime.nonce_pool import NoncePool
 from services.runtime.service import ServiceContext, run_service
 from services.runtime.signed_kv import Removed, Signed, SignedKV
-from tss import chilldkg
 
 SIGNING_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 5
@@ -136,7 +125,6 @@ class Consensus:
         self.active: dict[str, Timer] = {}  # tx_id -> what to check next (a cache of the KV timers)
         self.rounds: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # tx_id -> (revision, record)
         self.bans: dict[str, int] = {}  # node -> banned until (ms), mirrored from KV bans
-        self._dkg_keys: SignedKV | None = None
 
     # ---- rounds in KV -------------------------------------------------------------------------------
     async def _update(
@@ -636,132 +624,16 @@ class Consensus:
         v = Violation(offender=offender, kind=kind, detail=detail, reporter=self.cfg.identity, tx_id=tx_id)
         await self.bus.publish(violation_subject(offender), v, f"viol.{kind}.{offender}.{tx_id}")
 
-    # ---- DKG coordinator ----------------------------------------------------------------------------
-    async def watch_dkg_requests(self) -> None:
-        """DKG requests signed by admin (``dkg.<session>`` in KV ``config``)."""
-        config = await SignedKV.open(self.bus, BUCKET_CONFIG)
-        async for item in config.watch("dkg.>", K.DkgRequest):
-            if not isinstance(item, Signed):
-                continue
-            try:
-                if item.key != f"dkg.{item.value.session_id}":
-                    raise ValueError(f"request for session {item.value.session_id!r} stored elsewhere")
-                await self._dkg_start(item.value)
-            except Exception as exc:
-                self.log.error("dkg request failed", kv_entry=item.key, error=repr(exc)[:300])
-
-    async def _dkg_start(self, req: K.DkgRequest) -> None:
-        if list(req.nodes) != self.nodes or req.threshold != self.cfg.t or len(req.nodes) != self.cfg.n:
-            # every node would refuse it (and report this coordinator): it is not this cluster's DKG
-            self.log.error(
-                "dkg request refused: not this cluster's nodes and threshold",
-                session=req.session_id,
-                nodes=list(req.nodes)[:16],
-                threshold=req.threshold,
-            )
-            return
-        keys = await self.dkg_keys()
-        if await keys.kv.get(K.key_record_key(req.scheme, req.key_id)) is not None:
-            self.log.info("key exists; dkg request ignored", key_id=req.key_id)
-            return
-        hostpubkeys = []
-        for node in req.nodes:
-            e = await keys.get(K.hostpubkey_key(node), K.HostPubkey)
-            if e is None or e.value.node != node:
-                raise RuntimeError(f"{node} has not published its host public key yet")
-            hostpubkeys.append(e.value.hostpubkey)
-        start = DkgStart(
-            session_id=req.session_id,
-            scheme=req.scheme,
-            nodes=list(req.nodes),
-            threshold=req.threshold,
-            hostpubkeys=hostpubkeys,
-            key_id=req.key_id,
-        )
-        await self.bus.publish(
-            proto_subject("chilldkg", req.session_id, 0, "consensus"), start, f"dkg.{req.session_id}.0"
-        )
-
-    async def dkg_keys(self) -> SignedKV:
-        """KV ``keys`` as signed values: the nodes' host keys in, the key record out."""
-        if self._dkg_keys is None:
-            self._dkg_keys = await SignedKV.open(self.bus, BUCKET_KEYS)
-        return self._dkg_keys
-
-    async def on_dkg(self, rec: Received) -> None:
-        msg = rec.payload
-        if not isinstance(msg, DkgMessage) or msg.round not in (1, 3):
-            return
-        start_msg = await last_message(self.bus, proto_subject("chilldkg", msg.session_id, 0, "consensus"))
-        if start_msg is None or not isinstance(start_msg.payload, DkgStart):
-            return
-        start: DkgStart = start_msg.payload
-        round1 = await self._gather(start, 1)
-        if round1 is None:
-            return
-        params = chilldkg.SessionParams(list(start.hostpubkeys), start.threshold)
-        try:
-            state, cmsg1 = chilldkg.coordinator_step1(round1, params)
-        except chilldkg.FaultyParticipantError as exc:
-            culprit = (
-                start.nodes[exc.participant_id] if 0 <= exc.participant_id < len(start.nodes) else "unknown"
-            )
-            await self._violation(culprit, "dkg-invalid-message", str(exc)[:200])
-            return
-        if msg.round == 1:
-            await self._dkg_send(start, 2, cmsg1)
-            return
-        round3 = await self._gather(start, 3)
-        if round3 is None:
-            return
-        try:
-            cmsg2, output, recovery = chilldkg.coordinator_finalize(state, round3)
-        except chilldkg.FaultyParticipantError as exc:
-            culprit = (
-                start.nodes[exc.participant_id] if 0 <= exc.participant_id < len(start.nodes) else "unknown"
-            )
-            await self._violation(culprit, "dkg-invalid-signature", str(exc)[:200])
-            return
-        record = dkg_key_record(start, output, recovery, now_ms())
-        keys = await self.dkg_keys()
-        try:
-            await keys.create(K.key_record_key(start.scheme, start.key_id), record)
-        except CasConflict:
-            stored = await keys.get(K.key_record_key(start.scheme, start.key_id), K.KeyRecord)
-            if stored is None or stored.value.session_id != start.session_id:
-                # another session produced this key first: finishing this one would leave the nodes
-                # holding shares of a key nobody can see
-                self.log.error(
-                    "dkg session lost the race for the key; not finished", session=start.session_id
-                )
-                return
-        await self._dkg_send(start, 4, cmsg2)
-
-    async def _gather(self, start: DkgStart, round_: int) -> list[bytes] | None:
-        out = []
-        for node in start.nodes:
-            m = await last_message(self.bus, proto_subject("chilldkg", start.session_id, round_, node))
-            if m is None or not isinstance(m.payload, DkgMessage) or m.sender != node:
-                return None
-            out.append(m.payload.data)
-        return out
-
-    async def _dkg_send(self, start: DkgStart, round_: int, data: bytes) -> None:
-        await self.bus.publish(
-            proto_subject("chilldkg", start.session_id, round_, "consensus"),
-            DkgMessage(session_id=start.session_id, round=round_, data=data),
-            f"dkg.{start.session_id}.{round_}",
-        )
-
 
 async def serve(ctx: ServiceContext) -> None:
     c = Consensus(ctx)
+    dkg = DkgCoordinator(ctx.cfg, ctx.bus, ctx.log)
     bus = ctx.bus
     me = ctx.cfg.identity
     tasks = [
         asyncio.create_task(c.pool.run()),
         asyncio.create_task(c.watch_timeouts()),
-        asyncio.create_task(c.watch_dkg_requests()),
+        asyncio.create_task(dkg.watch_requests()),
         asyncio.create_task(c.watch_bans()),
         bus.start_consumer(*durable(me, "consensus-requested"), c.on_requested),
         bus.start_batch_consumer(*durable(me, "consensus-votes"), c.on_votes, batch=64, linger=0.002),
@@ -770,7 +642,7 @@ async def serve(ctx: ServiceContext) -> None:
         bus.start_consumer(*durable(me, "consensus-signed"), c.on_tx_event),
         bus.start_consumer(*durable(me, "consensus-failed"), c.on_tx_event),
         bus.start_consumer(*durable(me, "consensus-refusals"), c.on_refused),
-        bus.start_consumer(*durable(me, "consensus-dkg"), c.on_dkg),
+        bus.start_consumer(*durable(me, "consensus-dkg"), dkg.on_message),
         bus.start_consumer(*durable(me, "consensus-violations"), c.on_violation),
     ]
     await c.resume()

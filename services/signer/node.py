@@ -31,8 +31,8 @@ signature.
   needs a nonce twice.
 - ``proto.noncegen.<batch>.1.presig.<node>``: generate nonces, store the secret halves, put the public
   halves in KV ``presig`` (``NONCE_BATCH_MAX`` to an entry) where consensus claims them by CAS.
-- ``proto.chilldkg.<session>.*.consensus``: the participant side of ChillDKG
-  (:mod:`services.signer.dkg_participant`).
+- ``proto.chilldkg.<session>.*.consensus`` and ``proto.chilldkg.<session>.6.consensus.<node>``: the
+  participant side of ChillDKG (:mod:`services.signer.dkg_participant`).
 """
 
 from __future__ import annotations
@@ -151,6 +151,8 @@ class SignerNode:
             ),
             self.bus.start_consumer(*durable(me, "signer-{self}-noncegen"), self.on_noncegen),
             self.bus.start_consumer(*durable(me, "signer-{self}-dkg"), self.dkg.on_message),
+            self.bus.start_consumer(*durable(me, "signer-{self}-dkg-inv"), self.dkg.on_message),
+            asyncio.create_task(self.dkg.run_retransmits()),
             asyncio.create_task(self._watch_policy()),
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self._sweep_nonces()),

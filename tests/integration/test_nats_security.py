@@ -647,7 +647,12 @@ async def test_node3_does_everything_a_signer_needs(pki: Path, prod_nats: str) -
         assert first is not None and first.key == "frost.default.node-3.b.b9_0"
         await own.aclose()
         assert "hostpubkey.node-3" in await (await node.kv("keys")).keys()  # statements to restate
-        for cname in ("signer-{self}-signing", "signer-{self}-noncegen", "signer-{self}-dkg"):
+        for cname in (
+            "signer-{self}-signing",
+            "signer-{self}-noncegen",
+            "signer-{self}-dkg",
+            "signer-{self}-dkg-inv",
+        ):
             subject, name = durable("node-3", cname)
             config = api.ConsumerConfig(
                 ack_policy=api.AckPolicy.EXPLICIT,

@@ -96,7 +96,8 @@ class FakeBus:
     async def kv(self, bucket: str) -> FakeKV:
         return self.kvs.setdefault(bucket, FakeKV(bucket))
 
-    async def publish(self, subject: str, payload: Any, msg_id: str) -> None:
+    async def publish(self, subject: str, payload: Any, msg_id: str, to: str | None = None) -> None:
+        """``to`` (the recipient the real bus encrypts to) is not recorded: it is the subject's last token."""
         await asyncio.sleep(0)
         if msg_id in self.seen_ids:
             return  # JetStream de-duplication

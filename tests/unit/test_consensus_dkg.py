@@ -11,9 +11,14 @@ import pytest
 from schemas import kv as K
 from schemas.messages import DkgStart
 from schemas.names import proto_subject
-from services.consensus import __main__ as C
+from services.consensus.dkg_coordinator import DkgCoordinator
 from tests.unit.dkg_cluster import NODES, T, make_cluster
-from tests.unit.service_fakes import service_context
+from tests.unit.service_fakes import SignedFakeBus, service_context
+
+
+def coordinator_on(bus: SignedFakeBus) -> DkgCoordinator:
+    cfg = service_context("consensus", bus, n=5, t=T, nodes=tuple(NODES)).cfg
+    return DkgCoordinator(cfg, bus, bus.log)  # type: ignore[arg-type]
 
 
 def request(**change: object) -> K.DkgRequest:
@@ -36,16 +41,16 @@ def request(**change: object) -> K.DkgRequest:
 async def test_a_request_for_another_dkg_is_not_started(tmp_path: Path, change: dict[str, object]) -> None:
     cluster = await make_cluster(tmp_path)
     bus = cluster.bus("consensus")
-    coordinator = C.Consensus(service_context("consensus", bus, n=5, t=T, nodes=tuple(NODES)))
-    await coordinator._dkg_start(request(**change))
+    coordinator = coordinator_on(bus)
+    await coordinator.start(request(**change))
     assert bus.published == []
 
 
 async def test_the_clusters_request_starts_with_the_signed_host_keys(tmp_path: Path) -> None:
     cluster = await make_cluster(tmp_path)
     bus = cluster.bus("consensus")
-    coordinator = C.Consensus(service_context("consensus", bus, n=5, t=T, nodes=tuple(NODES)))
-    await coordinator._dkg_start(request())
+    coordinator = coordinator_on(bus)
+    await coordinator.start(request())
     [start] = bus.all(proto_subject("chilldkg", "s1", 0, "consensus"))
     assert isinstance(start, DkgStart) and start.threshold == T and start.nodes == NODES
     assert start.hostpubkeys == await cluster.hostpubkeys()
