@@ -12,10 +12,11 @@ directory unless ``--data-dir`` names a running one. Then, for ``--duration`` se
   refused for want of spendable coins (409) with the same key, re-reading ``cluster.json`` (a restarted
   supervisor gives intake a new port), for at most ``REQUEST_DEADLINE_S``;
 - every ``--kill-every`` seconds (+-50 %, seeded) one process of the cluster dies by SIGKILL. The kind of
-  target goes round a seeded shuffle of ``--targets`` (every kind once per round), the process within a
-  kind is drawn: ``services`` (any service the supervisor runs, devchain included), ``nats`` (a
-  nats-server), ``postgres`` (the postmaster, from ``DIR/pg/postmaster.pid``), ``supervisor``. Only pids
-  that ``services.runtime.supervisor.cluster_processes(DIR)`` lists are ever killed. A killed supervisor
+  target goes round a seeded shuffle of ``--targets`` (every kind once per round, the supervisor last:
+  the whole cluster is down until it is back), the process within a kind is drawn: ``services`` (any
+  service the supervisor runs, devchain included), ``nats`` (a nats-server), ``postgres`` (the
+  postmaster, from ``DIR/pg/postmaster.pid``), ``supervisor``. Only pids that
+  ``services.runtime.supervisor.cluster_processes(DIR)`` lists are ever killed. A killed supervisor
   takes its children with it; the tool then waits for them to exit and runs ``mpcw up`` again, as an
   operator would, and goes on.
 
@@ -273,13 +274,15 @@ async def run_faults(
     watchers: list[asyncio.Task[None]] = []
     order: list[str] = []
     end = t0 + duration
-    while not stop.is_set():
-        await asyncio.sleep(every * rng.uniform(0.5, 1.5))
+    while kinds and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every * rng.uniform(0.5, 1.5))
         if time.monotonic() >= end or stop.is_set():
             break
         if not order:
-            order = list(kinds)
+            order = [k for k in kinds if k != "supervisor"]
             rng.shuffle(order)
+            order += [k for k in kinds if k == "supervisor"]  # last: the cluster is down until `mpcw up`
         kind = order.pop(0)
         mine = {pid for pid, _ in cluster_processes(d)}
         candidates = [(n, p) for n, p in targets_of(d, kind) if p in mine]  # only this cluster's
@@ -358,7 +361,9 @@ async def chaos(
     targets: list[str],
 ) -> Result:
     rng = random.Random(seed)
-    load, faults, log = Load(), [], []
+    load = Load()
+    faults: list[Fault] = []
+    log: list[str] = []
     stop = asyncio.Event()
     t0 = time.monotonic()
     load_task = asyncio.create_task(run_load(d, load, rate, clients, duration, stop))

@@ -371,10 +371,12 @@ def analyse(
         (s.txid, s.signed_tx) for t in streams.spends.values() for s in t.signed
     ]
     for tid, raw in raws:
-        for i, sig in schnorr_signatures(raw):
-            by_r[sig[:32]].add((tid, i, sig))
+        for vin, sig in schnorr_signatures(raw):
+            by_r[sig[:32]].add((tid, vin, sig))
     reused_r = [
-        f"R={r.hex()[:16]} in {sorted({(x[0][:12], x[1]) for x in s})}" for r, s in by_r.items() if len(s) > 1
+        f"R={r.hex()[:16]} in {sorted({(x[0][:12], x[1]) for x in uses})}"
+        for r, uses in by_r.items()
+        if len(uses) > 1
     ]
     _count(rows, "aggregate nonce R reused (chain + tx.signed)", reused_r)
     used: dict[tuple[str, bytes], set[tuple[str, int]]] = defaultdict(set)
@@ -386,17 +388,17 @@ def analyse(
             continue
         for k, ref in enumerate(sess.nonces[p.node][: len(p.psigs)]):
             used[(p.node, ref.pubnonce)].add((p.session_id, k))
-    nonce_twice = [f"{n} nonce {pn.hex()[:16]} in {sorted(s)}" for (n, pn), s in used.items() if len(s) > 1]
+    nonce_twice = [f"{n} nonce {pn.hex()[:16]} in {sorted(u)}" for (n, pn), u in used.items() if len(u) > 1]
     _count(rows, "nonce signed twice (a signer's partial signatures)", nonce_twice)
     named: dict[tuple[str, bytes], set[str]] = defaultdict(set)
-    for sess in streams.sessions.values():
-        for node, refs in sess.nonces.items():
+    for signing in streams.sessions.values():
+        for node, refs in signing.nonces.items():
             for ref in refs:
-                named[(node, ref.pubnonce)].add(sess.session_id)
+                named[(node, ref.pubnonce)].add(signing.session_id)
     _count(
         rows,
         "nonce named in two tx.signing (observation)",
-        [f"{n}:{pn.hex()[:12]}" for (n, pn), s in named.items() if len(s) > 1],
+        [f"{n}:{pn.hex()[:12]}" for (n, pn), ids in named.items() if len(ids) > 1],
         invariant=False,
     )
     _count(rows, "partial signatures without their session (observation)", orphan_psigs, invariant=False)
@@ -404,17 +406,17 @@ def analyse(
 
     # the projection
     mismatch = []
-    for i in accepted:
-        t = known.get(i)
-        want = t.state.value if t is not None and t.state is not None else None
-        r = db_rows.get(i)
-        got = r["state"] if r is not None else None
-        want_txid = t.signed[0].txid if t is not None and t.signed else None
-        got_txid = r["txid"] if r is not None else None
-        if want != got or (want_txid is not None and got_txid not in (None, want_txid)):
-            mismatch.append(f"{i}: stream {want}, db {got}")
+    for tx_id in accepted:
+        trace = known.get(tx_id)
+        want = trace.state.value if trace is not None and trace.state is not None else None
+        row = db_rows.get(tx_id)
+        got = row["state"] if row is not None else None
+        want_txid = trace.signed[0].txid if trace is not None and trace.signed else None
+        got_txid = row["txid"] if row is not None else None
+        if want != got:
+            mismatch.append(f"{tx_id}: stream {want}, db {got}")
         elif want_txid is not None and want in ("signed", "broadcast", "confirmed") and got_txid != want_txid:
-            mismatch.append(f"{i}: txid stream {want_txid[:12]}, db {got_txid}")
+            mismatch.append(f"{tx_id}: txid stream {want_txid[:12]}, db {got_txid}")
     _count(rows, "projection differs from the streams", mismatch)
     return Report(rows, {"latencies": latencies})
 

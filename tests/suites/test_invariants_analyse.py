@@ -8,6 +8,7 @@ message structs.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from schemas.lifecycle import TxState
@@ -34,7 +35,7 @@ def signed(raw_unsigned: bytes, sig: bytes) -> bytes:
 
 
 def spend(
-    view: StreamView, tx_id: str, coin: str, state: TxState, sigs: list[bytes] = (), **kw: Any
+    view: StreamView, tx_id: str, coin: str, state: TxState, sigs: Sequence[bytes] = (), **kw: Any
 ) -> tuple[bytes, list[bytes]]:
     raw = unsigned(coin)
     req = TxRequested(
@@ -66,7 +67,9 @@ def clean() -> tuple[StreamView, ChainView, dict[str, dict[str, Any]]]:
     return view, chain, db
 
 
-def run(view: StreamView, chain: ChainView, db: dict[str, dict[str, Any]], extra: tuple[str, ...] = ()) -> Report:
+def run(
+    view: StreamView, chain: ChainView, db: dict[str, dict[str, Any]], extra: tuple[str, ...] = ()
+) -> Report:
     accepted = {i: 0.5 for i in [*view.spends, *extra]}
     return analyse(accepted, view, chain, db, bound_s=60.0)
 
@@ -164,11 +167,15 @@ def test_a_signer_nonce_signed_in_two_sessions() -> None:
             tx_id=tx_id, attempt=1, session_id=session, signers=["node-1"], signer_ids=[0],
             nonces={"node-1": [nonce]}, certificate=[],
         )  # fmt: skip
-    view.psigs.append(PartialSignatures(tx_id="s0", session_id="sess0", attempt=1, node="node-1", psigs=[b"1" * 32]))
+    view.psigs.append(
+        PartialSignatures(tx_id="s0", session_id="sess0", attempt=1, node="node-1", psigs=[b"1" * 32])
+    )
     report = run(view, chain, db)
     assert report.ok  # named twice, signed once: the signer refused the second
     assert report.row("nonce named in two tx.signing (observation)").value == "1"
-    view.psigs.append(PartialSignatures(tx_id="s1", session_id="sess1", attempt=1, node="node-1", psigs=[b"2" * 32]))
+    view.psigs.append(
+        PartialSignatures(tx_id="s1", session_id="sess1", attempt=1, node="node-1", psigs=[b"2" * 32])
+    )
     assert failing(run(view, chain, db)) == {"nonce signed twice (a signer's partial signatures)"}
 
 
