@@ -3,8 +3,8 @@
 With 30 coins for 100 spends, at least 70 spends spend the change of an earlier one (intake spends the
 wallet's own unconfirmed change), chains of spends on one coin, while 20 clients ask at once for coins
 the others hold (intake reserves each in PostgreSQL; a client told 409 asks again with the same
-idempotency key). Every invariant of ``tests.suites.invariants`` holds: in particular no coin is spent twice, on the chain or by
-two signed spends, and every spend is confirmed.
+idempotency key). Every invariant of ``tests.suites.invariants`` holds: in particular no coin is spent
+twice, on the chain or by two signed spends, and every spend is confirmed.
 """
 
 from __future__ import annotations
