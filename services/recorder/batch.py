@@ -40,7 +40,6 @@ from core.lifecycle import TxState
 from schemas import messages as m
 
 from .project import (
-    ASYNC_COMMIT,
     CONSUMER,
     INSERT_TRANSITION,
     RELEASE_EVENTS,
@@ -98,7 +97,6 @@ async def record_batch(conn: asyncpg.Connection, msgs: list[Message]) -> list[Ou
     if any(x.stream != stream for x in msgs):
         raise ValueError("a batch holds the messages of one stream")
     async with conn.transaction():
-        await conn.execute(ASYNC_COMMIT)
         return await _record_batch(conn, stream, msgs)
 
 

@@ -47,11 +47,11 @@ from schemas.envelope import BusRejection
 from services.runtime.db import advance_stream_position, audit_append
 
 CONSUMER = "recorder"
-# The recorder's commits do not wait for the WAL flush: an OS crash may lose the last few, but the
-# stream position is in the same transaction, so the recorder then resumes before them and applies them
-# again (exactly once still holds), and the vote journals, PostgreSQL WAL of intake and JetStream keep
-# the disk to themselves on the spend's path.
-ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+# The recorder's commits wait for the WAL flush (PostgreSQL's default, synchronous_commit = on): what it
+# committed survives a PostgreSQL crash. With asynchronous commits a crash of PostgreSQL alone (the
+# recorder running on) loses the last commits, and neither side notices: the consumer acked those
+# messages, the next commit moves the stream position past the gap (so no resume replays it), and the
+# audit rows lost were already anchored on the AUDIT stream, which then fails every verification.
 
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "requested": m.TxRequested,
@@ -100,7 +100,6 @@ async def record(conn: asyncpg.Connection, msg: Message) -> Outcome:
     """Apply ``msg`` exactly once (see the module docstring). The caller commits nothing: this opens
     and commits its own transaction."""
     async with conn.transaction():
-        await conn.execute(ASYNC_COMMIT)
         if not await advance_stream_position(conn, msg.stream, msg.seq, CONSUMER):
             return Outcome("duplicate", f"{msg.stream} seq {msg.seq} already applied")
         kind = msg.subject.split(".", 1)[0]

@@ -34,6 +34,7 @@ import pytest
 from coincurve import PrivateKey
 
 from core.lifecycle import TERMINAL, TxState
+from loadtest.chaos import started_pids
 from schemas import kv as K
 from schemas.messages import REGISTRY
 from schemas.names import subject_matches
@@ -327,7 +328,7 @@ def running_cluster(
     except ClusterError as exc:
         raise ClusterError(f"{exc}\n{_log_tails(c.data_dir)}") from None
     finally:
-        started = _started_pids(c.data_dir)
+        started = started_pids(c.data_dir)
         down = c.mpcw("down", check=False, timeout=90.0)
         if down.returncode != 0:
             print(f"mpcw down exited {down.returncode}: {down.stdout} {down.stderr}", file=sys.stderr)
@@ -343,18 +344,6 @@ def running_cluster(
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(tmp_path_factory.mktemp("e2e-cluster"), [FUNDING_BTC] * FUNDING_COUNT) as c:
         yield c
-
-
-def _started_pids(d: Path) -> list[int]:
-    """The supervisor's, its services' and NATS's pids, as the supervisor last recorded them."""
-    try:
-        state = json.loads((d / "run" / "supervisor.json").read_text())
-    except (OSError, ValueError):
-        return []
-    pids = (
-        [state.get("pid")] + [p.get("pid") for p in state.get("processes", [])] + state.get("nats_pids", [])
-    )
-    return [int(p) for p in pids if p]
 
 
 @pytest.fixture(scope="session")
