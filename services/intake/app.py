@@ -115,6 +115,7 @@ _DB_AWAY: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 cannot connect now ...
     asyncpg.InterfaceError,  # the connection was lost or the pool is closing
+    asyncpg.InternalClientError,  # the pool's upkeep while PostgreSQL restarts
     ConnectionError,
     TimeoutError,  # acquiring a connection or a query outlived its timeout
     OSError,
