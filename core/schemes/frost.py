@@ -126,10 +126,11 @@ class FrostScheme:
         sigs: list[bytes] = []
         for i, inp in enumerate(inputs):
             mine = [_psig(psigs, s, i) for s in attempt.signers]
+            pubnonces = attempt.public_material(i)  # SchemeError: the attempt's fault, nobody's blame
             sig = b""
             try:  # optimistic: aggregate and check; look for the culprit only when that fails
                 session_ctx = frost.SessionContext(
-                    frost.nonce_agg(attempt.public_material(i)),
+                    frost.nonce_agg(pubnonces),
                     signers_ctx,
                     list(inp.tweaks),
                     list(inp.is_xonly),
@@ -175,10 +176,11 @@ def _verify_one(
     attempt: Attempt, signers_ctx: frost.SignersContext, inp: SpendInput, i: int, j: int, psig: bytes
 ) -> None:
     """``PartialSigVerify`` of the signer at position ``j`` for input ``i``, blaming whoever fails."""
+    pubnonces = attempt.public_material(i)
     try:
         ok = frost.partial_sig_verify(
             psig,
-            attempt.public_material(i),
+            pubnonces,
             signers_ctx,
             list(inp.tweaks),
             list(inp.is_xonly),
