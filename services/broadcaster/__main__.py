@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 The streams are the truth; memory is a fast path. Partial signatures are collected per signing session
 (only the newest attempt, ``tx.signing.<tx>``, counts). When a session is complete the broadcaster
-aggregates them optimistically (BIP-445 ``partial_sig_agg``) and checks each input's BIP-340 signature
-against its output key; only if that fails does it run ``partial_sig_verify`` per signer, blame the
-culprit (a violation; consensus retries without it) and stop. The witnesses are assembled and
+combines them through the spend's scheme (:meth:`core.scheme.SigningScheme.combine`; FROST aggregates
+optimistically and checks each input's signature against its output key, and only if that fails
+verifies each partial signature); a contribution blamed on a signer becomes a violation (consensus
+retries without it) and the session stops. The witnesses are assembled and
 ``verify_transaction`` checks the whole transaction before ``tx.signed`` is published; it is handed to the
 chain backend at once (a transaction the backend already knows counts as broadcast) and ``tx.broadcast``
 follows. Confirmations: a follower reads each new block's txids (not one status request per waiting

@@ -1,4 +1,7 @@
-"""One signer node: votes on spends, takes part in ChillDKG, precomputes nonces, signs with FROST.
+"""One signer node: votes on spends, takes part in ChillDKG, precomputes nonces, signs.
+
+Signing goes through the spend's scheme (:mod:`core.scheme`, FROST today): the node holds the secrets
+and checks the attempt; the scheme computes.
 
 Theory of operation
 -------------------
@@ -25,8 +28,9 @@ signature.
   process holds every nonce the attempt names for it ("nonce unknown" otherwise: consensus retries with
   another signer set) and that the spend is within its attempt cap (:mod:`services.signer.signing_attempts`);
   a refused attempt takes no nonce. Then count the attempt (durably), for every input take (and delete)
-  the pooled secret nonce consensus claimed for it and publish the BIP-445 partial signatures on
-  ``proto.frost.<session>.2.<node>``. Partial signatures already produced
+  the pooled secret nonce consensus claimed for it, sign over the sighashes it recomputed itself
+  (:meth:`core.scheme.SigningScheme.sign_inputs`, which erases the nonces) and publish the partial
+  signatures on ``proto.frost.<session>.2.<node>``. Partial signatures already produced
   for a session are re-published as they were (:mod:`services.signer.answer_log`), so a redelivery never
   needs a nonce twice.
 - ``proto.noncegen.<batch>.1.presig.<node>``: generate nonces, store the secret halves, put the public
@@ -177,7 +181,7 @@ class SignerNode:
         (:class:`services.runtime.nonce_pool.NoncePool`); one it hands out anyway is refused."""
         presig = await self.bus.kv(BUCKET_PRESIG)
         old: list[str] = []
-        watch = presig.watch(f"frost.*.{self.node}.b.*")
+        watch = presig.watch(f"{scheme_for(DEFAULT_SCHEME).name}.*.{self.node}.b.*")
         try:
             async for entry in watch:
                 if entry is None:
