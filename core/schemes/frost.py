@@ -92,6 +92,7 @@ class FrostScheme:
                     )
                     psigs.append(frost.sign(secnonce, share.secshare, share.index, session_ctx))
                 except (ValueError, frost.InvalidContributionError) as exc:
+                    _check_signer_set(signers_ctx)  # the likelier culprit, named precisely
                     raise SchemeError(f"input {i}: {type(exc).__name__}") from exc
             return psigs
         finally:
@@ -111,6 +112,7 @@ class FrostScheme:
             raise SchemeError(f"{signer} is not in the signer set")
         j = attempt.signers.index(signer)
         signers_ctx = _signers_ctx(key, attempt)
+        _check_signer_set(signers_ctx)
         for i, inp in enumerate(inputs):
             psig = psigs[i] if i < len(psigs) else b""
             _verify_one(attempt, signers_ctx, inp, i, j, psig)
@@ -140,6 +142,7 @@ class FrostScheme:
             except (ValueError, frost.InvalidContributionError):
                 sig = b""
             if not sig or not schnorr_verify(inp.sighash, inp.output_key, sig):
+                _check_signer_set(signers_ctx)  # a bad signer set is nobody's blame
                 for j, psig in enumerate(mine):
                     _verify_one(attempt, signers_ctx, inp, i, j, psig)
                 raise SchemeError(f"input {i}: aggregate signature does not verify")
@@ -154,17 +157,21 @@ FROST = FrostScheme()
 
 
 def _signers_ctx(key: PublicKeyShares, attempt: Attempt) -> frost.SignersContext:
-    """The BIP-445 signers context of the attempt; :class:`SchemeError` unless it is a valid signer set
-    of this key (ids in range, distinct, at least t, interpolating to the threshold key)."""
-    ids = list(attempt.ids)
-    if any(not 0 <= i < len(key.pubshares) for i in ids):
+    """The BIP-445 signers context of the attempt (checked by ``Sign`` / ``PartialSigAgg`` themselves;
+    :func:`_check_signer_set` names what is wrong when they fail)."""
+    if any(not 0 <= i < len(key.pubshares) for i in attempt.ids):
         raise SchemeError("a participant id of the signer set is out of range")
-    ctx = frost.SignersContext(key.n, key.t, ids, [key.pubshares[i] for i in ids], key.threshold_pubkey)
+    ids = list(attempt.ids)
+    return frost.SignersContext(key.n, key.t, ids, [key.pubshares[i] for i in ids], key.threshold_pubkey)
+
+
+def _check_signer_set(signers_ctx: frost.SignersContext) -> None:
+    """:class:`SchemeError` unless the signer set is valid for the key (ids distinct and in range, at
+    least t, their pubshares interpolating to the threshold key)."""
     try:
-        frost.validate_signers_ctx(ctx)  # cached by tss.frost: signing re-uses the result
+        frost.validate_signers_ctx(signers_ctx)
     except ValueError as exc:
         raise SchemeError(f"invalid signer set: {exc}") from exc
-    return ctx
 
 
 def _psig(psigs: Mapping[str, Sequence[bytes]], signer: str, i: int) -> bytes:
