@@ -1,4 +1,4 @@
-"""``python -m services.presig --data-dir DIR``: keeps every signer's FROST nonce pool at its target.
+"""``python -m services.presig --data-dir DIR``: keeps every signer's nonce pool at its target.
 
 The pool lives in KV ``presig`` (see :mod:`services.runtime.nonce_pool`). When a node's free entries
 fall below ``low``, presig asks that node (point to point, ``proto.noncegen.<batch>.1.presig.<node>``)
@@ -23,10 +23,10 @@ from services.runtime.service import ServiceContext, run_service
 REQUEST_TIMEOUT_S = 10.0
 
 
-async def _key_proven(keys: ProvenKeys, key_id: str) -> bool:
+async def _key_proven(keys: ProvenKeys, scheme: str, key_id: str) -> bool:
     """Nonces are made for a key only once its record is proven (all nodes' statements agree)."""
     try:
-        return await keys.get("frost", key_id) is not None
+        return await keys.get(scheme, key_id) is not None
     except KeyNotProven:
         return False
 
@@ -37,7 +37,7 @@ async def keep_pools(ctx: ServiceContext, pool: NoncePool, target: int, low: int
     in_flight: dict[str, float] = {}
     await pool.loaded.wait()
     while not ctx.stop.is_set():
-        if await _key_proven(keys, pool.key_id):
+        if await _key_proven(keys, pool.scheme.name, pool.key_id):
             now = time.monotonic()
             for node in ctx.cfg.nodes:
                 level = pool.level(node)

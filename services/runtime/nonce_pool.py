@@ -1,8 +1,10 @@
-"""The pool of FROST nonce commitments, as seen from KV ``presig``.
+"""The pool of precommitted signing material, as seen from KV ``presig``: the material of a scheme
+whose signers each make their own, one item per input, usable with any signer set (FROST nonces:
+:attr:`core.scheme.SigningScheme.material`); ``<scheme>`` below is that scheme's wire name.
 
 Each signer puts the public halves of the nonces it precomputed, up to ``NONCE_BATCH_MAX`` in one entry,
-under ``frost.<key_id>.<node>.b.<batch>``. A consensus process claims a whole batch by *creating*
-``frost.<key_id>.<node>.c.<batch>`` (create-only: the server's compare-and-set on "no such key"), then
+under ``<scheme>.<key_id>.<node>.b.<batch>``. A consensus process claims a whole batch by *creating*
+``<scheme>.<key_id>.<node>.c.<batch>`` (create-only: the server's compare-and-set on "no such key"), then
 hands its nonces out one at a time from memory, each at most once. However many consensus processes race
 for a batch, one gets it; a claimed batch is never claimed again, and the nonces its claimer has not
 handed out when it stops are never used (burned: a restarted process does not know which ones it used,
@@ -29,6 +31,7 @@ from collections import deque
 
 import msgspec
 
+from core.scheme import DEFAULT_SCHEME, SigningScheme, scheme_for
 from schemas import kv as K
 from schemas.messages import NonceRef
 from schemas.names import BUCKET_PRESIG
@@ -43,9 +46,20 @@ def _now_ms() -> int:
 
 
 class NoncePool:
-    """FROST nonce commitments per node, mirrored from KV ``presig`` by a watch; batches claimed by create."""
+    """Nonce commitments per node, mirrored from KV ``presig`` by a watch; batches claimed by create."""
 
-    def __init__(self, bus: Bus, key_id: str = K.DEFAULT_KEY_ID, *, follow_claims: bool = True) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        key_id: str = K.DEFAULT_KEY_ID,
+        *,
+        follow_claims: bool = True,
+        scheme: SigningScheme | None = None,
+    ) -> None:
+        self.scheme = scheme_for(DEFAULT_SCHEME) if scheme is None else scheme
+        material = self.scheme.material
+        if material.bound_to_signer_set or material.bound_to_derivation:
+            raise ValueError(f"{self.scheme.name} {material.name}s are not pooled per node")
         self.bus = bus
         self.key_id = key_id
         self.follow_claims = follow_claims
@@ -66,13 +80,13 @@ class NoncePool:
         kv = await self.bus.kv(BUCKET_PRESIG)
         key = self.key_id
         if self.follow_claims:
-            watched = f"frost.{key}.>"
+            watched = f"{self.scheme.name}.{key}.>"
         else:
-            async for entry in kv.watch(f"frost.{key}.*.c.*"):  # the claims so far, once
+            async for entry in kv.watch(f"{self.scheme.name}.{key}.*.c.*"):  # the claims so far, once
                 if entry is None:
                     break
                 self.apply(entry)
-            watched = f"frost.{key}.*.b.*"
+            watched = f"{self.scheme.name}.{key}.*.b.*"
         async for entry in kv.watch(watched):
             self.last_update = time.monotonic()
             if entry is None:

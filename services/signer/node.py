@@ -1,4 +1,7 @@
-"""One signer node: votes on spends, takes part in ChillDKG, precomputes nonces, signs with FROST.
+"""One signer node: votes on spends, takes part in ChillDKG, precomputes nonces, signs.
+
+Signing goes through the spend's scheme (:mod:`core.scheme`, FROST today): the node holds the secrets
+and checks the attempt; the scheme computes.
 
 Theory of operation
 -------------------
@@ -25,8 +28,9 @@ signature.
   process holds every nonce the attempt names for it ("nonce unknown" otherwise: consensus retries with
   another signer set) and that the spend is within its attempt cap (:mod:`services.signer.signing_attempts`);
   a refused attempt takes no nonce. Then count the attempt (durably), for every input take (and delete)
-  the pooled secret nonce consensus claimed for it and publish the BIP-445 partial signatures on
-  ``proto.frost.<session>.2.<node>``. Partial signatures already produced
+  the pooled secret nonce consensus claimed for it, sign over the sighashes it recomputed itself
+  (:meth:`core.scheme.SigningScheme.sign_inputs`, which erases the nonces) and publish the partial
+  signatures on ``proto.frost.<session>.2.<node>``. Partial signatures already produced
   for a session are re-published as they were (:mod:`services.signer.answer_log`), so a redelivery never
   needs a nonce twice.
 - ``proto.noncegen.<batch>.1.presig.<node>``: generate nonces, store the secret halves, put the public
@@ -46,6 +50,15 @@ from typing import Any
 import msgspec
 
 from core.policy import check_spend
+from core.scheme import (
+    DEFAULT_SCHEME,
+    Attempt,
+    SchemeError,
+    SigningScheme,
+    UnknownScheme,
+    scheme_for,
+    scheme_names,
+)
 from schemas import kv as K
 from schemas.messages import (
     Heartbeat,
@@ -78,8 +91,6 @@ from services.signer.keystore import Keystore, KeystoreError, ShareRecord
 from services.signer.signing_attempts import CONFIG_KEY as MAX_ATTEMPTS_KEY
 from services.signer.signing_attempts import DEFAULT_MAX_ATTEMPTS, SigningAttempts
 from services.signer.vote_journal import JournalEntry, VoteJournal
-from tss import frost
-from tss.secp256k1 import cbytes, point_mul_base
 from wallet.threshold_account import ThresholdAccount
 
 DAY_MS = 24 * 3600 * 1000
@@ -95,12 +106,13 @@ class SigningError(Exception):
     """This node refuses to sign this attempt (the reason is safe to publish)."""
 
 
-REFUSAL_ROUND = "refused"  # proto.frost.<session>.refused.<node>: a signer's refusal, for consensus
+REFUSAL_ROUND = "refused"  # proto.<scheme>.<session>.refused.<node>: a signer's refusal, for consensus
 
 
 @dataclass(frozen=True)
 class _Prepared:
     req: TxRequested
+    scheme: SigningScheme
     share: ShareRecord
     account: ThresholdAccount
     sighashes: list[bytes]
@@ -171,7 +183,7 @@ class SignerNode:
         (:class:`services.runtime.nonce_pool.NoncePool`); one it hands out anyway is refused."""
         presig = await self.bus.kv(BUCKET_PRESIG)
         old: list[str] = []
-        watch = presig.watch(f"frost.*.{self.node}.b.*")
+        watch = presig.watch(f"{scheme_for(DEFAULT_SCHEME).name}.*.{self.node}.b.*")
         try:
             async for entry in watch:
                 if entry is None:
@@ -379,8 +391,11 @@ class SignerNode:
         self.answers.add(fresh)
 
     async def _publish_answer(self, out: PartialSignatures | SigningRefused) -> None:
+        """On ``proto.<scheme>.<session>.2.<node>`` (or ``.refused.<node>``), the spend's scheme."""
         round_ = 2 if isinstance(out, PartialSignatures) else REFUSAL_ROUND
-        subject = proto_subject("frost", out.session_id, round_, self.node)
+        req = self.approved.get(out.tx_id)
+        scheme = req.scheme if req is not None and req.scheme in scheme_names() else DEFAULT_SCHEME
+        subject = proto_subject(scheme, out.session_id, round_, self.node)
         kind = "psig" if isinstance(out, PartialSignatures) else "refused"
         await self.bus.publish(subject, out, f"{kind}.{out.session_id}.{self.node}")
 
@@ -396,9 +411,15 @@ class SignerNode:
                 raise SigningError("no verified spend request for this transaction")
             req = req_msg.payload
         try:
+            scheme = scheme_for(req.scheme)
+        except UnknownScheme as exc:
+            raise SigningError(str(exc)) from exc
+        try:
             share, account = self.share(req.key_id)
         except (KeystoreError, ValueError) as exc:
             raise SigningError(f"no share of key {req.key_id!r}") from exc
+        if share.scheme != scheme.name:
+            raise SigningError(f"key {req.key_id!r} is not a {scheme.name} key")
         if req.tx_id not in self.approved:
             # the spend as this node sees it now (structure only: the policy was applied when voting)
             res = check_spend(req, None, account)
@@ -425,7 +446,7 @@ class SignerNode:
                 f"nonce unknown: {unknown[0]} is not held by this signer process (used, expired, or "
                 "pooled before a restart)"
             )
-        return _Prepared(req, share, account, sighashes, list(my_nonces))
+        return _Prepared(req, scheme, share, account, sighashes, list(my_nonces))
 
     def _check_attempt_cap(self, sig: TxSigning, counting: list[tuple[str, str]]) -> None:
         """At most ``max_attempts`` sessions of a spend take nonces on this node (``counting``: the
@@ -440,37 +461,27 @@ class SignerNode:
             )
 
     def _sign(self, sig: TxSigning, prep: _Prepared, secnonces: dict[str, bytearray | None]) -> list[bytes]:
-        share, req = prep.share, prep.req
-        ids = sig.signer_ids
-        signers_ctx = frost.SignersContext(
-            share.n, share.t, ids, [share.pubshares[i] for i in ids], share.threshold_pubkey
-        )
-        psigs: list[bytes] = []
+        """This node's partial signatures for the attempt, by the spend's scheme; every nonce taken for
+        it is erased (the scheme erases what it is handed; the rest here)."""
+        # never twice, even within one batch: whatever is taken for this attempt leaves the dict
+        mine = [secnonces.pop(ref.nonce_id, None) for ref in prep.my_nonces]
         try:
-            for i, ref in enumerate(req.inputs):
-                my_ref = prep.my_nonces[i]
-                secnonce = secnonces.get(my_ref.nonce_id)
-                if secnonce is None:
-                    raise SigningError(f"input {i}: nonce {my_ref.nonce_id} is used or unknown")
-                secnonces[my_ref.nonce_id] = None  # never twice, even within one batch
-                if _pubnonce_of(secnonce) != my_ref.pubnonce:
-                    secnonce[:] = bytes(len(secnonce))
-                    raise SigningError(f"input {i}: the pubnonce listed for this node is not its own")
-                key = prep.account.key(tuple(ref.derivation))
-                try:
-                    aggnonce = frost.nonce_agg([sig.nonces[s][i].pubnonce for s in sig.signers])
-                    session_ctx = frost.SessionContext(
-                        aggnonce, signers_ctx, list(key.tweaks), list(key.is_xonly), prep.sighashes[i]
-                    )
-                    psigs.append(frost.sign(secnonce, share.secshare, share.index, session_ctx))
-                except (ValueError, frost.InvalidContributionError) as exc:
-                    raise SigningError(f"input {i}: {type(exc).__name__}") from exc
+            attempt = Attempt(
+                tuple(sig.signers),
+                tuple(sig.signer_ids),
+                {s: [ref.pubnonce for ref in sig.nonces[s]] for s in sig.signers},
+            )
+            inputs = [
+                prep.scheme.spend_input(prep.account, ref.derivation, sighash)
+                for ref, sighash in zip(prep.req.inputs, prep.sighashes, strict=True)
+            ]
+            psigs = prep.scheme.sign_inputs(prep.share, attempt, self.node, mine, inputs)
+        except (SchemeError, ValueError) as exc:
+            raise SigningError(str(exc)) from exc
         finally:
-            for taken in prep.my_nonces:  # whatever was taken for this attempt is erased
-                left = secnonces.get(taken.nonce_id)
-                if left is not None:
-                    left[:] = bytes(len(left))
-                    secnonces[taken.nonce_id] = None
+            for secnonce in mine:
+                if secnonce is not None:
+                    secnonce[:] = bytes(len(secnonce))
         self.log.info("signed", tx_id=sig.tx_id, attempt=sig.attempt, inputs=len(psigs))
         return psigs
 
@@ -527,8 +538,12 @@ class SignerNode:
         except (KeystoreError, ValueError):
             self.log.info("nonce request before DKG; ignored", batch=req.batch_id)
             return
+        try:
+            scheme = scheme_for(share.scheme)
+        except UnknownScheme:
+            self.log.warning("nonce request for a key of an unknown scheme; ignored", batch=req.batch_id)
+            return
         presig = await self.bus.kv(BUCKET_PRESIG)
-        pubshare = share.pubshares[share.index]
         count = max(0, min(req.count, 1000))
         # generated and kept a batch at a time; each batch's commitments go out in one KV entry while
         # the next is generated, so consensus can use the first ones at once
@@ -539,7 +554,7 @@ class SignerNode:
                 nonce_id = f"{req.batch_id}-{k}"
                 if self.keystore.has_nonce(nonce_id):
                     continue  # redelivered request: this one exists already
-                secnonce, pubnonce = frost.nonce_gen(share.secshare, pubshare, None, None, nonce_id.encode())
+                secnonce, pubnonce = scheme.make_material(share, nonce_id.encode())
                 self.keystore.save_nonce(nonce_id, bytes(secnonce))
                 secnonce[:] = bytes(len(secnonce))
                 fresh.append(K.NonceCommitment(nonce_id, pubnonce))
@@ -564,9 +579,3 @@ class SignerNode:
             await presig.create(K.nonce_batch_key(key_id, self.node, batch.batch_id), batch)
         except CasConflict:
             self.log.debug("nonce batch already announced", batch=batch.batch_id)
-
-
-def _pubnonce_of(secnonce: bytearray) -> bytes:
-    k1 = int.from_bytes(secnonce[0:32], "big")
-    k2 = int.from_bytes(secnonce[32:64], "big")
-    return cbytes(point_mul_base(k1)) + cbytes(point_mul_base(k2))
