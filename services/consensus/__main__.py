@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from schemas import kv as K
+from schemas.kinds import ViolationKind
 from schemas.messages import (
     REGISTRY,
     DkgMessage,
@@ -616,7 +617,7 @@ class Consensus:
         ):
             undecided.append(rnd)
 
-    async def _violation(self, offender: str, kind: str, detail: str, tx_id: str = "") -> None:
+    async def _violation(self, offender: str, kind: ViolationKind, detail: str, tx_id: str = "") -> None:
         v = Violation(offender=offender, kind=kind, detail=detail, reporter=self.cfg.identity, tx_id=tx_id)
         await self.bus.publish(violation_subject(offender), v, f"viol.{kind}.{offender}.{tx_id}")
 

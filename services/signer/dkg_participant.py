@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from schemas import kv as K
+from schemas.kinds import RejectionKind
 from schemas.messages import DkgMessage, DkgResult, DkgStart
 from schemas.names import BUCKET_KEYS, proto_subject
 from services.runtime.bus import Bus, Received
@@ -45,7 +46,7 @@ class DkgRefused(Exception):
     """This node will not take part in a session. ``kind``: the violation kind when the coordinator is to
     blame (it sent a start that contradicts what the node knows), else ""."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: RejectionKind | Literal[""], detail: str) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail

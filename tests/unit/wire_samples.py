@@ -43,7 +43,11 @@ def samples() -> list[tuple[str, str, Any]]:
         ),
         (f"tx.voting.{TX}", "consensus", m.TxVoting(tx_id=TX, round_id="r1", threshold=4, total_nodes=5)),
         (f"tx.approved.{TX}", "consensus", m.TxApproved(tx_id=TX, round_id="r1", certificate=[b"v1", b"v2"])),
-        (f"tx.rejected.{TX}", "consensus", m.TxRejected(tx_id=TX, reasons=["over limit"], certificate=[b"v"])),
+        (
+            f"tx.rejected.{TX}",
+            "consensus",
+            m.TxRejected(tx_id=TX, reasons=["over limit"], certificate=[b"v"]),
+        ),
         (
             f"tx.signing.{TX}",
             "consensus",
@@ -67,7 +71,11 @@ def samples() -> list[tuple[str, str, Any]]:
             "node-2",
             m.SigningRefused(tx_id=TX, session_id=SESSION, attempt=1, node="node-2", reason="nonce used"),
         ),
-        (f"tx.signed.{TX}", "broadcaster", m.TxSigned(tx_id=TX, txid="cd" * 32, signed_tx=b"\x02\x00", attempt=1)),
+        (
+            f"tx.signed.{TX}",
+            "broadcaster",
+            m.TxSigned(tx_id=TX, txid="cd" * 32, signed_tx=b"\x02\x00", attempt=1),
+        ),
         (f"tx.broadcast.{TX}", "broadcaster", m.TxBroadcast(tx_id=TX, txid="cd" * 32)),
         (
             f"tx.confirmed.{TX}",
@@ -83,7 +91,9 @@ def samples() -> list[tuple[str, str, Any]]:
         (
             "node.violation.node-3",
             "consensus",
-            m.Violation(offender="node-3", kind="equivocation", detail="voted both ways", reporter="consensus"),
+            m.Violation(
+                offender="node-3", kind="equivocation", detail="voted both ways", reporter="consensus"
+            ),
         ),
         (
             "proto.noncegen.b1.1.presig.node-2",
@@ -109,9 +119,15 @@ def samples() -> list[tuple[str, str, Any]]:
         (
             f"proto.chilldkg.{SESSION}.9.node-1",
             "node-1",
-            m.DkgResult(session_id=SESSION, node="node-1", threshold_pubkey=b"\x03" * 33, pubshares=[b"\x02" * 33]),
+            m.DkgResult(
+                session_id=SESSION, node="node-1", threshold_pubkey=b"\x03" * 33, pubshares=[b"\x02" * 33]
+            ),
         ),
-        ("audit.anchor.recorder.wallet", "recorder", m.AuditAnchor(chain="wallet", seq=42, hash=b"\x44" * 32)),
+        (
+            "audit.anchor.recorder.wallet",
+            "recorder",
+            m.AuditAnchor(chain="wallet", seq=42, hash=b"\x44" * 32),
+        ),
         (
             "node.violation.node-4",
             "node-1",
