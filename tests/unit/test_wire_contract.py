@@ -20,6 +20,7 @@ from schemas import kv as K
 from schemas import messages as m
 from schemas import rest as R
 from schemas.kinds import REJECTION_KINDS, VIOLATION_KINDS
+from schemas.lifecycle import TxState
 from schemas.wire import BusMessage, UnknownType, check_registry, decode_payload, registry_of, tag_of
 from services.runtime.bus import Bus
 from services.runtime.seal import EnvelopeError, seal, verify_envelope
@@ -282,3 +283,24 @@ def test_kv_values_and_the_policy_written_before_the_union_decode() -> None:
     bad = msgspec.msgpack.encode({**msgspec.to_builtins(key), "scheme": "rsa"})
     with pytest.raises(msgspec.ValidationError, match=r"at `\$.scheme`"):
         msgspec.msgpack.decode(bad, type=K.KeyRecord)
+
+
+def test_rest_bodies_keep_their_json_and_refuse_an_unknown_state_or_scheme() -> None:
+    body = (
+        b'{"id":"t1","state":"broadcast","recipient":"bcrt1q","amount_sats":5,'
+        b'"timeline":[{"state":"pending","at_ms":1},{"state":"broadcast","at_ms":2}]}'
+    )
+    view = msgspec.json.decode(body, type=R.TransactionView)
+    assert view.state is TxState.BROADCAST and view.timeline[0].state is TxState.PENDING
+    again = msgspec.json.decode(msgspec.json.encode(view))  # the same strings on the wire
+    assert again["state"] == "broadcast" and [t["state"] for t in again["timeline"]] == [
+        "pending",
+        "broadcast",
+    ]
+    with pytest.raises(msgspec.ValidationError, match=r"Invalid enum value 'stolen' - at `\$.state`"):
+        msgspec.json.decode(
+            body.replace(b'"broadcast","recipient"', b'"stolen","recipient"'), type=R.TransactionView
+        )
+    spend = b'{"recipient":"bcrt1qexampleexample","amount_sats":1000,"scheme":"rsa"}'
+    with pytest.raises(msgspec.ValidationError, match=r"at `\$.scheme`"):
+        msgspec.json.decode(spend, type=R.SpendRequest)
