@@ -32,9 +32,7 @@ from schemas.wire import decode_payload
 from services.runtime.bus import Bus
 from services.runtime.seal import seal
 from tests.unit.service_fakes import fake_identities, identity_keys
-from tests.unit.wire_samples import samples
-
-SENDERS = ["intake", "consensus", "broadcaster", "presig", "recorder", *(f"node-{i}" for i in range(1, 6))]
+from tests.unit.wire_samples import SENDERS, samples
 
 
 def _bus(ids: Any) -> Bus:
@@ -74,7 +72,7 @@ def main() -> None:
     ap.add_argument("--old-messages", help="schemas/messages.py of the code before the tagged union")
     a = ap.parse_args()
     old = _load(a.old_messages) if a.old_messages else None
-    ids = fake_identities([*SENDERS, "monitor"])
+    ids = fake_identities(SENDERS)
     bus = _bus(ids)
     totals: dict[str, float] = {}
     sizes = {"new": 0, "old": 0}

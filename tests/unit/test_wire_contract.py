@@ -25,18 +25,9 @@ from schemas.wire import BusMessage, UnknownType, check_registry, decode_payload
 from services.runtime.bus import Bus
 from services.runtime.seal import EnvelopeError, seal, verify_envelope
 from tests.unit.service_fakes import fake_identities, identity_keys
-from tests.unit.wire_samples import samples
+from tests.unit.wire_samples import SENDERS, samples
 
 FIXTURES = Path(__file__).with_name("fixtures")
-SENDERS = [
-    "intake",
-    "consensus",
-    "broadcaster",
-    "presig",
-    "recorder",
-    "monitor",
-    *(f"node-{i}" for i in range(1, 6)),
-]
 IDS = fake_identities(SENDERS)
 UNION = msgspec.msgpack.Decoder(m.AnyMessage)
 

@@ -8,6 +8,16 @@ from typing import Any
 from schemas import envelope as E
 from schemas import messages as m
 
+SENDERS = [
+    "intake",
+    "consensus",
+    "broadcaster",
+    "presig",
+    "recorder",
+    "monitor",
+    *(f"node-{i}" for i in range(1, 6)),
+]
+"""Every identity that sends (or, the monitor, receives) a sample."""
 TX = "tx-0123456789abcdef"
 SESSION = "s-feedface"
 
