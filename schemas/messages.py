@@ -18,7 +18,9 @@ from schemas.envelope import BusRejection
 from schemas.kinds import Scheme, ViolationKind
 from schemas.wire import BusMessage, WireStruct, registry_of
 
-SCHEMA_VERSION = 1
+# 2: every payload carries its tag (``type``, the class name); version 1 payloads (no tag) still decode,
+# but a version 1 reader refuses a version 2 payload (an unknown field)
+SCHEMA_VERSION = 2
 
 
 class InputRef(WireStruct, frozen=True, kw_only=True):
