@@ -39,17 +39,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
-
-class TxState(StrEnum):
-    PENDING = "pending"
-    VOTING = "voting"
-    APPROVED = "approved"
-    SIGNING = "signing"
-    SIGNED = "signed"
-    BROADCAST = "broadcast"
-    CONFIRMED = "confirmed"
-    REJECTED = "rejected"
-    FAILED = "failed"
+from schemas.kinds import TxState as TxState  # the states as they travel (REST, the recorder)
 
 
 class TxEvent(StrEnum):

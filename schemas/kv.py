@@ -20,6 +20,7 @@ from enum import StrEnum
 
 import msgspec
 
+from schemas.kinds import Scheme
 from schemas.names import check_token
 
 DEFAULT_KEY_ID = "default"
@@ -35,7 +36,7 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The public result of a DKG: what anyone needs to derive addresses and check signatures."""
 
     key_id: str
-    scheme: str
+    scheme: Scheme
     threshold_pubkey: bytes  # 33-byte compressed
     pubshares: list[bytes]  # in participant order (= ``nodes`` order)
     chain_code: bytes
@@ -72,7 +73,7 @@ class KeyResultStatement(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     record cannot choose or swap the key."""
 
     key_id: str
-    scheme: str
+    scheme: Scheme
     threshold_pubkey: bytes
     pubshares: list[bytes]
     chain_code: bytes
@@ -124,7 +125,7 @@ class NonceClaim(msgspec.Struct, frozen=True, kw_only=True):
 
 class DkgRequest(msgspec.Struct, frozen=True, kw_only=True):
     session_id: str
-    scheme: str
+    scheme: Scheme
     key_id: str
     nodes: list[str]
     threshold: int

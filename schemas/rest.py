@@ -6,9 +6,11 @@ Requests are decoded strictly: unknown fields, wrong types and out-of-range valu
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
+
+from schemas.kinds import Scheme, TxState
 
 MAX_SATS = 21_000_000 * 100_000_000
 # free text that is stored and shown: no NUL (PostgreSQL text cannot hold it) and no other C0 control
@@ -25,7 +27,7 @@ class SpendRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     recipient: Annotated[str, msgspec.Meta(min_length=14, max_length=90)]
     amount_sats: Sats
     fee_rate: FeeRate | None = None  # sat/vB; default from the chain's estimate
-    scheme: Literal["frost"] = "frost"
+    scheme: Scheme = "frost"
     idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_TEXT)] | None = None
     memo: Annotated[str, msgspec.Meta(max_length=256, pattern=_TEXT)] = ""
 
@@ -43,7 +45,7 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class TransitionView(msgspec.Struct, kw_only=True):
-    state: str
+    state: TxState
     at_ms: int
     detail: str = ""
 
@@ -58,7 +60,7 @@ class TransactionView(msgspec.Struct, kw_only=True):
     """``GET /api/v1/transactions/{id}``."""
 
     id: str
-    state: str
+    state: TxState
     recipient: str
     amount_sats: int
     fee_sats: int | None = None

@@ -58,6 +58,7 @@ from core import signer_set, tally
 from core.lifecycle import Event, IllegalTransition, TxEvent, TxState
 from core.round import close, round_state
 from schemas import kv as K
+from schemas.kinds import ViolationKind
 from schemas.kv import FinalOutcome, RoundOutcome
 from schemas.messages import (
     REGISTRY,
@@ -248,7 +249,8 @@ class Consensus:
     async def _after_change(self, rnd: K.RoundRecord, fx: tally.RoundChange) -> None:
         """Act on a round write: report what it found and, if it approved the round, run attempt 1."""
         reports = [
-            self._violation(node, kind, tally.VIOLATION_DETAIL[kind], rnd.tx_id) for node, kind in fx.reports
+            self._violation(node, kind.value, tally.VIOLATION_DETAIL[kind], rnd.tx_id)
+            for node, kind in fx.reports
         ]
         if fx.approved:
             self._watch(rnd)  # before anything can fail: the timeout re-drives this attempt
@@ -620,7 +622,7 @@ class Consensus:
         elif state is TxState.VOTING and tally.outcome(rnd) is not RoundOutcome.OPEN:
             undecided.append(rnd)
 
-    async def _violation(self, offender: str, kind: str, detail: str, tx_id: str = "") -> None:
+    async def _violation(self, offender: str, kind: ViolationKind, detail: str, tx_id: str = "") -> None:
         v = Violation(offender=offender, kind=kind, detail=detail, reporter=self.cfg.identity, tx_id=tx_id)
         await self.bus.publish(violation_subject(offender), v, f"viol.{kind}.{offender}.{tx_id}")
 

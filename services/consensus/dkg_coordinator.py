@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from schemas import kv as K
+from schemas.kinds import ViolationKind
 from schemas.messages import DkgMessage, DkgStart, Violation
 from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, proto_subject, violation_subject
 from services.runtime.bus import Bus, CasConflict, Received
@@ -71,7 +72,7 @@ _STAGES: Final = (
     ((3, 5), frozenset({Phase.AWAIT_PMSG2, Phase.FINALIZED, Phase.CONFIRMED})),
     ((7,), frozenset({Phase.FINALIZED, Phase.CONFIRMED})),
 )
-_VIOLATION_OF: Final = {
+_VIOLATION_OF: Final[dict[Kind, ViolationKind]] = {
     Kind.PMSG1: "dkg-invalid-message",
     Kind.PMSG2: "dkg-invalid-signature",
     Kind.INV_REQ: "dkg-invalid-message",
@@ -255,6 +256,6 @@ class DkgCoordinator:
         if culprit is not None:
             await self._violation(culprit, "dkg-blamed", detail, f"dkg.{peers.start.session_id}.failed")
 
-    async def _violation(self, offender: str, kind: str, detail: str, about: str) -> None:
+    async def _violation(self, offender: str, kind: ViolationKind, detail: str, about: str) -> None:
         v = Violation(offender=offender, kind=kind, detail=detail, reporter=self.cfg.identity)
         await self.bus.publish(violation_subject(offender), v, f"viol.{kind}.{offender}.{about}")

@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Final
 
+from schemas.kinds import Scheme
 from schemas.kv import KeyRecord
 from schemas.messages import InputRef, TxRequested
 from services.runtime.esplora import EsploraClient
@@ -21,7 +23,7 @@ from wallet.coin_selection import UnsignedSpend, Utxo, candidate_window
 from wallet.threshold_account import CHANGE, RECEIVE, ThresholdAccount
 from wallet.transaction import OutPoint
 
-SCHEME = "frost"
+SCHEME: Final[Scheme] = "frost"
 RECEIVE_PATH: tuple[int, ...] = (RECEIVE, 0)
 CHANGE_PATH: tuple[int, ...] = (CHANGE, 0)
 WATCHED: tuple[tuple[int, ...], ...] = (RECEIVE_PATH, CHANGE_PATH)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from schemas import kv as K
+from schemas.kinds import SCHEMES, Scheme
 from schemas.messages import DkgResult
 from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, node_names, proto_subject
 from services.mpcw.cli import data_dir_of, main
@@ -30,11 +31,11 @@ def dkg() -> None:
 
 
 @dkg.command("start")
-@click.option("--scheme", type=click.Choice(["frost"]), default="frost", show_default=True)
+@click.option("--scheme", type=click.Choice(SCHEMES), default="frost", show_default=True)
 @click.option("--key-id", default=K.DEFAULT_KEY_ID, show_default=True)
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.pass_context
-def dkg_start(ctx: click.Context, scheme: str, key_id: str, timeout: float) -> None:
+def dkg_start(ctx: click.Context, scheme: Scheme, key_id: str, timeout: float) -> None:
     """Run ChillDKG among all nodes and wait until every node holds its share."""
     d = data_dir_of(ctx)
     c = cluster_of(d)

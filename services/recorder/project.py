@@ -44,6 +44,7 @@ import msgspec
 from core.lifecycle import STATE_FOR_EVENT, TxState, can_transition, is_replay
 from schemas import messages as m
 from schemas.envelope import BusRejection
+from schemas.kinds import ViolationKind
 from services.runtime.db import advance_stream_position, audit_append
 
 CONSUMER = "recorder"
@@ -152,7 +153,7 @@ class Refusal:
 
     tx_id: str
     why: str
-    kind: str
+    kind: ViolationKind
     details: dict[str, Any] = field(default_factory=dict)
 
     def audit_details(self) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from nats.js.kv import KeyValue
 
 import nats
 from schemas import envelope as E
+from schemas.kinds import RejectionKind
 from schemas.names import (
     SERVICE_IDENTITIES,
     UNKNOWN,
@@ -56,6 +57,7 @@ from schemas.names import (
     subject_matches,
     violation_subject,
 )
+from schemas.wire import UnknownType, check_registry, decode_payload, registry_of, tag_of
 
 from . import metrics as M
 from .config import ServiceConfig
@@ -75,7 +77,7 @@ Registry = Mapping[str, type[msgspec.Struct]]
 S = TypeVar("S", bound=msgspec.Struct)
 
 # what the bus always understands, whatever registry a service passes
-BUILTIN_TYPES: dict[str, type[msgspec.Struct]] = {"BusRejection": E.BusRejection}
+BUILTIN_TYPES: dict[str, type[msgspec.Struct]] = registry_of(E.BusRejection)
 
 
 @dataclass(frozen=True)
@@ -594,6 +596,7 @@ class Bus:
         self.keys = keys
         self.identities = identities
         self.registry: dict[str, type[msgspec.Struct]] = {**BUILTIN_TYPES, **(registry or {})}
+        check_registry(self.registry)
         self.identity = cfg.identity
         self.service = cfg.name
         self.log = get_logger(cfg.name)
@@ -788,7 +791,7 @@ class Bus:
             self.keys,
             self.identities,
             subject=subject,
-            type_name=type(struct).__name__,
+            type_name=tag_of(type(struct)),
             payload=msgspec.msgpack.encode(struct),
             msg_id=msg_id,
             to=to,
@@ -808,13 +811,12 @@ class Bus:
         if plain is None:
             return env, None
         reg = registry if registry is not None else self.registry
-        typ = reg.get(env.type) or BUILTIN_TYPES.get(env.type)
-        if typ is None:
-            raise EnvelopeError("unknown-type", f"type {env.type[:64]!r} not in registry", env.sender, True)
         try:
-            return env, msgspec.msgpack.decode(plain, type=typ)
+            return env, decode_payload(reg if env.type in reg else BUILTIN_TYPES, env.type, plain)
+        except UnknownType as exc:
+            raise EnvelopeError("unknown-type", str(exc), env.sender, True) from None
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise EnvelopeError("bad-payload", str(exc)[:200], env.sender, True) from None
+            raise EnvelopeError("bad-payload", f"{env.type[:64]}: {exc}"[:200], env.sender, True) from None
 
     # ---- publish ----------------------------------------------------------------------------------------
 
@@ -1239,7 +1241,7 @@ class Bus:
                     await msg.in_progress()
 
     async def report(
-        self, offender: str, kind: str, detail: str, subject: str, stream: str, seq: int, raw: bytes
+        self, offender: str, kind: RejectionKind, detail: str, subject: str, stream: str, seq: int, raw: bytes
     ) -> None:
         """Publish a :class:`BusRejection` on ``node.violation.<offender>`` (best effort, never raises)."""
         try:

@@ -26,8 +26,10 @@ over it later is not taken (the key of a wallet never changes).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from schemas import kv as K
+from schemas.kinds import RejectionKind
 from schemas.messages import DkgStart
 from schemas.names import BUCKET_KEYS, kv_subject
 from tss import chilldkg
@@ -36,7 +38,7 @@ from wallet.threshold_account import dkg_chain_code
 from .bus import Bus
 from .signed_kv import NoVerifiedValue, SignedKV
 
-VIOLATION_KIND = "key-record-unproven"
+VIOLATION_KIND: Final[RejectionKind] = "key-record-unproven"
 
 
 def dkg_key_record(

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from schemas import envelope as E
+from schemas.kinds import RejectionKind
 from schemas.names import proto_recipient, sender_may_publish
 
 from .pki import identity_key_dir
@@ -26,10 +27,12 @@ from .secrets_dir import read_secret
 
 
 class EnvelopeError(Exception):
-    """A message that must be dropped. ``kind`` is one of ``schemas.envelope.REJECTION_KINDS``;
+    """A message that must be dropped. ``kind`` is one of ``schemas.kinds.RejectionKind``;
     ``sender`` is the *claimed* sender (or None), ``verified`` whether the signature checked out."""
 
-    def __init__(self, kind: str, detail: str, sender: str | None = None, verified: bool = False) -> None:
+    def __init__(
+        self, kind: RejectionKind, detail: str, sender: str | None = None, verified: bool = False
+    ) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail

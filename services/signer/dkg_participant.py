@@ -33,9 +33,10 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from schemas import kv as K
+from schemas.kinds import RejectionKind
 from schemas.messages import DkgMessage, DkgResult, DkgStart
 from schemas.names import BUCKET_KEYS, proto_subject
 from services.runtime.bus import Bus, Received
@@ -72,7 +73,7 @@ class DkgRefused(Exception):
     """This node will not take part in a session. ``kind``: the violation kind when the coordinator is to
     blame (it sent a start that contradicts what the node knows), else ""."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: RejectionKind | Literal[""], detail: str) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
