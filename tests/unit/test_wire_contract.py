@@ -267,7 +267,12 @@ def test_kv_values_and_the_policy_written_before_the_union_decode() -> None:
     for e in entries:
         raw = bytes.fromhex(e["value_hex"])
         value = msgspec.msgpack.decode(raw, type=types[e["type"]])
-        assert msgspec.msgpack.encode(value) == raw  # KV values keep their encoding: no tag there
+        again = msgspec.msgpack.encode(value)
+        if e["type"] == "RoundRecord":
+            # a round gained ``final`` (core.round: the outcome it was closed with), None on old rounds
+            assert msgspec.msgpack.decode(again) == {**msgspec.msgpack.decode(raw), "final": None}
+        else:
+            assert again == raw  # KV values keep their encoding: no tag there
     key = msgspec.msgpack.decode(bytes.fromhex(entries[6]["value_hex"]), type=K.KeyRecord)
     assert key.scheme == "frost"
     bad = msgspec.msgpack.encode({**msgspec.to_builtins(key), "scheme": "rsa"})
