@@ -6,8 +6,9 @@ Each REV (anything ``git rev-parse`` takes; ``WORKTREE`` for the uncommitted wor
 into its own temporary git worktree, with this checkout's ``loadtest/bench_e2e.py`` copied in (the same
 measurement for every version); then round after round, every version runs it once (each run starts and
 removes its own cluster from that version's code), so drift in the machine's speed hits all alike.
-Prints the median [min-max] per version of the request -> broadcast p50 and p99, spends/s and CPU per
-spend, as a markdown table. The worktrees are removed at the end.
+Prints the median [min-max] per version of the request -> broadcast p50 and p99, spends/s, CPU per
+spend and messages delivered per spend, as a markdown table. A run in which any spend was refused or
+did not reach broadcast fails the comparison. The worktrees are removed at the end.
 
 Example (session 5's comparison)::
 
@@ -32,6 +33,7 @@ MEASURES = {
     "broadcast p99 (ms)": r"request -> broadcast \(one at a time\) \| [\d.]+ ms \| ([\d.]+) ms",
     "spends/s": r"sustained throughput.*?\| ([\d.]+) spends/s",
     "CPU ms/spend": r"\| total \| ([\d.]+) \|",
+    "delivered/spend": r"delivered to clients during the throughput run: ([\d.]+) per spend",
 }
 
 
@@ -50,8 +52,9 @@ def run_bench(tree: Path, bench_args: list[str]) -> dict[str, float]:
         text=True,
         timeout=1800,
     )
-    if out.returncode != 0:
+    if out.returncode != 0:  # also when any spend was refused or did not reach broadcast
         raise SystemExit(f"bench_e2e failed in {tree}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+
     got: dict[str, float] = {}
     for name, pattern in MEASURES.items():
         m = re.search(pattern, out.stdout)

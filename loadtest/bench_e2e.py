@@ -183,6 +183,20 @@ async def throughput(client: aiohttp.ClientSession, total: int, workers: int) ->
     return len(broadcast) / (last - t0), refused, failed
 
 
+def nats_delivered(d: Path) -> int:
+    """Messages the cluster's nats-servers have delivered to clients so far (``out_msgs`` of ``/varz``,
+    summed over the servers): deliveries per spend are the figure no machine's speed changes."""
+    cluster = json.loads((d / "cluster.json").read_text())
+    urls = cluster.get("nats_monitor_urls") or [cluster["nats_monitor_url"]]
+    total = 0
+    with httpx.Client(timeout=10) as c:
+        for url in urls:
+            r = c.get(f"{url}/varz")
+            r.raise_for_status()
+            total += int(r.json()["out_msgs"])
+    return total
+
+
 def cluster_cpu(d: Path) -> dict[str, float]:
     """CPU seconds used so far by each component of the cluster in ``d`` (its processes: every one whose
     command line names the data directory: the services, NATS and PostgreSQL), from ``/proc``."""
@@ -229,13 +243,14 @@ async def bench(d: Path, spends: int, concurrent: int, workers: int) -> dict[str
         print(f"latency: {spends} spends one at a time ...", flush=True)
         lat = await latency(client, spends)
         print(f"throughput: {concurrent} spends from {workers} clients ...", flush=True)
-        cpu0, own0 = cluster_cpu(d), time.process_time()
+        cpu0, own0, msgs0 = cluster_cpu(d), time.process_time(), nats_delivered(d)
         rate, refused, failed = await throughput(client, concurrent, workers)
-        cpu1, own1 = cluster_cpu(d), time.process_time()
+        cpu1, own1, msgs1 = cluster_cpu(d), time.process_time(), nats_delivered(d)
     cpu = {k: (v - cpu0.get(k, 0.0)) * 1000 / concurrent for k, v in cpu1.items()}
     return {
         **lat, "rate": rate, "refused": refused, "failed": failed,
         "cpu": cpu, "client_cpu": (own1 - own0) * 1000 / concurrent,
+        "delivered": (msgs1 - msgs0) / concurrent,
     }  # fmt: skip
 
 
@@ -312,8 +327,13 @@ def main() -> None:
         f"The load generator (this script's {args.workers} clients, on the same cores): "
         f"{res['client_cpu']:.1f} ms CPU per spend."
     )
+    print(
+        f"Messages the nats-server(s) delivered to clients during the throughput run: "
+        f"{res['delivered']:.1f} per spend (KV watch updates, consumer deliveries and API replies)."
+    )
+    print(f"\nrefused at intake: {res['refused']}; did not reach broadcast: {res['failed']}")
     if res["refused"] or res["failed"]:
-        print(f"\n{res['refused']} refused at intake, {res['failed']} did not reach broadcast")
+        sys.exit(f"{res['refused']} spends refused at intake, {res['failed']} did not reach broadcast")
 
 
 if __name__ == "__main__":

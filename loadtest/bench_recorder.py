@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 from loadtest.machine import cpu_model  # noqa: E402
 from schemas import messages as m  # noqa: E402
 from schemas.names import all_identities, tx_subject, vote_subject  # noqa: E402
-from services.recorder import verify_chain  # noqa: E402
+from services.recorder import verify_anchored, verify_chain  # noqa: E402
+from services.recorder.anchor import ANCHOR_INTERVAL_S  # noqa: E402
 from services.runtime.bus import Bus  # noqa: E402
 from services.runtime.config import load_config  # noqa: E402
 from services.runtime.db import migrate  # noqa: E402
@@ -184,6 +185,12 @@ async def run(d: Path, spends: int, concurrency: int, timeout: float, batch: int
         )
         audited = await conn.fetchval("SELECT count(*) FROM audit_log WHERE entity_id = ANY($1)", ids)
         ok, bad = await verify_chain(conn)
+        await asyncio.sleep(ANCHOR_INTERVAL_S + 0.5)  # the anchor of the last commits
+        rows = int(await conn.fetchval("SELECT count(*) FROM audit_log"))
+        buses["admin"] = await Bus.connect(load_config("admin", d, nats_url=nats.url))  # reads AUDIT
+        report = await verify_anchored(conn, buses["admin"])
+        if not report.ok or report.anchored_to != report.head:
+            raise SystemExit(f"audit anchors: first bad {report.first_bad}, anchored to {report.anchored_to}")
         await conn.close()
         if confirmed != spends or audited != EVENTS_PER_SPEND * spends or not ok:
             raise SystemExit(f"wrong result: confirmed {confirmed}, audited {audited}, chain {ok} {bad}")
@@ -195,6 +202,8 @@ async def run(d: Path, spends: int, concurrency: int, timeout: float, batch: int
             "drain_s": drain_s,
             "events_per_s": events / drain_s,
             "spends_per_s": spends / drain_s,
+            "rows": rows,
+            "anchors": len(report.anchors),
         }
     finally:
         if proc is not None and proc.poll() is None:
@@ -233,7 +242,8 @@ def main() -> None:
         f"{r['drain_s']:.2f} | "
         f"{r['events_per_s']:.0f} | {r['spends_per_s']:.1f} |"
     )
-    print(f"\n(published in {r['publish_s']:.2f} s while the recorder was paused)")
+    print(f"\n(published in {r['publish_s']:.2f} s while the recorder was paused; the recorder signed "
+          f"{r['anchors']:.0f} anchors of its {r['rows']:.0f} audit rows onto AUDIT)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,2 +1,3 @@
 """The wire contract: bus messages (``messages``), envelopes (``envelope``), names and rights (``names``),
-REST bodies (``rest``) and the transaction lifecycle (``lifecycle``). Pure: imports only msgspec."""
+KV values (``kv``) and REST bodies (``rest``). Pure: imports only msgspec. (The spend lifecycle is
+``core.lifecycle``.)"""

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import msgspec
 
+from schemas.kinds import REJECTION_KINDS as REJECTION_KINDS  # the kinds, for readers of this module
+from schemas.kinds import RejectionKind
+from schemas.wire import BusMessage, WireStruct
+
 ENVELOPE_VERSION = 1
 SIG_DOMAIN = b"mpcw/envelope/v1\x00"
 AAD_DOMAIN = b"mpcw/p2p-aad/v1\x00"
@@ -22,10 +26,10 @@ HKDF_INFO = b"mpcw/p2p-key/v1"
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 
 
-class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Envelope(WireStruct, frozen=True, kw_only=True):
     v: int
     sender: str  # identity name (``node-3``, ``consensus``...), a key of identities.json
-    type: str  # registry name of the payload struct
+    type: str  # the payload's message type: its class name (``schemas.wire.tag_of``), its tag
     msg_id: str  # also the ``Nats-Msg-Id`` header (JetStream de-duplication)
     ts_ms: int
     subject: str  # the subject it was published on (a copy moved elsewhere does not verify there)
@@ -70,7 +74,7 @@ def decode(raw: bytes) -> Envelope:
     return msgspec.msgpack.decode(raw, type=Envelope)
 
 
-class BusRejection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class BusRejection(BusMessage, frozen=True, kw_only=True):
     """``node.violation.<offender>``: a receiver dropped a message on the bus and says why.
 
     ``offender`` is the envelope sender when the signature verified (so the sender really sent it), the
@@ -79,7 +83,7 @@ class BusRejection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     """
 
     offender: str
-    kind: str  # one of REJECTION_KINDS
+    kind: RejectionKind
     detail: str
     reporter: str
     subject: str
@@ -88,18 +92,4 @@ class BusRejection(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     evidence: bytes = b""
 
 
-REJECTION_KINDS: tuple[str, ...] = (
-    "malformed",  # bytes are not an envelope
-    "unknown-sender",  # sender not in identities.json
-    "bad-signature",  # signature does not verify (forged or tampered)
-    "subject-mismatch",  # envelope subject differs from the delivery subject
-    "sender-not-allowed",  # the sender may not publish on this subject
-    "bad-recipient",  # point-to-point fields inconsistent with the subject
-    "decrypt-failed",  # ciphertext does not open
-    "unknown-type",  # payload type not in the receiver's registry
-    "bad-payload",  # payload does not decode as its type
-    "poison",  # the handler failed on it too many times
-    "stale",  # a signed KV value not newer than the one in force for its key (a replay)
-    "wrong-stream",  # a KV watch delivery from another stream or outside the watched keys
-)
 EVIDENCE_MAX = 64 * 1024

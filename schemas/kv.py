@@ -1,6 +1,9 @@
 """Values stored in the JetStream key-value buckets (msgpack), and their key names.
 
-- ``keys``: ``hostpubkey.<node>`` -> :class:`HostPubkey`; ``<scheme>.<key_id>`` -> :class:`KeyRecord`
+- ``keys``: ``hostpubkey.<node>`` -> :class:`HostPubkey` (signed by that node);
+  ``<scheme>.<key_id>`` -> :class:`KeyRecord` (signed by consensus, the ChillDKG coordinator: believed only
+  with its proof); ``<scheme>.<key_id>.result.<node>`` -> :class:`KeyResultStatement` (signed by that node:
+  the result its own ChillDKG finalized)
 - ``presig``: ``frost.<key_id>.<node>.b.<batch>`` -> :class:`NonceBatch` (a node's nonce commitments, put
   by that node); ``frost.<key_id>.<node>.c.<batch>`` -> :class:`NonceClaim` (create-only: whoever creates
   it has the batch's nonces, and nobody ever gets one of them again)
@@ -12,8 +15,12 @@
 
 from __future__ import annotations
 
+import hashlib
+from enum import StrEnum
+
 import msgspec
 
+from schemas.kinds import Scheme
 from schemas.names import check_token
 
 DEFAULT_KEY_ID = "default"
@@ -29,7 +36,7 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The public result of a DKG: what anyone needs to derive addresses and check signatures."""
 
     key_id: str
-    scheme: str
+    scheme: Scheme
     threshold_pubkey: bytes  # 33-byte compressed
     pubshares: list[bytes]  # in participant order (= ``nodes`` order)
     chain_code: bytes
@@ -40,6 +47,46 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     hostpubkeys: list[bytes]
     recovery_data: bytes = b""  # ChillDKG recovery data: public, lets any node restore its share
     created_ms: int = 0
+
+    def statement(self) -> KeyResultStatement:
+        """What every node's own statement of this result must say, field for field."""
+        return KeyResultStatement(
+            key_id=self.key_id,
+            scheme=self.scheme,
+            threshold_pubkey=self.threshold_pubkey,
+            pubshares=list(self.pubshares),
+            chain_code=self.chain_code,
+            nodes=list(self.nodes),
+            n=self.n,
+            t=self.t,
+            session_id=self.session_id,
+            hostpubkeys=list(self.hostpubkeys),
+            recovery_hash=recovery_hash(self.recovery_data),
+        )
+
+
+class KeyResultStatement(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """KV ``keys`` ``<scheme>.<key_id>.result.<node>``, signed by ``<node>``: the public result of a DKG as
+    that node's own ChillDKG finalized it (after checking the threshold, the participants and their host
+    keys itself). A :class:`KeyRecord` is the wallet's key only when the statements of all ``n`` nodes
+    equal its :meth:`KeyRecord.statement` (``services.runtime.key_proof``): the coordinator that wrote the
+    record cannot choose or swap the key."""
+
+    key_id: str
+    scheme: Scheme
+    threshold_pubkey: bytes
+    pubshares: list[bytes]
+    chain_code: bytes
+    nodes: list[str]
+    n: int
+    t: int
+    session_id: str
+    hostpubkeys: list[bytes]
+    recovery_hash: bytes  # SHA-256 of the ChillDKG recovery data
+
+
+def recovery_hash(recovery_data: bytes) -> bytes:
+    return hashlib.sha256(recovery_data).digest()
 
 
 # KV ``presig`` keeps an entry 24 h (its TTL in nats/jetstream.json), then drops it without a trace in the
@@ -78,11 +125,26 @@ class NonceClaim(msgspec.Struct, frozen=True, kw_only=True):
 
 class DkgRequest(msgspec.Struct, frozen=True, kw_only=True):
     session_id: str
-    scheme: str
+    scheme: Scheme
     key_id: str
     nodes: list[str]
     threshold: int
     requested_ms: int = 0
+
+
+class RoundOutcome(StrEnum):
+    """``RoundRecord.outcome`` in KV ``rounds``: how the vote ended (the strings stored since v1)."""
+
+    OPEN = "open"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class FinalOutcome(StrEnum):
+    """``FinalRecord.outcome`` in KV ``rounds`` ``final.<tx_id>``: how the spend's signing ended."""
+
+    SIGNED = "signed"
+    FAILED = "failed"
 
 
 class RoundRecord(msgspec.Struct, kw_only=True):
@@ -94,7 +156,7 @@ class RoundRecord(msgspec.Struct, kw_only=True):
     votes: dict[str, bytes] = {}  # node -> raw signed vote envelope (first vote counts)
     approve: dict[str, bool] = {}
     reasons: dict[str, list[str]] = {}
-    outcome: str = "open"  # open | approved | rejected
+    outcome: RoundOutcome = RoundOutcome.OPEN  # how the vote ended
     amount: int = 0
     inputs: int = 0
     attempt: int = 0
@@ -103,6 +165,7 @@ class RoundRecord(msgspec.Struct, kw_only=True):
     done: bool = False  # signed, rejected or failed
     sighashes: dict[str, list[bytes]] = {}  # approving node -> the sighashes its vote approves
     approved_ms: int = 0  # when the round was approved (wall clock)
+    final: FinalOutcome | None = None  # how the spend ended (set with done; None in older records)
 
 
 class FinalRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -112,7 +175,7 @@ class FinalRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     before publishing ``tx.signed``; whoever finds it already there with the other outcome stands down.
     """
 
-    outcome: str  # signed | failed
+    outcome: FinalOutcome
     by: str  # identity that created it
     at_ms: int
     reason: str = ""  # why it failed (repeated in tx.failed if that has to be sent again)
@@ -130,6 +193,11 @@ class BanRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 def key_record_key(scheme: str, key_id: str) -> str:
     return f"{check_token(scheme)}.{check_token(key_id)}"
+
+
+def key_result_key(scheme: str, key_id: str, node: str) -> str:
+    """Where ``node`` states the result of the DKG of ``<scheme>.<key_id>`` (bucket ``keys``)."""
+    return f"{key_record_key(scheme, key_id)}.result.{check_token(node)}"
 
 
 def hostpubkey_key(node: str) -> str:

@@ -1,10 +1,12 @@
-"""Every message on the bus, one ``msgspec.Struct`` per kind, and the registry receivers decode with.
+"""Every message on the bus, one ``msgspec.Struct`` per kind, their tagged union, and the registry
+receivers decode with (derived from the union).
 
 Subjects (see ``schemas.names``): ``tx.<event>.<tx_id>`` carry the lifecycle events below,
 ``vote.<tx_id>.<node>`` a :class:`Vote`, ``proto.<protocol>.<session>.<round>.<from>[.<to>]`` the
 protocol messages, ``node.heartbeat.<node>`` a :class:`Heartbeat`. Each struct travels inside a signed
-envelope (``schemas.envelope``); its ``type`` field is the registry key below. Every struct is
-frozen, keyword-only and refuses unknown fields. Bytes fields are raw bytes
+envelope (``schemas.envelope``) whose ``type`` names it; every message derives from
+``schemas.wire.BusMessage`` (frozen, keyword-only, unknown fields refused, tagged with its class name under
+``type``: see ``schemas.wire``), and :data:`AnyMessage` is their union. Bytes fields are raw bytes
 (msgpack bin); amounts are integer satoshis. Version: bump ``SCHEMA_VERSION`` on any incompatible change.
 """
 
@@ -12,25 +14,32 @@ from __future__ import annotations
 
 import msgspec
 
-SCHEMA_VERSION = 1
+from schemas.envelope import BusRejection
+from schemas.kinds import Scheme, ViolationKind
+from schemas.wire import BusMessage, WireStruct, registry_of
+
+# 2: every payload carries its tag (``type``, the class name); version 1 payloads (no tag) still decode,
+# but a version 1 reader refuses a version 2 payload (an unknown field)
+SCHEMA_VERSION = 2
 
 
-class InputRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class InputRef(WireStruct, frozen=True, kw_only=True):
     """One input of an unsigned spend: the outpoint and what it spends (for the sighash)."""
 
     txid: str  # hex, display order
     vout: int
     amount: int  # satoshis of the prevout
     script_pubkey: bytes
-    derivation: list[int] = []  # non-hardened BIP-32 path from the threshold key (empty = root)
+    # non-hardened BIP-32 path from the threshold key (empty = root)
+    derivation: list[int] = msgspec.field(default_factory=list)
 
 
-class TxRequested(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class TxRequested(BusMessage, frozen=True, kw_only=True):
     """``tx.requested.<tx_id>``: a spend proposed by intake; every signer votes on it."""
 
     tx_id: str
     key_id: str
-    scheme: str  # "frost" (P2TR key path); "cggmp" (P2WPKH) later
+    scheme: Scheme
     network: str
     recipient: str
     amount: int
@@ -39,23 +48,24 @@ class TxRequested(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     unsigned_tx: bytes  # serialized transaction without witnesses
     inputs: list[InputRef]
     change_index: int | None = None  # output index of the change, None when there is none
-    change_derivation: list[int] = []
+    change_derivation: list[int] = msgspec.field(default_factory=list)
     requested_by: str = ""
     requested_at_ms: int = 0
 
 
-class Vote(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Vote(BusMessage, frozen=True, kw_only=True):
     """``vote.<tx_id>.<node>``: one node's verdict after checking the request itself."""
 
     tx_id: str
     node: str
     approve: bool
-    reasons: list[str] = []
-    sighashes: list[bytes] = []  # the node's own recomputation, one per input
+    reasons: list[str] = msgspec.field(default_factory=list)
+    # the node's own recomputation, one per input
+    sighashes: list[bytes] = msgspec.field(default_factory=list)
     policy_version: int = 0
 
 
-class TxVoting(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class TxVoting(BusMessage, frozen=True, kw_only=True):
     """``tx.voting.<tx_id>``: consensus opened the voting round."""
 
     tx_id: str
@@ -64,7 +74,7 @@ class TxVoting(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     total_nodes: int
 
 
-class TxApproved(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class TxApproved(BusMessage, frozen=True, kw_only=True):
     """``tx.approved.<tx_id>``: quorum reached; ``certificate`` holds the ``t`` signed vote envelopes."""
 
     tx_id: str
@@ -72,22 +82,23 @@ class TxApproved(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     certificate: list[bytes]  # raw signed envelopes of approving votes
 
 
-class TxRejected(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class TxRejected(BusMessage, frozen=True, kw_only=True):
     """``tx.rejected.<tx_id>``: approval became impossible (or the request was invalid)."""
 
     tx_id: str
     reasons: list[str]
-    certificate: list[bytes] = []  # raw signed envelopes of the rejecting votes
+    # raw signed envelopes of the rejecting votes
+    certificate: list[bytes] = msgspec.field(default_factory=list)
 
 
-class NonceRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class NonceRef(WireStruct, frozen=True, kw_only=True):
     """A pooled FROST nonce commitment claimed for one input of one signing attempt."""
 
     nonce_id: str
     pubnonce: bytes  # 66 bytes, BIP-445 encoding
 
 
-class TxSigning(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class TxSigning(BusMessage, frozen=True, kw_only=True):
     """``tx.signing.<tx_id>``: one signing attempt: the signer set and, per signer, a nonce per input."""
 
     tx_id: str
@@ -99,7 +110,7 @@ class TxSigning(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     certificate: list[bytes]  # the quorum certificate again, so a signer needs nothing else
 
 
-class PartialSignatures(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class PartialSignatures(BusMessage, frozen=True, kw_only=True):
     """``proto.frost.<session>.2.<node>``: a signer's partial signatures, one per input."""
 
     tx_id: str
@@ -109,7 +120,7 @@ class PartialSignatures(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     psigs: list[bytes]  # 32 bytes each
 
 
-class SigningRefused(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class SigningRefused(BusMessage, frozen=True, kw_only=True):
     """``proto.frost.<session>.refused.<node>``: why a signer will not sign this attempt."""
 
     tx_id: str
@@ -119,7 +130,7 @@ class SigningRefused(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     reason: str
 
 
-class TxSigned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class TxSigned(BusMessage, frozen=True, kw_only=True):
     """``tx.signed.<tx_id>``: the finished transaction, verified."""
 
     tx_id: str
@@ -128,45 +139,45 @@ class TxSigned(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     attempt: int
 
 
-class TxBroadcast(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class TxBroadcast(BusMessage, frozen=True, kw_only=True):
     tx_id: str
     txid: str
 
 
-class TxConfirmed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class TxConfirmed(BusMessage, frozen=True, kw_only=True):
     tx_id: str
     txid: str
     block_height: int
     confirmations: int
 
 
-class TxFailed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class TxFailed(BusMessage, frozen=True, kw_only=True):
     tx_id: str
     reason: str
 
 
-class Heartbeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Heartbeat(BusMessage, frozen=True, kw_only=True):
     """``node.heartbeat.<node>``."""
 
     node: str
     ts_ms: int
     version: str = ""
     ready: bool = True
-    detail: dict[str, int] = {}
+    detail: dict[str, int] = msgspec.field(default_factory=dict)
 
 
-class Violation(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Violation(BusMessage, frozen=True, kw_only=True):
     """``node.violation.<node>``: a node (or unknown sender) misbehaved; reported to the monitor."""
 
     offender: str
-    kind: str  # e.g. "bad-envelope", "invalid-partial-sig", "equivocation", "bad-vote"
+    kind: ViolationKind
     detail: str
     reporter: str
     subject: str = ""
     tx_id: str = ""
 
 
-class NonceBatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class NonceBatchRequest(BusMessage, frozen=True, kw_only=True):
     """``proto.noncegen.<batch>.1.presig.<node>``: presig asks a signer to precompute nonces."""
 
     batch_id: str
@@ -174,18 +185,18 @@ class NonceBatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     count: int
 
 
-class DkgStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class DkgStart(BusMessage, frozen=True, kw_only=True):
     """``proto.chilldkg.<session>.0.<coordinator>``: start ChillDKG among ``nodes``."""
 
     session_id: str
-    scheme: str
+    scheme: Scheme
     nodes: list[str]
     threshold: int
     hostpubkeys: list[bytes]
     key_id: str = "default"
 
 
-class DkgMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class DkgMessage(BusMessage, frozen=True, kw_only=True):
     """``proto.chilldkg.<session>.<round>.<from>[.<to>]``: one ChillDKG message, encoded as the draft does."""
 
     session_id: str
@@ -193,7 +204,7 @@ class DkgMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     data: bytes
 
 
-class DkgResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class DkgResult(BusMessage, frozen=True, kw_only=True):
     """``proto.chilldkg.<session>.9.<node>``: a participant finished: the public output it holds."""
 
     session_id: str
@@ -204,26 +215,39 @@ class DkgResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     reason: str = ""
 
 
-REGISTRY: dict[str, type[msgspec.Struct]] = {
-    cls.__name__: cls
-    for cls in (
-        TxRequested,
-        Vote,
-        TxVoting,
-        TxApproved,
-        TxRejected,
-        TxSigning,
-        PartialSignatures,
-        SigningRefused,
-        TxSigned,
-        TxBroadcast,
-        TxConfirmed,
-        TxFailed,
-        Heartbeat,
-        Violation,
-        NonceBatchRequest,
-        DkgStart,
-        DkgMessage,
-        DkgResult,
-    )
-}
+class AuditAnchor(BusMessage, frozen=True, kw_only=True):
+    """``audit.anchor.<recorder>.<chain>``: the audit log of database ``chain`` held row ``seq`` (its
+    ``audit_log.id``) with hash ``hash`` when the recorder committed it; that hash covers every row before
+    it (``services.recorder.anchor``)."""
+
+    chain: str
+    seq: int
+    hash: bytes  # SHA-256, 32 bytes
+
+
+AnyMessage = (
+    TxRequested
+    | Vote
+    | TxVoting
+    | TxApproved
+    | TxRejected
+    | TxSigning
+    | PartialSignatures
+    | SigningRefused
+    | TxSigned
+    | TxBroadcast
+    | TxConfirmed
+    | TxFailed
+    | Heartbeat
+    | Violation
+    | NonceBatchRequest
+    | DkgStart
+    | DkgMessage
+    | DkgResult
+    | AuditAnchor
+    | BusRejection
+)
+"""Every bus message: a msgspec tagged union (tag field ``type``, tag the class name)."""
+
+REGISTRY = registry_of(AnyMessage)
+"""``type`` name -> message class, for the envelope's ``type`` (``schemas.wire.decode_payload``)."""

@@ -12,6 +12,7 @@ Subjects (first token = stream):
 - ``vote.<tx_id>.<node>``
 - ``proto.<protocol>.<session>.<round>.<from>`` (broadcast), ``...<from>.<to>`` (point to point)
 - ``node.heartbeat.<identity>``, ``node.violation.<offender>`` (any identity may report)
+- ``audit.anchor.<recorder>.<chain>``: signed checkpoints of the audit chain of database ``<chain>``
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ SERVICE_IDENTITIES: Final[tuple[str, ...]] = (
 )
 UNKNOWN: Final = "unknown"  # offender token when the sender of a bad message cannot be established
 
-_NODE_RE = re.compile(r"^node-([1-9][0-9]*)$")
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+# \Z, not $: "$" also matches before a trailing newline ("node-3\n" is no identity)
+_NODE_RE = re.compile(r"^node-([1-9][0-9]*)\Z")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+\Z")
 
 
 def node_names(n: int) -> list[str]:
@@ -70,11 +72,13 @@ STREAM_TX: Final = "TX"
 STREAM_VOTE: Final = "VOTE"
 STREAM_PROTO: Final = "PROTO"
 STREAM_NODE: Final = "NODE"
+STREAM_AUDIT: Final = "AUDIT"  # the audit chain's signed anchors: no delete, no purge, no rollup
 STREAM_FOR_PREFIX: Final[dict[str, str]] = {
     "tx": STREAM_TX,
     "vote": STREAM_VOTE,
     "proto": STREAM_PROTO,
     "node": STREAM_NODE,
+    "audit": STREAM_AUDIT,
 }
 
 
@@ -102,6 +106,16 @@ def heartbeat_subject(identity: str) -> str:
 
 def violation_subject(offender: str) -> str:
     return f"node.violation.{check_token(offender)}"
+
+
+def audit_anchor_subject(recorder: str, chain: str) -> str:
+    """Where ``recorder`` anchors the audit chain of the database ``chain`` (``services.recorder.anchor``)."""
+    return f"audit.anchor.{check_token(recorder)}.{check_token(chain)}"
+
+
+def audit_anchor_filter(chain: str) -> str:
+    """Every recorder's anchors of the audit chain ``chain``."""
+    return f"audit.anchor.*.{check_token(chain)}"
 
 
 def proto_recipient(subject: str) -> str | None:
@@ -141,7 +155,11 @@ KV_WRITERS: Final[dict[str, tuple[tuple[str, str], ...]]] = {
         ("dkg.*", "admin"),  # a DKG request (``mpcw dkg start``)
     ),
     BUCKET_BANS: (("*", "monitor"),),  # ``<identity>`` -> BanRecord
-    BUCKET_KEYS: (("hostpubkey.{self}", "node"),),  # each node its own ChillDKG host key
+    BUCKET_KEYS: (
+        ("hostpubkey.{self}", "node"),  # each node its own ChillDKG host key
+        ("*.*.result.{self}", "node"),  # each node its statement of a DKG result it holds a share of
+        ("frost.*", "consensus"),  # the DKG result record, as coordinator (believed only with the statements)
+    ),
 }
 
 
@@ -172,7 +190,8 @@ _NODE: Final[tuple[str, ...]] = (
     *_OWN,
     "vote.*.{self}",
     "$KV.presig.frost.*.{self}.b.*",  # its own nonce commitments only (never a claim)
-    "$KV.keys.hostpubkey.{self}",  # its own ChillDKG host key only (the DKG result is consensus's)
+    "$KV.keys.hostpubkey.{self}",  # its own ChillDKG host key only
+    "$KV.keys.*.*.result.{self}",  # its own statement of a DKG result (``<scheme>.<key_id>.result.<node>``)
 )
 
 # identity (or "node" for every node-k) -> subjects it may publish (stream subjects and KV writes)
@@ -188,7 +207,7 @@ PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
         "tx.failed.>",
         "$KV.rounds.>",
         "$KV.presig.>",
-        "$KV.keys.frost.>",  # the public DKG result, as ChillDKG coordinator
+        "$KV.keys.frost.*",  # the DKG result record, as ChillDKG coordinator (never a node's statement)
     ),
     "monitor": (*_OWN, "node.violation.>", "$KV.bans.>"),
     "presig": (*_OWN, "$KV.presig.>"),
@@ -200,7 +219,7 @@ PUBLISH_RIGHTS: Final[dict[str, tuple[str, ...]]] = {
         "tx.failed.>",
         "$KV.rounds.final.>",  # the final-outcome arbiter (create-only ``final.<tx>``), never a round
     ),
-    "recorder": _OWN,
+    "recorder": (*_OWN, "audit.anchor.{self}.*"),
     "admin": (">",),
 }
 
@@ -215,6 +234,7 @@ CONSUMERS: Final[dict[str, dict[str, str]]] = {
         "signer-{self}-signing": "tx.signing.>",
         "signer-{self}-noncegen": "proto.noncegen.*.1.presig.{self}",
         "signer-{self}-dkg": "proto.chilldkg.*.*.consensus",
+        "signer-{self}-dkg-inv": "proto.chilldkg.*.6.consensus.{self}",  # its ChillDKG investigation data
     },
     "consensus": {
         "consensus-requested": "tx.requested.>",
@@ -240,6 +260,55 @@ CONSUMERS: Final[dict[str, dict[str, str]]] = {
         "monitor-violation": "node.violation.>",
     },
 }
+
+
+# identity (or "node" for every node-k) -> the KV buckets it reads: bucket -> "get" (single keys, by a
+# stream message get: no consumer) or "watch" (also watches and key listings, which need an ephemeral
+# consumer on the bucket's stream). The broker lets an identity make consumers only on the buckets it
+# watches, and pull from none of them. nats-server does not check the deliver subject of a new consumer
+# against its creator's rights: on a bucket it watches, an identity could have values pushed into an
+# inbox of another identity whose name it knows (names are not listable: no consumer list or foreign
+# info); they are stored values, and a reader acts only on a value signed by a writer ``KV_WRITERS``
+# allows for that key (``services.runtime.signed_kv``). Buckets it writes (``PUBLISH_RIGHTS``) it may get.
+KV_READERS: Final[dict[str, dict[str, str]]] = {
+    # the policy; its DKG statements to restate (a key listing); its own nonce batches to withdraw
+    "node": {BUCKET_CONFIG: "watch", BUCKET_KEYS: "watch", BUCKET_PRESIG: "watch"},
+    "intake": {BUCKET_NODES: "watch", BUCKET_KEYS: "get", BUCKET_CONFIG: "get"},
+    "consensus": {
+        BUCKET_ROUNDS: "watch",
+        BUCKET_BANS: "watch",
+        BUCKET_CONFIG: "watch",  # DKG requests
+        BUCKET_PRESIG: "watch",  # the nonce pool
+        BUCKET_KEYS: "get",
+    },
+    "presig": {BUCKET_PRESIG: "watch", BUCKET_KEYS: "get"},
+    "broadcaster": {BUCKET_KEYS: "get", BUCKET_ROUNDS: "get"},
+    "monitor": {},
+    "recorder": {},
+}
+
+
+# identity (or "node") -> the message streams it reads single messages back from, verified
+# (``services.runtime.lookup``); its consumers read the rest
+STREAM_READERS: Final[dict[str, tuple[str, ...]]] = {
+    "node": (STREAM_TX,),  # the request of a signing
+    "consensus": (STREAM_TX, STREAM_PROTO),
+    "broadcaster": (STREAM_TX, STREAM_PROTO),
+}
+
+
+def stream_reads_of(identity: str) -> tuple[str, ...]:
+    return STREAM_READERS.get("node" if is_node(identity) else identity, ())
+
+
+def kv_reads_of(identity: str) -> dict[str, str]:
+    """``KV_READERS`` of ``identity``: bucket -> "get" or "watch"."""
+    return dict(KV_READERS.get("node" if is_node(identity) else identity, {}))
+
+
+def kv_writes_of(identity: str) -> list[str]:
+    """The buckets ``identity`` may write some key of (from ``PUBLISH_RIGHTS``)."""
+    return [b for b in BUCKETS if any(p.startswith(f"$KV.{b}.") for p in publish_rights(identity))]
 
 
 def consumers_of(identity: str) -> dict[str, str]:

@@ -10,7 +10,12 @@ from typing import Annotated
 
 import msgspec
 
+from schemas.kinds import Scheme, TxState
+
 MAX_SATS = 21_000_000 * 100_000_000
+# free text that is stored and shown: no NUL (PostgreSQL text cannot hold it) and no other C0 control
+# character but tab; \Z, not $ ("$" also matches before a trailing newline)
+_TEXT = r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z"
 
 Sats = Annotated[int, msgspec.Meta(gt=0, le=MAX_SATS)]
 FeeRate = Annotated[float, msgspec.Meta(ge=1.0, le=10_000.0)]
@@ -22,9 +27,9 @@ class SpendRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     recipient: Annotated[str, msgspec.Meta(min_length=14, max_length=90)]
     amount_sats: Sats
     fee_rate: FeeRate | None = None  # sat/vB; default from the chain's estimate
-    scheme: Annotated[str, msgspec.Meta(pattern="^(frost)$")] = "frost"
-    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
-    memo: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    scheme: Scheme = "frost"
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_TEXT)] | None = None
+    memo: Annotated[str, msgspec.Meta(max_length=256, pattern=_TEXT)] = ""
 
 
 class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -40,7 +45,7 @@ class Policy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class TransitionView(msgspec.Struct, kw_only=True):
-    state: str
+    state: TxState
     at_ms: int
     detail: str = ""
 
@@ -55,7 +60,7 @@ class TransactionView(msgspec.Struct, kw_only=True):
     """``GET /api/v1/transactions/{id}``."""
 
     id: str
-    state: str
+    state: TxState
     recipient: str
     amount_sats: int
     fee_sats: int | None = None

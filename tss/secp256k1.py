@@ -6,6 +6,11 @@ infinity is ``None`` (libsecp256k1 cannot represent it), so every function here 
 ``secp256k1_ec_pubkey_combine``, multiplications through ``secp256k1_ec_pubkey_tweak_mul`` and
 ``secp256k1_ec_pubkey_create``.
 
+Timing: ``point_mul_base`` (``secp256k1_ec_pubkey_create``) and ``ecdh`` (``secp256k1_ecdh``) are
+constant time in the scalar. ``point_mul`` is NOT: libsecp256k1's ``tweak_mul`` runs the variable-time
+``secp256k1_ecmult``, so it is for public scalars only (verification, interpolation of public points);
+a secret scalar times another party's point goes through :func:`ecdh`.
+
 Encodings follow BIP-340 / BIP-327 / BIP-445: ``cbytes`` (33-byte compressed), ``cbytes_ext``
 (compressed, infinity as 33 zero bytes), ``xbytes`` (32-byte x-only), ``lift_x``.
 """
@@ -16,7 +21,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import TypeAlias
 
-from coincurve import PublicKey, PublicKeyXOnly
+from coincurve import PrivateKey, PublicKey, PublicKeyXOnly
 from coincurve._libsecp256k1 import ffi, lib
 from coincurve.context import GLOBAL_CONTEXT
 
@@ -82,7 +87,7 @@ def point_mul_base(k: int) -> Point:
 
 
 def point_mul(p: Point, k: int) -> Point:
-    """k*p; None when p is infinity or k = 0 mod N."""
+    """k*p; None when p is infinity or k = 0 mod N. Variable time: ``k`` must be public."""
     k %= N
     if p is None or k == 0:
         return None
@@ -90,6 +95,16 @@ def point_mul(p: Point, k: int) -> Point:
     if not lib.secp256k1_ec_pubkey_tweak_mul(_CTX, new_key, k.to_bytes(32, "big")):
         raise ValueError("point multiplication failed")  # unreachable for 0 < k < N
     return PublicKey(new_key)
+
+
+def ecdh(seckey: bytes, pubkey: bytes) -> bytes:
+    """libsecp256k1's ECDH, constant time in ``seckey``: SHA256 of the compressed point seckey*pubkey.
+
+    ``pubkey`` is a 33-byte compressed point; ``ValueError`` when it is not one or when ``seckey`` is
+    not a scalar in [1, N-1]."""
+    cpoint(pubkey)
+    scalar_from_bytes_nonzero_checked(seckey)
+    return PrivateKey(bytes(seckey)).ecdh(pubkey)
 
 
 def point_add(p: Point, q: Point) -> Point:

@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 The streams are the truth; memory is a fast path. Partial signatures are collected per signing session
 (only the newest attempt, ``tx.signing.<tx>``, counts). When a session is complete the broadcaster
-aggregates them optimistically (BIP-445 ``partial_sig_agg``) and checks each input's BIP-340 signature
-against its output key; only if that fails does it run ``partial_sig_verify`` per signer, blame the
-culprit (a violation; consensus retries without it) and stop. The witnesses are assembled and
+combines them through the spend's scheme (:meth:`core.scheme.SigningScheme.combine`; FROST aggregates
+optimistically and checks each input's signature against its output key, and only if that fails
+verifies each partial signature); a contribution blamed on a signer becomes a violation (consensus
+retries without it) and the session stops. The witnesses are assembled and
 ``verify_transaction`` checks the whole transaction before ``tx.signed`` is published; it is handed to the
 chain backend at once (a transaction the backend already knows counts as broadcast) and ``tx.broadcast``
 follows. Confirmations: a follower reads each new block's txids (not one status request per waiting
@@ -35,7 +36,9 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+from core.scheme import Attempt, InvalidPartialSignature, SchemeError, UnknownScheme, scheme_for
 from schemas import kv as K
+from schemas.kv import FinalOutcome
 from schemas.messages import (
     REGISTRY,
     PartialSignatures,
@@ -47,19 +50,16 @@ from schemas.messages import (
     TxSigning,
     Violation,
 )
-from schemas.names import BUCKET_KEYS, BUCKET_ROUNDS, proto_subject, tx_subject, violation_subject
+from schemas.names import BUCKET_ROUNDS, proto_subject, tx_subject, violation_subject
 from schemas.names import durable as consumer
 from services.runtime.bus import CasConflict, Received, RetryLater
 from services.runtime.esplora import BroadcastRejected, EsploraClient, EsploraError, TxNotFound
+from services.runtime.key_proof import ProvenKeys
 from services.runtime.lookup import last_message
 from services.runtime.service import ServiceContext, run_service
-from tss import frost
-from tss.secp256k1 import schnorr_verify
-from wallet.sighash import SighashCache, bip341_sighash
 from wallet.threshold_account import ThresholdAccount
 from wallet.transaction import Prevout, parse_transaction, serialize, txid, with_witnesses
 from wallet.verify import TransactionInvalid, verify_transaction
-from wallet.witness import p2tr_key_path_witness
 
 READ_BACK_AFTER_S = 0.5  # an incomplete session is completed from the stream after this
 # a spend waiting for its block is looked at again this often (no HTTP): only a safety net, the block
@@ -89,6 +89,7 @@ class Broadcaster:
             raise SystemExit("no chain backend configured (esplora_url / devchain_url in cluster.json)")
         self.chain = EsploraClient(url)
         self.accounts: dict[str, tuple[K.KeyRecord, ThresholdAccount]] = {}
+        self.keys: ProvenKeys | None = None  # the key records, proven (services.runtime.key_proof)
         # in-memory fast path; the streams stay the truth (see on_psig)
         self.signing: dict[str, TxSigning] = {}  # tx_id -> newest attempt seen
         self.psigs: dict[str, dict[str, list[bytes]]] = {}  # session -> node -> psigs
@@ -107,16 +108,16 @@ class Broadcaster:
         self.scanned_height = -1
         self.tip_height = 0
 
-    async def account(self, key_id: str) -> tuple[K.KeyRecord, ThresholdAccount]:
-        got = self.accounts.get(key_id)
+    async def account(self, scheme: str, key_id: str) -> tuple[K.KeyRecord, ThresholdAccount]:
+        got = self.accounts.get(f"{scheme}.{key_id}")
         if got is None:
-            kv = await self.bus.kv(BUCKET_KEYS)
-            entry = await kv.get(K.key_record_key("frost", key_id))
-            if entry is None:
+            if self.keys is None:
+                self.keys = await ProvenKeys.open(self.bus, self.cfg.nodes, self.cfg.t)
+            rec = await self.keys.get(scheme, key_id)  # KeyNotProven: never used unproven
+            if rec is None:
                 raise RuntimeError(f"no key record for {key_id!r}")
-            rec = entry.decode(K.KeyRecord)
             got = (rec, ThresholdAccount(rec.threshold_pubkey, rec.chain_code, self.cfg.network))
-            self.accounts[key_id] = got
+            self.accounts[f"{scheme}.{key_id}"] = got
         return got
 
     # ---- aggregation --------------------------------------------------------------------------------
@@ -143,14 +144,15 @@ class Broadcaster:
             self.requests[msg.tx_id] = asyncio.ensure_future(self._request_of(msg.tx_id))
             self._trim(self.requests)
         if len(got) < len(signing.signers):
+            protocol = rec.subject.split(".")[1]  # proto.<scheme>.<session>.2.<node>
             if rec.num_delivered > 1:
-                await self._read_back(msg.tx_id, msg.session_id)  # a redelivery: look now
+                await self._read_back(msg.tx_id, msg.session_id, protocol)  # a redelivery: look now
             elif msg.session_id not in self.read_backs:
                 # the others are normally on their way to this process; if some went to another
                 # broadcaster instance, or were acked before a restart, they are read back from the
                 # stream after a moment (not on every partial signature: that cost a lookup each)
                 self.read_backs[msg.session_id] = asyncio.ensure_future(
-                    self._read_back_later(msg.tx_id, msg.session_id)
+                    self._read_back_later(msg.tx_id, msg.session_id, protocol)
                 )
             return
         await self._complete(msg.tx_id, signing, got)
@@ -161,10 +163,10 @@ class Broadcaster:
             return None
         return m.payload
 
-    async def _read_back_later(self, tx_id: str, session_id: str) -> None:
+    async def _read_back_later(self, tx_id: str, session_id: str, protocol: str) -> None:
         try:
             await asyncio.sleep(READ_BACK_AFTER_S)
-            await self._read_back(tx_id, session_id)
+            await self._read_back(tx_id, session_id, protocol)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the next delivery or redelivery tries again
@@ -172,8 +174,9 @@ class Broadcaster:
         finally:
             self.read_backs.pop(session_id, None)
 
-    async def _read_back(self, tx_id: str, session_id: str) -> None:
-        """Complete a session from the stream: the partial signatures this process has not seen."""
+    async def _read_back(self, tx_id: str, session_id: str, protocol: str) -> None:
+        """Complete a session from the stream: the partial signatures this process has not seen (on
+        ``proto.<protocol>.<session>.2.<node>``, the subject family the first one came on)."""
         signing = self.signing.get(tx_id)
         got = self.psigs.get(session_id)
         if tx_id in self.signed or signing is None or signing.session_id != session_id or got is None:
@@ -181,7 +184,7 @@ class Broadcaster:
         for node in signing.signers:
             if node in got:
                 continue
-            m = await last_message(self.bus, proto_subject("frost", session_id, 2, node))
+            m = await last_message(self.bus, proto_subject(protocol, session_id, 2, node))
             if m is None or not isinstance(m.payload, PartialSignatures) or m.sender != node:
                 return  # not all there yet (or this signer refused: consensus retries)
             got[node] = list(m.payload.psigs)
@@ -220,52 +223,42 @@ class Broadcaster:
     async def _aggregate(self, req: TxRequested, signing: TxSigning, psigs: dict[str, list[bytes]]) -> bool:
         """True when the transaction is signed and published; False when a signer is blamed (consensus
         retries) or the spend failed."""
-        key, account = await self.account(req.key_id)
+        try:
+            scheme = scheme_for(req.scheme)
+        except UnknownScheme as exc:
+            await self._fail(req.tx_id, str(exc))
+            return False
+        key, account = await self.account(scheme.name, req.key_id)
         tx = parse_transaction(req.unsigned_tx)
         prevouts = [Prevout(i.amount, i.script_pubkey) for i in req.inputs]
-        cache = SighashCache(tx, prevouts)
-        ids = list(signing.signer_ids)
-        signers_ctx = frost.SignersContext(
-            key.n, key.t, ids, [key.pubshares[i] for i in ids], key.threshold_pubkey
-        )
-        witnesses: list[list[bytes]] = []
-        for i, ref in enumerate(req.inputs):
-            spend_key = account.key(tuple(ref.derivation))
-            msg = bip341_sighash(tx, prevouts, i, cache=cache)
-            pubnonces = [signing.nonces[s][i].pubnonce for s in signing.signers]
-            mine = [psigs[s][i] if i < len(psigs[s]) else b"" for s in signing.signers]
-            tweaks, is_xonly = list(spend_key.tweaks), list(spend_key.is_xonly)
-            sig = b""
-            try:  # optimistic: aggregate, check the result; look for the culprit only when it fails
-                session_ctx = frost.SessionContext(
-                    frost.nonce_agg(pubnonces), signers_ctx, tweaks, is_xonly, msg
-                )
-                sig = frost.partial_sig_agg(mine, session_ctx)
-            except (ValueError, frost.InvalidContributionError):
-                sig = b""
-            if not sig or not schnorr_verify(msg, spend_key.output_xonly, sig):
-                for j, node in enumerate(signing.signers):
-                    try:
-                        ok = frost.partial_sig_verify(
-                            mine[j], pubnonces, signers_ctx, tweaks, is_xonly, msg, j
-                        )
-                    except (ValueError, frost.InvalidContributionError):
-                        ok = False
-                    if not ok:
-                        await self._blame(
-                            node, req.tx_id, signing.session_id, f"input {i}: invalid partial signature"
-                        )
-                        return False
-                await self._fail(req.tx_id, f"input {i}: aggregate signature does not verify")
-                return False
-            witnesses.append(p2tr_key_path_witness(sig))
+        sighashes = scheme.sighashes(tx, prevouts)
+        inputs = [
+            scheme.spend_input(account, ref.derivation, sighash)
+            for ref, sighash in zip(req.inputs, sighashes, strict=True)
+        ]
+        try:
+            attempt = Attempt(
+                tuple(signing.signers),
+                tuple(signing.signer_ids),
+                {s: [ref.pubnonce for ref in signing.nonces[s]] for s in signing.signers},
+            )
+            sigs = scheme.combine(key, attempt, inputs, psigs)
+        except InvalidPartialSignature as exc:
+            await self._blame(
+                exc.signer, req.tx_id, signing.session_id, f"input {exc.input_index}: {exc.reason}"
+            )
+            return False
+        except SchemeError as exc:
+            await self._fail(req.tx_id, str(exc))
+            return False
+        witnesses = [scheme.witness(sig) for sig in sigs]
         signed = with_witnesses(tx, witnesses)
         try:
             verify_transaction(signed, prevouts)
         except TransactionInvalid as exc:
             await self._fail(req.tx_id, f"signed transaction does not verify: {exc}")
             return False
-        if not await self._claim_final(req.tx_id, "signed"):
+        if not await self._claim_final(req.tx_id, FinalOutcome.SIGNED):
             self.log.warning("consensus gave up on this spend first; not publishing it", tx_id=req.tx_id)
             return False
         raw = serialize(signed)
@@ -279,7 +272,7 @@ class Broadcaster:
         await self._broadcast(out, signed_stored)  # now, not a hop later; on_signed repeats it after a crash
         return True
 
-    async def _claim_final(self, tx_id: str, outcome: str) -> bool:
+    async def _claim_final(self, tx_id: str, outcome: FinalOutcome) -> bool:
         """Create the spend's final-outcome arbiter (KV ``rounds`` ``final.<tx>``) with ``outcome``; True
         when it now says ``outcome`` (created here, or earlier by this service), False when consensus
         decided otherwise first. Nothing is signed after ``failed`` and nothing failed after ``signed``."""
@@ -303,7 +296,7 @@ class Broadcaster:
     async def _fail(self, tx_id: str, reason: str, *, signed: bool = False) -> None:
         """Report the spend failed; before it was signed only if the arbiter agrees (``signed``: a signed
         transaction the chain refused for good, after the arbiter already said signed)."""
-        if not signed and not await self._claim_final(tx_id, "failed"):
+        if not signed and not await self._claim_final(tx_id, FinalOutcome.FAILED):
             return  # signed by another instance: the broadcast path finishes it
         self.log.error("spend failed", tx_id=tx_id, reason=reason)
         await self.bus.publish(

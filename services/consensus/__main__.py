@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Voting: ``tx.requested.<tx>`` opens a round (KV ``rounds``, create-only, so a replayed request opens
 nothing new) and announces ``tx.voting``; every ``vote.<tx>.<node>`` is added by compare-and-set on the
-round's revision (:mod:`services.consensus.tally`: first vote counts, equivocation is reported). Approvals
+round's revision (:mod:`core.tally`: first vote counts, equivocation is reported). Approvals
 count per sighash list: at ``t`` approvals of the same sighashes the round is approved, and only that
 group (the quorum) goes into the certificate and the signer sets; an approver of other sighashes is
 reported (``sighash-mismatch``). Once no group can reach ``t`` any more, ``tx.rejected`` carries the reasons.
@@ -35,10 +35,12 @@ started for a spend already signed.
 Bans (KV ``bans``, signed by the monitor), DKG requests and host keys are signed values
 (:mod:`services.runtime.signed_kv`): what does not verify is reported and ignored.
 
-DKG: a ``dkg.<session>`` request in KV ``config`` (signed by admin: ``mpcw dkg start``) makes this service the
-(untrusted) ChillDKG coordinator. It is stateless: on every participant message it reads the round's
-messages back from the stream and, once all ``n`` are there, computes and broadcasts its message; the
-public result goes to KV ``keys``.
+DKG: this service is also the (untrusted) ChillDKG coordinator, :mod:`services.consensus.dkg_coordinator`.
+
+Every change of a round is a step of the spend lifecycle (:mod:`core.lifecycle`), applied to the round
+record by the pure core (:mod:`core.round`, :mod:`core.tally`, :mod:`core.signer_set`); this service
+reads and writes KV and the bus around those steps. A step the lifecycle refuses
+(:class:`core.lifecycle.IllegalTransition`) changes nothing and is logged.
 """
 
 from __future__ import annotations
@@ -48,15 +50,18 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 
+from core import signer_set, tally
+from core.lifecycle import Event, IllegalTransition, TxEvent, TxState
+from core.round import close, round_state
 from schemas import kv as K
+from schemas.kinds import ViolationKind
+from schemas.kv import FinalOutcome, RoundOutcome
 from schemas.messages import (
     REGISTRY,
-    DkgMessage,
-    DkgStart,
     NonceRef,
     SigningRefused,
     TxApproved,
@@ -70,22 +75,17 @@ from schemas.messages import (
 )
 from schemas.names import (
     BUCKET_BANS,
-    BUCKET_CONFIG,
-    BUCKET_KEYS,
     BUCKET_ROUNDS,
     durable,
-    proto_subject,
     tx_subject,
     violation_subject,
 )
-from services.consensus import tally
+from services.consensus.dkg_coordinator import DkgCoordinator
 from services.runtime.bus import CasConflict, KvEntry, Received
 from services.runtime.lookup import last_message
 from services.runtime.nonce_pool import NoncePool
 from services.runtime.service import ServiceContext, run_service
 from services.runtime.signed_kv import Removed, Signed, SignedKV
-from tss import chilldkg
-from wallet.threshold_account import dkg_chain_code
 
 SIGNING_TIMEOUT_S = 10.0
 MAX_ATTEMPTS = 5
@@ -113,24 +113,6 @@ class Timer:
     attempt: int
     due_ms: int
     nonce_wait: bool = False  # True: retry the same attempt (waiting for nonces); False: signing timeout
-
-
-@dataclass(slots=True)
-class RoundEffects:
-    """What one run of a round change did, for the caller to act on after the write succeeded.
-
-    A change may run more than once (a compare-and-set conflict re-runs it on a fresh record), so it
-    resets this first: only the run whose write succeeded is reported.
-    """
-
-    equivocators: list[str] = field(default_factory=list)
-    mismatched: list[str] = field(default_factory=list)  # approvers outside the quorum, to report
-    approved: bool = False  # this write approved the round and started attempt 1
-
-    def reset(self) -> None:
-        self.equivocators.clear()
-        self.mismatched.clear()
-        self.approved = False
 
 
 class Consensus:
@@ -176,7 +158,8 @@ class Consensus:
             guess_absent = False
             if entry is None:
                 rnd = tally.new_round(tx_id, self.cfg.n, self.cfg.t, self.nodes)
-                change(rnd)
+                if not change(rnd):
+                    return rnd  # nothing to record: no round is created for it
                 try:
                     rev = await kv.create(tx_id, rnd)
                     self._cache(tx_id, rev, rnd)
@@ -205,23 +188,18 @@ class Consensus:
         req = rec.payload
         if not isinstance(req, TxRequested) or rec.sender != "intake":
             return
-        fx = RoundEffects()
+        fx = tally.RoundChange()
 
         def open_round(rnd: K.RoundRecord) -> bool:
-            fx.reset()
-            if rnd.opened:
-                return False
-            rnd.opened = True
-            rnd.amount = req.amount
-            rnd.inputs = len(req.inputs)
-            _approve_if_decided(rnd, fx)  # every vote may be in already
-            return True
+            nonlocal fx
+            fx = self._step(rnd, lambda: tally.open_round(rnd, req.amount, len(req.inputs), now_ms()))
+            return fx.changed
 
         # announce first, then mark opened: a crash in between re-announces (de-duplicated by msg id).
         # Not concurrently: once the round is marked opened, another instance may approve it and publish
         # tx.approved, which must not overtake tx.voting on the stream.
         await self.bus.publish(
-            tx_subject("voting", req.tx_id),
+            tx_subject(TxEvent.VOTING, req.tx_id),
             TxVoting(tx_id=req.tx_id, round_id=req.tx_id, threshold=self.cfg.t, total_nodes=self.cfg.n),
             f"voting.{req.tx_id}",
         )
@@ -242,18 +220,37 @@ class Consensus:
                 continue
             by_tx.setdefault(tx_id, []).append((rec, vote))
         for tx_id, votes in by_tx.items():
-            fx = RoundEffects()
-            rnd = await self._update(tx_id, _vote_adder(votes, fx))
+            cast = [
+                tally.CastVote(v.node, v.approve, v.reasons, rec.envelope_raw, v.sighashes)
+                for rec, v in votes
+            ]
+            fx = tally.RoundChange()
+
+            def add(rnd: K.RoundRecord, cast: list[tally.CastVote] = cast) -> bool:
+                nonlocal fx
+                fx = self._step(rnd, lambda: tally.add_votes(rnd, cast, now_ms()))
+                return fx.changed
+
+            rnd = await self._update(tx_id, add)
             await self._after_change(rnd, fx)
 
-    async def _after_change(self, rnd: K.RoundRecord, fx: RoundEffects) -> None:
+    def _step(self, rnd: K.RoundRecord, change: Callable[[], tally.RoundChange]) -> tally.RoundChange:
+        """Run a round change of the core; a step the lifecycle refuses changes nothing and is logged."""
+        try:
+            return change()
+        except IllegalTransition as exc:
+            self._refused(rnd, exc)
+            return tally.RoundChange()
+
+    def _refused(self, rnd: K.RoundRecord, exc: IllegalTransition) -> None:
+        state = exc.state.value if exc.state is not None else None
+        self.log.warning("lifecycle refused a step", tx_id=rnd.tx_id, state=state, event=exc.event.value)
+
+    async def _after_change(self, rnd: K.RoundRecord, fx: tally.RoundChange) -> None:
         """Act on a round write: report what it found and, if it approved the round, run attempt 1."""
         reports = [
-            self._violation(node, "equivocation", "voted both ways", rnd.tx_id) for node in fx.equivocators
-        ]
-        reports += [
-            self._violation(node, "sighash-mismatch", "approved other sighashes than the quorum", rnd.tx_id)
-            for node in fx.mismatched
+            self._violation(node, kind.value, tally.VIOLATION_DETAIL[kind], rnd.tx_id)
+            for node, kind in fx.reports
         ]
         if fx.approved:
             self._watch(rnd)  # before anything can fail: the timeout re-drives this attempt
@@ -263,76 +260,83 @@ class Consensus:
         await self._decide(rnd)
 
     async def _decide(self, rnd: K.RoundRecord) -> None:
-        if rnd.done:
+        state = round_state(rnd)
+        if state is TxState.APPROVED:  # approved by a version that started attempts separately
+            await self._next_attempt(rnd.tx_id, from_attempt=0)
             return
-        if rnd.outcome == "approved":
-            if rnd.attempt == 0:  # approved by a version that started attempts separately
-                await self._next_attempt(rnd.tx_id, from_attempt=0)
-            else:
-                self._watch(rnd)  # e.g. a redelivered vote after a crash: make sure somebody watches it
+        if state is TxState.SIGNING:
+            self._watch(rnd)  # e.g. a redelivered vote after a crash: make sure somebody watches it
             return
-        if not rnd.opened or rnd.outcome != "open":
+        if state is not TxState.VOTING:
             return
         out = tally.outcome(rnd)
-        if out is tally.Outcome.APPROVED:
+        if out is RoundOutcome.APPROVED:
             # only a round written before approvals started attempt 1 in the same write gets here
-            fx = RoundEffects()
+            fx = tally.RoundChange()
 
             def approve(r: K.RoundRecord) -> bool:
-                fx.reset()
-                return _approve_if_decided(r, fx)
+                nonlocal fx
+                fx = self._step(r, lambda: tally.approve_if_decided(r, now_ms()))
+                return fx.changed
 
             rnd = await self._update(rnd.tx_id, approve)
             if fx.approved:
                 await self._after_change(rnd, fx)
             else:
                 self._watch(rnd)
-        elif out is tally.Outcome.REJECTED:
+        elif out is RoundOutcome.REJECTED:
+            # announce first, then end the round: a crash in between announces again (same msg id)
             reasons = tally.rejection_reasons(rnd)
             cert = [rnd.votes[n] for n in rnd.nodes if rnd.approve.get(n) is False]
             await self.bus.publish(
-                tx_subject("rejected", rnd.tx_id),
+                tx_subject(TxEvent.REJECTED, rnd.tx_id),
                 TxRejected(tx_id=rnd.tx_id, reasons=reasons, certificate=cert),
                 f"rejected.{rnd.tx_id}",
             )
-            await self._update(rnd.tx_id, lambda r: _set(r, outcome="rejected", done=True))
+            await self._update(rnd.tx_id, lambda r: tally.reject_if_decided(r, now_ms()))
 
     # ---- signing attempts ---------------------------------------------------------------------------
     async def _next_attempt(
-        self, tx_id: str, failed: str | None = None, from_attempt: int | None = None, *, expired: bool = False
+        self,
+        tx_id: str,
+        cause: Event | None = None,
+        *,
+        failed: str | None = None,
+        from_attempt: int | None = None,
     ) -> None:
-        """Start the next attempt by compare-and-set: only from ``from_attempt`` (if given) and, when
-        ``expired``, only if that attempt's ``attempt_started_ms`` in KV is older than the timeout."""
+        """Start the next attempt by compare-and-set (:func:`core.signer_set.next_attempt`): only from
+        ``from_attempt`` (if given) and, for a timeout, only if that attempt's ``attempt_started_ms`` in
+        KV is older than the timeout. ``cause``: why the attempt before failed (``failed``: whom it
+        blames)."""
         if await self._settled(tx_id):
             return
-        started: list[int] = []
+        started: int | None = None
+        expired = cause is Event.ATTEMPT_TIMED_OUT
 
         def bump(rnd: K.RoundRecord) -> bool:
-            started.clear()
-            now = now_ms()
-            if rnd.done or rnd.outcome != "approved":
-                return False
-            if from_attempt is not None and rnd.attempt != from_attempt:
-                return False  # somebody already moved on
-            if expired and now - rnd.attempt_started_ms < _ms(SIGNING_TIMEOUT_S):
-                return False  # the attempt was (re)started since: not expired after all
-            if failed and failed not in rnd.failed_signers:
-                rnd.failed_signers.append(failed)
-            rnd.attempt += 1
-            rnd.attempt_started_ms = now
-            if not rnd.approved_ms:
-                rnd.approved_ms = now
-            started.append(rnd.attempt)
-            return True
+            nonlocal started
+            started = None
+            try:
+                started = signer_set.next_attempt(
+                    rnd,
+                    now_ms(),
+                    _ms(SIGNING_TIMEOUT_S),
+                    cause=cause,
+                    failed=failed,
+                    from_attempt=from_attempt,
+                )
+            except IllegalTransition as exc:
+                self._refused(rnd, exc)
+            return started is not None
 
         rnd = await self._update(tx_id, bump, fresh=expired)
-        if not started:
+        if started is None:
             self._watch(rnd)
             return
-        attempt = started[0]
+        attempt = started
         if expired:
             self.log.warning("signing attempt timed out", tx_id=tx_id, attempt=attempt - 1)
-        if attempt > MAX_ATTEMPTS:
+        if signer_set.exhausted(attempt, MAX_ATTEMPTS):
             await self._fail(tx_id, f"no signer set completed after {MAX_ATTEMPTS} attempts")
             return
         self._watch(rnd)
@@ -341,15 +345,12 @@ class Consensus:
     async def _retry_attempt(self, tx_id: str, attempt: int) -> None:
         """Try attempt ``attempt`` (waiting for nonces) again: restart its clock in KV (which also tells
         other instances it is alive), unless the round moved on."""
-        refreshed: list[bool] = []
+        refreshed = False
 
         def refresh(rnd: K.RoundRecord) -> bool:
-            refreshed.clear()
-            if rnd.done or rnd.outcome != "approved" or rnd.attempt != attempt:
-                return False
-            rnd.attempt_started_ms = now_ms()
-            refreshed.append(True)
-            return True
+            nonlocal refreshed
+            refreshed = signer_set.wait_for_nonces(rnd, attempt, now_ms())
+            return refreshed
 
         rnd = await self._update(tx_id, refresh)
         if not refreshed:
@@ -367,13 +368,12 @@ class Consensus:
         await self.pool.loaded.wait()
         # nodes without a nonce per input right now are passed over (claiming some would burn them)
         short = {n for n in quorum if self.pool.level(n) < rnd.inputs}
-        signers = tally.choose_signers(quorum, rnd.t, set(rnd.failed_signers) | banned | short, attempt)
-        if signers is None:
-            # everybody failed once: try again with every approver that is not banned
-            signers = tally.choose_signers(quorum, rnd.t, banned | short, attempt)
-        if signers is None:
+        signers = signer_set.signer_set(
+            quorum, rnd.t, attempt, failed=rnd.failed_signers, banned=banned, short=short
+        )
+        if isinstance(signers, signer_set.NoSignerSet):
             await self._announce_approved(rnd, fresh_approval)
-            if tally.choose_signers(quorum, rnd.t, banned, attempt) is None:
+            if signers is signer_set.NoSignerSet.TOO_FEW:
                 await self._fail(tx_id, "fewer than t approving signers available")
                 return
             await self._wait_for_nonces(rnd, attempt, short=sorted(short))
@@ -387,12 +387,8 @@ class Consensus:
         if empty:
             self.log.warning("nonce pool empty", nodes=empty, tx_id=tx_id, attempt=attempt)
 
-            def add_failed(r: K.RoundRecord) -> bool:
-                new = [n for n in empty if n not in r.failed_signers]
-                r.failed_signers.extend(new)
-                return bool(new)
-
-            await self._update(tx_id, add_failed)  # passed over next time (unless nobody else is left)
+            # passed over next time (unless nobody else is left)
+            await self._update(tx_id, lambda r: signer_set.mark_failed(r, empty))
             await self._wait_for_nonces(rnd, attempt, short=empty)
             return
         nonces = {node: got for node, got in zip(signers, claims, strict=True) if got is not None}
@@ -400,7 +396,7 @@ class Consensus:
             return  # signed (or given up) while this retry claimed its nonces: they are burned, no more
         session_id = f"{tx_id}-a{attempt}"
         await self.bus.publish(
-            tx_subject("signing", tx_id),
+            tx_subject(TxEvent.SIGNING, tx_id),
             TxSigning(
                 tx_id=tx_id,
                 attempt=attempt,
@@ -408,7 +404,7 @@ class Consensus:
                 signers=signers,
                 signer_ids=[self.nodes.index(s) for s in signers],
                 nonces=nonces,
-                certificate=tally.certificate(rnd),
+                certificate=tally.signing_certificate(rnd, signers),
             ),
             f"signing.{tx_id}.{attempt}",
         )
@@ -417,7 +413,7 @@ class Consensus:
             self.active[tx_id] = Timer(attempt, rnd.attempt_started_ms + _ms(SIGNING_TIMEOUT_S))
 
     async def _announce_approved(self, rnd: K.RoundRecord, fresh: bool) -> None:
-        subject = tx_subject("approved", rnd.tx_id)
+        subject = tx_subject(TxEvent.APPROVED, rnd.tx_id)
         if not fresh and await last_message(self.bus, subject) is not None:
             return
         await self.bus.publish(
@@ -429,8 +425,9 @@ class Consensus:
     async def _wait_for_nonces(self, rnd: K.RoundRecord, attempt: int, *, short: list[str]) -> None:
         """No signer set has a nonce per input: retry this same attempt shortly (it is not used up),
         until ``NONCE_WAIT_MAX_S`` after approval."""
-        waited = now_ms() - (rnd.approved_ms or rnd.attempt_started_ms)
-        if waited >= _ms(NONCE_WAIT_MAX_S):
+        now = now_ms()
+        waited = now - (rnd.approved_ms or rnd.attempt_started_ms)
+        if signer_set.nonce_wait_over(rnd, now, _ms(NONCE_WAIT_MAX_S)):
             await self._fail(
                 rnd.tx_id,
                 f"no signer set had a nonce per input within {NONCE_WAIT_MAX_S:.0f} s of approval "
@@ -452,7 +449,7 @@ class Consensus:
         """Keep checking an approved, unfinished round: its current attempt times out at
         ``attempt_started_ms + SIGNING_TIMEOUT_S`` (KV, wall clock). A pending nonce-wait retry of the
         same attempt stays as it is."""
-        if rnd.done or rnd.outcome != "approved":
+        if round_state(rnd) not in (TxState.APPROVED, TxState.SIGNING):
             self.active.pop(rnd.tx_id, None)
             return
         current = self.active.get(rnd.tx_id)
@@ -469,28 +466,42 @@ class Consensus:
         by the next retry or timeout of the round (:meth:`_settled`), which finds the claim."""
         self.active.pop(tx_id, None)
         kv = await self.bus.kv(BUCKET_ROUNDS)
-        record = K.FinalRecord(outcome="failed", by=self.cfg.identity, at_ms=now_ms(), reason=reason)
+        record = K.FinalRecord(
+            outcome=FinalOutcome.FAILED, by=self.cfg.identity, at_ms=now_ms(), reason=reason
+        )
         try:
             await kv.create(K.final_key(tx_id), record)
         except CasConflict:
             entry = await kv.get(K.final_key(tx_id))
             if entry is not None:
                 record = entry.decode(K.FinalRecord)
-            if record.outcome == "signed":
+            if record.outcome == FinalOutcome.SIGNED:
                 self.log.info("signed before it could fail; the broadcaster finishes it", tx_id=tx_id)
         await self._finish(tx_id, record)
 
     async def _finish(self, tx_id: str, final: K.FinalRecord) -> None:
         """Act on the final outcome: ``failed`` is announced (again: de-duplicated by message id); either
         way the round is closed, so late refusals and timeouts do nothing."""
-        if final.outcome == "failed":
+        if final.outcome == FinalOutcome.FAILED:
             await self.bus.publish(
-                tx_subject("failed", tx_id),
+                tx_subject(TxEvent.FAILED, tx_id),
                 TxFailed(tx_id=tx_id, reason=final.reason or "gave up"),
                 f"failed.{tx_id}",
             )
         self.active.pop(tx_id, None)
-        await self._update(tx_id, lambda r: not r.done and _set(r, done=True))
+        await self._close(tx_id, FinalOutcome(final.outcome))
+
+    async def _close(self, tx_id: str, final: FinalOutcome) -> None:
+        """End the round with the spend's final outcome (nothing to write if it ended already)."""
+
+        def end(rnd: K.RoundRecord) -> bool:
+            try:
+                return close(rnd, final, now_ms())
+            except IllegalTransition as exc:
+                self._refused(rnd, exc)
+                return False
+
+        await self._update(tx_id, end)
 
     async def _settled(self, tx_id: str) -> bool:
         """Whether the spend's final outcome is already claimed (then it is acted on, and no attempt is
@@ -503,9 +514,9 @@ class Consensus:
 
     async def on_tx_event(self, rec: Received) -> None:
         event, tx_id = rec.subject.split(".")[1:3]
-        if event in ("signed", "failed"):
+        if event in (TxEvent.SIGNED, TxEvent.FAILED):
             self.active.pop(tx_id, None)
-            await self._update(tx_id, lambda r: not r.done and _set(r, done=True))
+            await self._close(tx_id, FinalOutcome(event))
 
     async def on_refused(self, rec: Received) -> None:
         msg = rec.payload
@@ -520,7 +531,7 @@ class Consensus:
         ):
             return  # not a signer of the current attempt: a refusal from it changes nothing
         self.log.warning("signer refused", tx_id=msg.tx_id, node=msg.node, reason=msg.reason)
-        await self._next_attempt(msg.tx_id, failed=msg.node, from_attempt=msg.attempt)
+        await self._next_attempt(msg.tx_id, Event.ATTEMPT_REFUSED, failed=msg.node, from_attempt=msg.attempt)
 
     async def on_violation(self, rec: Received) -> None:
         """The broadcaster blamed a signer for an invalid partial signature: retry without it now."""
@@ -535,7 +546,9 @@ class Consensus:
             or v.offender not in current.payload.signers
         ):
             return
-        await self._next_attempt(v.tx_id, failed=v.offender, from_attempt=current.payload.attempt)
+        await self._next_attempt(
+            v.tx_id, Event.ATTEMPT_BLAMED, failed=v.offender, from_attempt=current.payload.attempt
+        )
 
     async def watch_bans(self) -> None:
         """Bans signed by the monitor (``bans.<node>``); anything else there is reported and ignored."""
@@ -546,7 +559,9 @@ class Consensus:
             elif isinstance(item, Signed):
                 ban = item.value
                 if ban.node != item.key:
-                    self.log.warning("ban record names another node; ignored", key=item.key, node=ban.node)
+                    self.log.warning(
+                        "ban record names another node; ignored", kv_entry=item.key, node=ban.node
+                    )
                     continue
                 self.bans[ban.node] = ban.until_ms
                 self.log.warning("node banned: not chosen as a signer", node=ban.node, until_ms=ban.until_ms)
@@ -568,7 +583,7 @@ class Consensus:
                 if timer.nonce_wait:
                     await self._retry_attempt(tx_id, timer.attempt)
                 else:
-                    await self._next_attempt(tx_id, from_attempt=timer.attempt, expired=True)
+                    await self._next_attempt(tx_id, Event.ATTEMPT_TIMED_OUT, from_attempt=timer.attempt)
             except Exception as exc:
                 self.log.error("retry failed", tx_id=tx_id, attempt=timer.attempt, error=repr(exc)[:200])
                 self.active.setdefault(
@@ -598,194 +613,29 @@ class Consensus:
         try:
             rnd = entry.decode(K.RoundRecord)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            self.log.warning("not a round record; skipped", key=entry.key)
+            self.log.warning("not a round record; skipped", kv_entry=entry.key)
             return
-        if rnd.outcome == "approved" and not rnd.done:
+        state = round_state(rnd)
+        if state in (TxState.APPROVED, TxState.SIGNING):
             self._cache(entry.key, entry.revision, rnd)
             self._watch(rnd)
-        elif (
-            not rnd.done
-            and rnd.opened
-            and rnd.outcome == "open"
-            and tally.outcome(rnd) is not tally.Outcome.OPEN
-        ):
+        elif state is TxState.VOTING and tally.outcome(rnd) is not RoundOutcome.OPEN:
             undecided.append(rnd)
 
-    async def _violation(self, offender: str, kind: str, detail: str, tx_id: str = "") -> None:
+    async def _violation(self, offender: str, kind: ViolationKind, detail: str, tx_id: str = "") -> None:
         v = Violation(offender=offender, kind=kind, detail=detail, reporter=self.cfg.identity, tx_id=tx_id)
         await self.bus.publish(violation_subject(offender), v, f"viol.{kind}.{offender}.{tx_id}")
-
-    # ---- DKG coordinator ----------------------------------------------------------------------------
-    async def watch_dkg_requests(self) -> None:
-        """DKG requests signed by admin (``dkg.<session>`` in KV ``config``)."""
-        config = await SignedKV.open(self.bus, BUCKET_CONFIG)
-        async for item in config.watch("dkg.>", K.DkgRequest):
-            if not isinstance(item, Signed):
-                continue
-            try:
-                if item.key != f"dkg.{item.value.session_id}":
-                    raise ValueError(f"request for session {item.value.session_id!r} stored elsewhere")
-                await self._dkg_start(item.value)
-            except Exception as exc:
-                self.log.error("dkg request failed", key=item.key, error=repr(exc)[:300])
-
-    async def _dkg_start(self, req: K.DkgRequest) -> None:
-        keys = await self.bus.kv(BUCKET_KEYS)
-        if await keys.get(K.key_record_key(req.scheme, req.key_id)) is not None:
-            self.log.info("key exists; dkg request ignored", key_id=req.key_id)
-            return
-        host_keys = await SignedKV.open(self.bus, BUCKET_KEYS)
-        hostpubkeys = []
-        for node in req.nodes:
-            signed = await host_keys.get(K.hostpubkey_key(node), K.HostPubkey)  # signed by that node
-            if signed is None:
-                raise RuntimeError(f"{node} has not published its host public key yet")
-            hostpubkeys.append(signed.value.hostpubkey)
-        start = DkgStart(
-            session_id=req.session_id,
-            scheme=req.scheme,
-            nodes=list(req.nodes),
-            threshold=req.threshold,
-            hostpubkeys=hostpubkeys,
-            key_id=req.key_id,
-        )
-        await self.bus.publish(
-            proto_subject("chilldkg", req.session_id, 0, "consensus"), start, f"dkg.{req.session_id}.0"
-        )
-
-    async def on_dkg(self, rec: Received) -> None:
-        msg = rec.payload
-        if not isinstance(msg, DkgMessage) or msg.round not in (1, 3):
-            return
-        start_msg = await last_message(self.bus, proto_subject("chilldkg", msg.session_id, 0, "consensus"))
-        if start_msg is None or not isinstance(start_msg.payload, DkgStart):
-            return
-        start: DkgStart = start_msg.payload
-        round1 = await self._gather(start, 1)
-        if round1 is None:
-            return
-        params = chilldkg.SessionParams(list(start.hostpubkeys), start.threshold)
-        try:
-            state, cmsg1 = chilldkg.coordinator_step1(round1, params)
-        except chilldkg.FaultyParticipantError as exc:
-            culprit = (
-                start.nodes[exc.participant_id] if 0 <= exc.participant_id < len(start.nodes) else "unknown"
-            )
-            await self._violation(culprit, "dkg-invalid-message", str(exc)[:200])
-            return
-        if msg.round == 1:
-            await self._dkg_send(start, 2, cmsg1)
-            return
-        round3 = await self._gather(start, 3)
-        if round3 is None:
-            return
-        try:
-            cmsg2, output, recovery = chilldkg.coordinator_finalize(state, round3)
-        except chilldkg.FaultyParticipantError as exc:
-            culprit = (
-                start.nodes[exc.participant_id] if 0 <= exc.participant_id < len(start.nodes) else "unknown"
-            )
-            await self._violation(culprit, "dkg-invalid-signature", str(exc)[:200])
-            return
-        record = K.KeyRecord(
-            key_id=start.key_id,
-            scheme=start.scheme,
-            threshold_pubkey=output.thresh_pk,
-            pubshares=list(output.pubshares),
-            chain_code=dkg_chain_code(chilldkg.params_hash(params), output.thresh_pk),
-            nodes=list(start.nodes),
-            n=len(start.nodes),
-            t=start.threshold,
-            session_id=start.session_id,
-            hostpubkeys=list(start.hostpubkeys),
-            recovery_data=bytes(recovery),
-            created_ms=now_ms(),
-        )
-        keys = await self.bus.kv(BUCKET_KEYS)
-        try:
-            await keys.create(K.key_record_key(start.scheme, start.key_id), record)
-        except CasConflict:
-            stored = await keys.get(K.key_record_key(start.scheme, start.key_id))
-            if stored is None or stored.decode(K.KeyRecord).session_id != start.session_id:
-                # another session produced this key first: finishing this one would leave the nodes
-                # holding shares of a key nobody can see
-                self.log.error(
-                    "dkg session lost the race for the key; not finished", session=start.session_id
-                )
-                return
-        await self._dkg_send(start, 4, cmsg2)
-
-    async def _gather(self, start: DkgStart, round_: int) -> list[bytes] | None:
-        out = []
-        for node in start.nodes:
-            m = await last_message(self.bus, proto_subject("chilldkg", start.session_id, round_, node))
-            if m is None or not isinstance(m.payload, DkgMessage) or m.sender != node:
-                return None
-            out.append(m.payload.data)
-        return out
-
-    async def _dkg_send(self, start: DkgStart, round_: int, data: bytes) -> None:
-        await self.bus.publish(
-            proto_subject("chilldkg", start.session_id, round_, "consensus"),
-            DkgMessage(session_id=start.session_id, round=round_, data=data),
-            f"dkg.{start.session_id}.{round_}",
-        )
-
-
-def _approve_if_decided(rnd: K.RoundRecord, fx: RoundEffects) -> bool:
-    """If ``rnd`` (opened, still open) now has a quorum: mark it approved and start attempt 1, in the same
-    write. The approvers of other sighashes go to ``fx.mismatched``."""
-    if not rnd.opened or rnd.outcome != "open" or tally.outcome(rnd) is not tally.Outcome.APPROVED:
-        return False
-    now = now_ms()
-    rnd.outcome = "approved"
-    rnd.approved_ms = now
-    rnd.attempt = 1
-    rnd.attempt_started_ms = now
-    fx.approved = True
-    fx.mismatched.extend(tally.mismatched(rnd))
-    return True
-
-
-def _vote_adder(votes: list[tuple[Received, Vote]], fx: RoundEffects) -> RoundChange:
-    """A round change adding ``votes`` (first vote counts) and, when they complete the quorum, approving
-    the round and starting attempt 1; equivocating and mismatched nodes are collected in ``fx``."""
-
-    def add(rnd: K.RoundRecord) -> bool:
-        fx.reset()
-        counted: list[str] = []
-        for rec, vote in votes:
-            r = tally.add_vote(
-                rnd, vote.node, vote.approve, list(vote.reasons), rec.envelope_raw, list(vote.sighashes)
-            )
-            if r is tally.VoteResult.COUNTED:
-                counted.append(vote.node)
-            elif r is tally.VoteResult.EQUIVOCATION:
-                fx.equivocators.append(vote.node)
-        if not counted:
-            return False
-        if not _approve_if_decided(rnd, fx) and rnd.outcome == "approved":
-            late = set(tally.mismatched(rnd))  # a late approver of other sighashes
-            fx.mismatched.extend(n for n in counted if n in late)
-        return True
-
-    return add
-
-
-def _set(rnd: K.RoundRecord, **fields: object) -> bool:
-    for k, v in fields.items():
-        setattr(rnd, k, v)
-    return True
 
 
 async def serve(ctx: ServiceContext) -> None:
     c = Consensus(ctx)
+    dkg = DkgCoordinator(ctx.cfg, ctx.bus, ctx.log)
     bus = ctx.bus
     me = ctx.cfg.identity
     tasks = [
         asyncio.create_task(c.pool.run()),
         asyncio.create_task(c.watch_timeouts()),
-        asyncio.create_task(c.watch_dkg_requests()),
+        asyncio.create_task(dkg.watch_requests()),
         asyncio.create_task(c.watch_bans()),
         bus.start_consumer(*durable(me, "consensus-requested"), c.on_requested),
         bus.start_batch_consumer(*durable(me, "consensus-votes"), c.on_votes, batch=64, linger=0.002),
@@ -794,7 +644,7 @@ async def serve(ctx: ServiceContext) -> None:
         bus.start_consumer(*durable(me, "consensus-signed"), c.on_tx_event),
         bus.start_consumer(*durable(me, "consensus-failed"), c.on_tx_event),
         bus.start_consumer(*durable(me, "consensus-refusals"), c.on_refused),
-        bus.start_consumer(*durable(me, "consensus-dkg"), c.on_dkg),
+        bus.start_consumer(*durable(me, "consensus-dkg"), dkg.on_message),
         bus.start_consumer(*durable(me, "consensus-violations"), c.on_violation),
     ]
     await c.resume()

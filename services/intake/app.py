@@ -36,32 +36,37 @@ import time
 import uuid
 from collections.abc import Container
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, NoReturn
 
 import asyncpg
 import msgspec
+import nats.errors
+import nats.js.errors
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sanic import Request, Sanic
+from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, raw
 
-from schemas.kv import POLICY_KEY
-from schemas.lifecycle import TxState
+from core.lifecycle import TxState
+from schemas.kv import DEFAULT_KEY_ID, POLICY_KEY
 from schemas.messages import TxRequested
-from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, BUCKET_NODES, tx_subject
+from schemas.names import BUCKET_CONFIG, BUCKET_NODES, tx_subject
 from schemas.rest import ErrorBody, Policy, SpendRequest
 from services.runtime.bus import Bus
 from services.runtime.config import ServiceConfig
 from services.runtime.db import hash_api_key, lookup_api_key
 from services.runtime.esplora import EsploraClient, EsploraError
+from services.runtime.key_proof import KeyNotProven, ProvenKeys
 from services.runtime.logging import Logger
 from services.runtime.signed_kv import NoVerifiedValue, SignedKV
 from wallet.address import InvalidAddress, address_to_script
 from wallet.coin_selection import AmountBelowDust, FeeTooHigh, InsufficientFunds, build_spend
 
 from . import store
-from .wallet_state import NoKey, UtxoView, Wallet, load_key
+from .wallet_state import SCHEME, UtxoView, Wallet
 
-TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TX_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 MAX_KEY_LEN = 256
 MAX_BODY = 64 * 1024
 DEFAULT_FEE_TARGET = 6  # blocks
@@ -103,6 +108,43 @@ def fail(status: int, error: str, detail: str = "", **extra: Any) -> NoReturn:
     raise ApiError(status, error, detail, **extra)
 
 
+# exceptions that mean a server the intake stands on is away (PostgreSQL restarting, NATS unreachable),
+# not that the request is bad: 503, and the client retries
+_DB_AWAY: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 cannot connect now ...
+    asyncpg.InterfaceError,  # the connection was lost or the pool is closing
+    asyncpg.InternalClientError,  # the pool's upkeep while PostgreSQL restarts
+    ConnectionError,
+    TimeoutError,  # acquiring a connection or a query outlived its timeout
+    OSError,
+)
+_BUS_AWAY: tuple[type[BaseException], ...] = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.TimeoutError,
+    nats.errors.UnexpectedEOF,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+
+
+def unavailable(exc: BaseException) -> ApiError | None:
+    """The 503 a server's absence deserves, or None when ``exc`` is something else. The body names the
+    server, never the exception's text (which may carry internal detail)."""
+    if isinstance(exc, _BUS_AWAY):
+        return ApiError(503, "bus unavailable", "the message bus is unreachable; retry later")
+    if isinstance(exc, _DB_AWAY):
+        return ApiError(503, "database unavailable", "the database is unreachable; retry later")
+    return None
+
+
 def json_response(body: Any, status: int = 200) -> HTTPResponse:
     return raw(msgspec.json.encode(body), status=status, content_type="application/json")
 
@@ -121,7 +163,8 @@ class Intake:
     pool: asyncpg.Pool
     log: Logger
     esplora: EsploraClient | None = None
-    wallet: Wallet | None = None
+    wallet: Wallet | None = None  # once its key record is proven
+    keys: ProvenKeys | None = None
     started: float = field(default_factory=time.time)
     _utxos: tuple[float, UtxoView] | None = None  # (when its fetch started, the list)
     _utxo_fetch: tuple[float, asyncio.Future[UtxoView]] | None = None  # the fetch in flight, if any
@@ -166,9 +209,13 @@ class Intake:
 
     async def get_wallet(self) -> Wallet:
         if self.wallet is None:
+            if self.keys is None:
+                self.keys = await ProvenKeys.open(self.bus, self.cfg.nodes, self.cfg.t)
             try:
-                record = await load_key(await self.bus.kv(BUCKET_KEYS))
-            except NoKey:
+                record = await self.keys.get(SCHEME, DEFAULT_KEY_ID)
+            except KeyNotProven as exc:  # no address is ever derived from it
+                fail(409, "key not proven", f"the wallet's key record is refused: {exc.reason}")
+            if record is None:
                 fail(409, "no key yet", "no key yet: run mpcw dkg start")
             self.wallet = Wallet(record, self.cfg.network)
         return self.wallet
@@ -291,7 +338,7 @@ def _required_key(request: Request) -> str:
     key = presented_api_key(request)
     if key is None:
         fail(401, "unauthorized", "API key required: Authorization: Bearer <key> or X-API-Key")
-    if len(key) > MAX_KEY_LEN:
+    if len(key) > MAX_KEY_LEN or not key.isascii() or not key.isprintable():
         fail(401, "unauthorized", "unknown or revoked API key")
     return key
 
@@ -688,6 +735,24 @@ def create_app(intake: Intake, name: str = "mpcw-intake") -> Sanic[Any, Any]:
     @app.exception(ApiError)
     async def api_error(request: Request, exc: ApiError) -> HTTPResponse:
         return error_response(exc)
+
+    @app.exception(Exception)
+    async def other_error(request: Request, exc: Exception) -> HTTPResponse:
+        """Sanic's own errors (404, 405, 413...) keep their status; a server that is away is a 503 with
+        ``Retry-After``; anything else is a 500 whose body says nothing of the internals (the log has the
+        exception's type)."""
+        if isinstance(exc, SanicException):
+            status = int(getattr(exc, "status_code", 500) or 500)
+            message = str(exc) if status < 500 else "the request failed inside the intake"
+            return error_response(ApiError(status, HTTPStatus(status).phrase.lower(), message))
+        away = unavailable(exc)
+        if away is not None:
+            intake.log.warning("dependency unavailable", path=request.path, error=type(exc).__name__)
+            response = error_response(away)
+            response.headers["Retry-After"] = "2"
+            return response
+        intake.log.error("unhandled", path=request.path, error=type(exc).__name__)
+        return error_response(ApiError(500, "internal error", "the request failed inside the intake"))
 
     @app.get("/health")
     async def health(request: Request) -> HTTPResponse:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import asyncpg
 from prometheus_client import Counter
 
+from schemas.kinds import TxState
 from schemas.rest import TransactionView, TransitionView, VoteView
 
 RESERVE_CHOICES = Counter(
@@ -80,7 +81,7 @@ class NewRequest:
         """What ``get_transaction`` answers for it until the recorder has projected it."""
         return TransactionView(
             id=self.tx_id,
-            state="pending",
+            state=TxState.PENDING,
             recipient=self.recipient,
             amount_sats=self.amount,
             fee_sats=self.fee,
@@ -89,7 +90,7 @@ class NewRequest:
             reasons=[],
             created_at_ms=self.created_at_ms,
             updated_at_ms=self.created_at_ms,
-            timeline=[TransitionView(state="pending", at_ms=self.created_at_ms)],
+            timeline=[TransitionView(state=TxState.PENDING, at_ms=self.created_at_ms)],
         )
 
 
@@ -234,7 +235,7 @@ LIMIT $2 OFFSET $3
 def _view(row: asyncpg.Record, **more: Any) -> TransactionView:
     return TransactionView(
         id=row["id"],
-        state=row["state"],
+        state=TxState(row["state"]),
         recipient=row["recipient"],
         amount_sats=int(row["amount"]),
         fee_sats=row["fee"],
@@ -269,9 +270,10 @@ async def get_transaction(pool: asyncpg.Pool, tx_id: str) -> TransactionView | N
             )
             if pending is None:
                 return None
-            return _view(pending, timeline=[TransitionView(state="pending", at_ms=ms(pending["created_at"]))])
+            created = TransitionView(state=TxState.PENDING, at_ms=ms(pending["created_at"]))
+            return _view(pending, timeline=[created])
         timeline = [
-            TransitionView(state=r["to_state"], at_ms=ms(r["at"]), detail=r["detail"])
+            TransitionView(state=TxState(r["to_state"]), at_ms=ms(r["at"]), detail=r["detail"])
             for r in await conn.fetch(
                 "SELECT to_state, at, detail FROM transaction_transitions WHERE tx_id = $1 ORDER BY id", tx_id
             )

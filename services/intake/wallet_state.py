@@ -1,4 +1,5 @@
-"""The wallet as the intake sees it: the threshold key's public record (KV ``keys``), its Taproot account,
+"""The wallet as the intake sees it: the threshold key's public record (KV ``keys``, proven by the nodes'
+statements: ``services.runtime.key_proof``), its Taproot account,
 the addresses it watches and their UTXOs on the chain backend, and the spend it builds.
 
 Addresses: receive ``0/0`` (``GET /api/v1/wallet/address``) and change ``1/0`` (where every spend's
@@ -11,33 +12,21 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Final
 
-import msgspec
-
-from schemas.kv import DEFAULT_KEY_ID, KeyRecord, key_record_key
+from schemas.kinds import Scheme
+from schemas.kv import KeyRecord
 from schemas.messages import InputRef, TxRequested
-from services.runtime.bus import KV
 from services.runtime.esplora import EsploraClient
 from services.runtime.esplora import Utxo as ChainUtxo
 from wallet.coin_selection import UnsignedSpend, Utxo, candidate_window
 from wallet.threshold_account import CHANGE, RECEIVE, ThresholdAccount
 from wallet.transaction import OutPoint
 
-SCHEME = "frost"
+SCHEME: Final[Scheme] = "frost"
 RECEIVE_PATH: tuple[int, ...] = (RECEIVE, 0)
 CHANGE_PATH: tuple[int, ...] = (CHANGE, 0)
 WATCHED: tuple[tuple[int, ...], ...] = (RECEIVE_PATH, CHANGE_PATH)
-
-
-class NoKey(LookupError):
-    """The threshold key does not exist yet (no DKG ran)."""
-
-
-async def load_key(keys: KV, key_id: str = DEFAULT_KEY_ID) -> KeyRecord:
-    entry = await keys.get(key_record_key(SCHEME, key_id))
-    if entry is None:
-        raise NoKey(key_id)
-    return msgspec.msgpack.decode(entry.value, type=KeyRecord)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
-
-from schemas.envelope import BusRejection
 from schemas.messages import REGISTRY
 from services.runtime.service import ServiceContext, run_service, service_argparser
 
@@ -27,8 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         default="monitor",
         help="consumer names <prefix>-heartbeat, ... (for tests: mpcw up's broker admits the default only)",
     )
-    registry: dict[str, type[msgspec.Struct]] = {**REGISTRY, "BusRejection": BusRejection}
-    run_service("monitor", serve, argv=argv, registry=registry, use_db=True, parser=parser)
+    run_service("monitor", serve, argv=argv, registry=REGISTRY, use_db=True, parser=parser)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ from typing import Any
 import click
 
 from services.runtime.config import default_data_dir, read_cluster
+from services.runtime.logging import open_log_file
 from services.runtime.pki import init_pki, pki_dir
-from services.runtime.supervisor import pid_alive, read_pid, run_dir
+from services.runtime.secrets_dir import SecretsDirError, private_dir, secrets_dir
+from services.runtime.supervisor import cluster_processes, pid_alive, read_pid, run_dir
 
 
 @click.group()
@@ -67,11 +69,19 @@ def certs() -> None:
 def certs_init(ctx: click.Context, nodes: int) -> None:
     """Create the CA, one client certificate and identity keys per identity, and the server certificate."""
     d = data_dir_of(ctx)
-    created = init_pki(d, nodes)
+    created = _init_pki(d, nodes)
     click.echo(
         f"PKI in {pki_dir(d)}: {len(created)} new identities"
         + (f" ({', '.join(created)})" if created else "")
     )
+    click.echo(f"private keys in {secrets_dir(d)} (back it up apart from {d})")
+
+
+def _init_pki(d: Path, nodes: int) -> list[str]:
+    try:
+        return init_pki(d, nodes)
+    except SecretsDirError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # ---- db -------------------------------------------------------------------------------------------------
@@ -138,6 +148,14 @@ def up(ctx: click.Context, nodes: int, threshold: int, nats_servers: str, timeou
     if pid is not None:
         click.echo(f"already running (supervisor pid {pid}); `mpcw down` first")
         return
+    # what an earlier supervisor left running (it was killed): a second set beside it would share its
+    # stores (NATS, the devchain's file, the signers' keystores); PostgreSQL alone is adopted
+    leftovers = [(pid, cmd) for pid, cmd in cluster_processes(d) if not _is_postgres(cmd)]
+    if leftovers:
+        listed = "\n".join(f"  pid {pid}: {cmd[:150]}" for pid, cmd in leftovers)
+        raise click.ClickException(
+            f"{len(leftovers)} process(es) of an earlier run still use {d}; `mpcw down` stops them:\n{listed}"
+        )
     before = read_cluster(d).get("nats_url")
     if before and len(str(before).split(",")) != int(nats_servers):
         # a single server and a cluster keep their JetStream stores apart: the other layout would start
@@ -148,14 +166,15 @@ def up(ctx: click.Context, nodes: int, threshold: int, nats_servers: str, timeou
             "--data-dir",
             param_hint="--nats-servers",
         )
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    run.mkdir(parents=True, exist_ok=True)
-    (d / "logs").mkdir(parents=True, exist_ok=True)
-    init_pki(d, nodes)
+    os.umask(0o077)  # the supervisor and everything it starts create files for their owner only
+    private_dir(d)
+    private_dir(run)
+    private_dir(d / "logs")
+    _init_pki(d, nodes)
     for stale in ("cluster.ready", "supervisor.failed", "supervisor.json"):
         with contextlib.suppress(FileNotFoundError):
             (run / stale).unlink()
-    with open(d / "logs" / "supervisor.log", "ab") as out:
+    with open_log_file(d / "logs" / "supervisor.log") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "services.runtime.supervisor", "--data-dir", str(d),
              "--nodes", str(nodes), "--threshold", str(threshold), "--nats-servers", nats_servers],
@@ -196,6 +215,7 @@ def up(ctx: click.Context, nodes: int, threshold: int, nats_servers: str, timeou
     click.echo(f"  postgres {cluster.get('database_url')}")
     click.echo(f"  intake   {cluster.get('intake_url')}   devchain {cluster.get('devchain_url')}")
     click.echo(f"  n={cluster.get('n')} t={cluster.get('t')}; admin API key in {d / 'cluster.json'}")
+    click.echo(f"  private keys in {secrets_dir(d)} (back it up apart from the data directory)")
     if missing:
         click.echo(f"  not installed yet (skipped): {', '.join(missing)}")
 
@@ -210,26 +230,42 @@ def down(ctx: click.Context, timeout: float) -> None:
     pid = read_pid(run / "supervisor.pid")
     if pid is None:
         click.echo("not running")
-        _cleanup_orphans(d)
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if pid_alive(pid):
-        click.echo(f"supervisor {pid} did not stop in {timeout:.0f}s: killing its process group", err=True)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        _cleanup_orphans(d)
-    click.echo("stopped")
+    else:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            click.echo(
+                f"supervisor {pid} did not stop in {timeout:.0f}s: killing its process group", err=True
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    stopped = _stop_leftovers(d, timeout)
+    if stopped:
+        click.echo(f"stopped {stopped} process(es) left by an earlier run")
+    if pid is not None:
+        click.echo("stopped")
 
 
-def _cleanup_orphans(d: Path) -> None:
-    """After a killed supervisor: its recorded children, nats, postgres."""
+def _is_postgres(cmd: str) -> bool:
+    return cmd.split(" ", 1)[0].endswith("/postgres")
+
+
+def _stop_leftovers(d: Path, timeout: float) -> int:
+    """Stop every process still running on ``d`` after its supervisor is gone (killed, or stuck and
+    killed): whatever names the directory (services, nats-servers), SIGTERM then SIGKILL, and PostgreSQL
+    with pg_ctl. Each is one of ours: it runs on this directory's stores. Returns how many there were
+    besides PostgreSQL."""
     from services.runtime.embedded import stop_postgres
 
-    state = _state(d)
-    pids = [p["pid"] for p in state.get("processes", []) if p.get("pid")] + list(state.get("nats_pids", []))
+    pids = [pid for pid, cmd in cluster_processes(d) if not _is_postgres(cmd)]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
     for pid in pids:
         if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
@@ -238,6 +274,7 @@ def _cleanup_orphans(d: Path) -> None:
     for f in ("cluster.ready", "supervisor.pid"):
         with contextlib.suppress(FileNotFoundError):
             (run_dir(d) / f).unlink()
+    return len(pids)
 
 
 @main.command()
@@ -252,13 +289,29 @@ def status(ctx: click.Context, as_json: bool) -> None:
     for p in procs:
         if p.get("pid") and not pid_alive(p["pid"]):
             p["status"] = "dead"
+    leftovers = [{"pid": q, "command": cmd} for q, cmd in cluster_processes(d)] if pid is None else []
+    # ready means ready now: every service ready, every server up (a supervisor of an older version
+    # writes no "healthy")
+    ready = bool(state.get("ready", False)) and bool(state.get("healthy", True))
     if as_json:
-        summary = {"running": pid is not None, "supervisor_pid": pid, "ready": state.get("ready", False)}
-        click.echo(json.dumps({**summary, "processes": procs}, indent=2))
+        summary = {"running": pid is not None, "supervisor_pid": pid, "ready": ready}
+        extra = {"postgres": state.get("postgres"), "leftovers": leftovers}
+        click.echo(json.dumps({**summary, **extra, "processes": procs}, indent=2))
     elif pid is None:
         click.echo(f"not running ({d})")
+        if leftovers:
+            click.echo(
+                f"but {len(leftovers)} process(es) of an earlier run still use it (`mpcw down` stops them):"
+            )
+            for q in leftovers:
+                click.echo(f"  pid {q['pid']}: {str(q['command'])[:150]}")
     else:
-        click.echo(f"supervisor pid {pid}; cluster {'ready' if state.get('ready') else 'starting'}; {d}")
+        word = "ready" if ready else ("degraded" if state.get("ready") else "starting")
+        click.echo(f"supervisor pid {pid}; cluster {word}; {d}")
+        pg = state.get("postgres") or {}
+        if pg:
+            pg_state = f"pid={pg.get('pid')}" if pg.get("pid") else "DOWN (restarting)"
+            click.echo(f"  {'postgres':<20} {pg_state:<18} restarts={pg.get('restarts', 0)}")
         for p in procs:
             click.echo(
                 f"  {p['name']:<20} {p['status']:<9} pid={p.get('pid') or '-':<8} restarts={p['restarts']}"

@@ -10,13 +10,19 @@ from typing import Any
 import click
 
 from schemas import kv as K
+from schemas.kinds import SCHEMES, Scheme
 from schemas.messages import DkgResult
-from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, proto_subject
+from schemas.names import BUCKET_CONFIG, BUCKET_KEYS, node_names, proto_subject
 from services.mpcw.cli import data_dir_of, main
 from services.mpcw.client import cluster_of, with_admin_bus
+from services.runtime.key_proof import KeyNotProven, ProvenKeys
 from services.runtime.lookup import last_message
 from services.runtime.signed_kv import SignedKV
 from wallet.threshold_account import ThresholdAccount
+
+
+def nodes_of(cluster: dict[str, Any]) -> list[str]:
+    return list(cluster.get("nodes") or node_names(int(cluster["n"])))
 
 
 @main.group()
@@ -25,15 +31,15 @@ def dkg() -> None:
 
 
 @dkg.command("start")
-@click.option("--scheme", type=click.Choice(["frost"]), default="frost", show_default=True)
+@click.option("--scheme", type=click.Choice(SCHEMES), default="frost", show_default=True)
 @click.option("--key-id", default=K.DEFAULT_KEY_ID, show_default=True)
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.pass_context
-def dkg_start(ctx: click.Context, scheme: str, key_id: str, timeout: float) -> None:
+def dkg_start(ctx: click.Context, scheme: Scheme, key_id: str, timeout: float) -> None:
     """Run ChillDKG among all nodes and wait until every node holds its share."""
     d = data_dir_of(ctx)
     c = cluster_of(d)
-    nodes = list(c.get("nodes") or [f"node-{i}" for i in range(1, int(c["n"]) + 1)])
+    nodes = nodes_of(c)
     session = f"dkg{secrets.token_hex(6)}"
 
     async def run(bus: Any) -> K.KeyRecord:
@@ -75,17 +81,27 @@ def dkg_start(ctx: click.Context, scheme: str, key_id: str, timeout: float) -> N
                 if time.monotonic() > deadline:
                     raise click.ClickException(f"DKG timed out; finished: {', '.join(done) or 'none'}")
                 await asyncio.sleep(0.2)
-        entry = await keys.get(K.key_record_key(scheme, key_id))
-        if entry is None:
-            raise click.ClickException("the nodes finished but the coordinator stored no key record")
-        rec: K.KeyRecord = entry.decode(K.KeyRecord)
-        if any(r.threshold_pubkey != rec.threshold_pubkey for r in done.values()):
-            raise click.ClickException("nodes disagree on the threshold public key")
-        return rec
+        # every node signed its statement of the result before announcing it: the record must agree
+        proven = await ProvenKeys.open(bus, nodes, int(c["t"]))
+        while True:
+            try:
+                rec = await proven.get(scheme, key_id)
+            except KeyNotProven as exc:
+                if exc.offenders or time.monotonic() > deadline:
+                    raise click.ClickException(f"the key is not usable: {exc.reason}") from None
+                rec = None
+            if rec is not None:
+                return rec
+            if time.monotonic() > deadline:
+                raise click.ClickException("the nodes finished but the coordinator stored no key record")
+            await asyncio.sleep(0.2)
 
     rec = with_admin_bus(d, run)
     acct = ThresholdAccount(rec.threshold_pubkey, rec.chain_code, c.get("network", "regtest"))
-    click.echo(f"threshold key {rec.threshold_pubkey.hex()} ({rec.t}-of-{rec.n})")
+    # t and n as all n nodes stated them (the record is refused unless every statement equals it)
+    click.echo(
+        f"threshold key {rec.threshold_pubkey.hex()} ({rec.t}-of-{rec.n}, stated by all {rec.n} nodes)"
+    )
     click.echo(f"xpub {acct.xpub()}")
     click.echo(f"first address {acct.address((0, 0))}")
 
@@ -99,9 +115,11 @@ def dkg_status(ctx: click.Context, key_id: str) -> None:
     c = cluster_of(d)
 
     async def run(bus: Any) -> K.KeyRecord | None:
-        keys = await bus.kv(BUCKET_KEYS)
-        entry = await keys.get(K.key_record_key("frost", key_id))
-        return None if entry is None else entry.decode(K.KeyRecord)
+        proven = await ProvenKeys.open(bus, nodes_of(c), int(c["t"]))
+        try:
+            return await proven.get("frost", key_id)
+        except KeyNotProven as exc:
+            raise click.ClickException(f"key {key_id!r} is not usable: {exc.reason}") from None
 
     rec = with_admin_bus(d, run)
     if rec is None:
@@ -109,7 +127,10 @@ def dkg_status(ctx: click.Context, key_id: str) -> None:
         ctx.exit(3)
         return
     acct = ThresholdAccount(rec.threshold_pubkey, rec.chain_code, c.get("network", "regtest"))
-    click.echo(f"key {rec.key_id} ({rec.scheme}, {rec.t}-of-{rec.n}) from session {rec.session_id}")
+    click.echo(
+        f"key {rec.key_id} ({rec.scheme}, {rec.t}-of-{rec.n}, stated by all {rec.n} nodes) "
+        f"from session {rec.session_id}"
+    )
     click.echo(f"  threshold key {rec.threshold_pubkey.hex()}")
     click.echo(f"  xpub {acct.xpub()}")
     for node, share in zip(rec.nodes, rec.pubshares, strict=True):

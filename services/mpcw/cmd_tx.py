@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from schemas.lifecycle import TERMINAL, TxState
+from core.lifecycle import TERMINAL, TxState
 from services.mpcw.cli import data_dir_of, main
 from services.mpcw.client import Api, btc_to_sats, fmt_btc
 

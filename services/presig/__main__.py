@@ -1,4 +1,4 @@
-"""``python -m services.presig --data-dir DIR``: keeps every signer's FROST nonce pool at its target.
+"""``python -m services.presig --data-dir DIR``: keeps every signer's nonce pool at its target.
 
 The pool lives in KV ``presig`` (see :mod:`services.runtime.nonce_pool`). When a node's free entries
 fall below ``low``, presig asks that node (point to point, ``proto.noncegen.<batch>.1.presig.<node>``)
@@ -14,22 +14,30 @@ import os
 import secrets
 import time
 
-from schemas import kv as K
 from schemas.messages import REGISTRY, NonceBatchRequest
-from schemas.names import BUCKET_KEYS, proto_subject
+from schemas.names import proto_subject
+from services.runtime.key_proof import KeyNotProven, ProvenKeys
 from services.runtime.nonce_pool import NoncePool
 from services.runtime.service import ServiceContext, run_service
 
 REQUEST_TIMEOUT_S = 10.0
 
 
+async def _key_proven(keys: ProvenKeys, scheme: str, key_id: str) -> bool:
+    """Nonces are made for a key only once its record is proven (all nodes' statements agree)."""
+    try:
+        return await keys.get(scheme, key_id) is not None
+    except KeyNotProven:
+        return False
+
+
 async def keep_pools(ctx: ServiceContext, pool: NoncePool, target: int, low: int) -> None:
     bus = ctx.bus
-    keys = await bus.kv(BUCKET_KEYS)
+    keys = await ProvenKeys.open(bus, ctx.cfg.nodes, ctx.cfg.t)
     in_flight: dict[str, float] = {}
     await pool.loaded.wait()
     while not ctx.stop.is_set():
-        if await keys.get(K.key_record_key("frost", pool.key_id)) is not None:
+        if await _key_proven(keys, pool.scheme.name, pool.key_id):
             now = time.monotonic()
             for node in ctx.cfg.nodes:
                 level = pool.level(node)

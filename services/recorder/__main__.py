@@ -1,19 +1,22 @@
-"""``python -m services.recorder --data-dir DIR [--ack-wait S] [--batch N] [--durable-prefix P]``: runs until
-SIGTERM/SIGINT, finishes the message in hand (committed and acked), exits 0."""
+"""``python -m services.recorder --data-dir DIR [--ack-wait S] [--batch N] [--anchor-interval S]
+[--durable-prefix P]``: runs until SIGTERM/SIGINT, finishes the message in hand (committed and acked),
+anchors the audit chain's head, exits 0."""
 
 from __future__ import annotations
 
 from schemas.messages import REGISTRY
 from services.runtime.service import ServiceContext, run_service, service_argparser
 
+from .anchor import ANCHOR_INTERVAL_S
 from .service import BATCH, Recorder
 
 
 async def serve(ctx: ServiceContext) -> None:
-    recorder = Recorder(ctx.cfg, ctx.bus, ctx.pool)
+    recorder = Recorder(ctx.cfg, ctx.bus, ctx.pool, anchor_interval=ctx.args.anchor_interval)
     recorder.start(ack_wait=ctx.args.ack_wait, durable_prefix=ctx.args.durable_prefix, batch=ctx.args.batch)
     ctx.ready()
     await ctx.stopped()
+    await recorder.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,6 +27,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=BATCH,
         help="messages per fetch and per DB transaction (1: one at a time, the old way)",
+    )
+    parser.add_argument(
+        "--anchor-interval",
+        type=float,
+        default=ANCHOR_INTERVAL_S,
+        help="the audit chain's head is anchored on the bus at most this often (seconds)",
     )
     parser.add_argument(
         "--durable-prefix",

@@ -15,7 +15,7 @@ of round trips and one commit per batch instead of ~8 round trips and a commit p
    audit append lock is always taken after them);
 4. the rows the batch depends on are read in bulk (states ``FOR UPDATE``, vote counts, earlier votes,
    spend requests); the lifecycle is then simulated in Python message by message with
-   ``schemas.lifecycle`` (replays are no-ops, illegal transitions refused and audited, the rest
+   ``core.lifecycle`` (replays are no-ops, illegal transitions refused and audited, the rest
    applied), collecting the writes;
 5. the writes go out table by table with ``executemany`` (each in message order; the tables do not
    depend on each other within a batch, see ``_flush``), the audit rows in ONE ordered INSERT (one
@@ -36,11 +36,10 @@ from typing import Any
 
 import asyncpg
 
+from core.lifecycle import TxState
 from schemas import messages as m
-from schemas.lifecycle import TxState
 
 from .project import (
-    ASYNC_COMMIT,
     CONSUMER,
     INSERT_TRANSITION,
     RELEASE_EVENTS,
@@ -98,7 +97,6 @@ async def record_batch(conn: asyncpg.Connection, msgs: list[Message]) -> list[Ou
     if any(x.stream != stream for x in msgs):
         raise ValueError("a batch holds the messages of one stream")
     async with conn.transaction():
-        await conn.execute(ASYNC_COMMIT)
         return await _record_batch(conn, stream, msgs)
 
 
@@ -467,11 +465,12 @@ async def _append_audit(conn: asyncpg.Connection, entries: list[_Audit]) -> None
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
                 WITH ORDINALITY AS x(a, b, c, d, e, f, g, ord)
            ORDER BY ord
-           RETURNING id""",
+           RETURNING id, hash""",
         *cols,
     )
-    ids = sorted(int(r["id"]) for r in rows)
-    if len(ids) != len(entries):
-        raise RuntimeError(f"audit append wrote {len(ids)} rows for {len(entries)} entries")
-    for e, audit_id in zip(entries, ids, strict=True):
+    written = sorted((int(r["id"]), bytes(r["hash"])) for r in rows)
+    if len(written) != len(entries):
+        raise RuntimeError(f"audit append wrote {len(written)} rows for {len(entries)} entries")
+    for e, (audit_id, audit_hash) in zip(entries, written, strict=True):
         e.outcome.audit_id = audit_id
+        e.outcome.audit_hash = audit_hash

@@ -17,7 +17,7 @@ service runs each durable consumer with ``max_ack_pending = 1`` and never fails 
 
 Projection, per subject:
 
-- ``tx.<event>.<tx_id>``: the event names the new state (``schemas.lifecycle.STATE_FOR_EVENT``). A
+- ``tx.<event>.<tx_id>``: the event names the new state (``core.lifecycle.STATE_FOR_EVENT``). A
   replay (``is_replay``: the transaction already reached that state) is a no-op. An illegal transition
   (``check_transition``), a payload of the wrong type or naming another transaction, is *refused*:
   nothing is applied, an audit entry ``refused`` records why, and the caller reports the sender as a
@@ -41,17 +41,18 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from core.lifecycle import STATE_FOR_EVENT, TxState, can_transition, is_replay
 from schemas import messages as m
 from schemas.envelope import BusRejection
-from schemas.lifecycle import STATE_FOR_EVENT, TxState, can_transition, is_replay
+from schemas.kinds import ViolationKind
 from services.runtime.db import advance_stream_position, audit_append
 
 CONSUMER = "recorder"
-# The recorder's commits do not wait for the WAL flush: an OS crash may lose the last few, but the
-# stream position is in the same transaction, so the recorder then resumes before them and applies them
-# again (exactly once still holds), and the vote journals, PostgreSQL WAL of intake and JetStream keep
-# the disk to themselves on the spend's path.
-ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+# The recorder's commits wait for the WAL flush (PostgreSQL's default, synchronous_commit = on): what it
+# committed survives a PostgreSQL crash. With asynchronous commits a crash of PostgreSQL alone (the
+# recorder running on) loses the last commits, and neither side notices: the consumer acked those
+# messages, the next commit moves the stream position past the gap (so no resume replays it), and the
+# audit rows lost were already anchored on the AUDIT stream, which then fails every verification.
 
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "requested": m.TxRequested,
@@ -92,6 +93,7 @@ class Outcome:
     detail: str = ""
     violation: m.Violation | None = None
     audit_id: int | None = None
+    audit_hash: bytes | None = None  # the chain hash of that audit row, as committed
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,7 +101,6 @@ async def record(conn: asyncpg.Connection, msg: Message) -> Outcome:
     """Apply ``msg`` exactly once (see the module docstring). The caller commits nothing: this opens
     and commits its own transaction."""
     async with conn.transaction():
-        await conn.execute(ASYNC_COMMIT)
         if not await advance_stream_position(conn, msg.stream, msg.seq, CONSUMER):
             return Outcome("duplicate", f"{msg.stream} seq {msg.seq} already applied")
         kind = msg.subject.split(".", 1)[0]
@@ -124,8 +125,9 @@ async def _audit(
     entity_type: str,
     entity_id: str,
     details: dict[str, Any],
-) -> int:
-    audit_id, _ = await audit_append(
+) -> tuple[int, bytes]:
+    """Append the message's audit row: its ``(id, hash)``."""
+    return await audit_append(
         conn,
         actor=msg.sender,
         action=action,
@@ -135,12 +137,11 @@ async def _audit(
         stream=msg.stream,
         stream_seq=msg.seq,
     )
-    return audit_id
 
 
 async def _refuse(conn: asyncpg.Connection, msg: Message, r: Refusal) -> Outcome:
-    audit_id = await _audit(conn, msg, "refused", "transaction", r.tx_id, r.audit_details())
-    return Outcome("refused", r.why, violation=r.violation(msg), audit_id=audit_id)
+    audit_id, audit_hash = await _audit(conn, msg, "refused", "transaction", r.tx_id, r.audit_details())
+    return Outcome("refused", r.why, violation=r.violation(msg), audit_id=audit_id, audit_hash=audit_hash)
 
 
 # ---- checks and rows that need no database (shared with services.recorder.batch) --------------------------
@@ -152,7 +153,7 @@ class Refusal:
 
     tx_id: str
     why: str
-    kind: str
+    kind: ViolationKind
     details: dict[str, Any] = field(default_factory=dict)
 
     def audit_details(self) -> dict[str, Any]:
@@ -378,8 +379,8 @@ async def _tx_event(conn: asyncpg.Connection, msg: Message) -> Outcome:
     await _apply(conn, msg, tx_id, current, new, event, payload)
     await conn.execute(INSERT_TRANSITION, *_transition_row(msg, tx_id, current, new, event, payload))
     details = _tx_details(current, new, payload)
-    audit_id = await _audit(conn, msg, f"tx.{event}", "transaction", tx_id, details)
-    return Outcome("applied", f"{tx_id} -> {new.value}", audit_id=audit_id)
+    audit_id, audit_hash = await _audit(conn, msg, f"tx.{event}", "transaction", tx_id, details)
+    return Outcome("applied", f"{tx_id} -> {new.value}", audit_id=audit_id, audit_hash=audit_hash)
 
 
 async def _apply(
@@ -523,12 +524,13 @@ async def _vote(conn: asyncpg.Connection, msg: Message) -> Outcome:
         if first == v.approve:
             return Outcome("replay", f"vote of {node} on {tx_id} already recorded")
         details = _vote_conflict_details(node, first, v)
-        audit_id = await _audit(conn, msg, "vote.conflict", "transaction", tx_id, details)
-        return Outcome("refused", f"{node} voted differently before on {tx_id}", audit_id=audit_id)
+        audit_id, audit_hash = await _audit(conn, msg, "vote.conflict", "transaction", tx_id, details)
+        why = f"{node} voted differently before on {tx_id}"
+        return Outcome("refused", why, audit_id=audit_id, audit_hash=audit_hash)
     column = "approvals" if v.approve else "rejections"
     await conn.execute(f"UPDATE voting_rounds SET {column} = {column} + 1 WHERE tx_id = $1", tx_id)
-    audit_id = await _audit(conn, msg, "vote", "transaction", tx_id, _vote_details(node, v))
-    return Outcome("applied", f"vote {node} on {tx_id}", audit_id=audit_id)
+    audit_id, audit_hash = await _audit(conn, msg, "vote", "transaction", tx_id, _vote_details(node, v))
+    return Outcome("applied", f"vote {node} on {tx_id}", audit_id=audit_id, audit_hash=audit_hash)
 
 
 # ---- node.violation.<offender> ---------------------------------------------------------------------------
@@ -536,8 +538,8 @@ async def _vote(conn: asyncpg.Connection, msg: Message) -> Outcome:
 
 async def _violation(conn: asyncpg.Connection, msg: Message) -> Outcome:
     offender, details = _violation_details(msg)
-    audit_id = await _audit(conn, msg, "node.violation", "node", offender, details)
-    return Outcome("applied", f"violation by {offender}", audit_id=audit_id)
+    audit_id, audit_hash = await _audit(conn, msg, "node.violation", "node", offender, details)
+    return Outcome("applied", f"violation by {offender}", audit_id=audit_id, audit_hash=audit_hash)
 
 
 # ---- reading the audit trail -----------------------------------------------------------------------------

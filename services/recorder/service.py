@@ -4,7 +4,7 @@
 Ordering is what makes the stored stream position an exactly-once guard: a message is applied only if
 its sequence is beyond the stored one, so a later message must never be applied before an earlier one.
 Each consumer therefore fetches batches of ``batch`` messages with ``max_ack_pending = batch`` (the server
-hands out the next batch only after the previous one was acked), is re-created at every start (and
+hands out the next batch only after the previous one was acked), is reset at every start (and
 reconnect) to begin right after the stored position (``resume_from``: a crashed instance's unacked batch
 can then never be overtaken by later messages; nothing before the position is needed again) and
 applies a whole batch in ONE database transaction (:func:`services.recorder.batch.record_batch`), then
@@ -14,6 +14,11 @@ fails otherwise (a bug, a constraint nobody foresaw) it is recorded message by m
 each, the way ``batch = 1`` always works: a message that fails the same way a few times although the
 database is reachable is recorded as a ``record.failed`` audit entry, its position advanced, and the
 stream moves on.
+
+After each commit the highest audit row written (and its hash) is handed to the
+:class:`~services.recorder.anchor.Anchorer`, which signs it onto ``audit.anchor.<recorder>.<chain>`` at
+most once per ``anchor_interval``, off the batch's path; at stop, after the consumers finished, the last
+head is anchored.
 
 Protocol subjects (``proto.>``) are not recorded: their payloads are encrypted or secret-adjacent, and
 the lifecycle events already carry what an auditor needs. Heartbeats belong to the monitor.
@@ -39,6 +44,7 @@ from services.runtime.config import ServiceConfig
 from services.runtime.db import advance_stream_position, audit_append, stream_position
 from services.runtime.logging import get_logger
 
+from .anchor import ANCHOR_INTERVAL_S, Anchorer
 from .batch import record_batch
 from .project import CONSUMER, Message, Outcome, record
 
@@ -76,11 +82,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class Recorder:
-    def __init__(self, cfg: ServiceConfig, bus: Bus, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, cfg: ServiceConfig, bus: Bus, pool: asyncpg.Pool, *, anchor_interval: float = ANCHOR_INTERVAL_S
+    ) -> None:
         self.cfg = cfg
         self.bus = bus
         self.pool = pool
         self.log = get_logger(cfg.name)
+        self.anchorer = Anchorer(bus, pool, self.log, interval=anchor_interval)
         self.tasks: list[asyncio.Task[None]] = []
         # (tx_id, node) of the votes this process committed lately: a decision's wait for its votes looks
         # here first and asks the database only for what it does not find (e.g. after a restart)
@@ -115,7 +124,13 @@ class Recorder:
                     ack_sync=True,
                 )
             self.tasks.append(task)
+        self.anchorer.start()
         self.log.info("recorder consuming", consumers=subscriptions, batch=batch)
+
+    async def stop(self) -> None:
+        """After SIGTERM: let the consumers finish the batch in hand, then anchor what they committed."""
+        await self.bus.stop_consuming()
+        await self.anchorer.close()
 
     async def _resume_from(self, stream: str) -> int:
         """Where a batch consumer (re)starts: right after the position stored with the last commit."""
@@ -199,7 +214,9 @@ class Recorder:
                 next_query = time.monotonic() + VOTES_DB_RECHECK_S
 
     async def _after(self, msgs: list[Message], outcomes: list[Outcome]) -> None:
-        """Metrics, refusal logs and violation reports of recorded (committed) messages."""
+        """The audit head to anchor, metrics, refusal logs and violation reports of recorded (committed)
+        messages."""
+        self.anchorer.note(outcomes)
         for msg, outcome in zip(msgs, outcomes, strict=True):
             RECORDED.labels(msg.stream, outcome.status).inc()
             if outcome.status == "refused":
@@ -287,7 +304,7 @@ class Recorder:
                 async with self.pool.acquire() as conn, conn.transaction():
                     if not await advance_stream_position(conn, msg.stream, msg.seq, CONSUMER):
                         return Outcome("duplicate")
-                    audit_id, _ = await audit_append(
+                    audit_id, audit_hash = await audit_append(
                         conn,
                         actor=msg.sender,
                         action="record.failed",
@@ -297,7 +314,7 @@ class Recorder:
                         stream=msg.stream,
                         stream_seq=msg.seq,
                     )
-                    return Outcome("failed", type(exc).__name__, audit_id=audit_id)
+                    return Outcome("failed", type(exc).__name__, audit_id=audit_id, audit_hash=audit_hash)
             except asyncio.CancelledError:
                 raise
             except Exception as exc2:

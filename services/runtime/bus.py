@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -46,7 +47,17 @@ from nats.js.kv import KeyValue
 
 import nats
 from schemas import envelope as E
-from schemas.names import UNKNOWN, inbox_prefix, stream_for, subject_matches, violation_subject
+from schemas.kinds import RejectionKind
+from schemas.names import (
+    SERVICE_IDENTITIES,
+    UNKNOWN,
+    consumers_of,
+    inbox_prefix,
+    stream_for,
+    subject_matches,
+    violation_subject,
+)
+from schemas.wire import UnknownType, check_registry, decode_payload, registry_of, tag_of
 
 from . import metrics as M
 from .config import ServiceConfig
@@ -66,7 +77,7 @@ Registry = Mapping[str, type[msgspec.Struct]]
 S = TypeVar("S", bound=msgspec.Struct)
 
 # what the bus always understands, whatever registry a service passes
-BUILTIN_TYPES: dict[str, type[msgspec.Struct]] = {"BusRejection": E.BusRejection}
+BUILTIN_TYPES: dict[str, type[msgspec.Struct]] = registry_of(E.BusRejection)
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,15 @@ class RetryLater(Exception):
 
 class StreamsMissing(RuntimeError):
     pass
+
+
+# JetStream cannot answer yet (a cluster electing its leaders): worth asking again
+JETSTREAM_NOT_READY: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+)
 
 
 @dataclass(frozen=True)
@@ -455,6 +475,9 @@ def _stream_config(d: Mapping[str, Any], replicas: int) -> api.StreamConfig:
         max_msgs_per_subject=int(d.get("max_msgs_per_subject", -1)),
         max_msg_size=int(d.get("max_msg_size", -1)),
         num_replicas=replicas,
+        deny_delete=bool(d.get("deny_delete", False)),
+        deny_purge=bool(d.get("deny_purge", False)),
+        allow_rollup_hdrs=bool(d.get("allow_rollup_hdrs", False)),
     )
 
 
@@ -598,6 +621,7 @@ class Bus:
         self.keys = keys
         self.identities = identities
         self.registry: dict[str, type[msgspec.Struct]] = {**BUILTIN_TYPES, **(registry or {})}
+        check_registry(self.registry)
         self.identity = cfg.identity
         self.service = cfg.name
         self.log = get_logger(cfg.name)
@@ -666,38 +690,28 @@ class Bus:
 
     async def ensure_jetstream(self, *, create: bool, timeout: float = 30.0) -> None:
         """Streams and buckets from ``nats/jetstream.json``: created/updated (idempotent) when ``create``,
-        else awaited until they exist."""
+        else awaited until they exist.
+
+        Creating retries until ``timeout`` while JetStream cannot answer yet: a cluster that has just
+        started (or restarted on its stores) elects its meta leader and stream leaders first, and requests
+        sent meanwhile time out or answer 503."""
         defs = jetstream_definitions()
         replicas = int(self.cfg.extra.get("nats_replicas", 1))
         if create:
-            for sd in defs["streams"]:
-                sc = _stream_config(sd, replicas)
+            deadline = time.monotonic() + timeout
+            delay = 0.25
+            while True:
                 try:
-                    await self.js.stream_info(sc.name or "")
-                    await self.js.update_stream(sc)
-                except nats.js.errors.NotFoundError:
-                    await self.js.add_stream(sc)
-            for bd in defs["buckets"]:
-                try:
-                    await self.js.key_value(bd["bucket"])
-                    # a bucket made by an older version: bring its TTL (the stream's max_age) up to date
-                    info = await self.js.stream_info(f"KV_{bd['bucket']}")
-                    ttl = float(bd.get("ttl") or 0)
-                    if abs(float(info.config.max_age or 0) - ttl) > 0.001:
-                        info.config.max_age = ttl
-                        await self.js.update_stream(info.config)
-                except nats.js.errors.BucketNotFoundError:
-                    await self.js.create_key_value(
-                        api.KeyValueConfig(
-                            bucket=bd["bucket"],
-                            description=bd.get("description"),
-                            history=int(bd.get("history", 1)),
-                            ttl=float(bd["ttl"]) if bd.get("ttl") else None,
-                            storage=api.StorageType(bd.get("storage", "file")),
-                            replicas=replicas,
-                        )
-                    )
-            return
+                    await self._create_jetstream(defs, replicas)
+                    await self.ensure_durables([*self.cfg.nodes, *SERVICE_IDENTITIES])
+                    return
+                except JETSTREAM_NOT_READY as exc:
+                    if time.monotonic() + delay > deadline:
+                        raise StreamsMissing(
+                            f"JetStream did not answer within {timeout:.0f}s: {type(exc).__name__}"
+                        ) from exc
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
         names = [sd["name"] for sd in defs["streams"]] + [f"KV_{bd['bucket']}" for bd in defs["buckets"]]
         deadline = time.monotonic() + timeout
         for name in names:
@@ -712,6 +726,61 @@ class Bus:
                             "(or connect once as admin)"
                         ) from None
                     await asyncio.sleep(0.25)
+
+    async def ensure_durables(self, identities: list[str]) -> None:
+        """Make every durable consumer of ``identities`` (``schemas.names.CONSUMERS``) that does not exist
+        yet, as a pull consumer (admin, with the streams). Its owner may then only update it: the server
+        refuses to turn a pull consumer into a push one, and no identity may delete its durables, so none
+        can have its deliveries pushed to a subject of its choosing (nats-server does not check a deliver
+        subject against its creator's rights)."""
+        d = jetstream_definitions()["consumer_defaults"]
+        for identity in identities:
+            for name, subject in consumers_of(identity).items():
+                stream = stream_for(subject)
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await self.js.consumer_info(stream, name)
+                    continue
+                config = api.ConsumerConfig(
+                    name=name,
+                    durable_name=name,
+                    filter_subject=subject,
+                    ack_policy=api.AckPolicy(d["ack_policy"]),
+                    ack_wait=float(d["ack_wait"]),
+                    max_ack_pending=int(d["max_ack_pending"]),
+                    max_deliver=int(d["max_deliver"]),
+                    deliver_policy=api.DeliverPolicy(d["deliver_policy"]),
+                )
+                await self.js.add_consumer(stream, config=config)
+
+    async def _create_jetstream(self, defs: Mapping[str, Any], replicas: int) -> None:
+        """One idempotent pass: every stream and bucket created, or brought up to date."""
+        for sd in defs["streams"]:
+            sc = _stream_config(sd, replicas)
+            try:
+                await self.js.stream_info(sc.name or "")
+                await self.js.update_stream(sc)
+            except nats.js.errors.NotFoundError:
+                await self.js.add_stream(sc)
+        for bd in defs["buckets"]:
+            try:
+                await self.js.key_value(bd["bucket"])
+                # a bucket made by an older version: bring its TTL (the stream's max_age) up to date
+                info = await self.js.stream_info(f"KV_{bd['bucket']}")
+                ttl = float(bd.get("ttl") or 0)
+                if abs(float(info.config.max_age or 0) - ttl) > 0.001:
+                    info.config.max_age = ttl
+                    await self.js.update_stream(info.config)
+            except nats.js.errors.BucketNotFoundError:
+                await self.js.create_key_value(
+                    api.KeyValueConfig(
+                        bucket=bd["bucket"],
+                        description=bd.get("description"),
+                        history=int(bd.get("history", 1)),
+                        ttl=float(bd["ttl"]) if bd.get("ttl") else None,
+                        storage=api.StorageType(bd.get("storage", "file")),
+                        replicas=replicas,
+                    )
+                )
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -747,7 +816,7 @@ class Bus:
             self.keys,
             self.identities,
             subject=subject,
-            type_name=type(struct).__name__,
+            type_name=tag_of(type(struct)),
             payload=msgspec.msgpack.encode(struct),
             msg_id=msg_id,
             to=to,
@@ -767,13 +836,12 @@ class Bus:
         if plain is None:
             return env, None
         reg = registry if registry is not None else self.registry
-        typ = reg.get(env.type) or BUILTIN_TYPES.get(env.type)
-        if typ is None:
-            raise EnvelopeError("unknown-type", f"type {env.type[:64]!r} not in registry", env.sender, True)
         try:
-            return env, msgspec.msgpack.decode(plain, type=typ)
+            return env, decode_payload(reg if env.type in reg else BUILTIN_TYPES, env.type, plain)
+        except UnknownType as exc:
+            raise EnvelopeError("unknown-type", str(exc), env.sender, True) from None
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise EnvelopeError("bad-payload", str(exc)[:200], env.sender, True) from None
+            raise EnvelopeError("bad-payload", f"{env.type[:64]}: {exc}"[:200], env.sender, True) from None
 
     # ---- publish ----------------------------------------------------------------------------------------
 
@@ -906,14 +974,11 @@ class Bus:
                             max_ack_pending=max_ack_pending,
                             deliver_policy=api.DeliverPolicy(deliver_policy),
                         )
+                        await self._ensure_consumer(stream, durable, subject_filter, config)
                         if resume_from is not None:
                             start = max(1, await resume_from())
-                            with contextlib.suppress(nats.js.errors.NotFoundError):
-                                await self.js.delete_consumer(stream, durable)
-                            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-                            config.opt_start_seq = start
+                            await self._reset_consumer(stream, durable, start)
                             self.log.info("consumer resumes", durable=durable, stream=stream, start_seq=start)
-                        await self._ensure_consumer(stream, durable, subject_filter, config)
                         sub = _PullFeed(self.nc, stream, durable, batch)
                         await sub.start()
                     msgs = await sub.fetch(fetch_timeout, linger)
@@ -934,6 +999,16 @@ class Bus:
                 await sub.stop()
             if task is not None:
                 self._consumers.discard(task)
+
+    async def _reset_consumer(self, stream: str, durable: str, seq: int) -> None:
+        """Move the durable ``durable`` to stream sequence ``seq``: what it delivered and did not get acked
+        is forgotten, the next delivery is the first message at or after ``seq``."""
+        reply = await self.nc.request(
+            f"$JS.API.CONSUMER.RESET.{stream}.{durable}", json.dumps({"seq": seq}).encode(), timeout=5.0
+        )
+        answer = json.loads(reply.data)
+        if answer.get("error"):
+            raise nats.js.errors.APIError.from_error(answer["error"])
 
     async def _ensure_consumer(
         self, stream: str, durable: str, subject_filter: str, config: api.ConsumerConfig
@@ -1045,8 +1120,9 @@ class Bus:
         not hold across a crash: a dead instance's unacked batch is redelivered only after ``ack_wait``,
         and if it held fewer than ``max_ack_pending`` messages, later ones can be delivered first. A
         caller that keeps its own position (an exactly-once guard that skips ``seq <= stored``) passes
-        ``resume_from``: on every (re)subscribe the durable is re-created to start at the stream sequence
-        ``await resume_from()`` returns (its position + 1), dropping the server's record of unacked
+        ``resume_from``: on every (re)subscribe the durable is reset (``$JS.API.CONSUMER.RESET``; it keeps
+        its name and configuration, and no identity may delete its durables) to start at the stream
+        sequence ``await resume_from()`` returns (its position + 1), dropping the server's record of unacked
         deliveries, so nothing after the position can overtake anything before it.
 
         ``linger``: once a message is there, wait up to that many seconds for the batch to fill before
@@ -1190,7 +1266,7 @@ class Bus:
                     await msg.in_progress()
 
     async def report(
-        self, offender: str, kind: str, detail: str, subject: str, stream: str, seq: int, raw: bytes
+        self, offender: str, kind: RejectionKind, detail: str, subject: str, stream: str, seq: int, raw: bytes
     ) -> None:
         """Publish a :class:`BusRejection` on ``node.violation.<offender>`` (best effort, never raises)."""
         try:

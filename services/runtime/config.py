@@ -1,8 +1,10 @@
 """Service configuration: ``DIR/cluster.json`` (written by ``mpcw up``) plus environment overrides.
 
 Precedence: explicit arguments > environment (``MPCW_DATA_DIR``, ``MPCW_NATS_URL``, ``MPCW_DATABASE_URL``)
-> ``cluster.json`` > defaults. TLS files come from the identity: ``DIR/pki/<identity>.crt|key`` and
-``DIR/pki/ca.crt``.
+> ``cluster.json`` > defaults. TLS files come from the identity: ``DIR/pki/<identity>.crt`` and
+``DIR/pki/ca.crt``, the private key from the cluster's secrets directory (``<secrets>/pki/<identity>.key``,
+:mod:`services.runtime.secrets_dir`). ``network`` (``cluster.json``, default ``regtest``) is the Bitcoin
+network; on ``mainnet`` a signer refuses to start without ``MPCW_NODE_PASSPHRASE``.
 """
 
 from __future__ import annotations

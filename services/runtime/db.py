@@ -22,7 +22,7 @@ import asyncpg
 
 from .config import ServiceConfig
 
-MIGRATION_RE = re.compile(r"^(\d{3,})_[A-Za-z0-9_\-]+\.sql$")
+MIGRATION_RE = re.compile(r"^(\d{3,})_[A-Za-z0-9_\-]+\.sql\Z")
 MIGRATE_LOCK = 7405310113870
 ZERO_HASH = bytes(32)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -3,6 +3,7 @@ rendered TLS + JetStream config on free ports, and PostgreSQL 16 via ``pgserver`
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import shutil
@@ -13,11 +14,14 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .logging import open_log_file
 from .natsconf import ConsumerRights, NatsPorts, render_cluster_configs, render_server_config
 from .pki import server_tls_files
+from .secrets_dir import private_dir, write_private
 
 
 def _ephemeral_ports() -> tuple[int, int]:
@@ -56,6 +60,46 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         bound: int = s.getsockname()[1]
         return bound
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets SIGTERM when the process that started it
+    dies, even by SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``), so a killed supervisor leaves no orphans
+    running on its stores. Elsewhere it does nothing."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def postmaster_pid(pg_dir: Path) -> int | None:
+    """The pid of the PostgreSQL server running on ``pg_dir``, None when none runs (no
+    ``postmaster.pid``, or a stale one left by a killed server)."""
+    try:
+        pid = int((pg_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return pid
+    return None if state == "Z" else pid
 
 
 def nats_server_binary() -> Path:
@@ -116,12 +160,13 @@ class NatsServers:
 
 def _spawn_nats(conf: Path, log: Path) -> subprocess.Popen[bytes]:
     """One nats-server with ``conf``, appending its output to ``log``."""
-    with open(log, "ab") as out:
+    with open_log_file(log) as out:
         return subprocess.Popen(
             [str(nats_server_binary()), "-c", str(conf)],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),
         )
 
 
@@ -158,10 +203,8 @@ def start_nats(
     consumer_rights: ConsumerRights = "own",
 ) -> NatsServers:
     """Start nats-server with its store in ``DIR/nats/`` and wait until JetStream is ready."""
-    nats_dir = data_dir / "nats"
-    nats_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log_dir = data_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    nats_dir = private_dir(data_dir / "nats")
+    log_dir = private_dir(data_dir / "logs")
     tls = server_tls_files(data_dir)
     if ports is None:
         ports = [
@@ -194,7 +237,7 @@ def start_nats(
     conf_files: list[Path] = []
     for i, conf in enumerate(confs):
         cf = nats_dir / f"server-{i + 1}.conf"
-        cf.write_text(conf)
+        write_private(cf, conf.encode(), durable=False)
         conf_files.append(cf)
         procs.append(_spawn_nats(cf, log_dir / f"nats-{i + 1}.log"))
     servers = NatsServers(procs, ports, conf_files)
@@ -231,10 +274,20 @@ class Postgres:
 def start_postgres(data_dir: Path, database: str = "mpcw") -> Postgres:
     """Start (or attach to) PostgreSQL in ``DIR/pg/`` and create ``database`` if missing."""
     import pgserver
+    from pgserver.postgres_server import PostgresServer
 
     pg_dir = data_dir / "pg"
-    pg_dir.mkdir(parents=True, exist_ok=True)
+    pg_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # initdb wants it 0700 (or 0750) and empty
+    # pgserver keeps one handle per directory for the life of the process and returns it even after the
+    # server stopped or was killed (a restart would then find no server): forget a handle whose server
+    # is gone
+    if postmaster_pid(pg_dir) is None:
+        PostgresServer._instances.pop(pg_dir.resolve(), None)
     server = pgserver.get_server(pg_dir, cleanup_mode=None)  # type: ignore[attr-defined]  # not re-exported
+    if os.geteuid() == 0:
+        # as root, pgserver runs PostgreSQL as the system user "pgserver" and opens every directory
+        # above pg/ to group and others (r-x) so that user can reach it: keep only the traversal it needs
+        os.chmod(data_dir, 0o711)
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')

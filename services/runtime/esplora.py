@@ -33,7 +33,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
-_TXID = re.compile(r"^[0-9a-fA-F]{64}$")
+_TXID = re.compile(r"^[0-9a-fA-F]{64}\Z")
 _RPC_ERROR_PREFIX = "sendrawtransaction RPC error: "
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 

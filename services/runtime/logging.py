@@ -5,8 +5,8 @@ Usage::
     log = get_logger("consensus")
     log.info("round opened", tx_id=tx_id, threshold=4)
 
-Field names that look like secrets (``secret``, ``password``, ``private``, ``share``, ``token``, ``key``
-material...) are redacted, and bytes values are logged only by length.
+Fields whose names look like secrets are redacted whatever their value (hex, bytes, numbers), in nested
+dictionaries too (:func:`is_secret_name`); bytes values are logged only by length, at any depth.
 
 Once :func:`setup_logging` ran (every service process), this module's loggers write their lines straight
 to the stream's file descriptor, one ``write`` per line, past the ``logging`` machinery (records,
@@ -19,46 +19,81 @@ from __future__ import annotations
 
 import logging as _std
 import os
+import re
 import sys
 import time
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
 
 import msgspec
 
-_SECRET_HINTS = (
+from .secrets_dir import private_dir
+
+# a name containing one of these anywhere is secret (``secret_share``, ``hostkey``, ``nonce_sk``...)
+SECRET_WORDS = (
     "secret",
     "password",
     "passwd",
+    "passphrase",
     "private",
+    "privkey",
+    "seckey",
+    "secnonce",
+    "hostkey",
+    "deckey",
     "share",
     "token",
-    "api_key",
     "apikey",
+    "api_key",
     "seed",
+    "kek",
+    "mnemonic",
+    "credential",
     "nonce_sk",
 )
+# a name with one of these as a whole word is secret (``key``, ``sk``, ``signing_key``), unless another
+# word says it is about a key, not the key (``key_id``, ``pubkey``, ``key_count``)
+SECRET_TOKENS = frozenset({"key", "keys", "sk", "pw", "pin"})
+ABOUT_A_KEY = frozenset({"id", "ids", "pub", "public", "count", "len", "version", "path", "file", "kind"})
+_MAX_DEPTH = 4
 
 
-def _plain(x: Any) -> Any:
+def is_secret_name(name: str) -> bool:
+    """Whether a field called ``name`` must never be logged (case and ``camelCase`` ignored)."""
+    snake = "".join("_" + c.lower() if c.isupper() else c for c in name).lower()
+    if any(w in snake for w in SECRET_WORDS):
+        return True
+    tokens = set(re.split(r"[^a-z0-9]+", snake))
+    return bool(tokens & SECRET_TOKENS) and not tokens & ABOUT_A_KEY
+
+
+def _plain(x: Any, depth: int = 1) -> Any:
+    """A value for a log line: bytes by length, containers redacted inside, other objects by repr."""
     if isinstance(x, str | int | float | bool) or x is None:
         return x
     if isinstance(x, bytes | bytearray | memoryview):
         return f"<{len(x)} bytes>"
+    if depth >= _MAX_DEPTH:
+        return "<nested>"
+    if isinstance(x, dict):
+        return {
+            str(k): "[redacted]" if is_secret_name(str(k)) else _plain(v, depth + 1)
+            for k, v in list(x.items())[:50]
+        }
+    if isinstance(x, list | tuple | set | frozenset):
+        return [_plain(v, depth + 1) for v in list(x)[:50]]
     return repr(x)[:200]
 
 
 def _redact(fields: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in fields.items():
-        lk = k.lower()
-        if any(h in lk for h in _SECRET_HINTS):
+        if is_secret_name(k):
             out[k] = "[redacted]"
-        elif isinstance(v, bytes | bytearray | memoryview):
-            out[k] = f"<{len(v)} bytes>"
-        elif isinstance(v, str | int | float | bool) or v is None:
-            out[k] = v
-        elif isinstance(v, list | tuple):
-            out[k] = [_plain(x) for x in v[:50]]
+        elif isinstance(v, dict | list | tuple | set | frozenset):
+            out[k] = _plain(v)
+        elif isinstance(v, str | int | float | bool | bytes | bytearray | memoryview) or v is None:
+            out[k] = _plain(v)
         else:
             out[k] = repr(v)[:500]
     return out
@@ -183,3 +218,12 @@ def setup_logging(service: str, level: str | int = "INFO", stream: TextIO | None
 
 def get_logger(service: str) -> Logger:
     return Logger(service)
+
+
+def open_log_file(path: Path) -> BinaryIO:
+    """``path`` opened for appending, 0600 (an existing file is narrowed to 0600), in a 0700 directory:
+    a log names transactions, addresses and peers, for the operator only."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "ab")

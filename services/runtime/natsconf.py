@@ -17,46 +17,84 @@ from schemas.names import (
     JS_CLIENT_SUBSCRIBE,
     consumers_of,
     inbox_prefix,
+    kv_reads_of,
+    kv_writes_of,
     publish_rights,
     stream_for,
+    stream_reads_of,
 )
 
-# JetStream API subjects every (non-admin) client may use: reading streams and consumer state, flow
-# control; no stream create/update/delete/purge
-JS_API_CLIENT: tuple[str, ...] = (
+# The JetStream API a deployment (consumer_rights="own") gives every non-admin identity: stream info (the
+# bus checks at connect that every stream exists). Reading single messages back (``STREAM_READERS``,
+# ``KV_READERS``), watches and its own durables come on top, per identity. Nothing lists or inspects
+# other identities' consumers (``$JS.API.CONSUMER.NAMES/LIST``, ``INFO`` but on its own): a consumer's
+# info names its deliver subject, an inbox of its owner, and nats-server does not check the deliver
+# subject of a new consumer, nor the reply subject of any request, against the creator's rights. No
+# stream names or list (nobody looks streams up by subject), no account info, no direct get (the buckets
+# are made without ``allow_direct``: the server would not answer).
+JS_API_BASE: tuple[str, ...] = ("$JS.API.STREAM.INFO.*",)
+# consumer_rights="any" (the integration tests' broker: their consumers have names of their own and they
+# watch whatever bucket they test): the broad rights of before, every consumer operation on every
+# consumer, and every ack
+JS_API_ANY: tuple[str, ...] = (
     "$JS.API.INFO",
     "$JS.API.STREAM.INFO.*",
     "$JS.API.STREAM.NAMES",
     "$JS.API.STREAM.LIST",
     "$JS.API.STREAM.MSG.GET.*",
     "$JS.API.DIRECT.GET.>",
-    "$JS.API.CONSUMER.INFO.*.*",
-    "$JS.API.CONSUMER.NAMES.*",
-    "$JS.API.CONSUMER.LIST.*",
     "$JS.FC.>",
-    # KV watches and key listings: ephemeral consumers the server names (ack policy none)
-    *(f"$JS.API.CONSUMER.CREATE.KV_{bucket}" for bucket in BUCKETS),
+    "$JS.API.CONSUMER.>",
+    "$JS.ACK.>",
 )
-# consumer_rights="any" (the integration tests' broker: their consumers have names of their own): every
-# consumer operation on every consumer, and every ack
-JS_API_ANY_CONSUMER: tuple[str, ...] = ("$JS.API.CONSUMER.>", "$JS.ACK.>")
 ConsumerRights = Literal["own", "any"]
 
 
 def consumer_rights_of(identity: str) -> list[str]:
     """The JetStream API subjects of ``identity``'s own durable consumers (``schemas.names.CONSUMERS``):
-    create or update, look up, delete, pull from, and ack on them; nothing on anybody else's."""
+    create or update (only in the form that names the filter subject, so the filter stays the table's),
+    look up, reset (a restart at a stored position), pull from, and ack on them; nothing on anybody
+    else's. No delete: admin makes them all as pull consumers (``Bus.ensure_durables``), and the server
+    refuses to turn a pull consumer into a push one, so an identity cannot have its deliveries pushed to a
+    subject of its choosing."""
     out: list[str] = []
     for name, subject in consumers_of(identity).items():
         s = stream_for(subject)
         out += [
-            f"$JS.API.CONSUMER.CREATE.{s}.{name}",
-            f"$JS.API.CONSUMER.CREATE.{s}.{name}.>",
-            f"$JS.API.CONSUMER.DELETE.{s}.{name}",
+            f"$JS.API.CONSUMER.CREATE.{s}.{name}.{subject}",
+            f"$JS.API.CONSUMER.INFO.{s}.{name}",
+            f"$JS.API.CONSUMER.RESET.{s}.{name}",
             f"$JS.API.CONSUMER.MSG.NEXT.{s}.{name}",
             f"$JS.ACK.{s}.{name}.>",
         ]
     return out
+
+
+def kv_rights_of(identity: str) -> list[str]:
+    """The JetStream API subjects of ``identity``'s KV reads (``schemas.names.KV_READERS``): message gets
+    on the buckets it reads or writes (a create-only write reads the key back on a conflict); on the
+    buckets it watches, the ephemeral consumers of a watch or key listing (the server names them), their
+    info (the watch asks how many values are pending) and flow control."""
+    reads = kv_reads_of(identity)
+    out: list[str] = []
+    for bucket in BUCKETS:
+        if bucket in reads or bucket in kv_writes_of(identity):
+            out.append(f"$JS.API.STREAM.MSG.GET.KV_{bucket}")
+        if reads.get(bucket) == "watch":
+            out += [
+                f"$JS.API.CONSUMER.CREATE.KV_{bucket}",
+                f"$JS.API.CONSUMER.INFO.KV_{bucket}.*",
+                f"$JS.FC.KV_{bucket}.>",
+            ]
+    return out
+
+
+def js_api_rights_of(identity: str, consumer_rights: ConsumerRights = "own") -> list[str]:
+    """Every JetStream API subject a non-admin ``identity`` may publish on."""
+    if consumer_rights == "any":
+        return list(JS_API_ANY)
+    reads = [f"$JS.API.STREAM.MSG.GET.{s}" for s in stream_reads_of(identity)]
+    return [*JS_API_BASE, *reads, *kv_rights_of(identity), *consumer_rights_of(identity)]
 
 
 def nats_conf_dir() -> Path:
@@ -80,8 +118,7 @@ def user_entry(identity: str, consumer_rights: ConsumerRights = "own") -> str:
         pub = [">"]
         sub = [">"]
     else:
-        consumers = consumer_rights_of(identity) if consumer_rights == "own" else list(JS_API_ANY_CONSUMER)
-        pub = [*publish_rights(identity), *JS_API_CLIENT, *consumers]
+        pub = [*publish_rights(identity), *js_api_rights_of(identity, consumer_rights)]
         sub = [p.replace("{inbox}", inbox_prefix(identity)) for p in JS_CLIENT_SUBSCRIBE]
     return (
         f"    {{ user: {_q('CN=' + identity)}, permissions: {{\n"

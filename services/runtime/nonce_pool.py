@@ -1,13 +1,18 @@
-"""The pool of FROST nonce commitments, as seen from KV ``presig``.
+"""The pool of precommitted signing material, as seen from KV ``presig``: the material of a scheme
+whose signers each make their own, one item per input, usable with any signer set (FROST nonces:
+:attr:`core.scheme.SigningScheme.material`); ``<scheme>`` below is that scheme's wire name.
 
 Each signer puts the public halves of the nonces it precomputed, up to ``NONCE_BATCH_MAX`` in one entry,
-under ``frost.<key_id>.<node>.b.<batch>``. A consensus process claims a whole batch by *creating*
-``frost.<key_id>.<node>.c.<batch>`` (create-only: the server's compare-and-set on "no such key"), then
+under ``<scheme>.<key_id>.<node>.b.<batch>``. A consensus process claims a whole batch by *creating*
+``<scheme>.<key_id>.<node>.c.<batch>`` (create-only: the server's compare-and-set on "no such key"), then
 hands its nonces out one at a time from memory, each at most once. However many consensus processes race
 for a batch, one gets it; a claimed batch is never claimed again, and the nonces its claimer has not
 handed out when it stops are never used (burned: a restarted process does not know which ones it used,
 so it claims fresh batches). One KV write per batch instead of one per nonce keeps the pool off the
 spend's path.
+
+A signer deletes its batches when it restarts (the nonces died with its process): a deleted batch is no
+longer offered, and its nonces this process claimed but has not handed out are dropped.
 
 Entries live 24 h in KV (the bucket's TTL); a nonce is offered only while its batch is younger than
 ``NONCE_MAX_AGE_MS`` (the TTL removes entries without telling the watch), and a claim outlives that.
@@ -26,6 +31,7 @@ from collections import deque
 
 import msgspec
 
+from core.scheme import DEFAULT_SCHEME, SigningScheme, scheme_for
 from schemas import kv as K
 from schemas.messages import NonceRef
 from schemas.names import BUCKET_PRESIG
@@ -40,16 +46,28 @@ def _now_ms() -> int:
 
 
 class NoncePool:
-    """FROST nonce commitments per node, mirrored from KV ``presig`` by a watch; batches claimed by create."""
+    """Nonce commitments per node, mirrored from KV ``presig`` by a watch; batches claimed by create."""
 
-    def __init__(self, bus: Bus, key_id: str = K.DEFAULT_KEY_ID, *, follow_claims: bool = True) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        key_id: str = K.DEFAULT_KEY_ID,
+        *,
+        follow_claims: bool = True,
+        scheme: SigningScheme | None = None,
+    ) -> None:
+        self.scheme = scheme_for(DEFAULT_SCHEME) if scheme is None else scheme
+        material = self.scheme.material
+        if material.bound_to_signer_set or material.bound_to_derivation:
+            raise ValueError(f"{self.scheme.name} {material.name}s are not pooled per node")
         self.bus = bus
         self.key_id = key_id
         self.follow_claims = follow_claims
         # node -> batch id -> the unclaimed batch, oldest first
         self.free: dict[str, dict[str, K.NonceBatch]] = {}
-        # node -> nonces of batches this process claimed and has not handed out yet, oldest first
-        self.mine: dict[str, deque[tuple[K.NonceCommitment, int]]] = {}
+        # node -> nonces of batches this process claimed and has not handed out yet, oldest first, with
+        # their batch's creation time and id
+        self.mine: dict[str, deque[tuple[K.NonceCommitment, int, str]]] = {}
         # (node, batch id) -> when this pool learnt the batch is claimed (ms); forgotten once its nonces
         # are too old to be offered anyway
         self.claimed: dict[tuple[str, str], int] = {}
@@ -62,13 +80,13 @@ class NoncePool:
         kv = await self.bus.kv(BUCKET_PRESIG)
         key = self.key_id
         if self.follow_claims:
-            watched = f"frost.{key}.>"
+            watched = f"{self.scheme.name}.{key}.>"
         else:
-            async for entry in kv.watch(f"frost.{key}.*.c.*"):  # the claims so far, once
+            async for entry in kv.watch(f"{self.scheme.name}.{key}.*.c.*"):  # the claims so far, once
                 if entry is None:
                     break
                 self.apply(entry)
-            watched = f"frost.{key}.*.b.*"
+            watched = f"{self.scheme.name}.{key}.*.b.*"
         async for entry in kv.watch(watched):
             self.last_update = time.monotonic()
             if entry is None:
@@ -86,8 +104,13 @@ class NoncePool:
             if entry.operation == "PUT":  # a claim's deletion frees nothing: a claim is for ever
                 self._note_claimed(node, batch_id)
             return
-        if entry.operation != "PUT":
+        if entry.operation != "PUT":  # withdrawn by its signer (restarted: the nonces died with it)
             self.free.get(node, {}).pop(batch_id, None)
+            mine = self.mine.get(node)
+            if mine and any(b == batch_id for _, _, b in mine):
+                kept = [m for m in mine if m[2] != batch_id]
+                mine.clear()  # in place: a claim in progress holds this deque
+                mine.extend(kept)
             return
         try:
             batch = entry.decode(K.NonceBatch)
@@ -134,7 +157,7 @@ class NoncePool:
         got: list[NonceRef] = []
         while len(got) < count:
             if mine:
-                c, _ = mine.popleft()
+                c, _, _ = mine.popleft()
                 got.append(NonceRef(nonce_id=c.nonce_id, pubnonce=c.pubnonce))
                 continue
             claiming = self._claiming.get(node)
@@ -158,6 +181,6 @@ class NoncePool:
                 await kv.create(K.nonce_claim_key(self.key_id, node, batch_id), claim)
             except CasConflict:
                 continue  # another consensus process has it
-            self.mine.setdefault(node, deque()).extend((c, batch.created_ms) for c in batch.nonces)
+            self.mine.setdefault(node, deque()).extend((c, batch.created_ms, batch_id) for c in batch.nonces)
             return True
         return False

@@ -1,15 +1,21 @@
 """The local PKI: a CA, TLS client certificates per identity, a server certificate, node identity keys.
 
-Layout under the data directory (private files 0600, directories 0700)::
+Public half, under the data directory (directories 0700, files 0600: the owner's business)::
 
-    pki/ca.crt ca.key                 the CA (ECDSA P-256)
-    pki/server.crt server.key         nats-server (CN/SAN localhost, 127.0.0.1; also clientAuth for routes)
-    pki/<identity>.crt <identity>.key TLS client certificate, subject ``CN=<identity>`` (nats verify_and_map)
+    pki/ca.crt                        the CA (ECDSA P-256)
+    pki/server.crt                    nats-server (CN/SAN localhost, 127.0.0.1; also clientAuth for routes)
+    pki/<identity>.crt                TLS client certificate, subject ``CN=<identity>`` (nats verify_and_map)
     pki/identities.json               {identity: {"ed25519": hex, "x25519": hex}}: public identity keys
-    identities/<identity>/ed25519.key raw 32-byte Ed25519 seed (signs envelopes)
-    identities/<identity>/x25519.key  raw 32-byte X25519 private key (point-to-point encryption)
 
-``init_pki`` is idempotent: it keeps what exists and adds missing identities (e.g. more nodes).
+Private half, in the cluster's secrets directory (:mod:`services.runtime.secrets_dir`; 0600 in 0700),
+never in the data directory::
+
+    pki/ca.key, pki/server.key, pki/<identity>.key   PEM (nats-server and Python's ssl read the paths)
+    identities/<identity>/ed25519.key                raw 32-byte Ed25519 seed (signs envelopes)
+    identities/<identity>/x25519.key                 raw 32-byte X25519 private key (point-to-point)
+
+``init_pki`` is idempotent: it keeps what exists and adds missing identities (e.g. more nodes); it first
+moves private keys an earlier version left in the data directory into the secrets directory.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from schemas.names import all_identities
+
+from .secrets_dir import move_legacy_secrets, private_dir, read_secret, secrets_dir, write_private
 
 CA_NAME = "mpcw-ca"
 VALID_DAYS = 3650
@@ -47,32 +54,26 @@ def identities_path(data_dir: Path) -> Path:
     return pki_dir(data_dir) / "identities.json"
 
 
+def private_pki_dir(data_dir: Path) -> Path:
+    """Where the TLS private keys are: ``pki/`` of the cluster's secrets directory."""
+    return secrets_dir(data_dir) / "pki"
+
+
+def identity_key_dir(data_dir: Path, identity: str) -> Path:
+    """Where ``identity``'s private identity keys are (in the cluster's secrets directory)."""
+    return secrets_dir(data_dir) / "identities" / identity
+
+
 def tls_files(data_dir: Path, identity: str) -> TlsFiles:
     d = pki_dir(data_dir)
-    return TlsFiles(ca=d / "ca.crt", cert=d / f"{identity}.crt", key=d / f"{identity}.key")
+    return TlsFiles(
+        ca=d / "ca.crt", cert=d / f"{identity}.crt", key=private_pki_dir(data_dir) / f"{identity}.key"
+    )
 
 
 def server_tls_files(data_dir: Path) -> TlsFiles:
     d = pki_dir(data_dir)
-    return TlsFiles(ca=d / "ca.crt", cert=d / "server.crt", key=d / "server.key")
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.chmod(tmp, 0o644)
-    tmp.replace(path)
+    return TlsFiles(ca=d / "ca.crt", cert=d / "server.crt", key=private_pki_dir(data_dir) / "server.key")
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -85,14 +86,14 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _load_ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _load_ca(d: Path, keys: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
-    key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), password=None)
+    key = serialization.load_pem_private_key(read_secret(keys / "ca.key", "the CA's key"), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return cert, key
 
 
-def _make_ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _make_ca(d: Path, keys: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -121,13 +122,14 @@ def _make_ca(d: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(d / "ca.key", _key_pem(key))
-    _write_public(d / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
+    write_private(keys / "ca.key", _key_pem(key))
+    write_private(d / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
     return cert, key
 
 
 def _issue(
     d: Path,
+    keys: Path,
     stem: str,
     cn: str,
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
@@ -162,8 +164,8 @@ def _issue(
             critical=False,
         )
     cert = builder.sign(ca_key, hashes.SHA256())
-    _write_private(d / f"{stem}.key", _key_pem(key))
-    _write_public(d / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM))
+    write_private(keys / f"{stem}.key", _key_pem(key))
+    write_private(d / f"{stem}.crt", cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _raw_public(key: ed25519.Ed25519PublicKey | x25519.X25519PublicKey) -> bytes:
@@ -171,17 +173,17 @@ def _raw_public(key: ed25519.Ed25519PublicKey | x25519.X25519PublicKey) -> bytes
 
 
 def _ensure_identity_keys(data_dir: Path, name: str) -> dict[str, str]:
-    d = data_dir / "identities" / name
+    d = identity_key_dir(data_dir, name)
     ed_path, x_path = d / "ed25519.key", d / "x25519.key"
     if not ed_path.exists():
-        _write_private(
+        write_private(
             ed_path,
             ed25519.Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
             ),
         )
     if not x_path.exists():
-        _write_private(
+        write_private(
             x_path,
             x25519.X25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
@@ -199,21 +201,23 @@ def init_pki(data_dir: Path, nodes: int = 5, extra: tuple[str, ...] = ()) -> lis
     """
     if nodes < 1:
         raise ValueError("nodes must be >= 1")
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    d = pki_dir(data_dir)
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    ca = _load_ca(d) if (d / "ca.crt").exists() and (d / "ca.key").exists() else _make_ca(d)
-    if not (d / "server.crt").exists():
-        _issue(d, "server", "localhost", ca, server=True)
+    private_dir(data_dir)
+    d = private_dir(pki_dir(data_dir))
+    secrets_dir(data_dir, create=True)
+    move_legacy_secrets(data_dir)
+    keys = private_dir(private_pki_dir(data_dir))
+    ca = _load_ca(d, keys) if (d / "ca.crt").exists() else _make_ca(d, keys)
+    if not (d / "server.crt").exists() or not (keys / "server.key").exists():
+        _issue(d, keys, "server", "localhost", ca, server=True)
     created: list[str] = []
     ids_file = identities_path(data_dir)
     public: dict[str, dict[str, str]] = json.loads(ids_file.read_text()) if ids_file.exists() else {}
     for name in [*all_identities(nodes), *extra]:
-        if not (d / f"{name}.crt").exists():
-            _issue(d, name, name, ca, server=False)
+        if not (d / f"{name}.crt").exists() or not (keys / f"{name}.key").exists():
+            _issue(d, keys, name, name, ca, server=False)
             created.append(name)
         public[name] = _ensure_identity_keys(data_dir, name)
-    _write_public(ids_file, (json.dumps(public, indent=2, sort_keys=True) + "\n").encode())
+    write_private(ids_file, (json.dumps(public, indent=2, sort_keys=True) + "\n").encode())
     return created
 
 

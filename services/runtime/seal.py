@@ -19,14 +19,20 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from schemas import envelope as E
+from schemas.kinds import RejectionKind
 from schemas.names import proto_recipient, sender_may_publish
+
+from .pki import identity_key_dir
+from .secrets_dir import read_secret
 
 
 class EnvelopeError(Exception):
-    """A message that must be dropped. ``kind`` is one of ``schemas.envelope.REJECTION_KINDS``;
+    """A message that must be dropped. ``kind`` is one of ``schemas.kinds.RejectionKind``;
     ``sender`` is the *claimed* sender (or None), ``verified`` whether the signature checked out."""
 
-    def __init__(self, kind: str, detail: str, sender: str | None = None, verified: bool = False) -> None:
+    def __init__(
+        self, kind: RejectionKind, detail: str, sender: str | None = None, verified: bool = False
+    ) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
@@ -113,11 +119,13 @@ class IdentityKeys:
 
     @classmethod
     def load(cls, data_dir: Path, name: str) -> IdentityKeys:
-        d = data_dir / "identities" / name
+        d = identity_key_dir(data_dir, name)
         return cls(
             name=name,
-            signing=Ed25519Signer((d / "ed25519.key").read_bytes()),
-            exchange=x25519.X25519PrivateKey.from_private_bytes((d / "x25519.key").read_bytes()),
+            signing=Ed25519Signer(read_secret(d / "ed25519.key", f"{name}'s signing key")),
+            exchange=x25519.X25519PrivateKey.from_private_bytes(
+                read_secret(d / "x25519.key", f"{name}'s exchange key")
+            ),
         )
 
     def __repr__(self) -> str:  # keep keys out of tracebacks and logs

@@ -37,6 +37,7 @@ from typing import Generic, TypeVar
 import msgspec
 
 from schemas import envelope as E
+from schemas.kinds import RejectionKind
 from schemas.names import UNKNOWN, kv_subject, kv_writer_allowed
 
 from .bus import KV, Bus, CasConflict, KvEntry
@@ -46,10 +47,10 @@ T = TypeVar("T", bound=msgspec.Struct)
 
 
 class KvValueRejected(Exception):
-    """A stored value that must not be acted on. ``kind``: one of ``schemas.envelope.REJECTION_KINDS``;
+    """A stored value that must not be acted on. ``kind``: one of ``schemas.kinds.RejectionKind``;
     ``offender``: the identity it convicts (``unknown`` when none)."""
 
-    def __init__(self, kind: str, detail: str, offender: str = UNKNOWN) -> None:
+    def __init__(self, kind: RejectionKind, detail: str, offender: str = UNKNOWN) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail

@@ -12,8 +12,16 @@ the terminal) and waits. The supervisor:
 5. writes ``DIR/run/cluster.ready`` once every service wrote its ready file (``DIR/run/<name>.ready`` with
    the pid it started, see ``services.runtime.service``), or ``DIR/run/supervisor.failed`` (a one-line
    reason) when a service keeps crashing before it gets ready or a server does not start;
-6. keeps ``DIR/run/supervisor.json`` up to date (processes, pids, restarts, readiness) for ``mpcw status``;
-7. on SIGTERM/SIGINT stops the services (SIGTERM, then SIGKILL after a timeout), then NATS and PostgreSQL.
+6. keeps ``DIR/run/supervisor.json`` up to date (processes, pids, restarts, readiness, and whether the
+   cluster is healthy right now) for ``mpcw status``;
+7. restarts an exited nats-server or PostgreSQL (looked at every second) as it restarts services;
+8. on SIGTERM/SIGINT stops the services (SIGTERM, then SIGKILL after a timeout), then NATS and PostgreSQL.
+
+Every process it starts (services and nats-servers) gets SIGTERM when the supervisor dies, even by
+SIGKILL (``die_with_parent``), so a killed supervisor leaves nothing running on the directory's stores
+but PostgreSQL, which a new supervisor adopts. :func:`cluster_processes` finds whatever still runs on a
+directory, for ``mpcw up`` (which refuses to start a second set beside it) and ``mpcw down`` (which stops
+it).
 
 A service module that cannot be imported (not written yet) is skipped with status ``missing``.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -39,8 +48,19 @@ from typing import Any
 from schemas.names import all_identities, node_names
 
 from .config import load_config, read_cluster, write_cluster
-from .embedded import NatsServers, Postgres, free_port, start_nats, start_postgres, stop_postgres
+from .embedded import (
+    NatsServers,
+    Postgres,
+    die_with_parent,
+    free_port,
+    postmaster_pid,
+    start_nats,
+    start_postgres,
+    stop_postgres,
+)
+from .logging import open_log_file
 from .pki import init_pki, pki_exists
+from .secrets_dir import private_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT = 15.0
@@ -134,6 +154,8 @@ class Supervisor:
         self.nats: NatsServers | None = None
         self.nats_next_check = 0.0  # when to look for exited nats-servers next (monotonic)
         self.pg: Postgres | None = None
+        self.pg_next_check = 0.0
+        self.pg_restarts = 0
         self.stopping = False
         self.failed: str | None = None
         self.cluster_ready = False
@@ -141,13 +163,28 @@ class Supervisor:
 
     # ---- files ----------------------------------------------------------------------------------------
 
+    def healthy(self) -> bool:
+        """Everything runs right now: every service ready, every nats-server and PostgreSQL up."""
+        if not self.cluster_ready or self.nats is None or self.pg is None:
+            return False
+        if any(p.poll() is not None for p in self.nats.procs):
+            return False
+        if postmaster_pid(self.pg.data_dir) is None:
+            return False
+        return all(p.status in ("ready", "missing") for p in self.procs)
+
     def _write_state(self) -> None:
         state = {
             "pid": os.getpid(),
             "ts": time.time(),
             "ready": self.cluster_ready,
+            "healthy": self.healthy(),
             "failed": self.failed,
             "nats_pids": self.nats.pids if self.nats else [],
+            "postgres": {
+                "pid": postmaster_pid(self.pg.data_dir) if self.pg else None,
+                "restarts": self.pg_restarts,
+            },
             "processes": [
                 {
                     "name": p.name,
@@ -196,6 +233,7 @@ class Supervisor:
                 await conn.close()
             cfg = load_config("admin", self.data_dir, nats_url=self.nats.url if self.nats else "")
             cfg.extra["nats_replicas"] = replicas  # cluster.json (read by every service) is written below
+            cfg = dataclasses.replace(cfg, nodes=tuple(node_names(self.n)))  # whose durables to make
             admin = await Bus.connect(cfg, ensure=True)
             await admin.close()
 
@@ -208,7 +246,7 @@ class Supervisor:
             "n": self.n,
             "t": self.t,
             "nodes": node_names(self.n),
-            "network": "regtest",
+            "network": old.get("network", "regtest"),
             "nats_url": self.nats.url,
             "nats_monitor_url": f"http://127.0.0.1:{self.nats.ports[0].http}",
             "nats_replicas": replicas,
@@ -264,7 +302,7 @@ class Supervisor:
         }
         env.pop("MPCW_NATS_URL", None)  # the cluster's own servers, from cluster.json
         env.pop("MPCW_DATABASE_URL", None)
-        with open(self.logs / f"{p.name}.log", "ab") as out:
+        with open_log_file(self.logs / f"{p.name}.log") as out:
             p.popen = subprocess.Popen(
                 [sys.executable, "-m", p.module, "--data-dir", str(self.data_dir), *self._args(p)],
                 stdout=out,
@@ -272,6 +310,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 cwd=str(REPO_ROOT),
                 env=env,
+                preexec_fn=die_with_parent(),
             )
         if p.nice > 0:
             with contextlib.suppress(OSError):  # a priority is a preference, never a reason not to run
@@ -299,6 +338,9 @@ class Supervisor:
             self.nats_next_check = now + 1.0
             for i, exit_code in self.nats.restart_exited():
                 print(f"supervisor: nats-server {i + 1} exited ({exit_code}); restarted", file=sys.stderr)
+        if self.pg is not None and now >= self.pg_next_check:
+            self.pg_next_check = now + 1.0
+            self._restart_postgres_if_gone()
         for p in self.procs:
             if p.status in ("missing", "failed"):
                 continue
@@ -338,6 +380,19 @@ class Supervisor:
                 self.cluster_ready = True
                 (self.run / "cluster.ready").write_text(json.dumps({"ts": time.time()}))
 
+    def _restart_postgres_if_gone(self) -> None:
+        assert self.pg is not None
+        if postmaster_pid(self.pg.data_dir) is not None:
+            return
+        try:
+            self.pg = start_postgres(self.data_dir)
+        except Exception as exc:  # tried again a second later; the services wait for their database
+            print(f"supervisor: PostgreSQL is down and did not start: {type(exc).__name__}", file=sys.stderr)
+            self.pg_next_check = time.monotonic() + 2.0
+            return
+        self.pg_restarts += 1
+        print("supervisor: PostgreSQL had exited; restarted", file=sys.stderr, flush=True)
+
     def stop_all(self) -> None:
         procs = [p for p in self.procs if p.popen is not None and p.popen.poll() is None]
         for p in procs:
@@ -363,8 +418,10 @@ class Supervisor:
         stop_postgres(self.data_dir / "pg")
 
     def main(self) -> int:
-        self.run.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
+        os.umask(0o077)  # every file the supervisor, its servers and its services create: owner only
+        private_dir(self.data_dir)
+        private_dir(self.run)
+        private_dir(self.logs)
         for stale in ("cluster.ready", "supervisor.failed"):
             with contextlib.suppress(FileNotFoundError):
                 (self.run / stale).unlink()
@@ -400,6 +457,32 @@ class Supervisor:
                 with contextlib.suppress(FileNotFoundError):
                     (self.run / f).unlink()
         return code
+
+
+def cluster_processes(data_dir: Path) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of every process running on ``data_dir``: one whose arguments name the
+    directory or a path inside it (the supervisor, services, nats-servers, the PostgreSQL server), not
+    counting this process and ``mpcw`` commands. Read from ``/proc``; empty where there is none."""
+    d = str(data_dir.resolve())
+    me = {os.getpid(), os.getppid()}
+    found = []
+    try:
+        pids = [int(x) for x in os.listdir("/proc") if x.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        if pid in me:
+            continue
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        argv = [a.decode(errors="replace") for a in args if a]
+        if "services.mpcw" in argv or not pid_alive(pid):
+            continue
+        if any(a == d or a.startswith(d + "/") or a.startswith("-D" + d) for a in argv):
+            found.append((pid, " ".join(argv)))
+    return found
 
 
 def _http_answers(url: str) -> bool:

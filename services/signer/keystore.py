@@ -1,38 +1,66 @@
 """A signer node's secrets on disk, encrypted at rest: key shares, the ChillDKG host key, pooled nonces.
 
-Layout under ``<data_dir>/nodes/<node>/``::
+Layout under ``<data_dir>/nodes/<node>/`` (0700, files 0600)::
 
-    kek.salt            scrypt salt when a passphrase is used (MPCW_NODE_PASSPHRASE)
-    kek                 random key-encryption key (0600) when no passphrase is set: development mode
+    kek.argon2id        when a passphrase is used (MPCW_NODE_PASSPHRASE): the Argon2id salt and cost
+                        (JSON, not secret); the key-encryption key is derived at start and never written
     hostkey.enc         the ChillDKG host secret key
     shares/<key>.enc    a DKG output: secret share + public data (msgpack), one file per key id
-    nonces.slots        the pooled FROST secret nonces, one fixed-size slot each
-                        (:mod:`services.signer.nonce_slots`); a slot is erased and synced BEFORE its
-                        nonce is used
+    nonces.slots        the pooled FROST secret nonces of the running signer, one fixed-size slot
+                        each, encrypted under a key only that process holds and locked by it
+                        (:mod:`services.signer.nonce_slots`); wiped when the next process opens it
+
+Where the key-encryption key (KEK) comes from, never from the data directory alone:
+
+- ``MPCW_NODE_PASSPHRASE`` set: Argon2id (libsodium through PyNaCl) with RFC 9106's second recommended
+  cost (t=3 passes, m=64 MiB), salt per node. Required on mainnet: a signer whose ``cluster.json`` says
+  ``"network": "mainnet"`` refuses to start without a passphrase.
+- otherwise (development): a random 32-byte KEK in the cluster's secrets directory
+  (``<secrets>/nodes/<node>/kek``, :mod:`services.runtime.secrets_dir`), outside the data directory.
+
+A copy of the data directory alone therefore opens nothing: without the secrets directory (or the
+passphrase) the keystore refuses to start with a message naming what is missing.
 
 Every ``.enc`` file is ``nonce(12) || ChaCha20-Poly1305(kek, plaintext, aad=node|kind|name)``, written to a
 temp file, fsynced and renamed, so a crash never leaves a torn secret. Binding the AAD to node, kind and
 name means a file copied to another name or node does not decrypt; a nonce slot's AAD also binds its
 slot index. Nothing here logs or raises with secret content in the message.
 
-Upgrade: earlier versions kept each nonce in ``nonces/<id>.enc``. Opening the keystore moves such files
-into slots (keeping their mtime as the creation time), syncs the slot file, and only then deletes the old
-files (undecryptable ones too: they can never be used) and the emptied directory.
+Upgrades, done when the keystore opens:
+
+- a development KEK that earlier versions kept at ``nodes/<node>/kek`` moves into the secrets directory;
+- a passphrase keystore of earlier versions (``kek.salt``, scrypt N=2^15) is re-encrypted under the
+  Argon2id KEK, and so is a development keystore when a passphrase is set for the first time, confirmed
+  by ``MPCW_NODE_PASSPHRASE_CONFIRM`` (its KEK is then deleted from the secrets directory). Each file is
+  re-sealed atomically; the old salt or key file goes last, so a crash half way is finished by the next
+  start.
+- earlier versions kept each nonce in ``nonces/<id>.enc``, and slots under the key-encryption key.
+  Opening the nonce store deletes such files and wipes the old slots: a nonce pooled by an earlier process
+  is never used (its batch is withdrawn from KV ``presig`` when the signer starts).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
 
 import msgspec
+import nacl.pwhash
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from services.signer.nonce_slots import DuplicateNonce, NonceSlots, fsync_dir
+from services.runtime.secrets_dir import SecretsDirError, fsync_dir, private_dir, secrets_dir, write_private
+from services.signer.nonce_slots import DuplicateNonce, NonceSlots
 
 PASSPHRASE_ENV = "MPCW_NODE_PASSPHRASE"
+CONFIRM_ENV = "MPCW_NODE_PASSPHRASE_CONFIRM"  # moving a development keystore to a passphrase
+NETWORKS_REQUIRING_PASSPHRASE = frozenset({"mainnet"})
+ARGON2ID_OPSLIMIT = 3  # RFC 9106 section 4, second recommended option: t=3, m=64 MiB
+ARGON2ID_MEMLIMIT = 64 * 1024 * 1024
+KDF_FILE = "kek.argon2id"
+LEGACY_SCRYPT_SALT = "kek.salt"
 
 
 class KeystoreError(Exception):
@@ -44,6 +72,8 @@ class NonceConsumed(KeystoreError):
 
 
 class ShareRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A DKG output as stored: its ``repr`` names the key, never the secret share."""
+
     key_id: str
     scheme: str
     index: int  # this node's participant index (0-based)
@@ -55,54 +85,180 @@ class ShareRecord(msgspec.Struct, frozen=True, kw_only=True):
     t: int
     recovery_data: bytes = b""
 
-
-def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write to a temporary file and rename it: readers see the file absent or whole. ``durable``
-    also fsyncs the file and the directory, so it survives an OS crash."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
+    def __repr__(self) -> str:
+        return (
+            f"ShareRecord(key_id={self.key_id!r}, scheme={self.scheme!r}, index={self.index}, "
+            f"n={self.n}, t={self.t})"
+        )
 
 
 class Keystore:
-    def __init__(self, data_dir: Path, node: str, passphrase: str | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, node: str, passphrase: str | None = None, *, network: str = "regtest"
+    ) -> None:
         self.node = node
-        self.root = Path(data_dir) / "nodes" / node
-        for sub in ("", "shares"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "nodes" / node
+        private_dir(self.data_dir / "nodes")
+        private_dir(self.root)
+        private_dir(self.root / "shares")
         if passphrase is None:
             passphrase = os.environ.get(PASSPHRASE_ENV) or None
+        if network in NETWORKS_REQUIRING_PASSPHRASE and not passphrase:
+            raise KeystoreError(
+                f"{node} runs on {network}: the development key store (a key file in the secrets "
+                f"directory) is refused there; set {PASSPHRASE_ENV}"
+            )
         self._aead = ChaCha20Poly1305(self._kek(passphrase))
-        self._nonces = NonceSlots(self.root / "nonces.slots", self._aead, node, check_name=self._check_name)
-        self._import_legacy_nonces()
+        self._nonce_store: NonceSlots | None = None
 
     def close(self) -> None:
-        self._nonces.close()
+        if self._nonce_store is not None:
+            self._nonce_store.close()
+            self._nonce_store = None
+
+    def open_nonces(self) -> None:
+        """Take this node's nonce store for this process: lock it (:class:`NonceStoreBusy` when another
+        process holds it), wipe what earlier processes pooled, delete the files of earlier versions.
+        The nonce methods below open it on first use."""
+        if self._nonce_store is None:
+            self._nonce_store = NonceSlots(self.root / "nonces.slots", self.node, check_name=self._check_name)
+            self._delete_legacy_nonces()
+
+    @property
+    def _nonces(self) -> NonceSlots:
+        if self._nonce_store is None:
+            self.open_nonces()
+        assert self._nonce_store is not None
+        return self._nonce_store
+
+    # -- the key-encryption key ----------------------------------------------------------------
+    @property
+    def dev_kek_path(self) -> Path:
+        """The development KEK's place in the cluster's secrets directory."""
+        return secrets_dir(self.data_dir, create=True) / "nodes" / self.node / "kek"
+
+    def _sealed_files(self) -> list[tuple[Path, str, str]]:
+        """(path, kind, name) of every ``.enc`` file sealed under the KEK."""
+        out = [(self.root / "hostkey.enc", "hostkey", "host")]
+        out += [(p, "share", p.stem) for p in sorted((self.root / "shares").glob("*.enc"))]
+        return [f for f in out if f[0].exists()]
 
     def _kek(self, passphrase: str | None) -> bytes:
         if passphrase:
-            salt_path = self.root / "kek.salt"
-            if not salt_path.exists():
-                write_atomic(salt_path, secrets.token_bytes(16))
-            salt = salt_path.read_bytes()
-            return Scrypt(salt=salt, length=32, n=2**15, r=8, p=1).derive(passphrase.encode())
-        if (self.root / "kek.salt").exists():
+            return self._passphrase_kek(passphrase)
+        if (self.root / KDF_FILE).exists() or (self.root / LEGACY_SCRYPT_SALT).exists():
             raise KeystoreError(f"{self.node}'s secrets are protected by a passphrase: set {PASSPHRASE_ENV}")
-        kek_path = self.root / "kek"
-        if not kek_path.exists():
-            write_atomic(kek_path, secrets.token_bytes(32))
-        kek = kek_path.read_bytes()
+        try:
+            path = self.dev_kek_path
+            legacy = self.root / "kek"
+            if legacy.exists():  # an earlier version's key file beside the shares: move it out
+                if path.exists() and path.read_bytes() != legacy.read_bytes():
+                    raise KeystoreError(
+                        f"{legacy} (left by an earlier version) and {path} differ: keep the one the "
+                        "shares decrypt under and delete the other"
+                    )
+                write_private(path, legacy.read_bytes())
+                legacy.unlink()
+                fsync_dir(self.root)
+            if not path.exists():
+                if self._sealed_files():
+                    raise KeystoreError(
+                        f"{self.node}'s key-encryption key is not in the secrets directory ({path}): its "
+                        "shares cannot be decrypted. Restore the secrets directory from its backup (or "
+                        f"point MPCW_SECRETS_DIR at it), or set {PASSPHRASE_ENV} if it was made with one"
+                    )
+                write_private(path, secrets.token_bytes(32))
+            kek = path.read_bytes()
+        except SecretsDirError as exc:
+            raise KeystoreError(str(exc)) from None
         if len(kek) != 32:
-            raise KeystoreError(f"{kek_path} is corrupt")
+            raise KeystoreError(f"{path} is corrupt")
         return kek
+
+    def _old_kek_file(self) -> Path | None:
+        """What the sealed files are under when they are not under the passphrase yet: an earlier
+        version's scrypt salt, or a development KEK (in the secrets directory, or where earlier versions
+        kept it). Also found when a re-encryption was interrupted, so the next start finishes it."""
+        if (self.root / LEGACY_SCRYPT_SALT).exists():
+            return self.root / LEGACY_SCRYPT_SALT
+        if not self._sealed_files():
+            return None
+        candidates = [self.root / "kek"]
+        try:
+            candidates.insert(0, secrets_dir(self.data_dir) / "nodes" / self.node / "kek")
+        except SecretsDirError:
+            pass  # no cluster id: no secrets directory either
+        return next((p for p in candidates if p.exists()), None)
+
+    def _passphrase_kek(self, passphrase: str) -> bytes:
+        kdf_path = self.root / KDF_FILE
+        old_file = self._old_kek_file()
+        if old_file is not None and old_file.name != LEGACY_SCRYPT_SALT:
+            if os.environ.get(CONFIRM_ENV) != passphrase:
+                # nothing checks a passphrase set for the first time: a typo would lock the shares
+                raise KeystoreError(
+                    f"{self.node}'s secrets are under its development key ({old_file}); to re-encrypt "
+                    f"them under {PASSPHRASE_ENV}, start once with {CONFIRM_ENV} set to the same "
+                    "passphrase (the development key is then deleted)"
+                )
+        if not kdf_path.exists():
+            if old_file is None and self._sealed_files():
+                raise KeystoreError(
+                    f"{self.node} has sealed files but neither a passphrase record ({kdf_path}) nor a "
+                    "development key: restore the secrets directory or the node's data directory"
+                )
+            params = {
+                "kdf": "argon2id",
+                "salt": secrets.token_bytes(nacl.pwhash.argon2id.SALTBYTES).hex(),
+                "opslimit": ARGON2ID_OPSLIMIT,
+                "memlimit": ARGON2ID_MEMLIMIT,
+            }
+            write_private(kdf_path, json.dumps(params).encode())
+        try:
+            params = json.loads(kdf_path.read_bytes())
+            kek = nacl.pwhash.argon2id.kdf(
+                32,
+                passphrase.encode(),
+                bytes.fromhex(params["salt"]),
+                opslimit=int(params["opslimit"]),
+                memlimit=int(params["memlimit"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise KeystoreError(f"{kdf_path} is corrupt") from None
+        if old_file is not None:
+            if old_file.name == LEGACY_SCRYPT_SALT:
+                old_key = Scrypt(salt=old_file.read_bytes(), length=32, n=2**15, r=8, p=1).derive(
+                    passphrase.encode()
+                )
+            else:
+                old_key = old_file.read_bytes()
+            self._reencrypt(ChaCha20Poly1305(old_key), ChaCha20Poly1305(kek))
+            old_file.unlink()
+            fsync_dir(old_file.parent)
+        return kek
+
+    def _reencrypt(self, old: ChaCha20Poly1305, new: ChaCha20Poly1305) -> None:
+        """Re-seal every sealed file from ``old`` to ``new`` (a file already under ``new`` is kept) and
+        discard the pooled nonces sealed under ``old``. Refuses when a file opens under neither key:
+        a wrong passphrase must not destroy anything."""
+        for path, kind, name in self._sealed_files():
+            blob = path.read_bytes()
+            aad = self._aad(kind, name)
+            try:
+                new.decrypt(blob[:12], blob[12:], aad)
+                continue
+            except Exception:
+                pass
+            try:
+                plain = old.decrypt(blob[:12], blob[12:], aad)
+            except Exception:
+                raise KeystoreError(
+                    f"{kind} {name!r} on {self.node} does not decrypt (wrong passphrase or corrupt)"
+                ) from None
+            nonce = secrets.token_bytes(12)
+            write_private(path, nonce + new.encrypt(nonce, plain, aad))
+        # pooled nonces are not re-encrypted: the nonce store wipes them when it opens (under its lock)
 
     # -- generic encrypted blobs ---------------------------------------------------------------
     def _aad(self, kind: str, name: str) -> bytes:
@@ -110,7 +266,7 @@ class Keystore:
 
     def _seal(self, path: Path, kind: str, name: str, plaintext: bytes, durable: bool = True) -> None:
         nonce = secrets.token_bytes(12)
-        write_atomic(path, nonce + self._aead.encrypt(nonce, plaintext, self._aad(kind, name)), durable)
+        write_private(path, nonce + self._aead.encrypt(nonce, plaintext, self._aad(kind, name)), durable)
 
     def _open(self, path: Path, kind: str, name: str) -> bytes:
         try:
@@ -158,9 +314,7 @@ class Keystore:
 
     # -- pooled secret nonces ------------------------------------------------------------------
     def save_nonce(self, nonce_id: str, secnonce: bytes) -> None:
-        """Store a fresh secret nonce. Not synced, on purpose: losing a fresh nonce in an OS crash is
-        harmless (its signing attempt is refused and retried with another); only *using* one must be
-        durable (:meth:`take_nonce`)."""
+        """Pool a fresh secret nonce, for this process only (it dies with the process)."""
         try:
             self._nonces.save(nonce_id, bytes(secnonce))
         except DuplicateNonce:
@@ -170,18 +324,15 @@ class Keystore:
         return nonce_id in self._nonces
 
     def take_nonce(self, nonce_id: str) -> bytearray:
-        """Read and irrevocably erase a secret nonce: it can be used at most once, even across restarts.
-
-        Its slot is overwritten and the slot file fdatasynced before the nonce is returned, so a crash
-        after this call loses the nonce rather than allowing a second use.
-        """
+        """Read and irrevocably erase a secret nonce: it can be used at most once, even across restarts
+        and restored files (no later process can decrypt it)."""
         got = self.take_nonces([nonce_id])[nonce_id]
         if got is None:
             raise NonceConsumed(f"nonce {nonce_id!r} is used or unknown on {self.node}")
         return got
 
     def take_nonces(self, nonce_ids: list[str]) -> dict[str, bytearray | None]:
-        """:meth:`take_nonce` for many at once, with ONE fdatasync (group commit). An id that is used,
+        """:meth:`take_nonce` for many at once. An id that is used,
         unknown or undecryptable maps to None; a repeated id is taken once (the caller hands each secret
         nonce out once: ``frost.sign`` erases it)."""
         return self._nonces.take(nonce_ids)
@@ -194,29 +345,13 @@ class Keystore:
     def nonce_count(self) -> int:
         return len(self._nonces)
 
-    def _import_legacy_nonces(self) -> None:
-        """Move ``nonces/<id>.enc`` files of earlier versions into slots: copy, fdatasync the slot file,
-        then delete the files and fsync the directory. A file that does not decrypt (or cannot be held
-        in a slot) is deleted: it could never be used. An id already in a slot was imported by a run
-        that crashed before the delete finished."""
+    def _delete_legacy_nonces(self) -> None:
+        """Delete the ``nonces/<id>.enc`` files of earlier versions (and the directory): pooled by an
+        earlier process, they are never used."""
         old_dir = self.root / "nonces"
         if not old_dir.is_dir():
             return
-        old = sorted(old_dir.iterdir())
-        for path in old:
-            if path.suffix != ".enc" or not path.is_file():
-                continue  # a write_atomic temp file never renamed: never announced, just deleted
-            nonce_id = path.stem
-            try:
-                if self.has_nonce(nonce_id):
-                    continue
-                secnonce = self._open(path, "nonce", nonce_id)
-                created_ms = int(path.stat().st_mtime * 1000)
-                self._nonces.save(nonce_id, secnonce, created_ms=created_ms)
-            except (KeystoreError, ValueError):
-                continue  # invalid id, wrong length, or does not decrypt: deleted below
-        self._nonces.sync()
-        for path in old:
+        for path in sorted(old_dir.iterdir()):
             if path.is_file():
                 path.unlink()
         fsync_dir(old_dir)

@@ -1,12 +1,22 @@
-"""One signer node: votes on spends, takes part in ChillDKG, precomputes nonces, signs with FROST.
+"""One signer node: votes on spends, takes part in ChillDKG, precomputes nonces, signs.
+
+Signing goes through the spend's scheme (:mod:`core.scheme`, FROST today): the node holds the secrets
+and checks the attempt; the scheme computes.
 
 Theory of operation
 -------------------
-The node holds its key share and its pooled secret nonces in its own data directory, encrypted at rest
-(:mod:`services.signer.keystore`); nothing secret ever leaves the process except as a ChillDKG message
-(whose shares are encrypted to the recipients' host keys) or a partial signature.
+The node holds its key share in its own data directory, encrypted at rest
+(:mod:`services.signer.keystore`), and its pooled secret nonces in a file encrypted under a key only this
+process holds (:mod:`services.signer.nonce_slots`): a pooled nonce dies with the process, so no restart,
+restored backup or copied file can ever offer a used nonce again. Nothing secret ever leaves the process
+except as a ChillDKG message (whose shares are encrypted to the recipients' host keys) or a partial
+signature.
 
-- ``tx.requested.<tx>``: recheck the spend from scratch (:mod:`services.signer.spend_check`) against the
+- start: lock the nonce store (a second process for the same node is refused and exits), wipe what an
+  earlier process pooled, and withdraw this node's nonce batches from KV ``presig`` (delete
+  ``frost.<key>.<node>.b.<batch>``), so pools stop offering nonces nobody holds any more.
+
+- ``tx.requested.<tx>``: recheck the spend from scratch (:mod:`core.policy`) against the
   policy in KV ``config`` (signed by admin, checked on every read and watch update by
   :mod:`services.runtime.signed_kv`: a value that does not verify is reported and the last good policy
   stays in force; a stored policy that never verified makes the node refuse every spend), record the
@@ -14,15 +24,19 @@ The node holds its key share and its pooled secret nonces in its own data direct
   :class:`Vote` on ``vote.<tx>.<node>``. A replayed request re-publishes the recorded vote (same
   ``Nats-Msg-Id``), never a different one.
 - ``tx.signing.<tx>``: if this node is in the signer set, check the quorum certificate (``t`` distinct
-  approving votes, each signed by its node, each over the sighashes this node recomputes), then for every
-  input take (and irrevocably delete) the pooled secret nonce consensus claimed for it and publish the
-  BIP-445 partial signatures on ``proto.frost.<session>.2.<node>``. Partial signatures already produced
+  approving votes, each signed by its node, each over the sighashes this node recomputes), that this
+  process holds every nonce the attempt names for it ("nonce unknown" otherwise: consensus retries with
+  another signer set) and that the spend is within its attempt cap (:mod:`services.signer.signing_attempts`);
+  a refused attempt takes no nonce. Then count the attempt (durably), for every input take (and delete)
+  the pooled secret nonce consensus claimed for it, sign over the sighashes it recomputed itself
+  (:meth:`core.scheme.SigningScheme.sign_inputs`, which erases the nonces) and publish the partial
+  signatures on ``proto.frost.<session>.2.<node>``. Partial signatures already produced
   for a session are re-published as they were (:mod:`services.signer.answer_log`), so a redelivery never
   needs a nonce twice.
 - ``proto.noncegen.<batch>.1.presig.<node>``: generate nonces, store the secret halves, put the public
   halves in KV ``presig`` (``NONCE_BATCH_MAX`` to an entry) where consensus claims them by CAS.
-- ``proto.chilldkg.<session>.*.consensus``: the participant side of ChillDKG
-  (:mod:`services.signer.dkg_participant`).
+- ``proto.chilldkg.<session>.*.consensus`` and ``proto.chilldkg.<session>.6.consensus.<node>``: the
+  participant side of ChillDKG (:mod:`services.signer.dkg_participant`).
 """
 
 from __future__ import annotations
@@ -35,10 +49,18 @@ from typing import Any
 
 import msgspec
 
+from core.policy import check_spend
+from core.scheme import (
+    DEFAULT_SCHEME,
+    Attempt,
+    SchemeError,
+    SigningScheme,
+    UnknownScheme,
+    scheme_for,
+    scheme_names,
+)
 from schemas import kv as K
 from schemas.messages import (
-    DkgMessage,
-    DkgResult,
     Heartbeat,
     NonceBatchRequest,
     NonceRef,
@@ -50,7 +72,6 @@ from schemas.messages import (
 )
 from schemas.names import (
     BUCKET_CONFIG,
-    BUCKET_KEYS,
     BUCKET_PRESIG,
     check_token,
     durable,
@@ -67,10 +88,9 @@ from services.runtime.signed_kv import NoVerifiedValue, Signed, SignedKV, value_
 from services.signer.answer_log import AnswerLog
 from services.signer.dkg_participant import DkgParticipant
 from services.signer.keystore import Keystore, KeystoreError, ShareRecord
-from services.signer.spend_check import check_spend
+from services.signer.signing_attempts import CONFIG_KEY as MAX_ATTEMPTS_KEY
+from services.signer.signing_attempts import DEFAULT_MAX_ATTEMPTS, SigningAttempts
 from services.signer.vote_journal import JournalEntry, VoteJournal
-from tss import frost
-from tss.secp256k1 import cbytes, point_mul_base
 from wallet.threshold_account import ThresholdAccount
 
 DAY_MS = 24 * 3600 * 1000
@@ -86,12 +106,13 @@ class SigningError(Exception):
     """This node refuses to sign this attempt (the reason is safe to publish)."""
 
 
-REFUSAL_ROUND = "refused"  # proto.frost.<session>.refused.<node>: a signer's refusal, for consensus
+REFUSAL_ROUND = "refused"  # proto.<scheme>.<session>.refused.<node>: a signer's refusal, for consensus
 
 
 @dataclass(frozen=True)
 class _Prepared:
     req: TxRequested
+    scheme: SigningScheme
     share: ShareRecord
     account: ThresholdAccount
     sighashes: list[bytes]
@@ -105,12 +126,17 @@ class SignerNode:
         self.node = cfg.identity
         self.keystore = keystore
         self.log = bus.log
+        keystore.open_nonces()  # first: NonceStoreBusy if another process runs this node
         self.journal = VoteJournal(keystore.root / "votes.jsonl")
+        self.attempts = SigningAttempts(keystore.root / "signing_attempts.jsonl")
+        self.max_attempts = int(cfg.extra.get(MAX_ATTEMPTS_KEY, DEFAULT_MAX_ATTEMPTS))
+        if self.max_attempts < 1:
+            raise ValueError(f"{MAX_ATTEMPTS_KEY} must be at least 1, not {self.max_attempts}")
         self.answers = AnswerLog(keystore.root)
         # the policy in force: the defaults while none is stored, None while the stored one never verified
         self.policy: Policy | None = Policy()
         self.policy_digest = 0  # of the signed policy in force (heartbeats report it), 0 for the defaults
-        self.dkg = DkgParticipant(self)
+        self.dkg = DkgParticipant(cfg, bus, keystore, self.forget_share_cache)
         self._share_cache: dict[str, tuple[ShareRecord, ThresholdAccount]] = {}
         # requests this process approved (checked when voting): signing them needs no second look-up
         self.approved: dict[str, TxRequested] = {}
@@ -120,11 +146,11 @@ class SignerNode:
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> list[asyncio.Task[Any]]:
-        keys = await SignedKV.open(self.bus, BUCKET_KEYS)
-        hostpub = self.dkg.hostpubkey()
-        await keys.put(K.hostpubkey_key(self.node), K.HostPubkey(node=self.node, hostpubkey=hostpub))
+        await self.dkg.publish_hostpubkey()
+        await self.dkg.restate_results()
         self.config = await SignedKV.open(self.bus, BUCKET_CONFIG)
         await self._load_policy()
+        await self._withdraw_nonce_batches()  # before nonce generation starts: only earlier ones go
         me = self.node
         return [
             self.bus.start_batch_consumer(*durable(me, "signer-{self}-requests"), self.on_requests, batch=64),
@@ -137,10 +163,39 @@ class SignerNode:
             ),
             self.bus.start_consumer(*durable(me, "signer-{self}-noncegen"), self.on_noncegen),
             self.bus.start_consumer(*durable(me, "signer-{self}-dkg"), self.dkg.on_message),
+            self.bus.start_consumer(*durable(me, "signer-{self}-dkg-inv"), self.dkg.on_message),
+            asyncio.create_task(self.dkg.run_retransmits()),
             asyncio.create_task(self._watch_policy()),
             asyncio.create_task(self._heartbeat()),
             asyncio.create_task(self._sweep_nonces()),
         ]
+
+    def close(self) -> None:
+        """Release the node's files (the nonce store's lock with them; its pooled nonces die)."""
+        self.keystore.close()
+        self.journal.close()
+        self.attempts.close()
+        self.answers.close()
+
+    async def _withdraw_nonce_batches(self) -> None:
+        """Delete this node's nonce batches from KV ``presig``: the nonces they announce were pooled by an
+        earlier process and died with it. A consensus that claimed one drops what it has not handed out
+        (:class:`services.runtime.nonce_pool.NoncePool`); one it hands out anyway is refused."""
+        presig = await self.bus.kv(BUCKET_PRESIG)
+        old: list[str] = []
+        watch = presig.watch(f"{scheme_for(DEFAULT_SCHEME).name}.*.{self.node}.b.*")
+        try:
+            async for entry in watch:
+                if entry is None:
+                    break
+                if entry.operation == "PUT":
+                    old.append(entry.key)
+        finally:
+            await watch.aclose()
+        for i in range(0, len(old), 64):
+            await asyncio.gather(*(presig.delete(key) for key in old[i : i + 64]))
+        if old:
+            self.log.info("nonce batches of an earlier process withdrawn", batches=len(old))
 
     async def _sweep_nonces(self) -> None:
         """Hourly (and at start): secret nonces whose KV entries expired unclaimed are deleted."""
@@ -276,8 +331,9 @@ class SignerNode:
 
     # ---- signing ------------------------------------------------------------------------------------
     async def on_signings(self, batch: list[Received]) -> None:
-        """A fetched batch of signing attempts naming this node: check each, take every nonce they need
-        with one fsync (group commit), sign, and publish the partial signatures (or the refusals)."""
+        """A fetched batch of signing attempts naming this node: check each, count the ones that pass
+        (one fsync for the batch), take every nonce they need, sign, and publish the partial signatures
+        (or the refusals)."""
         sigs = [
             r.payload
             for r in batch
@@ -287,15 +343,25 @@ class SignerNode:
         fresh: list[PartialSignatures | SigningRefused] = []
         async with self._lock:
             todo: list[tuple[TxSigning, _Prepared | SigningError]] = []
+            counting: list[tuple[str, str]] = []  # (tx_id, session) of the attempts that will take nonces
+            sessions: set[str] = set()
             for sig in sigs:
                 cached = self.answers.get(sig.session_id)
                 if cached is not None:  # a redelivery: publish exactly what was produced before
                     outs.append(cached)
                     continue
+                if sig.session_id in sessions:
+                    continue  # delivered twice in this batch: answered once
+                sessions.add(sig.session_id)
                 try:
-                    todo.append((sig, await self._prepare(sig)))
+                    prepared = await self._prepare(sig)
+                    self._check_attempt_cap(sig, counting)
                 except SigningError as exc:
                     todo.append((sig, exc))
+                    continue
+                counting.append((sig.tx_id, sig.session_id))
+                todo.append((sig, prepared))
+            self.attempts.record(counting)  # durable before any nonce is taken (one sync)
             wanted = [ref.nonce_id for _, p in todo if isinstance(p, _Prepared) for ref in p.my_nonces]
             secnonces = self.keystore.take_nonces(wanted)
             for sig, prep in todo:
@@ -325,8 +391,11 @@ class SignerNode:
         self.answers.add(fresh)
 
     async def _publish_answer(self, out: PartialSignatures | SigningRefused) -> None:
+        """On ``proto.<scheme>.<session>.2.<node>`` (or ``.refused.<node>``), the spend's scheme."""
         round_ = 2 if isinstance(out, PartialSignatures) else REFUSAL_ROUND
-        subject = proto_subject("frost", out.session_id, round_, self.node)
+        req = self.approved.get(out.tx_id)
+        scheme = req.scheme if req is not None and req.scheme in scheme_names() else DEFAULT_SCHEME
+        subject = proto_subject(scheme, out.session_id, round_, self.node)
         kind = "psig" if isinstance(out, PartialSignatures) else "refused"
         await self.bus.publish(subject, out, f"{kind}.{out.session_id}.{self.node}")
 
@@ -342,17 +411,23 @@ class SignerNode:
                 raise SigningError("no verified spend request for this transaction")
             req = req_msg.payload
         try:
+            scheme = scheme_for(req.scheme)
+        except UnknownScheme as exc:
+            raise SigningError(str(exc)) from exc
+        try:
             share, account = self.share(req.key_id)
         except (KeystoreError, ValueError) as exc:
             raise SigningError(f"no share of key {req.key_id!r}") from exc
+        if share.scheme != scheme.name:
+            raise SigningError(f"key {req.key_id!r} is not a {scheme.name} key")
         if req.tx_id not in self.approved:
             # the spend as this node sees it now (structure only: the policy was applied when voting)
             res = check_spend(req, None, account)
             if res.reasons or [h.hex() for h in res.sighashes] != entry.sighashes:
                 raise SigningError("the spend no longer matches what this node approved")
         sighashes = [bytes.fromhex(h) for h in entry.sighashes]
-        self._check_certificate(sig, sighashes)
-        self._check_signer_set(sig, share)
+        approvers = self._check_certificate(sig, sighashes)
+        self._check_signer_set(sig, share, approvers)
         my_nonces = sig.nonces[self.node]
         for ref in my_nonces:
             try:
@@ -363,48 +438,61 @@ class SignerNode:
             len(sig.nonces[s]) != len(req.inputs) for s in sig.signers
         ):
             raise SigningError("the attempt does not list one nonce per input for every signer")
-        return _Prepared(req, share, account, sighashes, list(my_nonces))
+        if len({ref.nonce_id for ref in my_nonces}) != len(my_nonces):
+            raise SigningError("the attempt names one nonce of this node twice")
+        unknown = [ref.nonce_id for ref in my_nonces if not self.keystore.has_nonce(ref.nonce_id)]
+        if unknown:
+            raise SigningError(
+                f"nonce unknown: {unknown[0]} is not held by this signer process (used, expired, or "
+                "pooled before a restart)"
+            )
+        return _Prepared(req, scheme, share, account, sighashes, list(my_nonces))
+
+    def _check_attempt_cap(self, sig: TxSigning, counting: list[tuple[str, str]]) -> None:
+        """At most ``max_attempts`` sessions of a spend take nonces on this node (``counting``: the
+        attempts of the batch being prepared, not recorded yet)."""
+        if self.attempts.counted(sig.tx_id, sig.session_id):
+            return  # its nonces are used already (the refusal follows), it counts once
+        done = self.attempts.count(sig.tx_id) + sum(1 for t, _ in counting if t == sig.tx_id)
+        if done >= self.max_attempts:
+            raise SigningError(
+                f"attempt cap: this node already took nonces for {done} attempts of this spend "
+                f"(at most {self.max_attempts})"
+            )
 
     def _sign(self, sig: TxSigning, prep: _Prepared, secnonces: dict[str, bytearray | None]) -> list[bytes]:
-        share, req = prep.share, prep.req
-        ids = sig.signer_ids
-        signers_ctx = frost.SignersContext(
-            share.n, share.t, ids, [share.pubshares[i] for i in ids], share.threshold_pubkey
-        )
-        psigs: list[bytes] = []
+        """This node's partial signatures for the attempt, by the spend's scheme; every nonce taken for
+        it is erased (the scheme erases what it is handed; the rest here)."""
+        # never twice, even within one batch: whatever is taken for this attempt leaves the dict
+        mine = [secnonces.pop(ref.nonce_id, None) for ref in prep.my_nonces]
         try:
-            for i, ref in enumerate(req.inputs):
-                my_ref = prep.my_nonces[i]
-                secnonce = secnonces.get(my_ref.nonce_id)
-                if secnonce is None:
-                    raise SigningError(f"input {i}: nonce {my_ref.nonce_id} is used or unknown")
-                secnonces[my_ref.nonce_id] = None  # never twice, even within one batch
-                if _pubnonce_of(secnonce) != my_ref.pubnonce:
-                    secnonce[:] = bytes(len(secnonce))
-                    raise SigningError(f"input {i}: the pubnonce listed for this node is not its own")
-                key = prep.account.key(tuple(ref.derivation))
-                try:
-                    aggnonce = frost.nonce_agg([sig.nonces[s][i].pubnonce for s in sig.signers])
-                    session_ctx = frost.SessionContext(
-                        aggnonce, signers_ctx, list(key.tweaks), list(key.is_xonly), prep.sighashes[i]
-                    )
-                    psigs.append(frost.sign(secnonce, share.secshare, share.index, session_ctx))
-                except (ValueError, frost.InvalidContributionError) as exc:
-                    raise SigningError(f"input {i}: {type(exc).__name__}") from exc
+            attempt = Attempt(
+                tuple(sig.signers),
+                tuple(sig.signer_ids),
+                {s: [ref.pubnonce for ref in sig.nonces[s]] for s in sig.signers},
+            )
+            inputs = [
+                prep.scheme.spend_input(prep.account, ref.derivation, sighash)
+                for ref, sighash in zip(prep.req.inputs, prep.sighashes, strict=True)
+            ]
+            psigs = prep.scheme.sign_inputs(prep.share, attempt, self.node, mine, inputs)
+        except (SchemeError, ValueError) as exc:
+            raise SigningError(str(exc)) from exc
         finally:
-            for taken in prep.my_nonces:  # whatever was taken for this attempt is erased
-                left = secnonces.get(taken.nonce_id)
-                if left is not None:
-                    left[:] = bytes(len(left))
-                    secnonces[taken.nonce_id] = None
+            for secnonce in mine:
+                if secnonce is not None:
+                    secnonce[:] = bytes(len(secnonce))
         self.log.info("signed", tx_id=sig.tx_id, attempt=sig.attempt, inputs=len(psigs))
         return psigs
 
-    def _check_certificate(self, sig: TxSigning, sighashes: list[bytes]) -> None:
+    def _check_certificate(self, sig: TxSigning, sighashes: list[bytes]) -> set[str]:
+        """The nodes whose approving votes of these sighashes the certificate holds (at least t)."""
         try:
             envs = verify_certificate(sig.certificate, self.bus.identities, own=self.my_votes)
         except EnvelopeError as exc:
-            raise SigningError(f"quorum certificate does not verify: {exc.kind}") from exc
+            raise SigningError(
+                f"quorum certificate does not verify: {exc.kind} ({exc.detail[:200]})"
+            ) from exc
         voters: set[str] = set()
         for env in envs:
             try:
@@ -420,8 +508,11 @@ class SignerNode:
             voters.add(vote.node)
         if len(voters) < self.cfg.t:
             raise SigningError(f"certificate has {len(voters)} approvals, {self.cfg.t} needed")
+        return voters
 
-    def _check_signer_set(self, sig: TxSigning, share: ShareRecord) -> None:
+    def _check_signer_set(self, sig: TxSigning, share: ShareRecord, approvers: set[str]) -> None:
+        """The signers are distinct nodes at their participant ids, at least t, each with nonces listed
+        and each an approver in the certificate (the quorum); this node is one of them."""
         if len(sig.signers) != len(sig.signer_ids) or len(set(sig.signers)) != len(sig.signers):
             raise SigningError("malformed signer set")
         if len(sig.signers) < share.t:
@@ -431,6 +522,8 @@ class SignerNode:
                 raise SigningError(f"signer {name} listed with the wrong participant id")
             if name not in sig.nonces:
                 raise SigningError(f"no nonces listed for {name}")
+            if name not in approvers:
+                raise SigningError(f"signer {name} is outside the quorum (no approval in the certificate)")
         if share.index != self.cfg.nodes.index(self.node):
             raise SigningError("this node's share index does not match its position")
 
@@ -445,8 +538,12 @@ class SignerNode:
         except (KeystoreError, ValueError):
             self.log.info("nonce request before DKG; ignored", batch=req.batch_id)
             return
+        try:
+            scheme = scheme_for(share.scheme)
+        except UnknownScheme:
+            self.log.warning("nonce request for a key of an unknown scheme; ignored", batch=req.batch_id)
+            return
         presig = await self.bus.kv(BUCKET_PRESIG)
-        pubshare = share.pubshares[share.index]
         count = max(0, min(req.count, 1000))
         # generated and kept a batch at a time; each batch's commitments go out in one KV entry while
         # the next is generated, so consensus can use the first ones at once
@@ -457,7 +554,7 @@ class SignerNode:
                 nonce_id = f"{req.batch_id}-{k}"
                 if self.keystore.has_nonce(nonce_id):
                     continue  # redelivered request: this one exists already
-                secnonce, pubnonce = frost.nonce_gen(share.secshare, pubshare, None, None, nonce_id.encode())
+                secnonce, pubnonce = scheme.make_material(share, nonce_id.encode())
                 self.keystore.save_nonce(nonce_id, bytes(secnonce))
                 secnonce[:] = bytes(len(secnonce))
                 fresh.append(K.NonceCommitment(nonce_id, pubnonce))
@@ -482,25 +579,3 @@ class SignerNode:
             await presig.create(K.nonce_batch_key(key_id, self.node, batch.batch_id), batch)
         except CasConflict:
             self.log.debug("nonce batch already announced", batch=batch.batch_id)
-
-    # ---- DKG glue -----------------------------------------------------------------------------------
-    async def publish_dkg(self, session_id: str, round_: int, data: bytes) -> None:
-        msg = DkgMessage(session_id=session_id, round=round_, data=data)
-        await self.bus.publish(
-            proto_subject("chilldkg", session_id, round_, self.node),
-            msg,
-            f"dkg.{session_id}.{round_}.{self.node}",
-        )
-
-    async def publish_dkg_result(self, result: DkgResult) -> None:
-        await self.bus.publish(
-            proto_subject("chilldkg", result.session_id, 9, self.node),
-            result,
-            f"dkg.{result.session_id}.9.{self.node}",
-        )
-
-
-def _pubnonce_of(secnonce: bytearray) -> bytes:
-    k1 = int.from_bytes(secnonce[0:32], "big")
-    k2 = int.from_bytes(secnonce[32:64], "big")
-    return cbytes(point_mul_base(k1)) + cbytes(point_mul_base(k2))

@@ -1,7 +1,20 @@
-"""A signer node's pooled FROST secret nonces in one preallocated file of fixed-size slots.
+"""A signer process's pooled FROST secret nonces in one preallocated file of fixed-size slots, encrypted
+under a key that exists only in that process's memory.
 
-One nonce per 128-byte slot in ``nodes/<node>/nonces.slots`` (0600); slots start at multiples of 128, so
-none crosses a 512-byte sector. A slot (format 1)::
+A pooled nonce lives exactly as long as the signer process that made it. The process generates a random
+ChaCha20-Poly1305 key when it opens the store and never writes it anywhere, so when the process ends
+every nonce it pooled becomes undecryptable, and a copy of the file (a backup, a snapshot, an old file
+put back) is useless: it can never release a nonce a second time. On open, the file is locked (``flock``,
+exclusive: a second process opening a node's store is refused with :class:`NonceStoreBusy`) and every
+slot an earlier process left is overwritten with zeros before anything else happens.
+
+Why not a durable erase alone (the previous design): the only record that a nonce was used was its erased
+slot, so restoring an older copy of the file brought used secret nonces back, and a coordinator knowing
+an old nonce id could get a second partial signature with it (BIP-445: two signatures with one nonce
+reveal the share).
+
+One nonce per 128-byte slot in ``nodes/<node>/nonces.slots`` (0600); slots start at multiples of 128. A
+slot::
 
     off  len
       0    1  marker: 0 free, 1 holds a nonce
@@ -9,35 +22,25 @@ none crosses a 512-byte sector. A slot (format 1)::
       2   24  nonce id, UTF-8, zero-padded
      26    8  creation time, ms since the epoch, big-endian (for the sweep)
      34   12  AEAD nonce
-     46   80  ChaCha20-Poly1305(kek, secnonce (64 bytes), aad) with its 16-byte tag
+     46   80  ChaCha20-Poly1305(process key, secnonce (64 bytes), aad) with its 16-byte tag
     126    2  zero
 
-The AAD is ``mpcw/<node>/nonce/<id>/slot/<index>/<created ms>``: a record copied to another slot, name or
-node (or with its time changed) does not decrypt.
+The AAD is ``mpcw/<node>/nonce/<id>/slot/<index>/<created ms>``: a record copied to another slot or name
+(or with its time changed) does not decrypt. The process keeps the index id -> slot in memory and never
+reads it back from the file.
 
-Durability, which is the point of the layout:
+Nothing is synced: durability is not needed any more (a crash loses the key, hence every pooled nonce,
+which is harmless: an attempt naming one is refused as "nonce unknown" and consensus retries with other
+nonces). Taking a nonce drops it from the index and overwrites its slot with zeros (one ``pwrite``), so
+neither the process nor its file holds it after use. The file grows a chunk of 4096 zeroed slots at a
+time and is reused from the lowest free slot.
 
-- The file only grows, a chunk of 4096 slots at a time, by *writing* zeros and fsyncing once. Blocks are
-  then allocated and written, so later writes inside the file change no metadata that ``fdatasync``
-  has to commit (no size change, no unwritten extent to convert; only timestamps, which it skips): in
-  the steady state a take waits for its data, not for a filesystem journal commit.
-- Saving a fresh nonce is one ``pwrite`` into a free slot, not synced: losing a fresh nonce in a crash is
-  harmless (its attempt is refused and retried with another).
-- Taking nonces reads and decrypts each slot, overwrites it with zeros, then ONE ``fdatasync`` for the
-  batch, and only then returns the secrets: after a crash a returned nonce is gone for good. A slot only
-  partly zeroed fails its tag (or no longer parses as a record) and is never usable again.
-- A slot goes back on the free list only after its erase was synced, and leaves it only to be written by
-  a save, so a save never lands on a slot a take or sweep is erasing.
-
-On open the file is scanned (headers only, nothing decrypted) to rebuild the index id -> slot and the
-free list. An id found in two slots (which saving never produces) is erased in both: which copy was
-taken could not be told. Not thread-safe: meant for one asyncio thread, callers serialise take and sweep
-against each other; and only one process may change a node's file (its signer): another opening it
-(a test reading it, say) must not save, take or sweep.
+Not thread-safe: meant for one asyncio thread; callers serialise take and sweep against each other.
 """
 
 from __future__ import annotations
 
+import fcntl
 import heapq
 import os
 import secrets
@@ -47,6 +50,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from services.runtime.secrets_dir import fsync_dir
 
 SLOT_SIZE = 128
 CHUNK_SLOTS = 4096  # the file grows by this many slots (512 KiB) at a time
@@ -61,6 +66,7 @@ _CT_OFF = _NONCE_OFF + 12
 _CT_LEN = SECNONCE_LEN + 16
 _RECORD_LEN = _CT_OFF + _CT_LEN
 _ZERO_SLOT = bytes(SLOT_SIZE)
+_WIPE_BLOCK = CHUNK_SLOTS * SLOT_SIZE
 
 assert _RECORD_LEN <= SLOT_SIZE and 512 % SLOT_SIZE == 0
 
@@ -69,37 +75,36 @@ class DuplicateNonce(Exception):
     """A nonce with this id is already stored."""
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (created, renamed, deleted files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class NonceStoreBusy(Exception):
+    """Another process holds this node's nonce store (a second signer for the same node?)."""
 
 
 class NonceSlots:
-    """The slot file of one node. ``check_name`` validates an id (raises ValueError); ids longer than
-    :data:`MAX_ID_LEN` bytes are refused here as well."""
+    """The slot file of one node, held (locked) by this process. ``check_name`` validates an id (raises
+    ValueError); ids longer than :data:`MAX_ID_LEN` bytes are refused here as well."""
 
-    def __init__(
-        self, path: Path, aead: ChaCha20Poly1305, node: str, *, check_name: Callable[[str], None]
-    ) -> None:
+    def __init__(self, path: Path, node: str, *, check_name: Callable[[str], None]) -> None:
         self.path = Path(path)
         self.node = node
-        self._aead = aead
         self._check_name = check_name
+        self._aead = ChaCha20Poly1305(ChaCha20Poly1305.generate_key())  # this process's only: never stored
         created = not self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "r+b", buffering=0)
         try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise NonceStoreBusy(
+                    f"{self.path} is held by another process: only one signer of {node} may run"
+                ) from None
             os.fchmod(fd, 0o600)
             if created:
                 fsync_dir(self.path.parent)
             self._index: dict[str, tuple[int, int]] = {}  # id -> (slot, created ms)
             self._free: list[int] = []  # a heap: the lowest free slot is used first
             self._nslots = 0
-            self._scan()
+            self._wipe()
         except BaseException:
             self._file.close()
             raise
@@ -109,6 +114,8 @@ class NonceSlots:
         return self._file.fileno()
 
     def close(self) -> None:
+        """Release the store (and its lock). The nonces pooled by this instance die with its key."""
+        self._index.clear()
         self._file.close()
 
     # -- queries -------------------------------------------------------------------------------------
@@ -124,13 +131,13 @@ class NonceSlots:
         return [nid for nid, _ in sorted(self._index.items(), key=lambda kv: kv[1][0])]
 
     def _peek(self, nonce_id: str) -> bytearray | None:
-        """For tests only (the e2e secret scan): decrypt a stored nonce WITHOUT taking it."""
+        """For tests only: decrypt a stored nonce WITHOUT taking it (works only inside this process)."""
         hit = self._index.get(nonce_id)
         return None if hit is None else self._read(hit[0], nonce_id, hit[1])
 
     # -- changes -------------------------------------------------------------------------------------
     def save(self, nonce_id: str, secnonce: bytes, created_ms: int | None = None) -> None:
-        """Write a fresh nonce into a free slot (one pwrite, not synced: see the module docstring)."""
+        """Write a fresh nonce into a free slot (one pwrite)."""
         self._check_id(nonce_id)
         if len(secnonce) != SECNONCE_LEN:
             raise ValueError(f"a secret nonce is {SECNONCE_LEN} bytes")
@@ -146,53 +153,41 @@ class NonceSlots:
         self._index[nonce_id] = (slot, created)
 
     def take(self, nonce_ids: Iterable[str]) -> dict[str, bytearray | None]:
-        """Read, erase and (one fdatasync for the batch) irrevocably remove these nonces, then return
-        them. An unknown, already taken or undecryptable id maps to None; a repeated id is taken once.
-        If the erase cannot be synced the error propagates and nothing is returned."""
+        """Remove these nonces from the store (index and slot) and return them. An unknown, already
+        taken or undecryptable id maps to None; a repeated id is taken once. If erasing a slot fails the
+        error propagates and nothing is returned (what was removed by then stays removed)."""
         ids = list(nonce_ids)
         for nid in ids:
             self._check_id(nid)
         out: dict[str, bytearray | None] = {}
-        erased: list[int] = []
         try:
             for nid in ids:
                 if nid in out:
                     continue
-                hit = self._index.pop(nid, None)
+                hit = self._index.pop(nid, None)  # first: whatever happens next, never handed out again
                 if hit is None:
                     out[nid] = None
                     continue
                 slot, created = hit
                 out[nid] = self._read(slot, nid, created)
                 self._pwrite(_ZERO_SLOT, slot)
-                erased.append(slot)
-            if erased:
-                os.fdatasync(self._fd)
+                heapq.heappush(self._free, slot)
         except BaseException:
-            for got in out.values():  # not durably erased: never handed out (the slots stay leaked
-                if got is not None:  # until a restart rescans them, still unused)
+            for got in out.values():
+                if got is not None:
                     got[:] = bytes(len(got))
             raise
-        for slot in erased:
-            heapq.heappush(self._free, slot)
         return out
 
     def sweep(self, older_than_s: float) -> int:
-        """Erase (one fdatasync) the nonces created more than ``older_than_s`` ago; how many."""
+        """Erase the nonces created more than ``older_than_s`` ago; how many."""
         limit_ms = int((time.time() - older_than_s) * 1000)
         old = [(nid, slot) for nid, (slot, created) in self._index.items() if created < limit_ms]
         for nid, slot in old:
             del self._index[nid]
             self._pwrite(_ZERO_SLOT, slot)
-        if old:
-            os.fdatasync(self._fd)
-        for _, slot in old:
             heapq.heappush(self._free, slot)
         return len(old)
-
-    def sync(self) -> None:
-        """fdatasync the slot file (saves are not synced on their own)."""
-        os.fdatasync(self._fd)
 
     # -- internals -----------------------------------------------------------------------------------
     def _check_id(self, nonce_id: str) -> None:
@@ -252,43 +247,24 @@ class NonceSlots:
         return heapq.heappop(self._free)
 
     def _grow(self) -> None:
-        """Append a chunk of zeroed slots, written (not a hole, not fallocated) and fsynced (the size
-        changes, so this one is a full fsync). A torn tail from a crash mid-growth is overwritten."""
+        """Append a chunk of zeroed slots (written, not a hole: later writes allocate nothing)."""
         first = self._nslots
         zeros = bytes(CHUNK_SLOTS * SLOT_SIZE)
         if os.pwrite(self._fd, zeros, first * SLOT_SIZE) != len(zeros):
             raise OSError(f"short write growing {self.path}")
-        os.fsync(self._fd)
         self._nslots = first + CHUNK_SLOTS
         for slot in range(first, self._nslots):
             heapq.heappush(self._free, slot)
 
-    def _scan(self) -> None:
+    def _wipe(self) -> None:
+        """Overwrite everything an earlier process left (its nonces died with its key; a file of an earlier
+        version holds nonces under the persistent key-encryption key) and make that durable."""
         size = os.fstat(self._fd).st_size
         self._nslots = size // SLOT_SIZE
-        seen: dict[str, list[int]] = {}
-        index: dict[str, tuple[int, int]] = {}
-        free: list[int] = []
-        step = CHUNK_SLOTS * SLOT_SIZE
-        for start in range(0, self._nslots * SLOT_SIZE, step):
-            block = os.pread(self._fd, min(step, self._nslots * SLOT_SIZE - start), start)
-            for off in range(0, len(block), SLOT_SIZE):
-                slot = (start + off) // SLOT_SIZE
-                head = self._parse_header(block[off : off + SLOT_SIZE])
-                if head is None:
-                    free.append(slot)  # free, or garbage that can never decrypt: the next save overwrites it
-                    continue
-                nonce_id, created = head
-                seen.setdefault(nonce_id, []).append(slot)
-                index[nonce_id] = (slot, created)
-        twice = [slot for slots in seen.values() if len(slots) > 1 for slot in slots]
-        if twice:
-            for slot in twice:
-                self._pwrite(_ZERO_SLOT, slot)
+        if size:
+            for start in range(0, size, _WIPE_BLOCK):
+                chunk = bytes(min(_WIPE_BLOCK, size - start))
+                if os.pwrite(self._fd, chunk, start) != len(chunk):
+                    raise OSError(f"short write wiping {self.path}")
             os.fdatasync(self._fd)
-            for nonce_id, slots in seen.items():
-                if len(slots) > 1:
-                    del index[nonce_id]
-            free.extend(twice)
-        heapq.heapify(free)
-        self._index, self._free = index, free
+        self._free = list(range(self._nslots))  # ascending: already a heap

@@ -3,26 +3,19 @@
 A replayed request re-sends the recorded vote (never a different one, even if the policy changed since),
 and the daily limit counts the recorded approvals.
 
-On disk (``<node dir>/votes.jsonl``): one JSON object per line, followed by zero bytes up to the end of
-the file. The file grows a chunk of zeros at a time (written, not merely allocated, and fsynced once per
-chunk), and a batch of votes is written over the zeros and made durable with ``fdatasync``. Writing over
-blocks the file already has changes no metadata, so the sync needs no filesystem-journal commit and does
-not queue behind the other processes' syncs; an append that grew the file would need one every time.
-
-Reading stops at the first zero byte. A crash in the middle of a write can leave a torn last line, or
-(blocks reach the disk in any order) bytes after a hole of zeros; neither vote was published (publishing
-waits for the sync), so on open everything after the last complete line is zeroed again.
+On disk: ``<node dir>/votes.jsonl``, one JSON object per line (:mod:`services.signer.synced_lines`: a
+batch of votes is one write and one ``fdatasync`` into a preallocated file).
 """
 
 from __future__ import annotations
 
 import collections
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-GROW_BYTES = 1 << 20  # zeros added at a time (a vote line is ~200 bytes)
+from services.signer.synced_lines import GROW_BYTES, SyncedLines
+
+__all__ = ["GROW_BYTES", "JournalEntry", "VoteJournal"]
 
 
 @dataclass
@@ -46,24 +39,11 @@ class VoteJournal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lines = SyncedLines(path)
         self.entries: dict[str, JournalEntry] = {}
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        raw = _read_all(self._fd)
-        self._size = len(raw)
-        used = raw.find(b"\0")
-        used = len(raw) if used < 0 else used
-        self._end = raw.rfind(b"\n", 0, used) + 1  # after the last complete line
-        for line in raw[: self._end].decode(errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except ValueError:
-                continue  # an older version's torn line, since appended to: that vote was never sent
+        for d in self._lines.loaded:
             self.entries[d["tx_id"]] = JournalEntry(**d)
-        if raw[self._end :].strip(b"\0"):  # what a crash left after the last complete line
-            os.pwrite(self._fd, bytes(self._size - self._end), self._end)
-            os.fdatasync(self._fd)
+        self._lines.loaded = []
         approved = sorted((e.ts_ms, e.amount) for e in self.entries.values() if e.approve)
         self._window: collections.deque[tuple[int, int]] = collections.deque(approved)
         self._window_sum = sum(amount for _, amount in approved)
@@ -80,34 +60,12 @@ class VoteJournal:
         re-sends the same votes."""
         if not entries:
             return
-        data = "".join(json.dumps(e.__dict__) + "\n" for e in entries).encode()
-        if self._end + len(data) > self._size:
-            self._grow(self._end + len(data))
-        os.pwrite(self._fd, data, self._end)
-        os.fdatasync(self._fd)
-        self._end += len(data)
+        self._lines.append([e.__dict__ for e in entries])
         for e in entries:
             self.entries[e.tx_id] = e
             if e.approve:
                 self._window.append((e.ts_ms, e.amount))
                 self._window_sum += e.amount
 
-    def _grow(self, needed: int) -> None:
-        size = self._size
-        while size < needed:
-            size += GROW_BYTES
-        os.pwrite(self._fd, bytes(size - self._size), self._size)
-        os.fsync(self._fd)  # the new size and blocks: the one metadata commit per chunk
-        self._size = size
-
     def close(self) -> None:
-        os.close(self._fd)
-
-
-def _read_all(fd: int) -> bytes:
-    parts: list[bytes] = []
-    offset = 0
-    while chunk := os.pread(fd, 1 << 20, offset):
-        parts.append(chunk)
-        offset += len(chunk)
-    return b"".join(parts)
+        self._lines.close()

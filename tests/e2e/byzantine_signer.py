@@ -76,7 +76,7 @@ def make_serve(faults: frozenset[str]) -> Any:
     async def serve(ctx: ServiceContext) -> None:
         if not is_node(ctx.cfg.identity):
             raise SystemExit(f"signer needs a node identity (--identity node-k), not {ctx.cfg.identity!r}")
-        keystore = Keystore(ctx.cfg.data_dir, ctx.cfg.identity)
+        keystore = Keystore(ctx.cfg.data_dir, ctx.cfg.identity, network=ctx.cfg.network)
         node = ByzantineSigner(ctx.cfg, ctx.bus, keystore, faults=faults)
         await node.start()
         ctx.ready(node=ctx.cfg.identity, byzantine=sorted(faults))

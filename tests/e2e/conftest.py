@@ -33,12 +33,14 @@ import nats.js.errors
 import pytest
 from coincurve import PrivateKey
 
+from core.lifecycle import TERMINAL, TxState
+from loadtest.chaos import started_pids
 from schemas import kv as K
-from schemas.lifecycle import TERMINAL, TxState
 from schemas.messages import REGISTRY
-from schemas.names import BUCKET_KEYS, subject_matches
+from schemas.names import subject_matches
 from services.runtime.bus import Bus
 from services.runtime.config import load_config
+from services.runtime.key_proof import ProvenKeys
 from services.runtime.supervisor import pid_alive
 from wallet.address import p2wpkh_address
 from wallet.threshold_account import ThresholdAccount
@@ -73,6 +75,7 @@ class StoredMsg:
 class Cluster:
     data_dir: Path
     info: dict[str, Any] = field(default_factory=dict)
+    dkg_output: str = ""  # what ``mpcw dkg start`` printed
 
     # ---- the CLI -------------------------------------------------------------------------------------
 
@@ -166,10 +169,12 @@ class Cluster:
 
     # ---- the bus (as admin) and the database ---------------------------------------------------------
 
-    def with_bus(self, fn: Callable[[Bus], Awaitable[T]]) -> T:
+    def with_bus(self, fn: Callable[[Bus], Awaitable[T]], identity: str = "admin") -> T:
+        """``fn(bus)`` on a bus of ``identity`` (admin: the auditor's view)."""
+
         async def go() -> T:
             cfg = load_config(
-                "admin",
+                identity,
                 self.data_dir,
                 service="e2e",
                 nats_url=self.info["nats_url"],
@@ -210,12 +215,13 @@ class Cluster:
         return self.with_bus(go)
 
     def key_record(self) -> K.KeyRecord:
-        """The public DKG result in KV ``keys``."""
+        """The public DKG result in KV ``keys``, proven by every node's statement."""
 
         async def go(bus: Bus) -> K.KeyRecord:
-            entry = await (await bus.kv(BUCKET_KEYS)).get(K.key_record_key("frost", K.DEFAULT_KEY_ID))
-            assert entry is not None, "no DKG key record"
-            return entry.decode(K.KeyRecord)
+            keys = await ProvenKeys.open(bus, self.info["nodes"], self.info["t"])
+            record = await keys.get("frost", K.DEFAULT_KEY_ID)
+            assert record is not None, "no DKG key record"
+            return record
 
         return self.with_bus(go)
 
@@ -314,7 +320,7 @@ def running_cluster(
     try:
         c.mpcw("up", *up_args, timeout=180.0)
         c.load_info()
-        c.mpcw("dkg", "start", "--scheme", "frost", timeout=90.0)
+        c.dkg_output = c.mpcw("dkg", "start", "--scheme", "frost", timeout=90.0).stdout
         address = c.mpcw("wallet", "address").stdout.strip()
         for btc in funding:
             c.mpcw("dev", "fund", address, btc)
@@ -322,7 +328,7 @@ def running_cluster(
     except ClusterError as exc:
         raise ClusterError(f"{exc}\n{_log_tails(c.data_dir)}") from None
     finally:
-        started = _started_pids(c.data_dir)
+        started = started_pids(c.data_dir)
         down = c.mpcw("down", check=False, timeout=90.0)
         if down.returncode != 0:
             print(f"mpcw down exited {down.returncode}: {down.stdout} {down.stderr}", file=sys.stderr)
@@ -338,18 +344,6 @@ def running_cluster(
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(tmp_path_factory.mktemp("e2e-cluster"), [FUNDING_BTC] * FUNDING_COUNT) as c:
         yield c
-
-
-def _started_pids(d: Path) -> list[int]:
-    """The supervisor's, its services' and NATS's pids, as the supervisor last recorded them."""
-    try:
-        state = json.loads((d / "run" / "supervisor.json").read_text())
-    except (OSError, ValueError):
-        return []
-    pids = (
-        [state.get("pid")] + [p.get("pid") for p in state.get("processes", [])] + state.get("nats_pids", [])
-    )
-    return [int(p) for p in pids if p]
 
 
 @pytest.fixture(scope="session")

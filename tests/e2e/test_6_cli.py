@@ -58,6 +58,15 @@ def test_presig_pool_status(cluster: Cluster) -> None:
     assert all(isinstance(v, int) and v > 0 for v in status["nonce_pool"].values()), status
 
 
+def test_dkg_start_printed_the_proven_key(cluster: Cluster) -> None:
+    """The threshold ``mpcw dkg start`` printed is the one every node stated (the record is proven)."""
+    rec = cluster.key_record()
+    t, n = cluster.info["t"], cluster.info["n"]
+    assert rec.t == t and rec.n == n
+    line = f"threshold key {rec.threshold_pubkey.hex()} ({t}-of-{n}, stated by all {n} nodes)"
+    assert line in cluster.dkg_output, cluster.dkg_output
+
+
 def test_dkg_status(cluster: Cluster) -> None:
     out = cluster.mpcw("dkg", "status").stdout
     rec = cluster.key_record()

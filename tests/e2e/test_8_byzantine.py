@@ -7,7 +7,7 @@ the same transaction (equivocation).
 This module starts its own cluster (module scope; ``mpcw down`` in a ``finally``). Each spend here is made
 to depend on node-2 deterministically: consensus is frozen (SIGSTOP) while the spend is requested and
 continued once all five nodes voted, so the round is approved with five approvers and the first signing
-attempt is ``node-1..node-4`` (``tally.choose_signers`` rotates by attempt and starts at the first
+attempt is ``node-1..node-4`` (``core.signer_set.choose_signers`` rotates by attempt and starts at the first
 approver). The tests check, through the real system:
 
 1. the spend still ends ``confirmed``: the broadcaster finds node-2's partial signature invalid, blames it,

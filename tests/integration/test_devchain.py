@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -452,7 +451,7 @@ def test_malformed_requests_are_400_with_reason(chain: Devchain) -> None:
     assert chain.c.get("/block-height/999999").status_code == 404
 
 
-def test_concurrent_clients_and_latency(chain: Devchain) -> None:
+def test_concurrent_and_sequential_clients(chain: Devchain) -> None:
     n = 40
 
     async def run() -> None:
@@ -479,16 +478,9 @@ def test_concurrent_clients_and_latency(chain: Devchain) -> None:
 
     asyncio.run(run())
 
-    # sequential latency of POST /tx, one client
+    # one client, one request at a time (its speed is measured by loadtest/bench_devchain.py)
     coins = [funded(chain, "p2tr", 20_000) for _ in range(30)]
-    times = []
     for c in coins:
         tx = spend([c], [(new_key("p2tr").script_pubkey, 19_000)])
-        body = serialize(tx).hex()
-        t0 = time.perf_counter()
-        r = chain.c.post("/tx", content=body)
-        times.append(time.perf_counter() - t0)
+        r = chain.c.post("/tx", content=serialize(tx).hex())
         assert r.status_code == 200, r.text
-    median_ms = statistics.median(times) * 1000
-    print(f"POST /tx latency: median {median_ms:.2f} ms, max {max(times) * 1000:.2f} ms over {len(times)}")
-    assert median_ms < 50

@@ -1,7 +1,7 @@
 """The intake as a real process (Sanic) against real NATS, PostgreSQL, the devchain process and a recorder
 process: every bad input answered with the right 4xx and nothing published, API keys, idempotency, UTXO
 reservations released on rejection, and a valid spend that publishes exactly one ``TxRequested`` a signer
-accepts (``services.signer.spend_check``) spending the funded wallet UTXOs."""
+accepts (``core.policy``) spending the funded wallet UTXOs."""
 
 from __future__ import annotations
 
@@ -22,14 +22,15 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from core.policy import check_spend
 from schemas import messages as m
-from schemas.kv import KeyRecord, key_record_key
+from schemas.kv import KeyRecord, key_record_key, key_result_key
 from schemas.names import BUCKET_KEYS, tx_subject
 from schemas.rest import Policy
 from services.runtime.bus import Bus
 from services.runtime.db import new_api_key, revoke_api_key, store_api_key
 from services.runtime.embedded import free_port
-from services.signer.spend_check import check_spend
+from services.runtime.signed_kv import SignedKV
 from tests.integration.test_recorder_projection import start_service, stop_service, wait_for
 from tests.unit.frost_test_dealer import deal
 from wallet.threshold_account import ThresholdAccount
@@ -63,18 +64,29 @@ def devchain(tmp_path: Path) -> Any:
     stop_service(proc)
 
 
-@pytest_asyncio.fixture
-async def wallet_key(bus_factory: Callable[..., Awaitable[Bus]]) -> AsyncIterator[KeyRecord]:
-    """The public record of a 4-of-5 key in KV ``keys`` (a test dealer's; a real DKG's if one exists)."""
-    admin = await bus_factory("admin")
-    keys = await admin.kv(BUCKET_KEYS)
-    name = key_record_key("frost", "default")
-    existing = await keys.get(name)
-    if existing is not None:
-        yield msgspec.msgpack.decode(existing.value, type=KeyRecord)
-        return
+async def write_key(
+    bus_factory: Callable[..., Awaitable[Bus]], record: KeyRecord, stated: KeyRecord | None = None
+) -> None:
+    """``record`` as consensus writes it, and every node's signed statement of ``stated`` (default: the
+    record itself, which proves it)."""
+    statement = (stated or record).statement()
+    for node in record.nodes:
+        keys = await SignedKV.open(await bus_factory(node), BUCKET_KEYS)
+        await keys.put(key_result_key(record.scheme, record.key_id, node), statement)
+    consensus = await SignedKV.open(await bus_factory("consensus"), BUCKET_KEYS)
+    await consensus.put(key_record_key(record.scheme, record.key_id), record)
+
+
+async def remove_key(bus_factory: Callable[..., Awaitable[Bus]], record: KeyRecord) -> None:
+    keys = await (await bus_factory("admin")).kv(BUCKET_KEYS)
+    await keys.delete(key_record_key(record.scheme, record.key_id))
+    for node in record.nodes:
+        await keys.delete(key_result_key(record.scheme, record.key_id, node))
+
+
+def dealt_key_record() -> KeyRecord:
     dealt = deal(5, 4, random.Random(7))
-    record = KeyRecord(
+    return KeyRecord(
         key_id="default",
         scheme="frost",
         threshold_pubkey=dealt.thresh_pk,
@@ -84,11 +96,24 @@ async def wallet_key(bus_factory: Callable[..., Awaitable[Bus]]) -> AsyncIterato
         n=5,
         t=4,
         session_id="test-dealer",
-        hostpubkeys=[],
+        hostpubkeys=[bytes([2]) + bytes([i]) * 32 for i in range(1, 6)],
     )
-    await keys.create(name, record)
+
+
+@pytest_asyncio.fixture
+async def wallet_key(bus_factory: Callable[..., Awaitable[Bus]]) -> AsyncIterator[KeyRecord]:
+    """The proven public record of a 4-of-5 key in KV ``keys`` (a test dealer's; a real DKG's if one
+    exists)."""
+    admin = await bus_factory("admin")
+    keys = await SignedKV.open(admin, BUCKET_KEYS)
+    existing = await keys.get(key_record_key("frost", "default"), KeyRecord)
+    if existing is not None:
+        yield existing.value
+        return
+    record = dealt_key_record()
+    await write_key(bus_factory, record)
     yield record
-    await keys.delete(name)  # leave the bucket as found: other suites run their own DKG
+    await remove_key(bus_factory, record)  # leave the bucket as found: other suites run their own DKG
 
 
 class Api:
@@ -224,6 +249,43 @@ async def test_no_key_yet_answers_409(api: Api, bus_factory: Callable[..., Await
     assert status["key"] == {"present": False} and status["n"] == 5
 
 
+@pytest.mark.parametrize(
+    "swap",
+    [{"threshold_pubkey": bytes([2]) + bytes(range(1, 33))}, {"chain_code": bytes(32)}, {"t": 1}],
+    ids=["threshold-key", "chain-code", "threshold"],
+)
+async def test_a_swapped_key_record_is_refused(
+    api: Api, bus_factory: Callable[..., Awaitable[Bus]], swap: dict[str, Any]
+) -> None:
+    """Consensus (the coordinator, as the record's writer) writes a key other than the one every node
+    stated: intake derives no address from it and answers every wallet route with the reason."""
+    admin = await bus_factory("admin")
+    if await (await admin.kv(BUCKET_KEYS)).get(key_record_key("frost", "default")) is not None:
+        pytest.skip("a key already exists in this cluster")
+    stated = dealt_key_record()
+    swapped = msgspec.structs.replace(stated, **swap)
+    await write_key(bus_factory, swapped, stated=stated)
+    try:
+        for route in ("/api/v1/wallet/address", "/api/v1/wallet/balance"):
+            r = await api.http.get(route)
+            assert r.status_code == 409, (route, r.text)
+            assert r.json()["error"] == "key not proven" and "refused" in r.json()["detail"], r.text
+        status = (await api.http.get("/api/v1/cluster/status")).json()
+        assert status["key"] == {"present": False}
+        before = await tx_last_seq(admin)
+        r = await api.spend({"recipient": REGTEST_ADDR, "amount_sats": 10_000})
+        assert r.status_code == 409 and await tx_last_seq(admin) == before
+        # the record every node stated, written over it: the same intake now takes it
+        consensus = await SignedKV.open(await bus_factory("consensus"), BUCKET_KEYS)
+        await consensus.put(key_record_key("frost", "default"), stated)
+        r = await api.http.get("/api/v1/wallet/address")
+        assert r.status_code == 200, r.text
+        account = ThresholdAccount(stated.threshold_pubkey, stated.chain_code, "regtest")
+        assert r.json()["address"] == account.address((0, 0))
+    finally:
+        await remove_key(bus_factory, stated)
+
+
 async def test_bad_requests_publish_nothing(
     api: Api, wallet_key: KeyRecord, devchain: str, bus_factory: Callable[..., Awaitable[Bus]]
 ) -> None:
@@ -254,6 +316,16 @@ async def test_bad_requests_publish_nothing(
         ("fee rate absurd", api.spend({**good, "fee_rate": 1e9}), 422, "fee_rate"),
         ("fee rate over policy", api.spend({**good, "fee_rate": 900.0}), 422, "fee_rate"),
         ("unknown scheme", api.spend({**good, "scheme": "ecdsa"}), 422, "scheme"),
+        ("scheme with a trailing newline", api.spend({**good, "scheme": "frost\n"}), 422, "scheme"),
+        ("NUL in memo", api.spend({**good, "memo": "a\x00b"}), 422, "memo"),
+        ("newline in memo", api.spend({**good, "memo": "a\nb"}), 422, "memo"),
+        ("NUL in idempotency key", api.spend({**good, "idempotency_key": "k\x00"}), 422, "idempotency_key"),
+        (
+            "non-ASCII api key",
+            api.http.post("/api/v1/transactions", json=good, headers={"X-API-Key": b"mpcw_\xff\xfe"}),
+            401,
+            "unknown",
+        ),
         ("mainnet address", api.spend({**good, "recipient": MAINNET_ADDR}), 400, "wrong network"),
         ("bad checksum", api.spend({**good, "recipient": REGTEST_ADDR[:-1] + "q"}), 400, "recipient"),
         ("garbage address", api.spend({**good, "recipient": "not-an-address-at-all"}), 400, "recipient"),
@@ -271,6 +343,7 @@ async def test_bad_requests_publish_nothing(
     assert await tx_last_seq(admin) == before, "a rejected request published something"
     # read-side validation
     assert (await api.http.get("/api/v1/transactions/not%20valid!")).status_code == 400
+    assert (await api.http.get(f"/api/v1/transactions/{uuid.uuid4().hex}%0A")).status_code == 400
     assert (await api.http.get(f"/api/v1/transactions/{uuid.uuid4().hex}")).status_code == 404
     assert (await api.http.get("/api/v1/transactions?state=bogus")).status_code == 400
     assert (await api.http.get("/api/v1/transactions?limit=0")).status_code == 400

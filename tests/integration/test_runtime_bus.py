@@ -279,28 +279,23 @@ async def test_kv_watch(bus_factory: BusFactory) -> None:
     assert seen == [(f"{prefix}.a", b"1"), (f"{prefix}.b", b"2")]
 
 
-async def test_latency_and_throughput(bus_factory: BusFactory) -> None:
-    """Measured numbers (printed with -s): sequential publish+ack, and consume throughput."""
+async def test_sequential_publishes_then_one_consumer_gets_all_in_order(bus_factory: BusFactory) -> None:
+    """300 votes published one at a time (each acked), then consumed in batches: all, in order (the
+    speed of both is measured by loadtest/bench_bus.py)."""
     n4 = await bus_factory("node-4", registry=REG)
     cons = await bus_factory("consensus", registry=REG)
     tx = uid()
     count = 300
-    t0 = time.perf_counter()
     for i in range(count):
         await n4.publish(f"vote.{tx}.node-4", Ping(n=i), f"{tx}-{i}")
-    pub_ms = (time.perf_counter() - t0) / count * 1000
     got: list[int] = []
 
     async def h(r: Received) -> None:
         got.append(r.payload.n)
 
-    t1 = time.perf_counter()
     cons.start_consumer(f"vote.{tx}.*", f"tp-{tx}", h, batch=64)
     await wait_for(lambda: len(got) == count, 30)
-    rate = count / (time.perf_counter() - t1)
-    print(f"\npublish+ack {pub_ms:.3f} ms/msg (signed, TLS); consume {rate:.0f} msg/s (verify+decode+ack)")
     assert got == list(range(count))
-    assert pub_ms < 20
 
 
 async def test_a_deleted_consumer_is_created_again(bus_factory: BusFactory) -> None:

@@ -1,6 +1,6 @@
 """``Bus.consume_batch`` against a real TLS JetStream server: valid messages in stream order in one call,
 invalid ones left out, acks only after the handler returned, nak + redelivery on failure,
-poison termination, and ``resume_from`` re-creating the durable after a given sequence."""
+poison termination, and ``resume_from`` resetting the durable to a given sequence."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgspec
@@ -18,6 +19,7 @@ from services.runtime.seal import (
     verify_certificate,
     verify_envelope,
 )
+from services.runtime.secrets_dir import secrets_dir
 
 
 class Secret(msgspec.Struct):
@@ -34,10 +36,21 @@ def keys(pki: Path, name: str) -> IdentityKeys:
     return IdentityKeys.load(pki, name)
 
 
-def test_private_files_are_0600(pki: Path) -> None:
-    for p in [*(pki / "pki").glob("*.key"), *(pki / "identities").glob("*/*.key")]:
+def test_private_files_are_0600_and_outside_the_data_directory(pki: Path) -> None:
+    sdir = secrets_dir(pki)
+    assert pki.resolve() not in sdir.resolve().parents
+    keys = [*(sdir / "pki").glob("*.key"), *(sdir / "identities").glob("*/*.key")]
+    assert len(keys) == 1 + 1 + 12 + 2 * 12  # CA, server, a TLS key and two identity keys per identity
+    for p in keys:
         assert p.stat().st_mode & 0o777 == 0o600, p
-    assert len(list((pki / "identities").iterdir())) == 12  # node-1..5 + 7 services
+    for d in (sdir, sdir / "pki", *(sdir / "identities").iterdir()):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    assert len(list((sdir / "identities").iterdir())) == 12  # node-1..5 + 7 services
+    assert not list(pki.rglob("*.key")), "a private key in the data directory"
+    assert (pki / "pki").stat().st_mode & 0o777 == 0o700
+    # as root, PostgreSQL runs as the user "pgserver", who must traverse the data directory (x only)
+    allowed = {0o700, 0o711} if os.geteuid() == 0 else {0o700}
+    assert pki.stat().st_mode & 0o777 in allowed, oct(pki.stat().st_mode)
 
 
 def test_sign_verify_round_trip(pki: Path, ids: Identities) -> None:

@@ -1,10 +1,11 @@
 """In-memory stand-ins for driving a service's handlers without servers (the consensus and broadcaster
 unit tests): a KV bucket with compare-and-set, a bus that records what is published, a service context,
-and a verified delivery."""
+a verified delivery, and identity keys made from names (for signed values and envelopes)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nacl.signing
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
 
 from schemas import kv as K
 from services.runtime.bus import CasConflict, KvEntry, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.logging import Logger
+from services.runtime.seal import Ed25519Signer, Identities, IdentityKeys
 from services.runtime.service import ServiceContext
 
 
@@ -91,7 +96,8 @@ class FakeBus:
     async def kv(self, bucket: str) -> FakeKV:
         return self.kvs.setdefault(bucket, FakeKV(bucket))
 
-    async def publish(self, subject: str, payload: Any, msg_id: str) -> None:
+    async def publish(self, subject: str, payload: Any, msg_id: str, to: str | None = None) -> None:
+        """``to`` (the recipient the real bus encrypts to) is not recorded: it is the subject's last token."""
         await asyncio.sleep(0)
         if msg_id in self.seen_ids:
             return  # JetStream de-duplication
@@ -133,3 +139,64 @@ def received(payload: Any, subject: str, sender: str, msg_id: str = "m") -> Rece
         envelope_raw=b"",
         envelope=None,  # type: ignore[arg-type]
     )
+
+
+# ---- identities -----------------------------------------------------------------------------------------
+
+
+def _seed(name: str) -> bytes:
+    return hashlib.sha256(b"test identity " + name.encode()).digest()
+
+
+def _x25519(name: str) -> x25519.X25519PrivateKey:
+    return x25519.X25519PrivateKey.from_private_bytes(hashlib.sha256(b"x " + name.encode()).digest())
+
+
+def fake_identities(names: list[str]) -> Identities:
+    """The public keys of ``names`` (each derived from its name: see :func:`identity_keys`)."""
+    return Identities(
+        {
+            n: {
+                "ed25519": bytes(nacl.signing.SigningKey(_seed(n)).verify_key).hex(),
+                "x25519": _x25519(n)
+                .public_key()
+                .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+                .hex(),
+            }
+            for n in names
+        }
+    )
+
+
+def identity_keys(name: str) -> IdentityKeys:
+    """The private keys of ``name`` in :func:`fake_identities`."""
+    return IdentityKeys(name=name, signing=Ed25519Signer(_seed(name)), exchange=_x25519(name))
+
+
+@dataclass
+class Report:
+    """One ``Bus.report`` call."""
+
+    offender: str
+    kind: str
+    detail: str
+    subject: str
+    raw: bytes
+
+
+@dataclass
+class SignedFakeBus(FakeBus):
+    """:class:`FakeBus` with what signed values need: identity keys, a log, and ``report`` (recorded)."""
+
+    identities: Identities = field(default_factory=lambda: Identities({}))
+    reports: list[Report] = field(default_factory=list)
+    log: Logger = field(default_factory=lambda: Logger("test"))
+
+    @property
+    def keys(self) -> IdentityKeys:
+        return identity_keys(self.identity)
+
+    async def report(
+        self, offender: str, kind: str, detail: str, subject: str, stream: str, seq: int, raw: bytes
+    ) -> None:
+        self.reports.append(Report(offender, kind, detail, subject, raw))

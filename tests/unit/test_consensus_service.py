@@ -16,6 +16,7 @@ import pytest
 
 import services.consensus.__main__ as C
 from schemas import kv as K
+from schemas.kv import RoundOutcome
 from schemas.messages import (
     InputRef,
     NonceRef,
@@ -24,6 +25,7 @@ from schemas.messages import (
     TxFailed,
     TxRejected,
     TxRequested,
+    TxSigned,
     TxSigning,
     Violation,
     Vote,
@@ -215,6 +217,26 @@ async def test_deciding_vote_approves_and_starts_attempt_1_in_one_write(bus: Fak
     assert (rnd.outcome, rnd.attempt, rnd.attempt_started_ms, rnd.approved_ms) == ("approved", 1, T0, T0)
     assert bus.subjects("t4") == ["tx.voting.t4", "tx.approved.t4", "tx.signing.t4"]
     assert c.active["t4"] == C.Timer(1, T0 + 10_000)
+
+
+async def test_the_lifecycle_refuses_signed_before_signing_and_late_votes(
+    bus: FakeBus, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    c = consensus(bus)
+    await c.on_requested(request("t4c"))
+    await c.on_votes([vote("t4c", n) for n in NODES[:2]])
+    rounds = bus.kvs["rounds"]
+    before = len(rounds.writes)
+    signed = TxSigned(tx_id="t4c", txid="00" * 32, signed_tx=b"", attempt=1)
+    await c.on_tx_event(received(signed, "tx.signed.t4c", "broadcaster"))
+    assert rounds.writes[before:] == []  # refused: the round is still voting, not closed
+    assert not rounds.round("t4c").done and warnings(caplog, "lifecycle refused a step")
+    await c.on_votes([vote("t4c", n, approve=False) for n in NODES[2:4]])  # 2 + 2: rejected
+    assert isinstance(bus.last("tx.rejected.t4c"), TxRejected) and rounds.round("t4c").done
+    before = len(rounds.writes)
+    await c.on_votes([vote("t4c", "node-5")])  # the round ended: a late vote is not written
+    assert rounds.writes[before:] == [] and "node-5" not in rounds.round("t4c").approve
 
 
 async def test_a_request_opens_its_round_with_one_write_and_no_read(bus: FakeBus, clock: Clock) -> None:
@@ -475,7 +497,9 @@ async def test_resume_decides_a_round_left_undecided(bus: FakeBus, clock: Clock)
 
 async def test_rounds_approved_by_an_earlier_version_start_attempt_1(bus: FakeBus, clock: Clock) -> None:
     kv = await bus.kv("rounds")
-    rnd = K.RoundRecord(tx_id="t17", n=5, t=4, nodes=NODES, opened=True, inputs=1, outcome="approved")
+    rnd = K.RoundRecord(
+        tx_id="t17", n=5, t=4, nodes=NODES, opened=True, inputs=1, outcome=RoundOutcome.APPROVED
+    )
     for n in NODES[:4]:
         rnd.approve[n] = True
         rnd.votes[n] = f"env-{n}".encode()

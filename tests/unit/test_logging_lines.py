@@ -56,3 +56,58 @@ def test_without_set_up_lines_go_through_logging(caplog: pytest.LogCaptureFixtur
     L.Logger("consensus").info("round opened", tx_id="t2")
     [rec] = [r for r in caplog.records if r.getMessage() == "round opened"]
     assert rec.fields == {"tx_id": "t2"}  # type: ignore[attr-defined]
+
+
+SECRET = bytes(range(1, 33))
+SECRET_NAMES = [
+    "key", "sk", "kek", "hostkey", "secnonce", "seed", "passphrase", "api_key", "apiKey", "share",
+    "secshare", "secret", "password", "token", "seckey", "deckey", "private_key", "signing_key",
+    "nonce_sk", "host_seckey", "identity_seed", "tls_key", "x25519_key", "keys", "mnemonic",
+]  # fmt: skip
+PUBLIC_NAMES = [
+    "key_id",
+    "tx_id",
+    "pubkey",
+    "threshold_pubkey",
+    "nonce_id",
+    "kv_entry",
+    "subject",
+    "key_count",
+]
+
+
+def _line(fields: dict[str, object]) -> tuple[dict[str, object], bytes]:
+    raw = L._line(0.0, "info", "svc", "m", fields, None)
+    return json.loads(raw)["fields"], raw
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+@pytest.mark.parametrize(
+    "value", [SECRET.hex(), SECRET.hex().upper(), SECRET, bytearray(SECRET), int.from_bytes(SECRET, "big")]
+)
+def test_secret_names_are_redacted_whatever_the_value(name: str, value: object) -> None:
+    assert L.is_secret_name(name)
+    fields, raw = _line({name: value, "tx_id": "t1"})
+    assert fields == {name: "[redacted]", "tx_id": "t1"}
+    for needle in (SECRET.hex().encode(), SECRET.hex().upper().encode(), str(int.from_bytes(SECRET, "big"))):
+        assert (needle.encode() if isinstance(needle, str) else needle) not in raw
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_secret_names_are_redacted_in_nested_structures(name: str) -> None:
+    fields, raw = _line({"detail": {"node": "node-1", "inner": [{name: SECRET.hex()}], name: SECRET}})
+    assert fields == {"detail": {"node": "node-1", "inner": [{name: "[redacted]"}], name: "[redacted]"}}
+    assert SECRET.hex().encode() not in raw
+
+
+@pytest.mark.parametrize("name", PUBLIC_NAMES)
+def test_public_names_are_logged(name: str) -> None:
+    assert not L.is_secret_name(name)
+    assert _line({name: "v"})[0] == {name: "v"}
+
+
+def test_bytes_are_logged_by_length_at_any_depth() -> None:
+    fields, raw = _line({"psig": SECRET, "n": [SECRET, {"x": (SECRET,)}], "d": {"a": {"b": {"c": {"d": 1}}}}})
+    assert fields["psig"] == "<32 bytes>" and fields["n"] == ["<32 bytes>", {"x": ["<32 bytes>"]}]
+    assert fields["d"] == {"a": {"b": {"c": "<nested>"}}}
+    assert SECRET not in raw and SECRET.hex().encode() not in raw

@@ -98,6 +98,25 @@ async def test_a_claimed_batch_is_never_offered_again() -> None:
     assert pool.level("node-1") == 3
 
 
+async def test_a_withdrawn_batch_is_dropped_even_once_claimed() -> None:
+    """A restarted signer deletes its batches (their nonces died with its process): a pool no longer
+    hands out their nonces, not even the ones of a batch it claimed already."""
+    bus = FakeBus()
+    pool = NoncePool(bus)  # type: ignore[arg-type]
+    for b in ("a", "b"):
+        pool.apply(batch_entry(b, 1_000, count=3))
+    got = await pool.claim("node-1", 1, "tx", 1)
+    assert got is not None and [r.nonce_id for r in got] == ["a-0"]
+    assert pool.level("node-1") == 5  # a-1, a-2 held by this process, b unclaimed
+    for b in ("a", "b"):
+        pool.apply(KvEntry(K.nonce_batch_key("default", "node-1", b), b"", 9, "DEL"))
+    assert pool.level("node-1") == 0
+    assert await pool.claim("node-1", 1, "tx2", 1) is None
+    pool.apply(batch_entry("c", 1_000, count=3))  # the restarted signer's fresh batch
+    got = await pool.claim("node-1", 1, "tx3", 1)
+    assert got is not None and [r.nonce_id for r in got] == ["c-0"]
+
+
 async def test_nonces_of_a_claimed_batch_expire_too(monkeypatch: pytest.MonkeyPatch) -> None:
     pool = NoncePool(FakeBus())  # type: ignore[arg-type]
     pool.apply(batch_entry("a", 1_000, count=3))
@@ -142,7 +161,6 @@ def test_signers_delete_secret_nonces_past_the_kv_ttl(
     ks.save_nonce("new-0", b"\x02" * 64)
     assert ks.sweep_nonces(K.NONCE_FILE_MAX_AGE_S) == 1
     assert ks.nonce_count() == 1 and not ks.has_nonce("old-0")
-    assert Keystore(tmp_path, "node-1").nonce_count() == 1  # the sweep is durable
     assert ks.take_nonces(["old-0", "new-0"]) == {"old-0": None, "new-0": bytearray(b"\x02" * 64)}
     assert ks.sweep_nonces(K.NONCE_FILE_MAX_AGE_S) == 0
 

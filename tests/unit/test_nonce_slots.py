@@ -1,10 +1,12 @@
-"""The slot file of pooled secret nonces (services/signer/nonce_slots.py): at most one use per nonce, even
-across reopen, torn erases and copied records; growth, reuse, sweep and the import of the old layout."""
+"""The slot file of pooled secret nonces (services/signer/nonce_slots.py): at most one use per nonce, a
+nonce lives only as long as the process (the store) that pooled it, so a reopened, restored or copied file
+yields nothing; one process at a time; growth, reuse, sweep, and the files of earlier versions wiped."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 
@@ -12,13 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from services.signer.keystore import Keystore, KeystoreError, NonceConsumed
-from services.signer.nonce_slots import CHUNK_SLOTS, MAX_ID_LEN, SLOT_SIZE, NonceSlots
-
-KEY = b"\x5a" * 32
+from services.signer.nonce_slots import CHUNK_SLOTS, MAX_ID_LEN, SLOT_SIZE, NonceSlots, NonceStoreBusy
 
 
-def open_slots(path: Path, node: str = "node-1", key: bytes = KEY) -> NonceSlots:
-    return NonceSlots(path, ChaCha20Poly1305(key), node, check_name=Keystore._check_name)
+def open_slots(path: Path, node: str = "node-1") -> NonceSlots:
+    return NonceSlots(path, node, check_name=Keystore._check_name)
 
 
 def sec(i: int) -> bytes:
@@ -52,87 +52,91 @@ def test_save_take_round_trip_and_second_take_is_none(tmp_path: Path) -> None:
     assert len(s) == 0
 
 
-def test_take_is_durable_across_reopen(tmp_path: Path) -> None:
+def test_a_reopened_store_holds_nothing_and_the_old_slots_are_wiped(tmp_path: Path) -> None:
     path = tmp_path / "n.slots"
     s = open_slots(path)
     s.save("a-0", sec(1))
     s.save("a-1", sec(2))
     assert s.take(["a-0"])["a-0"] == bytearray(sec(1))
+    assert slot_bytes(path, 1) != bytes(SLOT_SIZE)  # a-1 is in its slot
     s.close()
     again = open_slots(path)
-    assert len(again) == 1 and again.ids() == ["a-1"]
-    assert again.take(["a-0", "a-1"]) == {"a-0": None, "a-1": bytearray(sec(2))}
-    assert slot_bytes(path, 0) == bytes(SLOT_SIZE) and slot_bytes(path, 1) == bytes(SLOT_SIZE)
-    # the Keystore API over the same directory
-    ks = Keystore(tmp_path, "node-1")
-    ks.save_nonce("k-0", sec(3))
-    assert ks.take_nonce("k-0") == bytearray(sec(3))
-    with pytest.raises(NonceConsumed):
-        Keystore(tmp_path, "node-1").take_nonce("k-0")
+    assert len(again) == 0 and again.ids() == []
+    assert again.take(["a-0", "a-1"]) == {"a-0": None, "a-1": None}
+    assert path.read_bytes() == bytes(path.stat().st_size)  # every slot overwritten
+    again.save("a-1", sec(3))  # the same id pooled again by this process is a new nonce
+    assert again.take(["a-1"]) == {"a-1": bytearray(sec(3))}
 
 
-def test_record_copied_to_another_slot_name_or_node_does_not_decrypt(tmp_path: Path) -> None:
+def test_a_restored_copy_of_the_file_never_yields_a_nonce(tmp_path: Path) -> None:
+    path = tmp_path / "n.slots"
+    s = open_slots(path)
+    for i in range(3):
+        s.save(f"a-{i}", sec(i))
+    backup = tmp_path / "backup.slots"
+    shutil.copyfile(path, backup)  # while the nonces are pooled
+    assert s.take(["a-0"])["a-0"] == bytearray(sec(0))  # used
+    s.close()
+    shutil.copyfile(backup, path)  # the old copy put back
+    restored = open_slots(path)
+    assert len(restored) == 0
+    assert restored.take(["a-0", "a-1", "a-2"]) == {"a-0": None, "a-1": None, "a-2": None}
+    assert path.read_bytes() == bytes(path.stat().st_size)
+    # the copy's records cannot be decrypted by anything: the key they were sealed under is gone
+    raw = backup.read_bytes()
+    for i in range(3):
+        assert sec(i) not in raw and sec(i).hex().encode() not in raw
+
+
+def test_one_process_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "n.slots"
+    s = open_slots(path)
+    s.save("a-0", sec(1))
+    with pytest.raises(NonceStoreBusy, match="only one signer of node-1"):
+        open_slots(path)
+    assert s.take(["a-0"])["a-0"] == bytearray(sec(1))  # the refused opener wiped nothing
+    s.close()
+    open_slots(path).close()  # released with the store
+
+
+def test_a_record_swapped_in_from_another_slot_does_not_decrypt(tmp_path: Path) -> None:
+    path = tmp_path / "n.slots"
+    s = open_slots(path)
+    s.save("a-0", sec(1), created_ms=1000)
+    s.save("a-1", sec(2), created_ms=1000)
+    rec0, rec1 = slot_bytes(path, 0), slot_bytes(path, 1)
+    # slot 1's record relabelled as a-0 and put in slot 0: the header matches, its AAD does not
+    put_slot(path, 0, rec1[:2] + b"a-0" + rec1[5:])
+    assert s._peek("a-0") is None
+    put_slot(path, 0, rec1)  # as it was: the header names another id
+    assert s._peek("a-0") is None
+    put_slot(path, 0, rec0)  # control: the original decrypts
+    assert s.take(["a-0"]) == {"a-0": bytearray(sec(1))}
+    # the same record under another node's name does not decrypt either
+    other = open_slots(tmp_path / "m.slots", node="node-2")
+    other._aead = s._aead  # even with this process's key
+    other.save("a-1", sec(9), created_ms=1000)
+    put_slot(tmp_path / "m.slots", 0, rec1)
+    assert other._peek("a-1") is None
+
+
+def test_a_torn_slot_never_yields_the_nonce(tmp_path: Path) -> None:
     path = tmp_path / "n.slots"
     s = open_slots(path)
     s.save("a-0", sec(1))
     rec = slot_bytes(path, 0)
-    s.close()
-    # moved to slot 7 (the original erased): indexed there, but its AAD names slot 0
-    put_slot(path, 0, bytes(SLOT_SIZE))
-    put_slot(path, 7, rec)
-    moved = open_slots(path)
-    assert moved.ids() == ["a-0"]
-    assert moved.take(["a-0"]) == {"a-0": None}
-    moved.close()
-    # renamed in place (same length id)
-    put_slot(path, 0, rec[:2] + b"b-0" + rec[5:])
-    renamed = open_slots(path)
-    assert renamed.ids() == ["b-0"]
-    assert renamed.take(["b-0"]) == {"b-0": None}
-    renamed.close()
-    # the whole file given to another node with the same key
-    put_slot(path, 0, rec)
-    assert open_slots(path, node="node-2").take(["a-0"]) == {"a-0": None}
-    # ... or read under another key
-    put_slot(path, 0, rec)
-    assert open_slots(path, key=b"\x01" * 32).take(["a-0"]) == {"a-0": None}
-    # the original, back in place, still decrypts: the checks above are not vacuous
-    put_slot(path, 0, rec)
-    assert open_slots(path).take(["a-0"]) == {"a-0": bytearray(sec(1))}
-
-
-def test_an_id_found_in_two_slots_is_erased_in_both(tmp_path: Path) -> None:
-    path = tmp_path / "n.slots"
-    s = open_slots(path)
-    s.save("a-0", sec(1))
-    s.close()
-    put_slot(path, 3, slot_bytes(path, 0))
-    again = open_slots(path)
-    assert len(again) == 0 and again.take(["a-0"]) == {"a-0": None}
-    assert slot_bytes(path, 0) == bytes(SLOT_SIZE) and slot_bytes(path, 3) == bytes(SLOT_SIZE)
-
-
-def test_torn_erase_never_yields_the_nonce(tmp_path: Path) -> None:
-    path = tmp_path / "n.slots"
-    s = open_slots(path)
-    s.save("a-0", sec(1))
-    rec = slot_bytes(path, 0)
-    s.close()
-    used = len(rec.rstrip(b"\0"))  # bytes past this are padding, zero already
-    assert used > 100
     torn: list[bytes] = []
     for cut in range(1, SLOT_SIZE):
-        torn.append(bytes(cut) + rec[cut:])  # the erase reached only the start
-        torn.append(rec[:cut] + bytes(SLOT_SIZE - cut))  # ... or only the end
+        torn.append(bytes(cut) + rec[cut:])
+        torn.append(rec[:cut] + bytes(SLOT_SIZE - cut))
     torn += [rec[:40] + bytes(40) + rec[80:], rec[:60] + bytes(1) + rec[61:]]
     for raw in torn:
         if raw == rec:
-            continue  # only padding was "erased"
+            continue  # only padding changed
         put_slot(path, 0, raw)
-        got = open_slots(path).take(["a-0"])["a-0"]
-        assert got is None, raw.hex()
-    put_slot(path, 0, rec)  # control: the intact record decrypts
-    assert open_slots(path).take(["a-0"])["a-0"] == bytearray(sec(1))
+        assert s._peek("a-0") is None, raw.hex()
+    put_slot(path, 0, rec)
+    assert s.take(["a-0"])["a-0"] == bytearray(sec(1))
 
 
 def test_growth_beyond_one_chunk_and_steady_size(tmp_path: Path) -> None:
@@ -144,17 +148,20 @@ def test_growth_beyond_one_chunk_and_steady_size(tmp_path: Path) -> None:
         s.save(f"x-{i}", sec(i))
     assert path.stat().st_size == 2 * CHUNK_SLOTS * SLOT_SIZE
     assert len(s) == CHUNK_SLOTS + 1
-    s.close()
-    again = open_slots(path)
-    assert len(again) == CHUNK_SLOTS + 1
-    got = again.take([f"x-{i}" for i in (0, 4095, 4096)])
+    got = s.take([f"x-{i}" for i in (0, 4095, 4096)])
     assert got == {"x-0": bytearray(sec(0)), "x-4095": bytearray(sec(4095)), "x-4096": bytearray(sec(4096))}
     # the file is already written out: using it changes nothing but slot contents
     size, blocks = path.stat().st_size, path.stat().st_blocks
     for i in range(200):
-        again.save(f"y-{i}", sec(i))
-        again.take([f"y-{i}"])
+        s.save(f"y-{i}", sec(i))
+        s.take([f"y-{i}"])
     assert (path.stat().st_size, path.stat().st_blocks) == (size, blocks)
+    s.close()
+    again = open_slots(path)  # a restart keeps the file's size (its slots are free) and wipes it
+    assert len(again) == 0 and path.stat().st_size == size
+    for i in range(10):
+        again.save(f"z-{i}", sec(i))
+    assert path.stat().st_size == size and slot_bytes(path, 9)[2:5] == b"z-9"
 
 
 def test_free_slots_are_reused(tmp_path: Path) -> None:
@@ -165,13 +172,11 @@ def test_free_slots_are_reused(tmp_path: Path) -> None:
     s.take(["a-1"])
     s.save("b-0", sec(9))  # the lowest free slot: a-1's
     assert slot_bytes(path, 1)[2:5] == b"b-0"
-    s.close()
-    again = open_slots(path)
-    assert again.ids() == ["a-0", "b-0", "a-2"]
-    again.take(["a-0"])
-    again.save("c-0", sec(10))
+    assert s.ids() == ["a-0", "b-0", "a-2"]
+    s.take(["a-0"])
+    s.save("c-0", sec(10))
     assert slot_bytes(path, 0)[2:5] == b"c-0"
-    assert again.take(["c-0", "b-0"]) == {"c-0": bytearray(sec(10)), "b-0": bytearray(sec(9))}
+    assert s.take(["c-0", "b-0"]) == {"c-0": bytearray(sec(10)), "b-0": bytearray(sec(9))}
 
 
 def test_sweep_and_count(tmp_path: Path) -> None:
@@ -184,19 +189,9 @@ def test_sweep_and_count(tmp_path: Path) -> None:
     assert len(s) == 3
     assert s.sweep(3600) == 2
     assert len(s) == 1 and s.ids() == ["new-0"]
+    assert slot_bytes(path, 0) == bytes(SLOT_SIZE) and slot_bytes(path, 1) == bytes(SLOT_SIZE)
     assert s.sweep(3600) == 0
-    s.close()
-    again = open_slots(path)  # the creation time survives a reopen (and the sweep was durable)
-    assert again.ids() == ["new-0"]
-    again.save("old-2", sec(4), created_ms=old_ms)
-    again.close()
-    third = open_slots(path)
-    assert third.sweep(3600) == 1
-    assert third.take(["old-0", "old-2", "new-0"]) == {
-        "old-0": None,
-        "old-2": None,
-        "new-0": bytearray(sec(3)),
-    }
+    assert s.take(["old-0", "new-0"]) == {"old-0": None, "new-0": bytearray(sec(3))}
 
 
 def test_invalid_and_overlong_ids_are_refused(tmp_path: Path) -> None:
@@ -239,77 +234,42 @@ def test_no_secret_in_the_clear_and_file_mode(tmp_path: Path) -> None:
     assert ct not in path.read_bytes()  # the erase leaves no ciphertext either
 
 
-def test_take_whose_sync_fails_hands_nothing_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_take_whose_erase_fails_hands_nothing_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "n.slots"
     s = open_slots(path)
     s.save("a-0", sec(1))
 
-    def fail(fd: int) -> None:
+    def fail(fd: int, data: bytes, offset: int) -> int:
         raise OSError(5, "I/O error")
 
-    monkeypatch.setattr(os, "fdatasync", fail)
+    monkeypatch.setattr(os, "pwrite", fail)
     with pytest.raises(OSError):
         s.take(["a-0"])
     monkeypatch.undo()
-    assert s.take(["a-0"]) == {"a-0": None}  # not twice from this process
-    s.save("b-0", sec(2))
-    assert slot_bytes(path, 0) == bytes(SLOT_SIZE)  # the un-synced slot is not handed to a save
-    assert slot_bytes(path, 1)[2:5] == b"b-0"
+    assert s.take(["a-0"]) == {"a-0": None}  # not later either
 
 
-def legacy_file(ks: Keystore, nonce_id: str, secnonce: bytes, mtime: float | None = None) -> Path:
-    """A nonce stored as the previous version did: nonces/<id>.enc, AAD mpcw/<node>/nonce/<id>."""
+def test_the_files_of_earlier_versions_are_wiped(tmp_path: Path) -> None:
+    ks = Keystore(tmp_path, "node-1")
+    ks.close()
+    # nonces/<id>.enc (under the key-encryption key), and slots written under it too
     d = ks.root / "nonces"
-    d.mkdir(exist_ok=True)
+    d.mkdir()
     nonce = secrets.token_bytes(12)
-    blob = nonce + ChaCha20Poly1305(ks._kek(None)).encrypt(
-        nonce, secnonce, f"mpcw/{ks.node}/nonce/{nonce_id}".encode()
+    aead = ChaCha20Poly1305(ks._kek(None))
+    (d / "aaaaaaaaaaaa-0.enc").write_bytes(
+        nonce + aead.encrypt(nonce, sec(1), b"mpcw/node-1/nonce/aaaaaaaaaaaa-0")
     )
-    path = d / f"{nonce_id}.enc"
-    path.write_bytes(blob)
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
-    return path
-
-
-def test_legacy_nonce_files_are_imported_then_deleted(tmp_path: Path) -> None:
-    ks = Keystore(tmp_path, "node-1")
-    ks.close()
-    old_t = time.time() - 7200
-    legacy_file(ks, "aaaaaaaaaaaa-0", sec(1), mtime=old_t)
-    legacy_file(ks, "aaaaaaaaaaaa-1", sec(2))
-    copied = legacy_file(ks, "aaaaaaaaaaaa-2", sec(3))
-    copied.rename(copied.with_name("aaaaaaaaaaaa-3.enc"))  # another name: its AAD no longer matches
-    (ks.root / "nonces" / "aaaaaaaaaaaa-4.enc").write_bytes(secrets.token_bytes(92))  # garbage
-    (ks.root / "nonces" / "aaaaaaaaaaaa-5.enc.tmp").write_bytes(b"x")  # a write never renamed
-    legacy_file(ks, "c" * (MAX_ID_LEN + 1), sec(4))  # cannot live in a slot
-    legacy_file(ks, "aaaaaaaaaaaa-6", sec(6)[:32])  # wrong length
-
+    (d / "aaaaaaaaaaaa-1.enc.tmp").write_bytes(b"x")
+    old_slot = (
+        b"\x01\x03b-0".ljust(26, b"\0") + (1000).to_bytes(8, "big") + nonce
+        + aead.encrypt(nonce, sec(2), b"mpcw/node-1/nonce/b-0/slot/0/1000")
+    ).ljust(SLOT_SIZE, b"\0")  # fmt: skip
+    (ks.root / "nonces.slots").write_bytes(old_slot + bytes(SLOT_SIZE * 3))
     up = Keystore(tmp_path, "node-1")
-    assert not (ks.root / "nonces").exists()
-    assert up.nonce_count() == 2
-    assert up.has_nonce("aaaaaaaaaaaa-0") and up.has_nonce("aaaaaaaaaaaa-1")
-    assert not up.has_nonce("aaaaaaaaaaaa-3") and not up.has_nonce("aaaaaaaaaaaa-4")
-    assert sec(1) not in (ks.root / "nonces.slots").read_bytes()
-    up.close()
-    again = Keystore(tmp_path, "node-1")  # the import was durable and is not repeated
-    assert again.nonce_count() == 2
-    assert again.sweep_nonces(3600) == 1  # the old file's mtime became its creation time
-    assert again.take_nonces(["aaaaaaaaaaaa-0", "aaaaaaaaaaaa-1"]) == {
-        "aaaaaaaaaaaa-0": None,
-        "aaaaaaaaaaaa-1": bytearray(sec(2)),
-    }
-
-
-def test_legacy_import_interrupted_before_the_delete(tmp_path: Path) -> None:
-    ks = Keystore(tmp_path, "node-1")
-    ks.save_nonce("aaaaaaaaaaaa-0", sec(1))  # as if imported, then a crash before the old file went
-    ks.close()
-    legacy_file(ks, "aaaaaaaaaaaa-0", sec(1))
-    up = Keystore(tmp_path, "node-1")
-    assert up.nonce_count() == 1 and not (ks.root / "nonces").exists()
-    assert up.take_nonce("aaaaaaaaaaaa-0") == bytearray(sec(1))
-    assert Keystore(tmp_path, "node-1").nonce_count() == 0
+    assert up.nonce_count() == 0 and not up.has_nonce("aaaaaaaaaaaa-0") and not up.has_nonce("b-0")
+    assert not d.exists()
+    assert (ks.root / "nonces.slots").read_bytes() == bytes(SLOT_SIZE * 4)
 
 
 def test_keystore_nonce_api(tmp_path: Path) -> None:
@@ -322,5 +282,9 @@ def test_keystore_nonce_api(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ks.has_nonce("a/0")
     assert ks.take_nonce("a-0") == bytearray(sec(1))
+    with pytest.raises(NonceConsumed):
+        ks.take_nonce("a-0")
     assert not ks.has_nonce("a-0") and ks.nonce_count() == 0
     assert not (ks.root / "nonces").exists()  # the old directory is no longer made
+    with pytest.raises(NonceStoreBusy):  # a second keystore of the node cannot take the store
+        Keystore(tmp_path, "node-1").open_nonces()

@@ -5,16 +5,11 @@ against ``unknown``."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import nacl.signing
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import x25519
 from nats.aio.msg import Msg
 
 from schemas import envelope as E
@@ -22,8 +17,6 @@ from schemas import kv as K
 from schemas.names import UNKNOWN, kv_writer_allowed
 from schemas.rest import Policy
 from services.runtime.bus import KvEntry, KvWatcher
-from services.runtime.logging import Logger
-from services.runtime.seal import Ed25519Signer, Identities, IdentityKeys
 from services.runtime.signed_kv import (
     NoVerifiedValue,
     Removed,
@@ -32,44 +25,13 @@ from services.runtime.signed_kv import (
     seal_value,
     value_digest,
 )
-from tests.unit.service_fakes import FakeKV, service_context
+from tests.unit.service_fakes import FakeKV, SignedFakeBus, fake_identities, identity_keys, service_context
 
 NAMES = ["node-1", "node-2", "node-3", "admin", "monitor", "consensus"]
 
 
-def _seed(name: str) -> bytes:
-    return hashlib.sha256(b"test identity " + name.encode()).digest()
-
-
-def _x25519(name: str) -> x25519.X25519PrivateKey:
-    return x25519.X25519PrivateKey.from_private_bytes(hashlib.sha256(b"x " + name.encode()).digest())
-
-
-IDENTITIES = Identities(
-    {
-        n: {
-            "ed25519": bytes(nacl.signing.SigningKey(_seed(n)).verify_key).hex(),
-            "x25519": _x25519(n)
-            .public_key()
-            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            .hex(),
-        }
-        for n in NAMES
-    }
-)
-
-
-def keys(name: str) -> IdentityKeys:
-    return IdentityKeys(name=name, signing=Ed25519Signer(_seed(name)), exchange=_x25519(name))
-
-
-@dataclass
-class Report:
-    offender: str
-    kind: str
-    detail: str
-    subject: str
-    raw: bytes
+IDENTITIES = fake_identities(NAMES)
+keys = identity_keys
 
 
 class ScriptedKV(FakeKV):
@@ -84,23 +46,9 @@ class ScriptedKV(FakeKV):
             yield item
 
 
-@dataclass
-class ReaderBus:
+def reader_bus(identity: str = "node-1") -> SignedFakeBus:
     """What SignedKV uses of a bus: the identity keys, a log, and ``report``."""
-
-    identity: str = "node-1"
-    reports: list[Report] = field(default_factory=list)
-    log: Logger = field(default_factory=lambda: Logger("test"))
-    identities: Identities = field(default_factory=lambda: IDENTITIES)
-
-    @property
-    def keys(self) -> IdentityKeys:
-        return keys(self.identity)
-
-    async def report(
-        self, offender: str, kind: str, detail: str, subject: str, stream: str, seq: int, raw: bytes
-    ) -> None:
-        self.reports.append(Report(offender, kind, detail, subject, raw))
+    return SignedFakeBus(identity=identity, identities=IDENTITIES)
 
 
 def policy_value(
@@ -113,8 +61,8 @@ GOOD_TS = 1_700_000_000_000
 GOOD = policy_value("admin", GOOD_TS, 5_000_000)
 
 
-def reader() -> tuple[SignedKV, ScriptedKV, ReaderBus]:
-    bus = ReaderBus()
+def reader() -> tuple[SignedKV, ScriptedKV, SignedFakeBus]:
+    bus = reader_bus()
     kv = ScriptedKV("config")
     return SignedKV(bus, kv), kv, bus  # type: ignore[arg-type]
 
@@ -219,7 +167,7 @@ async def test_an_old_deletion_marker_does_not_remove_the_value_in_force() -> No
 
 
 async def test_writes_are_signed_with_growing_versions() -> None:
-    bus = ReaderBus(identity="admin")
+    bus = reader_bus(identity="admin")
     kv = ScriptedKV("config")
     skv = SignedKV(bus, kv)  # type: ignore[arg-type]
     future = policy_value("admin", 9_999_999_999_999, 1)  # a value from a clock far ahead
@@ -274,9 +222,9 @@ def test_a_signer_without_a_verified_policy_refuses_every_spend(tmp_path: Any) -
     """The stored policy never verified (unsigned, forged): the node votes no, whatever the spend."""
     from services.signer.keystore import Keystore
     from services.signer.node import SignerNode
-    from tests.unit.test_spend_check import ACCOUNT, make_request
+    from tests.unit.test_core_policy import ACCOUNT, make_request
 
-    bus: Any = ReaderBus()
+    bus: Any = reader_bus()
     node = SignerNode(service_context("node-1", bus).cfg, bus, Keystore(tmp_path, "node-1", passphrase="t"))
     node.share = lambda key_id: (None, ACCOUNT)  # type: ignore[assignment,method-assign,return-value]
     assert node._decide(make_request()).approve  # control: the defaults allow it

@@ -71,7 +71,7 @@ from .errors import (
     ThresholdOrCountError,
     UnknownFaultyParticipantOrCoordinatorError,
 )
-from .util import parse_scalars, scalar_bytes, tagged_hash_bip_dkg
+from .util import parse_scalars, repr_hiding, scalar_bytes, tagged_hash_bip_dkg
 from .vss import VSSCommitment
 
 __all__ = [
@@ -178,6 +178,9 @@ class DKGOutput(NamedTuple):
     secshare: bytes | None
     thresh_pk: bytes
     pubshares: list[bytes]
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, ("secshare",))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ shares are never encrypted under different pads. The equality input grows by ``e
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import NamedTuple, NoReturn
 
-from tss.secp256k1 import N, Point, cbytes, cbytes_ext, cpoint, point_mul, point_mul_base
+from tss.secp256k1 import N, Point, cbytes, cbytes_ext, point_mul_base
+from tss.secp256k1 import ecdh as ecdh_libsecp256k1
 
 from . import simplpedpop
 from .errors import (
@@ -28,21 +28,23 @@ from .errors import (
     SecshareSumError,
     UnknownFaultyParticipantOrCoordinatorError,
 )
-from .util import parse_points_ext, parse_scalars, scalar_bytes, scalar_wrapping, tagged_hash_bip_dkg
+from .util import (
+    parse_points_ext,
+    parse_scalars,
+    repr_hiding,
+    scalar_bytes,
+    scalar_wrapping,
+    tagged_hash_bip_dkg,
+)
 
 # ---------------------------------------------------------------------------------------------
 # encryption
 
 
-def ecdh_raw(seckey: bytes, pubkey: bytes) -> bytes:
-    """libsecp256k1's default ECDH: SHA256 of the compressed shared point. ``ValueError`` on a bad
-    public key."""
-    shared = point_mul(cpoint(pubkey), int.from_bytes(seckey, "big"))
-    return hashlib.sha256(cbytes(shared)).digest()
-
-
 def ecdh(seckey: bytes, my_pubkey: bytes, their_pubkey: bytes, context: bytes, sending: bool) -> int:
-    data = ecdh_raw(seckey, their_pubkey)
+    """The pad of one recipient: libsecp256k1's ECDH (constant time in ``seckey``) hashed with both
+    public keys and the context. ``ValueError`` on a bad public key."""
+    data = ecdh_libsecp256k1(seckey, their_pubkey)
     data += my_pubkey + their_pubkey if sending else their_pubkey + my_pubkey
     return scalar_wrapping(tagged_hash_bip_dkg("encpedpop ecdh", data + context))
 
@@ -202,6 +204,9 @@ class ParticipantInvestigationData(NamedTuple):
     simpl_bstate: simplpedpop.ParticipantInvestigationData
     enc_secshare: int
     pads: list[int]
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, ("pads",))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from .errors import (
     SecshareSumError,
     UnknownFaultyParticipantOrCoordinatorError,
 )
-from .util import BIP_TAG, parse_points_ext, scalar_bytes
+from .util import BIP_TAG, parse_points_ext, repr_hiding, scalar_bytes
 from .vss import VSSCommitment, vss_commit, vss_generate, vss_secshares
 
 POP_MSG_TAG = BIP_TAG + "pop message"
@@ -136,6 +136,9 @@ class DKGOutput(NamedTuple):
     thresh_pk: bytes
     pubshares: list[bytes]
 
+    def __repr__(self) -> str:
+        return repr_hiding(self, ("secshare",))
+
 
 class ParticipantState(NamedTuple):
     t: int
@@ -149,6 +152,9 @@ class ParticipantInvestigationData(NamedTuple):
     participant_id: int
     secshare: int
     pubshare: Point
+
+    def __repr__(self) -> str:
+        return repr_hiding(self, ("secshare",))
 
 
 def assemble_sum_coms(

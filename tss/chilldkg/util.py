@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tss.secp256k1 import N, Point, cpoint_ext, tagged_hash
 
 from .errors import MsgParseError
 
 BIP_TAG = "BIP DKG/"
+
+
+def repr_hiding(obj: Any, secret_fields: tuple[str, ...]) -> str:
+    """``Name(field=value, ...)`` of a named tuple with the secret fields shown as ``...``: a secret
+    never reaches a log, a traceback or an assertion message through ``repr``."""
+    shown = ", ".join(
+        f"{name}=..." if name in secret_fields else f"{name}={value!r}"
+        for name, value in zip(obj._fields, obj, strict=True)
+    )
+    return f"{type(obj).__name__}({shown})"
 
 
 def tagged_hash_bip_dkg(tag: str, msg: bytes) -> bytes:

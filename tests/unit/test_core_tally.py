@@ -3,21 +3,22 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from schemas import envelope as E
-from schemas.messages import Vote
-from services.consensus.tally import (
-    Outcome,
+from core.signer_set import choose_signers
+from core.tally import (
     VoteResult,
     add_vote,
     certificate,
-    choose_signers,
     groups,
     mismatched,
     new_round,
     outcome,
     quorum,
     rejection_reasons,
+    signing_certificate,
 )
+from schemas import envelope as E
+from schemas.kv import RoundOutcome
+from schemas.messages import Vote
 
 NODES = [f"node-{i}" for i in range(1, 6)]
 
@@ -26,18 +27,31 @@ def test_approves_at_t_and_certificate_has_t_envelopes() -> None:
     r = new_round("tx", 5, 4, NODES)
     for i, node in enumerate(NODES[:3]):
         assert add_vote(r, node, True, [], f"env{i}".encode()) is VoteResult.COUNTED
-        assert outcome(r) is Outcome.OPEN
+        assert outcome(r) is RoundOutcome.OPEN
     add_vote(r, "node-5", True, [], b"env5")
-    assert outcome(r) is Outcome.APPROVED
+    assert outcome(r) is RoundOutcome.APPROVED
     assert certificate(r) == [b"env0", b"env1", b"env2", b"env5"]
+
+
+def test_a_signing_certificate_holds_every_signers_approval() -> None:
+    r = new_round("tx", 5, 4, NODES)
+    for i, node in enumerate(NODES):
+        add_vote(r, node, True, [], f"env{i}".encode())
+    assert certificate(r) == [b"env0", b"env1", b"env2", b"env3"]
+    # a retry's signer set rotated to node-5, whose vote the t-vote certificate leaves out
+    signers = ["node-2", "node-3", "node-4", "node-5"]
+    assert signing_certificate(r, signers) == [b"env0", b"env1", b"env2", b"env3", b"env4"]
+    assert signing_certificate(r, NODES[:4]) == certificate(r)
+    with pytest.raises(ValueError, match="outside the quorum"):
+        signing_certificate(r, ["node-1", "node-2", "node-3", "node-9"])
 
 
 def test_rejects_once_approval_is_impossible() -> None:
     r = new_round("tx", 5, 4, NODES)
     add_vote(r, "node-1", False, ["too big"], b"a")
-    assert outcome(r) is Outcome.OPEN  # 4 approvals still possible
+    assert outcome(r) is RoundOutcome.OPEN  # 4 approvals still possible
     add_vote(r, "node-2", False, ["too big"], b"b")
-    assert outcome(r) is Outcome.REJECTED
+    assert outcome(r) is RoundOutcome.REJECTED
     assert rejection_reasons(r) == ["node-1: too big", "node-2: too big"]
     with pytest.raises(ValueError):
         certificate(r)
@@ -75,9 +89,9 @@ def test_odd_approver_is_left_out_of_the_certificate() -> None:
     add_vote(r, "node-1", True, [], b"odd", ODD)
     for i, node in enumerate(NODES[1:4]):
         add_vote(r, node, True, [], f"env{i}".encode(), H)
-        assert outcome(r) is Outcome.OPEN  # node-1's approval does not count with theirs
+        assert outcome(r) is RoundOutcome.OPEN  # node-1's approval does not count with theirs
     add_vote(r, "node-5", True, [], b"env5", H)
-    assert outcome(r) is Outcome.APPROVED
+    assert outcome(r) is RoundOutcome.APPROVED
     assert quorum(r) == NODES[1:]
     assert certificate(r) == [b"env0", b"env1", b"env2", b"env5"]
     assert mismatched(r) == ["node-1"]
@@ -89,10 +103,10 @@ def test_two_groups_the_one_reaching_t_wins() -> None:
         add_vote(r, node, True, [], node.encode(), ODD)
     for node in ("node-4", "node-5", "node-6"):
         add_vote(r, node, True, [], node.encode(), H)
-    assert outcome(r) is Outcome.OPEN and quorum(r) is None and mismatched(r) == []
+    assert outcome(r) is RoundOutcome.OPEN and quorum(r) is None and mismatched(r) == []
     assert groups(r) == [["node-1", "node-2", "node-3"], ["node-4", "node-5", "node-6"]]
     add_vote(r, "node-7", True, [], b"node-7", H)
-    assert outcome(r) is Outcome.APPROVED
+    assert outcome(r) is RoundOutcome.APPROVED
     assert quorum(r) == ["node-4", "node-5", "node-6", "node-7"]
     assert certificate(r) == [b"node-4", b"node-5", b"node-6", b"node-7"]
     assert mismatched(r) == ["node-1", "node-2", "node-3"]
@@ -102,12 +116,12 @@ def test_rejected_once_no_group_can_reach_t() -> None:
     r = new_round("tx", 5, 4, NODES)
     add_vote(r, "node-1", True, [], b"a", ODD)
     add_vote(r, "node-2", True, [], b"b", H)
-    assert outcome(r) is Outcome.OPEN  # 1 + 3 outstanding: H can still get 4
+    assert outcome(r) is RoundOutcome.OPEN  # 1 + 3 outstanding: H can still get 4
     add_vote(r, "node-3", True, [], b"c", H)
-    assert outcome(r) is Outcome.OPEN  # 2 + 2 outstanding
+    assert outcome(r) is RoundOutcome.OPEN  # 2 + 2 outstanding
     add_vote(r, "node-4", False, ["too big"], b"d")
     # no rejection majority (1 of 5), but the largest group has 2 and only node-5 is left
-    assert outcome(r) is Outcome.REJECTED
+    assert outcome(r) is RoundOutcome.REJECTED
     assert rejection_reasons(r) == [
         "node-4: too big",
         "approving nodes disagree on the sighashes: node-2, node-3 / node-1",
@@ -121,11 +135,11 @@ def test_split_approvals_alone_make_approval_impossible() -> None:
     add_vote(r, "node-1", True, [], b"a", ODD)
     add_vote(r, "node-2", True, [], b"b", ODD)
     add_vote(r, "node-3", True, [], b"c", H)
-    assert outcome(r) is Outcome.OPEN  # ODD: 2 + 2 outstanding
+    assert outcome(r) is RoundOutcome.OPEN  # ODD: 2 + 2 outstanding
     add_vote(r, "node-4", True, [], b"d", [H[0]])  # a third list
-    assert outcome(r) is Outcome.OPEN  # ODD can still reach 3 with node-5
+    assert outcome(r) is RoundOutcome.OPEN  # ODD can still reach 3 with node-5
     add_vote(r, "node-5", True, [], b"e", H)
-    assert outcome(r) is Outcome.REJECTED  # 2 + 2 + 1, nobody left
+    assert outcome(r) is RoundOutcome.REJECTED  # 2 + 2 + 1, nobody left
 
 
 def test_approving_other_sighashes_twice_is_equivocation() -> None:
@@ -158,6 +172,6 @@ def test_votes_counted_before_sighashes_were_kept_are_read_from_their_envelopes(
     r.approve["node-3"] = True
     r.votes["node-3"] = _vote_envelope("node-3", ODD)
     add_vote(r, "node-4", True, [], _vote_envelope("node-4", H), H)
-    assert outcome(r) is Outcome.OPEN
+    assert outcome(r) is RoundOutcome.OPEN
     add_vote(r, "node-5", True, [], _vote_envelope("node-5", H), H)
     assert quorum(r) == ["node-1", "node-2", "node-4", "node-5"] and mismatched(r) == ["node-3"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.scheme import UnknownScheme, scheme_for
 from schemas.messages import TxRequested
 from schemas.rest import Policy
 from wallet.address import InvalidAddress, address_to_script
-from wallet.sighash import SighashCache, bip341_sighash
 from wallet.threshold_account import ThresholdAccount
 from wallet.transaction import OutPoint, Prevout, outpoints_of, outputs_of, parse_transaction
 
@@ -48,8 +48,10 @@ def check_spend(
     With ``policy`` None only the structure is checked (what the transaction is, not whether it is
     allowed): a signer re-reading a request it approved before a restart."""
     reasons: list[str] = []
-    if req.scheme != "frost":
-        return SpendCheck([f"scheme {req.scheme!r} is not supported"], [], [], 0, 0)
+    try:
+        scheme = scheme_for(req.scheme)
+    except UnknownScheme as exc:
+        return SpendCheck([str(exc)], [], [], 0, 0)
     if req.network != account.network:
         return SpendCheck([f"network {req.network} differs from this node's {account.network}"], [], [], 0, 0)
     try:
@@ -132,6 +134,4 @@ def check_spend(
         if fee < vsize:
             reasons.append(f"fee rate below the relay minimum (fee {fee} for {vsize} vB)")
 
-    cache = SighashCache(tx, prevouts)
-    sighashes = [bip341_sighash(tx, prevouts, i, cache=cache) for i in range(len(outpoints))]
-    return SpendCheck(reasons, sighashes, prevouts, fee, vsize)
+    return SpendCheck(reasons, scheme.sighashes(tx, prevouts), prevouts, fee, vsize)

@@ -6,9 +6,9 @@ import msgspec
 import pytest
 
 import tss.secp256k1 as s
+from core.policy import check_spend, signed_vsize
 from schemas.messages import InputRef, TxRequested
 from schemas.rest import Policy
-from services.signer.spend_check import check_spend, signed_vsize
 from wallet.address import address_to_script
 from wallet.sighash import bip341_sighash
 from wallet.threshold_account import ThresholdAccount
