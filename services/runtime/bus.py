@@ -293,6 +293,12 @@ class KvWatcher:
     of this bucket (its key is the subject minus this bucket's prefix, whatever the subject was). Here a
     delivery must come from stream ``KV_<bucket>`` (the ack subject the server gives it names the stream)
     on a subject under the watched keys; anything else goes to ``on_foreign(msg, why)`` and is dropped.
+
+    Dropping it is not enough: nats-py's ordered consumer has already counted a foreign message whose
+    consumer sequence happened to be the one it expected, and taken its stream sequence (of the other
+    stream) as the point to resume from, so its next reset would skip this bucket's real updates. A
+    watcher that saw a foreign delivery is therefore spent: ``updates`` raises :class:`WatchTainted`, and
+    :meth:`KV.watch` starts a new one, which delivers every key's current value again.
     ``updates(timeout)`` and ``stop()`` are those of nats-py's watcher.
     """
 
@@ -305,7 +311,7 @@ class KvWatcher:
         self._updates: asyncio.Queue[Any] = asyncio.Queue(maxsize=WATCH_QUEUE)
         self._sub: Any = None
         self._init_done = False
-        self._reports: set[asyncio.Task[None]] = set()
+        self._tainted = ""  # why this watcher is spent (a foreign delivery came in)
 
     @classmethod
     async def open(
@@ -341,8 +347,14 @@ class KvWatcher:
             why = self.foreign(msg)
             if why:
                 task = asyncio.get_running_loop().create_task(self._on_foreign(msg, why))
-                self._reports.add(task)
-                task.add_done_callback(self._reports.discard)
+                _REPORTS.add(task)  # outlives this watcher: the report is sent even after it stopped
+                task.add_done_callback(_REPORTS.discard)
+                if not self._tainted:
+                    self._tainted = why
+                    with contextlib.suppress(asyncio.QueueFull):
+                        self._updates.put_nowait(_TAINTED)
+                return
+            if self._tainted:
                 return
             meta = msg.metadata
             op = _kv_operation(msg)
@@ -382,18 +394,31 @@ class KvWatcher:
             raise
 
     async def updates(self, timeout: float = 5.0) -> Any:
-        """The next entry (nats-py's ``KeyValue.Entry``) or ``None`` (current values done)."""
+        """The next entry (nats-py's ``KeyValue.Entry``) or ``None`` (current values done); raises
+        :class:`WatchTainted` once a foreign delivery came in."""
+        if self._tainted:
+            raise WatchTainted(self._tainted)
         try:
-            return await asyncio.wait_for(self._updates.get(), timeout)
+            async with asyncio.timeout(timeout):  # (wait_for can swallow a cancellation of the caller)
+                item = await self._updates.get()
         except TimeoutError:
             raise nats.errors.TimeoutError from None
+        if item is _TAINTED or self._tainted:
+            raise WatchTainted(self._tainted)
+        return item
 
     async def stop(self) -> None:
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        for task in list(self._reports):
-            task.cancel()
+
+
+class WatchTainted(nats.errors.Error):
+    """A KV watcher received a delivery that is not an entry of its bucket: it must be replaced."""
+
+
+_TAINTED = object()  # queued to wake a reader of a tainted watcher
+_REPORTS: set[asyncio.Task[None]] = set()  # reports of foreign deliveries still being published
 
 
 def _kv_operation(msg: Msg) -> str | None:

@@ -20,8 +20,11 @@ from schemas.names import BUCKET_CONFIG
 from schemas.rest import Policy
 from services.runtime.bus import Bus
 from services.runtime.lookup import last_message
-from services.runtime.signed_kv import SignedKV
+from services.runtime.seal import Identities, IdentityKeys
+from services.runtime.signed_kv import SignedKV, seal_value
 from tests.e2e.conftest import Cluster, external_address
+from tests.integration.test_nats_security import connect, ctx
+from tests.integration.test_signed_kv_attacks import Attacker
 
 pytestmark = pytest.mark.e2e
 
@@ -121,3 +124,56 @@ def test_policy_violation_is_rejected_with_reasons_and_never_signed(
 def test_policy_restored_between_tests(cluster: Cluster) -> None:
     p, _ = _policy(cluster)
     assert p.max_tx_sats == Policy().max_tx_sats and p.denylist == [], p
+
+
+def test_over_limit_spend_is_rejected_while_node3_forges_policy_and_bans(
+    cluster: Cluster, confirmed_spend: dict[str, Any], restore_policy: Policy
+) -> None:
+    """node-3, with its own certificate, delivers a 10 BTC policy of its own making into every other
+    signer's policy watcher and bans of node-1 and node-2 into consensus's ban watcher (the ways of the
+    outside test report); the 0.05 BTC policy the operator set stays in force everywhere."""
+    out = cluster.mpcw("policy", "set", "--max-tx-btc", "0.05").stdout
+    assert "applied on 5/5 nodes" in out, out
+    d, url = cluster.data_dir, cluster.info["nats_url"]
+
+    async def attack(_: Bus) -> tuple[int, int]:
+        attacker = Attacker(
+            None, IdentityKeys.load(d, "node-3"), Identities.load(d / "pki" / "identities.json")
+        )
+        attacker.nc = await connect(url, ctx(d, "node-3"), attacker.errors, inbox_prefix="_INBOX.node-3")
+        try:
+            loose = Policy(version=10**6, max_tx_sats=10 * 100_000_000)
+            forged = seal_value(attacker.keys, attacker.identities, BUCKET_CONFIG, K.POLICY_KEY, loose, 2**50)
+            policies = 0
+            for victim in ("node-1", "node-2", "node-4", "node-5"):
+                attacker.victim_prefix = f"_INBOX.{victim}."
+                seq = await attacker.write_own(forged)
+                watch = ("KV_config", "$KV.config.policy")
+                policies += await attacker.inject("KV_nodes", "$KV.nodes.node-3", watch, seq)
+            bans = 0
+            attacker.victim_prefix = "_INBOX.consensus."
+            for node in ("node-1", "node-2"):
+                ban = K.BanRecord(node=node, until_ms=2**50, banned_at_ms=0, violations=5)
+                seq = await attacker.write_own(
+                    seal_value(attacker.keys, attacker.identities, "bans", node, ban, 2**50)
+                )
+                bans += await attacker.inject("KV_nodes", "$KV.nodes.node-3", ("KV_bans", "$KV.bans.>"), seq)
+            return policies, bans
+        finally:
+            await attacker.nc.close()
+
+    policies, bans = cluster.with_bus(attack)
+    print(f"forged policy delivered into {policies} signer watchers, forged bans into consensus: {bans}")
+
+    recipient = external_address(b"policy-forged-by-node-3")
+    tx_id = cluster.request_spend(recipient, 6_000_000)
+    t = cluster.wait_terminal(tx_id)
+    assert t["state"] == "rejected", t
+    assert any("limit" in r.lower() for r in t["reasons"]), t["reasons"]
+    _assert_nothing_signed(cluster, tx_id)
+    # every signer still runs exactly the operator's policy (and says so) ...
+    assert "applied on 5/5 nodes" in cluster.mpcw("policy", "set", "--max-tx-btc", "0.05").stdout
+    # ... and consensus banned nobody: a spend within the limit is signed by a quorum that needs node-1
+    # or node-2 (t = n - 1) and confirmed
+    ok = cluster.wait_terminal(cluster.request_spend(external_address(b"within-the-limit"), 1_000_000))
+    assert ok["state"] == "confirmed", ok

@@ -10,12 +10,13 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from schemas import envelope as E
 from schemas import kv as K
 from schemas.names import UNKNOWN, kv_writer_allowed
 from schemas.rest import Policy
-from services.runtime.bus import KvEntry
+from services.runtime.bus import KvEntry, KvWatcher
 from services.runtime.signed_kv import (
     NoVerifiedValue,
     Removed,
@@ -24,7 +25,7 @@ from services.runtime.signed_kv import (
     seal_value,
     value_digest,
 )
-from tests.unit.service_fakes import FakeKV, SignedFakeBus, fake_identities, identity_keys
+from tests.unit.service_fakes import FakeKV, SignedFakeBus, fake_identities, identity_keys, service_context
 
 NAMES = ["node-1", "node-2", "node-3", "admin", "monitor", "consensus"]
 
@@ -191,3 +192,42 @@ def test_the_writers_table() -> None:
     assert kv_writer_allowed("node-3", "keys", "hostpubkey.node-3")
     assert not kv_writer_allowed("node-3", "keys", "hostpubkey.node-2")
     assert not kv_writer_allowed("node-3", "keys", "hostpubkey.node-3.x")
+
+
+def _delivery(subject: str, stream: str | None) -> Msg:
+    reply = f"$JS.ACK.{stream}.watcher.1.42.7.1700000000000000000.0" if stream else ""
+    return Msg(_client=None, subject=subject, reply=reply, data=b"x")  # type: ignore[arg-type]
+
+
+async def _never(msg: Msg, why: str) -> None:
+    raise AssertionError("not reported here")
+
+
+@pytest.mark.parametrize(
+    ("subject", "stream", "foreign"),
+    [
+        ("$KV.config.policy", "KV_config", False),
+        ("$KV.nodes.node-3", "KV_nodes", True),  # node-3's own key, pointed at our inbox
+        ("$KV.config.policy", "KV_nodes", True),  # the right subject from another stream
+        ("$KV.config.dkg.s1", "KV_config", True),  # the right stream, outside the watched keys
+        ("$KV.config.policy", None, True),  # no JetStream delivery at all
+    ],
+)
+def test_a_watch_takes_only_its_own_bucket_and_keys(subject: str, stream: str | None, foreign: bool) -> None:
+    w = KvWatcher("config", "policy", _never)
+    assert bool(w.foreign(_delivery(subject, stream))) is foreign
+
+
+def test_a_signer_without_a_verified_policy_refuses_every_spend(tmp_path: Any) -> None:
+    """The stored policy never verified (unsigned, forged): the node votes no, whatever the spend."""
+    from services.signer.keystore import Keystore
+    from services.signer.node import SignerNode
+    from tests.unit.test_core_policy import ACCOUNT, make_request
+
+    bus: Any = reader_bus()
+    node = SignerNode(service_context("node-1", bus).cfg, bus, Keystore(tmp_path, "node-1", passphrase="t"))
+    node.share = lambda key_id: (None, ACCOUNT)  # type: ignore[assignment,method-assign,return-value]
+    assert node._decide(make_request()).approve  # control: the defaults allow it
+    node.policy = None
+    entry = node._decide(make_request())
+    assert not entry.approve and any("no verified policy" in r for r in entry.reasons), entry
