@@ -1,9 +1,12 @@
 """Benchmark: CGGMP24 keygen, presigning and online signing, every party in this process.
 
-    python loadtest/bench_cggmp24.py [--runs 5] [--t 4] [--n 5] [--skip-presigning]
+    python loadtest/bench_cggmp24.py [--runs 5] [--t 4] [--n 5] [--skip-presigning] [--aux-runs 1]
 
 - keygen: one t-of-n threshold keygen (all rounds, echo included); CPU time per party (the mean of the
   parties' CPU spent in their own round calls) and wall time for the whole run. Goal: <= 50 ms per party.
+- aux-info for n parties, their four safe primes given (TEST-ONLY fixture primes): CPU per party and wall
+  time (Pi^prm, Pi^mod, Pi^fac proved and verified, the fixed-base tables built). Goal: <= 10 s per party.
+  ``--aux-runs 0`` skips it (it takes about n x 7 s here).
 - online signing: with t presignatures (made by presigning once per run, not timed here), one signer's
   work: issue its partial signature, verify the t partials, combine and verify the ECDSA signature.
   Goal: < 5 ms.
@@ -123,6 +126,28 @@ def make_aux(n: int) -> dict[int, Any]:
     return {i: AuxInfoResult(i, paillier_key(i), pks, rps, ring_pedersen(i)) for i in range(n)}
 
 
+def bench_aux_info(n: int) -> tuple[float, float]:
+    from tests.unit.cggmp24_fixtures import fixture_safe_primes  # TEST-ONLY primes
+    from tss.cggmp24 import aux_info
+
+    primes = fixture_safe_primes()
+    sid = secrets.token_bytes(32)
+    w0 = time.perf_counter()
+    states: dict[int, Any] = {}
+    first: list[Message] = []
+    cpu0: dict[int, float] = {}
+    for i in range(n):
+        c0 = time.process_time()
+        states[i], msgs = aux_info.start_aux_info(sid, i, n, tuple(primes[4 * i : 4 * i + 4]))
+        cpu0[i] = time.process_time() - c0
+        first += msgs
+    states, cpu = run_timed(states, first, aux_info.aux_info_round)
+    wall = time.perf_counter() - w0
+    if any(s.phase != "done" for s in states.values()):
+        raise RuntimeError(f"aux-info failed: {[(s.blame, s.error) for s in states.values()]}")
+    return statistics.mean(cpu[i] + cpu0[i] for i in range(n)), wall
+
+
 def online_sign(presigs: dict[int, signing.Presignature], signer: int) -> float:
     """CPU of one signer: its partial signature, then verify every partial, combine, verify."""
     h = secrets.token_bytes(32)
@@ -145,6 +170,7 @@ def main() -> None:
     ap.add_argument("--t", type=int, default=4)
     ap.add_argument("--n", type=int, default=5)
     ap.add_argument("--skip-presigning", action="store_true")
+    ap.add_argument("--aux-runs", type=int, default=1, help="aux-info runs (0: skip)")
     args = ap.parse_args()
     t, n = args.t, args.n
     rows: list[tuple[str, str, str, str]] = []
@@ -158,6 +184,16 @@ def main() -> None:
             "<= 50 ms per party",
         )
     )
+    if args.aux_runs > 0:
+        ax = [bench_aux_info(n) for _ in range(args.aux_runs)]
+        rows.append(
+            (
+                f"aux-info, {n} parties, primes given",
+                f"{statistics.median(a[0] for a in ax):.2f} s",
+                f"{statistics.median(a[1] for a in ax):.1f} s",
+                "<= 10 s per party",
+            )
+        )
     shares = kg[0][2]
     signers = list(range(t))
     if not args.skip_presigning:
