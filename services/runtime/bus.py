@@ -53,6 +53,7 @@ from schemas.names import (
     UNKNOWN,
     consumers_of,
     inbox_prefix,
+    sender_may_publish,
     stream_for,
     subject_matches,
     violation_subject,
@@ -1150,6 +1151,11 @@ class Bus:
             linger=linger,
         )
 
+    def publisher_of(self, subject: str) -> str:
+        """The one identity (admin aside) that may publish on ``subject``, else ``unknown``."""
+        who = [i for i in self.identities if i != "admin" and sender_may_publish(i, subject)]
+        return who[0] if len(who) == 1 else UNKNOWN
+
     async def _receive(self, msg: Msg, registry: Registry) -> Received | None:
         """Verify and decode one delivered message; an invalid one is reported, terminated, and None."""
         meta = msg.metadata
@@ -1173,6 +1179,13 @@ class Bus:
                 if exc.verified or not exc.sender
                 else f"{exc.detail} (claimed: {exc.sender[:64]!r})"
             )
+            if exc.kind == "subject-mismatch":
+                # a genuine message moved to another subject: its signer did not put it there (blaming it
+                # would let any identity get an honest one banned by re-publishing its messages); the one
+                # identity the broker lets publish on the delivery subject did
+                offender = self.publisher_of(msg.subject)
+                signer = (exc.sender or "")[:64]
+                detail = f"{exc.detail}, signed by {signer}, delivered on {msg.subject[:200]}"
             await self.report(offender, exc.kind, detail, msg.subject, stream, seq, msg.data)
             await msg.term()
             return None

@@ -146,7 +146,12 @@ async def test_invalid_messages_dropped_and_reported(bus_factory: BusFactory, pk
     await n1.publish(
         subj1, E.BusRejection(offender="x", kind="y", detail="", reporter="", subject=""), f"t-{tx}"
     )
-    # 5. a good one
+    # 5. node-1's genuine message re-published by node-3 on its own subject: node-3 moved it, and it is
+    # node-3 that is reported (blaming node-1 would let node-3 get an honest node banned)
+    n3 = await bus_factory("node-3", registry=REG)
+    subj3 = f"vote.{tx}.node-3"
+    await n3.publish_raw(subj3, n1.seal(subj1, Ping(n=7), f"moved-{tx}"), f"moved-{tx}")
+    # 6. a good one
     await n1.publish(subj1, Ping(n=1), f"good-{tx}")
 
     got: list[Received] = []
@@ -156,12 +161,12 @@ async def test_invalid_messages_dropped_and_reported(bus_factory: BusFactory, pk
         got.append(r)
 
     async def on_violation(r: Received) -> None:
-        if isinstance(r.payload, E.BusRejection) and r.payload.subject == subj1:
+        if isinstance(r.payload, E.BusRejection) and r.payload.subject in (subj1, subj3):
             reports.append((r.subject, r.payload))
 
     mon.start_consumer("node.violation.*", f"mon-{tx}", on_violation, deliver_policy="all")
     cons.start_consumer(f"vote.{tx}.*", f"v-{tx}", handler, registry=REG)
-    await wait_for(lambda: len(got) >= 1 and len(reports) >= 3)
+    await wait_for(lambda: len(got) >= 1 and len(reports) >= 4)
     await asyncio.sleep(0.3)
     assert [r.payload for r in got if isinstance(r.payload, Ping)] == [Ping(n=1)]
     kinds = {rep.kind: (subject, rep) for subject, rep in reports}
@@ -169,6 +174,8 @@ async def test_invalid_messages_dropped_and_reported(bus_factory: BusFactory, pk
     assert kinds["bad-signature"][0] == "node.violation.unknown"
     assert "claimed" in kinds["bad-signature"][1].detail
     assert kinds["sender-not-allowed"][0] == "node.violation.node-2"  # verified: attributable
+    assert kinds["subject-mismatch"][0] == "node.violation.node-3", kinds["subject-mismatch"]
+    assert "signed by node-1" in kinds["subject-mismatch"][1].detail
     assert all(rep.reporter == "consensus" for _, rep in reports)
     assert kinds["malformed"][1].evidence == b"\x00not an envelope"
 
