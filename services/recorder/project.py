@@ -6,7 +6,7 @@ Theory of operation
 -------------------
 Inside that transaction:
 
-1. ``stream_positions``: the stream's row is created if missing and locked (``FOR UPDATE``); messages
+1. ``stream_positions``: the stream's row is created if missing and locked (``OPEN_POSITION``); messages
    at or below the stored position, or repeated within the batch, are ``duplicate`` and change nothing
    (a redelivery after a crash between commit and ack). At the end the position moves to the batch's
    last sequence, in the same transaction.
@@ -64,11 +64,21 @@ from schemas.lifecycle import STATE_FOR_EVENT, TxState, can_transition, is_repla
 from services.runtime.db import verify_audit_chain
 
 CONSUMER = "recorder"
-# The recorder's commits do not wait for the WAL flush: an OS crash may lose the last few, but the
-# stream position is in the same transaction, so the recorder then resumes before them and applies them
-# again (exactly once still holds), and the vote journals, PostgreSQL WAL of intake and JetStream keep
-# the disk to themselves on the spend's path.
-ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+# The recorder's commits do not wait for the WAL flush (``synchronous_commit`` off for its transactions):
+# an OS crash may lose the last few, but the stream position is in the same transaction, so the recorder
+# then resumes before them and applies them again (exactly once still holds), and the vote journals,
+# PostgreSQL WAL of intake and JetStream keep the disk to themselves on the spend's path.
+#
+# The first statement of every recording: creates the stream's position if missing, locks it (an update
+# that changes nothing) and returns it, whether the intake's tables exist, and sets ``synchronous_commit``
+# for this transaction only (``set_config(..., true)`` is ``SET LOCAL``): one round trip, which a batch
+# of one notices.
+OPEN_POSITION = """INSERT INTO stream_positions (consumer, stream, last_seq) VALUES ($1, $2, 0)
+    ON CONFLICT (consumer, stream) DO UPDATE SET last_seq = stream_positions.last_seq
+    RETURNING last_seq,
+        to_regclass('spend_requests') IS NOT NULL AS has_spends,
+        to_regclass('utxo_reservations') IS NOT NULL AS has_reservations,
+        set_config('synchronous_commit', 'off', true) AS synchronous_commit"""
 
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "requested": m.TxRequested,
@@ -330,6 +340,14 @@ def _detail(payload: Any) -> str:
 TX_LOCK_SEED = 7405310  # a transaction's advisory lock: hashtextextended(tx_id, 7405310)
 
 
+@dataclass(frozen=True)
+class _Tables:
+    """Which of the intake's tables exist (a recorder may run against a database without them)."""
+
+    spend_requests: bool
+    utxo_reservations: bool
+
+
 @dataclass
 class _Audit:
     msg: Message
@@ -366,24 +384,14 @@ async def record(conn: asyncpg.Connection, msgs: Sequence[Message]) -> list[Outc
     if any(x.stream != stream for x in msgs):
         raise ValueError("a batch holds the messages of one stream")
     async with conn.transaction():
-        await conn.execute(ASYNC_COMMIT)
         return await _record(conn, stream, msgs)
 
 
 async def _record(conn: asyncpg.Connection, stream: str, msgs: Sequence[Message]) -> list[Outcome]:
-    await conn.execute(
-        """INSERT INTO stream_positions (consumer, stream, last_seq) VALUES ($1, $2, 0)
-           ON CONFLICT (consumer, stream) DO NOTHING""",
-        CONSUMER,
-        stream,
-    )
-    pos = int(
-        await conn.fetchval(
-            "SELECT last_seq FROM stream_positions WHERE consumer = $1 AND stream = $2 FOR UPDATE",
-            CONSUMER,
-            stream,
-        )
-    )
+    opened = await conn.fetchrow(OPEN_POSITION, CONSUMER, stream)
+    assert opened is not None
+    pos = int(opened["last_seq"])
+    tables = _Tables(bool(opened["has_spends"]), bool(opened["has_reservations"]))
     outcomes: list[Outcome | None] = [None] * len(msgs)
     todo: list[int] = []
     last = pos
@@ -422,7 +430,7 @@ async def _record(conn: asyncpg.Connection, stream: str, msgs: Sequence[Message]
     tx_ids = {t for _, _, t, _ in tx_events} | {t for _, t, _ in votes}
     await _lock_all(conn, tx_ids)
     if tx_events:
-        await _simulate_tx(conn, msgs, tx_events, outcomes, w)
+        await _simulate_tx(conn, msgs, tx_events, outcomes, w, tables)
     if votes:
         await _simulate_votes(conn, msgs, votes, outcomes, w)
     await _flush(conn, w)
@@ -471,6 +479,10 @@ async def _lock_all(conn: asyncpg.Connection, tx_ids: set[str]) -> None:
     """Every transaction's advisory lock, in ascending key order."""
     if not tx_ids:
         return
+    if len(tx_ids) == 1:
+        (tx_id,) = tx_ids
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))", tx_id, TX_LOCK_SEED)
+        return
     keys = await conn.fetchval(
         """SELECT array_agg(DISTINCT hashtextextended(t, $2)) FROM unnest($1::text[]) AS t""",
         sorted(tx_ids),
@@ -478,15 +490,6 @@ async def _lock_all(conn: asyncpg.Connection, tx_ids: set[str]) -> None:
     )
     # one statement; a function scan of a sorted array yields its elements in order
     await conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", sorted(keys))
-
-
-async def _tables(conn: asyncpg.Connection) -> tuple[bool, bool]:
-    row = await conn.fetchrow(
-        """SELECT to_regclass('spend_requests') IS NOT NULL AS s,
-                  to_regclass('utxo_reservations') IS NOT NULL AS u"""
-    )
-    assert row is not None
-    return bool(row["s"]), bool(row["u"])
 
 
 # ---- tx.<event>.<tx_id> ------------------------------------------------------------------------------------
@@ -498,6 +501,7 @@ async def _simulate_tx(
     events: list[tuple[int, str, str, TxState]],
     outcomes: list[Outcome | None],
     w: _Writes,
+    tables: _Tables,
 ) -> None:
     tx_ids = sorted({t for _, _, t, _ in events})
     state: dict[str, TxState | None] = {
@@ -506,10 +510,9 @@ async def _simulate_tx(
             "SELECT id, state FROM transactions WHERE id = ANY($1::text[]) FOR UPDATE", tx_ids
         )
     }
-    has_spends, has_reservations = await _tables(conn)
     requested = sorted({t for _, e, t, _ in events if e == "requested" and state.get(t) is None})
     extras: dict[str, dict[str, Any]] = {}
-    if requested and has_spends:
+    if requested and tables.spend_requests:
         rows = await conn.fetch(
             "SELECT tx_id, idempotency_key, memo FROM spend_requests WHERE tx_id = ANY($1::text[])",
             requested,
@@ -536,7 +539,7 @@ async def _simulate_tx(
         if verdict is not None:
             outcomes[i] = verdict
             continue
-        _apply(w, msg, tx_id, current, new, event, payload, extras, counts, has_reservations)
+        _apply(w, msg, tx_id, current, new, event, payload, extras, counts, tables.utxo_reservations)
         state[tx_id] = new
         w.transitions.append(_transition_row(msg, tx_id, current, new, event, payload))
         details = _tx_details(current, new, payload)
