@@ -6,10 +6,10 @@ Theory of operation
 -------------------
 Inside that transaction:
 
-1. ``stream_positions``: the stream's row is created if missing and locked (``OPEN_POSITION``); messages
-   at or below the stored position, or repeated within the batch, are ``duplicate`` and change nothing
-   (a redelivery after a crash between commit and ack). At the end the position moves to the batch's
-   last sequence, in the same transaction.
+1. ``stream_positions``: the stream's row is created if missing and locked, and moved to the batch's
+   last sequence (``ADVANCE_POSITION``; the transaction commits or rolls back as one). Messages at or
+   below the stored position, or repeated within the batch, are ``duplicate`` and change nothing (a
+   redelivery after a crash between commit and ack).
 2. every message is checked on its own (subject, payload type, ids);
 3. the per-transaction advisory locks of every transaction the batch touches are taken at once, in
    ascending lock-key order (the tx and vote consumers both do, so their batches cannot deadlock, and
@@ -69,16 +69,21 @@ CONSUMER = "recorder"
 # then resumes before them and applies them again (exactly once still holds), and the vote journals,
 # PostgreSQL WAL of intake and JetStream keep the disk to themselves on the spend's path.
 #
-# The first statement of every recording: creates the stream's position if missing, locks it (an update
-# that changes nothing) and returns it, whether the intake's tables exist, and sets ``synchronous_commit``
-# for this transaction only (``set_config(..., true)`` is ``SET LOCAL``): one round trip, which a batch
-# of one notices.
-OPEN_POSITION = """INSERT INTO stream_positions (consumer, stream, last_seq) VALUES ($1, $2, 0)
-    ON CONFLICT (consumer, stream) DO UPDATE SET last_seq = stream_positions.last_seq
-    RETURNING last_seq,
-        to_regclass('spend_requests') IS NOT NULL AS has_spends,
+# The position of a recording in one round trip: when the whole batch lies beyond the stored position
+# (the usual case), ADVANCE_POSITION creates or moves it to the batch's last sequence and answers;
+# otherwise (a redelivery) it changes nothing and answers nothing, and LOCK_POSITION reads it for the
+# message by message comparison. Both lock the row until the commit, look up whether the intake's tables
+# exist and set ``synchronous_commit`` for this transaction only (``set_config(..., true)`` is
+# ``SET LOCAL``).
+_ALSO = """to_regclass('spend_requests') IS NOT NULL AS has_spends,
         to_regclass('utxo_reservations') IS NOT NULL AS has_reservations,
         set_config('synchronous_commit', 'off', true) AS synchronous_commit"""
+ADVANCE_POSITION = f"""INSERT INTO stream_positions (consumer, stream, last_seq) VALUES ($1, $2, $3)
+    ON CONFLICT (consumer, stream) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()
+        WHERE stream_positions.last_seq < $4
+    RETURNING {_ALSO}"""
+LOCK_POSITION = f"""SELECT last_seq, {_ALSO}
+    FROM stream_positions WHERE consumer = $1 AND stream = $2 FOR UPDATE"""
 
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "requested": m.TxRequested,
@@ -388,9 +393,15 @@ async def record(conn: asyncpg.Connection, msgs: Sequence[Message]) -> list[Outc
 
 
 async def _record(conn: asyncpg.Connection, stream: str, msgs: Sequence[Message]) -> list[Outcome]:
-    opened = await conn.fetchrow(OPEN_POSITION, CONSUMER, stream)
-    assert opened is not None
-    pos = int(opened["last_seq"])
+    first, newest = min(x.seq for x in msgs), max(x.seq for x in msgs)
+    opened = await conn.fetchrow(ADVANCE_POSITION, CONSUMER, stream, newest, first)
+    advanced = opened is not None
+    if opened is None:
+        opened = await conn.fetchrow(LOCK_POSITION, CONSUMER, stream)
+        assert opened is not None  # ADVANCE_POSITION found it
+        pos = int(opened["last_seq"])
+    else:
+        pos = first - 1  # the stored one is before the batch, and is now its last sequence
     tables = _Tables(bool(opened["has_spends"]), bool(opened["has_reservations"]))
     outcomes: list[Outcome | None] = [None] * len(msgs)
     todo: list[int] = []
@@ -434,13 +445,14 @@ async def _record(conn: asyncpg.Connection, stream: str, msgs: Sequence[Message]
     if votes:
         await _simulate_votes(conn, msgs, votes, outcomes, w)
     await _flush(conn, w)
-    await conn.execute(
-        """UPDATE stream_positions SET last_seq = $3, updated_at = now()
-           WHERE consumer = $1 AND stream = $2 AND last_seq < $3""",
-        CONSUMER,
-        stream,
-        last,
-    )
+    if not advanced:
+        await conn.execute(
+            """UPDATE stream_positions SET last_seq = $3, updated_at = now()
+               WHERE consumer = $1 AND stream = $2 AND last_seq < $3""",
+            CONSUMER,
+            stream,
+            last,
+        )
     assert all(o is not None for o in outcomes)
     return [o for o in outcomes if o is not None]
 

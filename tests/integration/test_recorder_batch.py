@@ -297,6 +297,28 @@ async def test_batch_with_replay_and_illegal_transition_in_the_middle(fresh_data
         await conn.close()
 
 
+async def test_a_batch_overlapping_the_stored_position(fresh_database_url: str) -> None:
+    """A redelivered batch that starts before the stored position (other batch boundaries than the
+    first delivery): the messages already applied are duplicates, the rest applied, the position is the
+    batch's last sequence."""
+    s = Streams()
+    for tx in ("o-1", "o-2", "o-3", "o-4", "o-5"):
+        s.tx("requested", tx, requested(tx), "intake")
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        assert [o.status for o in await record(conn, s.log[:3])] == ["applied"] * 3
+        outcomes = await record(conn, s.log[1:])
+        assert [o.status for o in outcomes] == ["duplicate", "duplicate", "applied", "applied"]
+        assert await conn.fetchval("SELECT last_seq FROM stream_positions WHERE stream = 'TX'") == 5
+        assert await conn.fetchval("SELECT count(*) FROM transactions") == 5
+        assert await conn.fetchval("SELECT count(*) FROM audit_log") == 5
+        (again,) = await record(conn, s.log[4:])
+        assert again.status == "duplicate"
+        assert await verify_chain(conn) == (True, None)
+    finally:
+        await conn.close()
+
+
 class _StubBus:
     def __init__(self) -> None:
         self.stopping = asyncio.Event()
