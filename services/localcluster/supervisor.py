@@ -224,7 +224,7 @@ class Supervisor:
         async def setup() -> None:
             import asyncpg
 
-            from .bus import Bus
+            from services.runtime.bus import Bus
 
             conn = await asyncpg.connect(self.pg.url if self.pg else "")
             try:
