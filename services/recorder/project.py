@@ -639,6 +639,15 @@ async def _simulate_votes(
 TX_UPDATE_COLUMNS = ("reasons", "attempt", "txid", "signed_tx", "block_height", "confirmations")
 
 
+async def _write_rows(conn: asyncpg.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``sql`` once per row, in order: ``executemany`` for several, a plain execute for one (a batch of
+    one costs no more than a message recorded on its own)."""
+    if len(rows) == 1:
+        await conn.execute(sql, *rows[0])
+    else:
+        await conn.executemany(sql, rows)
+
+
 async def _flush(conn: asyncpg.Connection, w: _Writes) -> None:
     """The collected writes, table by table. Within a batch the order between tables does not matter:
     ``transactions`` rows are inserted before they are updated (each update carries a transaction's
@@ -646,7 +655,8 @@ async def _flush(conn: asyncpg.Connection, w: _Writes) -> None:
     at most once (approved, rejected and failed-while-voting exclude each other); presignature usage
     and votes keep message order (the first use / first vote wins); the audit rows keep message order."""
     if w.tx_inserts:
-        await conn.executemany(
+        await _write_rows(
+            conn,
             """INSERT INTO transactions (id, state, key_id, scheme, network, recipient, amount, fee_rate, fee,
                    memo, requested_by, idempotency_key, unsigned_tx, last_stream_seq)
                VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
@@ -662,7 +672,8 @@ async def _flush(conn: asyncpg.Connection, w: _Writes) -> None:
             )
             for tx_id, u in w.tx_updates.items()
         ]
-        await conn.executemany(
+        await _write_rows(
+            conn,
             """UPDATE transactions SET state = $2, updated_at = now(), last_stream_seq = $3,
                    reasons = CASE WHEN $4 THEN $5::text[] ELSE reasons END,
                    attempt = CASE WHEN $6 THEN $7::integer ELSE attempt END,
@@ -674,32 +685,37 @@ async def _flush(conn: asyncpg.Connection, w: _Writes) -> None:
             rows,
         )
     if w.round_inserts:
-        await conn.executemany(
+        await _write_rows(
+            conn,
             """INSERT INTO voting_rounds (round_id, tx_id, threshold, total_nodes, approvals, rejections)
                VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (round_id) DO NOTHING""",
             w.round_inserts,
         )
     if w.round_approved:
-        await conn.executemany(
+        await _write_rows(
+            conn,
             """UPDATE voting_rounds SET state = 'approved', closed_at = now(), certificate = $3
                WHERE round_id = $1 AND tx_id = $2""",
             w.round_approved,
         )
     if w.round_rejected:
-        await conn.executemany(
+        await _write_rows(
+            conn,
             """UPDATE voting_rounds SET state = 'rejected', closed_at = now(),
                    certificate = coalesce($2, certificate)
                WHERE tx_id = $1 AND state = 'open'""",
             w.round_rejected,
         )
     if w.round_expired:
-        await conn.executemany(
+        await _write_rows(
+            conn,
             """UPDATE voting_rounds SET state = 'expired', closed_at = now()
                WHERE tx_id = $1 AND state = 'open'""",
             w.round_expired,
         )
     if w.presig:
-        await conn.executemany(
+        await _write_rows(
+            conn,
             """INSERT INTO presignature_usage (presig_id, scheme, node_id, tx_id, session_id, attempt)
                VALUES ($1, 'frost', $2, $3, $4, $5) ON CONFLICT (presig_id) DO NOTHING""",
             w.presig,
@@ -709,15 +725,17 @@ async def _flush(conn: asyncpg.Connection, w: _Writes) -> None:
             "DELETE FROM utxo_reservations WHERE tx_id = ANY($1::text[])", sorted(set(w.release))
         )
     if w.transitions:
-        await conn.executemany(INSERT_TRANSITION, w.transitions)
+        await _write_rows(conn, INSERT_TRANSITION, w.transitions)
     if w.votes:
-        await conn.executemany(
+        await _write_rows(
+            conn,
             """INSERT INTO votes (round_id, tx_id, node_id, approve, reasons, envelope, stream_seq)
                VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (round_id, node_id) DO NOTHING""",
             w.votes,
         )
     if w.vote_deltas:
-        await conn.executemany(
+        await _write_rows(
+            conn,
             """UPDATE voting_rounds SET approvals = approvals + $2, rejections = rejections + $3
                WHERE tx_id = $1""",
             [(tx_id, a, r) for tx_id, (a, r) in sorted(w.vote_deltas.items())],
@@ -725,6 +743,16 @@ async def _flush(conn: asyncpg.Connection, w: _Writes) -> None:
     if w.audit:
         # checks without the database audit first: put every row back in message (= stream) order
         await _append_audit(conn, sorted(w.audit, key=lambda e: e.msg.seq))
+
+
+AUDIT_MANY = """INSERT INTO audit_log (actor, action, entity_type, entity_id, details, stream, stream_seq)
+    SELECT a, b, c, d, e::jsonb, f, g
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+         WITH ORDINALITY AS x(a, b, c, d, e, f, g, ord)
+    ORDER BY ord
+    RETURNING id, hash"""
+AUDIT_ONE = """INSERT INTO audit_log (actor, action, entity_type, entity_id, details, stream, stream_seq)
+    VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7) RETURNING id, hash"""
 
 
 async def _append_audit(conn: asyncpg.Connection, entries: list[_Audit]) -> None:
@@ -744,15 +772,10 @@ async def _append_audit(conn: asyncpg.Connection, entries: list[_Audit]) -> None
         )
         for col, value in zip(cols, row, strict=True):
             col.append(value)
-    rows = await conn.fetch(
-        """INSERT INTO audit_log (actor, action, entity_type, entity_id, details, stream, stream_seq)
-           SELECT a, b, c, d, e::jsonb, f, g
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
-                WITH ORDINALITY AS x(a, b, c, d, e, f, g, ord)
-           ORDER BY ord
-           RETURNING id, hash""",
-        *cols,
-    )
+    if len(entries) == 1:  # the same row, without the arrays
+        rows = await conn.fetch(AUDIT_ONE, *(col[0] for col in cols))
+    else:
+        rows = await conn.fetch(AUDIT_MANY, *cols)
     written = sorted((int(r["id"]), bytes(r["hash"])) for r in rows)
     if len(written) != len(entries):
         raise RuntimeError(f"audit append wrote {len(written)} rows for {len(entries)} entries")
