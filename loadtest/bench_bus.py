@@ -37,10 +37,10 @@ if str(ROOT) not in sys.path:
 
 from loadtest.machine import cpu_model  # noqa: E402
 from schemas.names import all_identities, durable  # noqa: E402
+from services.localcluster.embedded import start_nats  # noqa: E402
+from services.localcluster.pki import init_pki  # noqa: E402
 from services.runtime.bus import Bus, Received  # noqa: E402
 from services.runtime.config import load_config  # noqa: E402
-from services.runtime.embedded import start_nats  # noqa: E402
-from services.runtime.pki import init_pki  # noqa: E402
 
 
 class Ping(msgspec.Struct, frozen=True):

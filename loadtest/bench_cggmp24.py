@@ -138,7 +138,8 @@ def bench_aux_info(n: int) -> tuple[float, float]:
     cpu0: dict[int, float] = {}
     for i in range(n):
         c0 = time.process_time()
-        states[i], msgs = aux_info.start_aux_info(sid, i, n, tuple(primes[4 * i : 4 * i + 4]))
+        p, q, p_hat, q_hat = primes[4 * i : 4 * i + 4]
+        states[i], msgs = aux_info.start_aux_info(sid, i, n, (p, q, p_hat, q_hat))
         cpu0[i] = time.process_time() - c0
         first += msgs
     states, cpu = run_timed(states, first, aux_info.aux_info_round)

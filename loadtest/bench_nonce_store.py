@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from loadtest.machine import cpu_model  # noqa: E402
 from services.signer.keystore import Keystore  # noqa: E402
-from services.signer.nonce_slots import fsync_dir  # noqa: E402
+from services.runtime.secrets_dir import fsync_dir  # noqa: E402
 
 OPS = ("save 1", "take 1", "take 8")
 LAYOUTS = ("files", "slots")

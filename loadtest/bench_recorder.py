@@ -39,13 +39,13 @@ sys.path.insert(0, str(ROOT))
 from loadtest.machine import cpu_model  # noqa: E402
 from schemas import messages as m  # noqa: E402
 from schemas.names import all_identities, tx_subject, vote_subject  # noqa: E402
+from services.localcluster.embedded import start_nats, start_postgres, stop_postgres  # noqa: E402
+from services.localcluster.pki import init_pki  # noqa: E402
 from services.recorder import verify_anchored, verify_chain  # noqa: E402
 from services.recorder.anchor import ANCHOR_INTERVAL_S  # noqa: E402
 from services.runtime.bus import Bus  # noqa: E402
 from services.runtime.config import load_config  # noqa: E402
 from services.runtime.db import migrate  # noqa: E402
-from services.runtime.embedded import start_nats, start_postgres, stop_postgres  # noqa: E402
-from services.runtime.pki import init_pki  # noqa: E402
 
 RECIPIENT = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
 NODES = [f"node-{i}" for i in range(1, 6)]

@@ -16,7 +16,7 @@ directory unless ``--data-dir`` names a running one. Then, for ``--duration`` se
   the whole cluster is down until it is back), the process within a kind is drawn: ``services`` (any
   service the supervisor runs, devchain included), ``nats`` (a nats-server), ``postgres`` (the
   postmaster, from ``DIR/pg/postmaster.pid``), ``supervisor``. Only pids that
-  ``services.runtime.supervisor.cluster_processes(DIR)`` lists are ever killed. A killed supervisor
+  ``services.localcluster.supervisor.cluster_processes(DIR)`` lists are ever killed. A killed supervisor
   takes its children with it; the tool then waits for them to exit and runs ``mpcw up`` again, as an
   operator would, and goes on.
 
@@ -54,9 +54,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from services.runtime.embedded import postmaster_pid  # noqa: E402
+from services.localcluster.embedded import postmaster_pid  # noqa: E402
 from services.runtime.secrets_dir import SECRETS_DIR_ENV  # noqa: E402
-from services.runtime.supervisor import cluster_processes, pid_alive, read_pid  # noqa: E402
+from services.localcluster.supervisor import cluster_processes, pid_alive, read_pid  # noqa: E402
 from tests.suites.invariants import Report, check_invariants, wait_terminal  # noqa: E402
 
 TARGET_KINDS = ("services", "nats", "postgres", "supervisor")

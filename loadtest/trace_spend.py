@@ -40,7 +40,8 @@ async def read_window(bus: Bus, stream: str, t0: float, t1: float) -> list[tuple
     start = datetime.fromtimestamp(t0).astimezone()
     subject = f"$KV.{stream[3:]}.>" if stream.startswith("KV_") else SUBJECTS[stream]
     config = api.ConsumerConfig(
-        deliver_policy=api.DeliverPolicy.BY_START_TIME, opt_start_time=start.isoformat()
+        deliver_policy=api.DeliverPolicy.BY_START_TIME,
+        opt_start_time=start.isoformat(),  # type: ignore[arg-type]  # nats-py sends it as JSON: a string
     )
     out: list[tuple[float, str]] = []
     psub = await bus.js.subscribe(subject, stream=stream, ordered_consumer=True, config=config)

@@ -52,8 +52,8 @@ from schemas.messages import (
 )
 from schemas.names import BUCKET_ROUNDS, proto_subject, tx_subject, violation_subject
 from schemas.names import durable as consumer
+from services.chain.esplora import BroadcastRejected, EsploraClient, EsploraError, TxNotFound
 from services.runtime.bus import CasConflict, Received, RetryLater
-from services.runtime.esplora import BroadcastRejected, EsploraClient, EsploraError, TxNotFound
 from services.runtime.key_proof import ProvenKeys
 from services.runtime.lookup import last_message
 from services.runtime.service import ServiceContext, run_service

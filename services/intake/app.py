@@ -53,10 +53,10 @@ from schemas.kv import DEFAULT_KEY_ID, POLICY_KEY
 from schemas.messages import TxRequested
 from schemas.names import BUCKET_CONFIG, BUCKET_NODES, tx_subject
 from schemas.rest import ErrorBody, Policy, SpendRequest
+from services.chain.esplora import EsploraClient, EsploraError
 from services.runtime.bus import Bus
 from services.runtime.config import ServiceConfig
 from services.runtime.db import hash_api_key, lookup_api_key
-from services.runtime.esplora import EsploraClient, EsploraError
 from services.runtime.key_proof import KeyNotProven, ProvenKeys
 from services.runtime.logging import Logger
 from services.runtime.signed_kv import NoVerifiedValue, SignedKV

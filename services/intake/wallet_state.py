@@ -17,8 +17,8 @@ from typing import Final
 from schemas.kinds import Scheme
 from schemas.kv import KeyRecord
 from schemas.messages import InputRef, TxRequested
-from services.runtime.esplora import EsploraClient
-from services.runtime.esplora import Utxo as ChainUtxo
+from services.chain.esplora import EsploraClient
+from services.chain.esplora import Utxo as ChainUtxo
 from wallet.coin_selection import UnsignedSpend, Utxo, candidate_window
 from wallet.threshold_account import CHANGE, RECEIVE, ThresholdAccount
 from wallet.transaction import OutPoint

@@ -1,4 +1,6 @@
-"""The monitor: liveness from heartbeats, byzantine violations, bans.
+"""``python -m services.monitor --data-dir DIR [--durable-prefix P]``: runs until SIGTERM/SIGINT.
+
+The monitor: liveness from heartbeats, byzantine violations, bans.
 
 - ``node.heartbeat.<identity>`` -> ``node_status`` (status ``up``, last heartbeat = the heartbeat's own
   time, never later than now, never moving backwards; version; ready and detail). A sweep marks nodes
@@ -28,7 +30,7 @@ from prometheus_client import Counter, Gauge
 
 from schemas.envelope import BusRejection
 from schemas.kv import BanRecord
-from schemas.messages import Heartbeat, Violation
+from schemas.messages import REGISTRY, Heartbeat, Violation
 from schemas.names import (
     BUCKET_BANS,
     BUCKET_NODES,
@@ -41,6 +43,7 @@ from services.runtime.bus import Bus, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.logging import get_logger
 from services.runtime.seal import EnvelopeError
+from services.runtime.service import ServiceContext, run_service, service_argparser
 from services.runtime.signed_kv import SignedKV
 
 BAN_AFTER = 5
@@ -248,3 +251,22 @@ class Monitor:
             await (await SignedKV.open(self.bus, BUCKET_BANS)).put(offender, ban)  # signed: readers check
         BANS.inc()
         self.log.warning("banned", node=offender, until_ms=ban.until_ms, violations=recent)
+
+
+async def serve(ctx: ServiceContext) -> None:
+    monitor = Monitor(ctx.cfg, ctx.bus, ctx.pool)
+    tasks = monitor.start(durable_prefix=ctx.args.durable_prefix)
+    ctx.ready()
+    await ctx.stopped()
+    for t in tasks:
+        t.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = service_argparser("monitor")
+    parser.add_argument(
+        "--durable-prefix",
+        default="monitor",
+        help="consumer names <prefix>-heartbeat, ... (for tests: mpcw up's broker admits the default only)",
+    )
+    run_service("monitor", serve, argv=argv, registry=REGISTRY, use_db=True, parser=parser)

@@ -29,11 +29,12 @@ from typing import Any
 
 import click
 
+from services.localcluster.pki import init_pki
+from services.localcluster.supervisor import cluster_processes, pid_alive, read_pid, run_dir
 from services.runtime.config import default_data_dir, read_cluster
 from services.runtime.logging import open_log_file
-from services.runtime.pki import init_pki, pki_dir
+from services.runtime.pki_files import pki_dir
 from services.runtime.secrets_dir import SecretsDirError, private_dir, secrets_dir
-from services.runtime.supervisor import cluster_processes, pid_alive, read_pid, run_dir
 
 
 @click.group()
@@ -176,7 +177,7 @@ def up(ctx: click.Context, nodes: int, threshold: int, nats_servers: str, timeou
             (run / stale).unlink()
     with open_log_file(d / "logs" / "supervisor.log") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.runtime.supervisor", "--data-dir", str(d),
+            [sys.executable, "-m", "services.localcluster.supervisor", "--data-dir", str(d),
              "--nodes", str(nodes), "--threshold", str(threshold), "--nats-servers", nats_servers],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, close_fds=True,
@@ -257,7 +258,7 @@ def _stop_leftovers(d: Path, timeout: float) -> int:
     killed): whatever names the directory (services, nats-servers), SIGTERM then SIGKILL, and PostgreSQL
     with pg_ctl. Each is one of ours: it runs on this directory's stores. Returns how many there were
     besides PostgreSQL."""
-    from services.runtime.embedded import stop_postgres
+    from services.localcluster.embedded import stop_postgres
 
     pids = [pid for pid, cmd in cluster_processes(d) if not _is_postgres(cmd)]
     for pid in pids:

@@ -1,19 +1,35 @@
-"""The recorder's projection: one bus message -> one PostgreSQL transaction, exactly once.
+"""The recorder's projection: bus messages -> PostgreSQL, exactly once. One engine: :func:`record`
+applies a list of messages of one stream (a whole fetched batch; a single event is a batch of one) in
+ONE database transaction.
 
 Theory of operation
 -------------------
-:func:`record` runs, inside ONE database transaction:
+Inside that transaction:
 
-1. ``stream_positions``: move the stream's position to the message's stream sequence. When the
-   sequence is not beyond the stored position the message was already applied (a redelivery after a
-   crash between commit and ack): nothing else happens, the transaction changes nothing.
-2. the projection of the message (see below);
-3. one ``audit_log`` row (the database trigger chains it: ``prev_hash`` + SHA-256 of the content,
-   appends serialized by an advisory lock).
+1. ``stream_positions``: the stream's row is created if missing and locked, and moved to the batch's
+   last sequence (``ADVANCE_POSITION``; the transaction commits or rolls back as one). Messages at or
+   below the stored position, or repeated within the batch, are ``duplicate`` and change nothing (a
+   redelivery after a crash between commit and ack).
+2. every message is checked on its own (subject, payload type, ids);
+3. the per-transaction advisory locks of every transaction the batch touches are taken at once, in
+   ascending lock-key order (the tx and vote consumers both do, so their batches cannot deadlock, and
+   vote counts and rounds always see each other's committed rows; the audit append lock is always
+   taken after them);
+4. the rows the batch depends on are read in bulk (states ``FOR UPDATE``, vote counts, earlier votes,
+   spend requests); the lifecycle is then run in Python message by message with ``core.lifecycle``
+   (replays are no-ops, illegal transitions refused and audited, the rest applied), collecting the
+   writes;
+5. the writes go out table by table with ``executemany`` (each in message order; the tables do not
+   depend on each other within a batch, see ``_flush``), the audit rows in ONE ordered INSERT (one
+   append lock acquisition; ids, and so the hash chain, in message order: the database trigger chains
+   each row to the one before, ``prev_hash`` + SHA-256 of the content).
 
-Commit, then the caller acks. Messages of one stream must therefore be applied in stream order (the
-service runs each durable consumer with ``max_ack_pending = 1`` and never fails a message; see
-``services.recorder.service``).
+Commit, then the caller acks every message. Messages of one stream must therefore be applied in stream
+order (the service resets its consumers to the stored position and never fails a batch; see
+``services.recorder.service``). Any error rolls the whole transaction back (nothing applied) and
+propagates: the service retries a transient one (a lost connection) with the same batch, and after any
+other (a constraint the checks cannot foresee, a bug) records the batch one message per transaction,
+where a message that keeps failing is audited as ``record.failed`` and skipped.
 
 Projection, per subject:
 
@@ -34,7 +50,8 @@ not transaction bytes.
 
 from __future__ import annotations
 
-import datetime as dt
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,14 +62,29 @@ from core.lifecycle import STATE_FOR_EVENT, TxState, can_transition, is_replay
 from schemas import messages as m
 from schemas.envelope import BusRejection
 from schemas.kinds import ViolationKind
-from services.runtime.db import advance_stream_position, audit_append
+from services.runtime.db import verify_audit_chain
 
 CONSUMER = "recorder"
 # The recorder's commits wait for the WAL flush (PostgreSQL's default, synchronous_commit = on): what it
 # committed survives a PostgreSQL crash. With asynchronous commits a crash of PostgreSQL alone (the
 # recorder running on) loses the last commits, and neither side notices: the consumer acked those
 # messages, the next commit moves the stream position past the gap (so no resume replays it), and the
-# audit rows lost were already anchored on the AUDIT stream, which then fails every verification.
+# audit rows lost were already anchored on the AUDIT stream, which then fails every verification
+# (found by loadtest/chaos.py).
+#
+# The position of a recording in one round trip: when the whole batch lies beyond the stored position
+# (the usual case), ADVANCE_POSITION creates or moves it to the batch's last sequence and answers;
+# otherwise (a redelivery) it changes nothing and answers nothing, and LOCK_POSITION reads it for the
+# message by message comparison. Both lock the row until the commit and look up whether the intake's
+# tables exist.
+_ALSO = """to_regclass('spend_requests') IS NOT NULL AS has_spends,
+        to_regclass('utxo_reservations') IS NOT NULL AS has_reservations"""
+ADVANCE_POSITION = f"""INSERT INTO stream_positions (consumer, stream, last_seq) VALUES ($1, $2, $3)
+    ON CONFLICT (consumer, stream) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()
+        WHERE stream_positions.last_seq < $4
+    RETURNING {_ALSO}"""
+LOCK_POSITION = f"""SELECT last_seq, {_ALSO}
+    FROM stream_positions WHERE consumer = $1 AND stream = $2 FOR UPDATE"""
 
 EVENT_TYPES: dict[str, type[msgspec.Struct]] = {
     "requested": m.TxRequested,
@@ -87,7 +119,8 @@ class Message:
 
 @dataclass
 class Outcome:
-    """What :func:`record` did. ``status``: applied | replay | refused | duplicate | ignored."""
+    """What :func:`record` did with one message. ``status``: applied | replay | refused | duplicate |
+    ignored."""
 
     status: str
     detail: str = ""
@@ -97,54 +130,7 @@ class Outcome:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def record(conn: asyncpg.Connection, msg: Message) -> Outcome:
-    """Apply ``msg`` exactly once (see the module docstring). The caller commits nothing: this opens
-    and commits its own transaction."""
-    async with conn.transaction():
-        if not await advance_stream_position(conn, msg.stream, msg.seq, CONSUMER):
-            return Outcome("duplicate", f"{msg.stream} seq {msg.seq} already applied")
-        kind = msg.subject.split(".", 1)[0]
-        if kind == "tx":
-            out = await _tx_event(conn, msg)
-        elif kind == "vote":
-            out = await _vote(conn, msg)
-        elif msg.subject.startswith("node.violation."):
-            out = await _violation(conn, msg)
-        else:
-            out = Outcome("ignored", "subject not projected")
-        return out
-
-
-# ---- helpers ---------------------------------------------------------------------------------------------
-
-
-async def _audit(
-    conn: asyncpg.Connection,
-    msg: Message,
-    action: str,
-    entity_type: str,
-    entity_id: str,
-    details: dict[str, Any],
-) -> tuple[int, bytes]:
-    """Append the message's audit row: its ``(id, hash)``."""
-    return await audit_append(
-        conn,
-        actor=msg.sender,
-        action=action,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        details={**details, "subject": msg.subject, "msg_id": msg.msg_id},
-        stream=msg.stream,
-        stream_seq=msg.seq,
-    )
-
-
-async def _refuse(conn: asyncpg.Connection, msg: Message, r: Refusal) -> Outcome:
-    audit_id, audit_hash = await _audit(conn, msg, "refused", "transaction", r.tx_id, r.audit_details())
-    return Outcome("refused", r.why, violation=r.violation(msg), audit_id=audit_id, audit_hash=audit_hash)
-
-
-# ---- checks and rows that need no database (shared with services.recorder.batch) --------------------------
+# ---- checks and rows that need no database -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -357,199 +343,454 @@ def _detail(payload: Any) -> str:
     return ""
 
 
-# ---- tx.<event>.<tx_id> ----------------------------------------------------------------------------------
+TX_LOCK_SEED = 7405310  # a transaction's advisory lock: hashtextextended(tx_id, 7405310)
 
 
-async def _tx_event(conn: asyncpg.Connection, msg: Message) -> Outcome:
-    checked = _check_tx_event(msg)
-    if isinstance(checked, Refusal):
-        return await _refuse(conn, msg, checked)
-    event, tx_id, new = checked
-    payload = msg.payload
+@dataclass(frozen=True)
+class _Tables:
+    """Which of the intake's tables exist (a recorder may run against a database without them)."""
 
-    await _lock_tx(conn, tx_id)
-    row = await conn.fetchrow("SELECT state FROM transactions WHERE id = $1 FOR UPDATE", tx_id)
-    current = TxState(row["state"]) if row is not None else None
-    verdict = _check_transition(tx_id, event, current, new, payload)
-    if isinstance(verdict, Refusal):
-        return await _refuse(conn, msg, verdict)
-    if verdict is not None:
-        return verdict
-
-    await _apply(conn, msg, tx_id, current, new, event, payload)
-    await conn.execute(INSERT_TRANSITION, *_transition_row(msg, tx_id, current, new, event, payload))
-    details = _tx_details(current, new, payload)
-    audit_id, audit_hash = await _audit(conn, msg, f"tx.{event}", "transaction", tx_id, details)
-    return Outcome("applied", f"{tx_id} -> {new.value}", audit_id=audit_id, audit_hash=audit_hash)
+    spend_requests: bool
+    utxo_reservations: bool
 
 
-async def _apply(
+@dataclass
+class _Audit:
+    msg: Message
+    action: str
+    entity_type: str
+    entity_id: str
+    details: dict[str, Any]
+    outcome: Outcome
+
+
+@dataclass
+class _Writes:
+    tx_inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    tx_updates: dict[str, dict[str, Any]] = field(default_factory=dict)  # tx_id -> column values
+    round_inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    round_approved: list[tuple[Any, ...]] = field(default_factory=list)
+    round_rejected: list[tuple[Any, ...]] = field(default_factory=list)
+    round_expired: list[tuple[Any, ...]] = field(default_factory=list)
+    presig: list[tuple[Any, ...]] = field(default_factory=list)
+    release: list[str] = field(default_factory=list)
+    transitions: list[tuple[Any, ...]] = field(default_factory=list)
+    votes: list[tuple[Any, ...]] = field(default_factory=list)
+    vote_deltas: dict[str, list[int]] = field(default_factory=dict)  # tx_id -> [approvals, rejections]
+    audit: list[_Audit] = field(default_factory=list)
+
+
+async def record(conn: asyncpg.Connection, msgs: Sequence[Message]) -> list[Outcome]:
+    """Apply ``msgs`` (one stream, stream order) exactly once, in one transaction of its own; one
+    :class:`Outcome` per message. On any exception the transaction is rolled back (nothing applied) and
+    the exception propagates."""
+    if not msgs:
+        return []
+    stream = msgs[0].stream
+    if any(x.stream != stream for x in msgs):
+        raise ValueError("a batch holds the messages of one stream")
+    async with conn.transaction():
+        return await _record(conn, stream, msgs)
+
+
+async def _record(conn: asyncpg.Connection, stream: str, msgs: Sequence[Message]) -> list[Outcome]:
+    first, newest = min(x.seq for x in msgs), max(x.seq for x in msgs)
+    opened = await conn.fetchrow(ADVANCE_POSITION, CONSUMER, stream, newest, first)
+    advanced = opened is not None
+    if opened is None:
+        opened = await conn.fetchrow(LOCK_POSITION, CONSUMER, stream)
+        assert opened is not None  # ADVANCE_POSITION found it
+        pos = int(opened["last_seq"])
+    else:
+        pos = first - 1  # the stored one is before the batch, and is now its last sequence
+    tables = _Tables(bool(opened["has_spends"]), bool(opened["has_reservations"]))
+    outcomes: list[Outcome | None] = [None] * len(msgs)
+    todo: list[int] = []
+    last = pos
+    for i, msg in enumerate(msgs):
+        if msg.seq <= last:
+            outcomes[i] = Outcome("duplicate", f"{msg.stream} seq {msg.seq} already applied")
+        else:
+            last = msg.seq
+            todo.append(i)
+    if not todo:
+        return [o for o in outcomes if o is not None]
+
+    w = _Writes()
+    tx_events: list[tuple[int, str, str, TxState]] = []  # (index, event, tx_id, new state)
+    votes: list[tuple[int, str, str]] = []  # (index, tx_id, node)
+    for i in todo:
+        msg = msgs[i]
+        kind = msg.subject.split(".", 1)[0]
+        if kind == "tx":
+            checked = _check_tx_event(msg)
+            if isinstance(checked, Refusal):
+                outcomes[i] = _refuse(w, msg, checked)
+            else:
+                tx_events.append((i, *checked))
+        elif kind == "vote":
+            checked_vote = _check_vote(msg)
+            if isinstance(checked_vote, Refusal):
+                outcomes[i] = _refuse(w, msg, checked_vote)
+            else:
+                votes.append((i, *checked_vote))
+        elif msg.subject.startswith("node.violation."):
+            outcomes[i] = _violation(msg, w)
+        else:
+            outcomes[i] = Outcome("ignored", "subject not projected")
+
+    tx_ids = {t for _, _, t, _ in tx_events} | {t for _, t, _ in votes}
+    await _lock_all(conn, tx_ids)
+    if tx_events:
+        await _simulate_tx(conn, msgs, tx_events, outcomes, w, tables)
+    if votes:
+        await _simulate_votes(conn, msgs, votes, outcomes, w)
+    await _flush(conn, w)
+    if not advanced:
+        await conn.execute(
+            """UPDATE stream_positions SET last_seq = $3, updated_at = now()
+               WHERE consumer = $1 AND stream = $2 AND last_seq < $3""",
+            CONSUMER,
+            stream,
+            last,
+        )
+    assert all(o is not None for o in outcomes)
+    return [o for o in outcomes if o is not None]
+
+
+# ---- collected audit entries -------------------------------------------------------------------------------
+
+
+def _audit(
+    w: _Writes,
+    msg: Message,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    details: dict[str, Any],
+    outcome: Outcome,
+) -> Outcome:
+    w.audit.append(_Audit(msg, action, entity_type, entity_id, details, outcome))
+    return outcome
+
+
+def _refuse(w: _Writes, msg: Message, r: Refusal) -> Outcome:
+    out = Outcome("refused", r.why, violation=r.violation(msg))
+    return _audit(w, msg, "refused", "transaction", r.tx_id, r.audit_details(), out)
+
+
+def _violation(msg: Message, w: _Writes) -> Outcome:
+    offender, details = _violation_details(msg)
+    out = Outcome("applied", f"violation by {offender}")
+    return _audit(w, msg, "node.violation", "node", offender, details, out)
+
+
+# ---- locks and bulk reads ----------------------------------------------------------------------------------
+
+
+async def _lock_all(conn: asyncpg.Connection, tx_ids: set[str]) -> None:
+    """Every transaction's advisory lock, in ascending key order."""
+    if not tx_ids:
+        return
+    if len(tx_ids) == 1:
+        (tx_id,) = tx_ids
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))", tx_id, TX_LOCK_SEED)
+        return
+    keys = await conn.fetchval(
+        """SELECT array_agg(DISTINCT hashtextextended(t, $2)) FROM unnest($1::text[]) AS t""",
+        sorted(tx_ids),
+        TX_LOCK_SEED,
+    )
+    # one statement; a function scan of a sorted array yields its elements in order
+    await conn.execute("SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k", sorted(keys))
+
+
+# ---- tx.<event>.<tx_id> ------------------------------------------------------------------------------------
+
+
+async def _simulate_tx(
     conn: asyncpg.Connection,
+    msgs: Sequence[Message],
+    events: list[tuple[int, str, str, TxState]],
+    outcomes: list[Outcome | None],
+    w: _Writes,
+    tables: _Tables,
+) -> None:
+    tx_ids = sorted({t for _, _, t, _ in events})
+    state: dict[str, TxState | None] = {
+        r["id"]: TxState(r["state"])
+        for r in await conn.fetch(
+            "SELECT id, state FROM transactions WHERE id = ANY($1::text[]) FOR UPDATE", tx_ids
+        )
+    }
+    requested = sorted({t for _, e, t, _ in events if e == "requested" and state.get(t) is None})
+    extras: dict[str, dict[str, Any]] = {}
+    if requested and tables.spend_requests:
+        rows = await conn.fetch(
+            "SELECT tx_id, idempotency_key, memo FROM spend_requests WHERE tx_id = ANY($1::text[])",
+            requested,
+        )
+        extras = {r["tx_id"]: {"idempotency_key": r["idempotency_key"], "memo": r["memo"]} for r in rows}
+    counts: dict[str, tuple[int, int]] = {}
+    voting = sorted({t for _, e, t, _ in events if e == "voting"})
+    if voting:
+        rows = await conn.fetch(
+            """SELECT tx_id, count(*) FILTER (WHERE approve) AS a, count(*) FILTER (WHERE NOT approve) AS r
+               FROM votes WHERE tx_id = ANY($1::text[]) GROUP BY tx_id""",
+            voting,
+        )
+        counts = {r["tx_id"]: (int(r["a"]), int(r["r"])) for r in rows}
+
+    for i, event, tx_id, new in events:
+        msg = msgs[i]
+        payload: Any = msg.payload
+        current = state.get(tx_id)
+        verdict = _check_transition(tx_id, event, current, new, payload)
+        if isinstance(verdict, Refusal):
+            outcomes[i] = _refuse(w, msg, verdict)
+            continue
+        if verdict is not None:
+            outcomes[i] = verdict
+            continue
+        _apply(w, msg, tx_id, current, new, event, payload, extras, counts, tables.utxo_reservations)
+        state[tx_id] = new
+        w.transitions.append(_transition_row(msg, tx_id, current, new, event, payload))
+        details = _tx_details(current, new, payload)
+        out = Outcome("applied", f"{tx_id} -> {new.value}")
+        outcomes[i] = _audit(w, msg, f"tx.{event}", "transaction", tx_id, details, out)
+
+
+def _apply(
+    w: _Writes,
     msg: Message,
     tx_id: str,
     current: TxState | None,
     new: TxState,
     event: str,
     p: Any,
+    extras: dict[str, dict[str, Any]],
+    counts: dict[str, tuple[int, int]],
+    has_reservations: bool,
 ) -> None:
+    """The writes an applied lifecycle event makes, collected."""
     if isinstance(p, m.TxRequested):
-        # the intake stored the idempotency key and memo before publishing (its own table)
-        extra = await _spend_request(conn, tx_id)
-        await conn.execute(
+        w.tx_inserts.append(_tx_insert_row(msg, tx_id, p, extras.get(tx_id, {})))
+        return
+    upd = w.tx_updates.setdefault(tx_id, {})
+    upd["state"] = new.value
+    upd["last_stream_seq"] = msg.seq
+    upd.update(_tx_columns(p))
+    if isinstance(p, m.TxVoting):
+        approvals, rejections = counts.get(tx_id, (0, 0))
+        w.round_inserts.append((p.round_id, tx_id, p.threshold, p.total_nodes, approvals, rejections))
+    elif isinstance(p, m.TxApproved):
+        w.round_approved.append((p.round_id, tx_id, list(p.certificate)))
+    elif isinstance(p, m.TxRejected):
+        w.round_rejected.append((tx_id, list(p.certificate) or None))
+    elif isinstance(p, m.TxSigning):
+        for node, refs in p.nonces.items():
+            for ref in refs:
+                w.presig.append((ref.nonce_id, node, tx_id, p.session_id, p.attempt))
+    if event in RELEASE_EVENTS and has_reservations:
+        w.release.append(tx_id)
+    if new is TxState.FAILED and current is TxState.VOTING:
+        w.round_expired.append((tx_id,))
+
+
+# ---- vote.<tx_id>.<node> -----------------------------------------------------------------------------------
+
+
+async def _simulate_votes(
+    conn: asyncpg.Connection,
+    msgs: Sequence[Message],
+    votes: list[tuple[int, str, str]],
+    outcomes: list[Outcome | None],
+    w: _Writes,
+) -> None:
+    tx_ids = sorted({t for _, t, _ in votes})
+    first: dict[tuple[str, str], bool] = {
+        (r["round_id"], r["node_id"]): bool(r["approve"])
+        for r in await conn.fetch(
+            "SELECT round_id, node_id, approve FROM votes WHERE round_id = ANY($1::text[])", tx_ids
+        )
+    }
+    for i, tx_id, node in votes:
+        msg = msgs[i]
+        v: m.Vote = msg.payload
+        round_id = tx_id
+        before = first.get((round_id, node))
+        if before is not None:
+            if before == v.approve:
+                outcomes[i] = Outcome("replay", f"vote of {node} on {tx_id} already recorded")
+                continue
+            details = _vote_conflict_details(node, before, v)
+            out = Outcome("refused", f"{node} voted differently before on {tx_id}")
+            outcomes[i] = _audit(w, msg, "vote.conflict", "transaction", tx_id, details, out)
+            continue
+        first[(round_id, node)] = v.approve
+        w.votes.append(_vote_row(msg, tx_id, node))
+        delta = w.vote_deltas.setdefault(tx_id, [0, 0])
+        delta[0 if v.approve else 1] += 1
+        out = Outcome("applied", f"vote {node} on {tx_id}")
+        outcomes[i] = _audit(w, msg, "vote", "transaction", tx_id, _vote_details(node, v), out)
+
+
+# ---- writing -----------------------------------------------------------------------------------------------
+
+TX_UPDATE_COLUMNS = ("reasons", "attempt", "txid", "signed_tx", "block_height", "confirmations")
+
+
+async def _write_rows(conn: asyncpg.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``sql`` once per row, in order: ``executemany`` for several, a plain execute for one (a batch of
+    one costs no more than a message recorded on its own)."""
+    if len(rows) == 1:
+        await conn.execute(sql, *rows[0])
+    else:
+        await conn.executemany(sql, rows)
+
+
+async def _flush(conn: asyncpg.Connection, w: _Writes) -> None:
+    """The collected writes, table by table. Within a batch the order between tables does not matter:
+    ``transactions`` rows are inserted before they are updated (each update carries a transaction's
+    final values, as after its last event); a voting round is inserted before it is closed and closed
+    at most once (approved, rejected and failed-while-voting exclude each other); presignature usage
+    and votes keep message order (the first use / first vote wins); the audit rows keep message order."""
+    if w.tx_inserts:
+        await _write_rows(
+            conn,
             """INSERT INTO transactions (id, state, key_id, scheme, network, recipient, amount, fee_rate, fee,
                    memo, requested_by, idempotency_key, unsigned_tx, last_stream_seq)
                VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)""",
-            *_tx_insert_row(msg, tx_id, p, extra),
+            w.tx_inserts,
         )
-        return
-
-    sets = ["state = $2", "updated_at = now()", "last_stream_seq = $3"]
-    args: list[Any] = [tx_id, new.value, msg.seq]
-    for column, value in _tx_columns(p).items():
-        args.append(value)
-        sets.append(f"{column} = ${len(args)}")
-    if isinstance(p, m.TxVoting):
-        approvals, rejections = await _vote_counts(conn, tx_id)
-        await conn.execute(
+    if w.tx_updates:
+        rows = [
+            (
+                tx_id,
+                u["state"],
+                u["last_stream_seq"],
+                *(x for c in TX_UPDATE_COLUMNS for x in (c in u, u.get(c))),
+            )
+            for tx_id, u in w.tx_updates.items()
+        ]
+        await _write_rows(
+            conn,
+            """UPDATE transactions SET state = $2, updated_at = now(), last_stream_seq = $3,
+                   reasons = CASE WHEN $4 THEN $5::text[] ELSE reasons END,
+                   attempt = CASE WHEN $6 THEN $7::integer ELSE attempt END,
+                   txid = CASE WHEN $8 THEN $9::text ELSE txid END,
+                   signed_tx = CASE WHEN $10 THEN $11::bytea ELSE signed_tx END,
+                   block_height = CASE WHEN $12 THEN $13::integer ELSE block_height END,
+                   confirmations = CASE WHEN $14 THEN $15::integer ELSE confirmations END
+               WHERE id = $1""",
+            rows,
+        )
+    if w.round_inserts:
+        await _write_rows(
+            conn,
             """INSERT INTO voting_rounds (round_id, tx_id, threshold, total_nodes, approvals, rejections)
                VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (round_id) DO NOTHING""",
-            p.round_id,
-            tx_id,
-            p.threshold,
-            p.total_nodes,
-            approvals,
-            rejections,
+            w.round_inserts,
         )
-    elif isinstance(p, m.TxApproved):
-        await conn.execute(
+    if w.round_approved:
+        await _write_rows(
+            conn,
             """UPDATE voting_rounds SET state = 'approved', closed_at = now(), certificate = $3
                WHERE round_id = $1 AND tx_id = $2""",
-            p.round_id,
-            tx_id,
-            list(p.certificate),
+            w.round_approved,
         )
-    elif isinstance(p, m.TxRejected):
-        await conn.execute(
+    if w.round_rejected:
+        await _write_rows(
+            conn,
             """UPDATE voting_rounds SET state = 'rejected', closed_at = now(),
                    certificate = coalesce($2, certificate)
                WHERE tx_id = $1 AND state = 'open'""",
-            tx_id,
-            list(p.certificate) or None,
+            w.round_rejected,
         )
-    elif isinstance(p, m.TxSigning):
-        await _presig_usage(conn, tx_id, p)
-    await conn.execute(f"UPDATE transactions SET {', '.join(sets)} WHERE id = $1", *args)
-    if event in RELEASE_EVENTS:
-        await release_reservations(conn, tx_id)
-    if new is TxState.FAILED and current is TxState.VOTING:
-        await conn.execute(
+    if w.round_expired:
+        await _write_rows(
+            conn,
             """UPDATE voting_rounds SET state = 'expired', closed_at = now()
                WHERE tx_id = $1 AND state = 'open'""",
-            tx_id,
+            w.round_expired,
         )
-
-
-async def _lock_tx(conn: asyncpg.Connection, tx_id: str) -> None:
-    """Serialize the tx and vote consumers on one transaction (their streams are not ordered with
-    each other): vote counts and rounds then always see each other's committed rows."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7405310))", tx_id)
-
-
-async def _table_exists(conn: asyncpg.Connection, name: str) -> bool:
-    return bool(await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
-
-
-async def _spend_request(conn: asyncpg.Connection, tx_id: str) -> dict[str, Any]:
-    if not await _table_exists(conn, "spend_requests"):
-        return {}
-    row = await conn.fetchrow("SELECT idempotency_key, memo FROM spend_requests WHERE tx_id = $1", tx_id)
-    return dict(row) if row is not None else {}
-
-
-async def release_reservations(conn: asyncpg.Connection, tx_id: str) -> int:
-    """Free the outpoints a spend reserved (the intake's ``utxo_reservations``)."""
-    if not await _table_exists(conn, "utxo_reservations"):
-        return 0
-    status = await conn.execute("DELETE FROM utxo_reservations WHERE tx_id = $1", tx_id)
-    return int(status.split()[-1])
-
-
-async def _vote_counts(conn: asyncpg.Connection, tx_id: str) -> tuple[int, int]:
-    row = await conn.fetchrow(
-        """SELECT count(*) FILTER (WHERE approve) AS a, count(*) FILTER (WHERE NOT approve) AS r
-           FROM votes WHERE tx_id = $1""",
-        tx_id,
-    )
-    assert row is not None
-    return int(row["a"]), int(row["r"])
-
-
-async def _presig_usage(conn: asyncpg.Connection, tx_id: str, p: m.TxSigning) -> None:
-    """One ``presignature_usage`` row per claimed nonce. A nonce already used by another transaction
-    or attempt stays recorded with its first use (the primary key refuses a second); the auditor sees
-    the reuse in the ``tx.signing`` audit entry's nonce ids."""
-    for node, refs in p.nonces.items():
-        for ref in refs:
-            await conn.execute(
-                """INSERT INTO presignature_usage (presig_id, scheme, node_id, tx_id, session_id, attempt)
-                   VALUES ($1, 'frost', $2, $3, $4, $5) ON CONFLICT (presig_id) DO NOTHING""",
-                ref.nonce_id,
-                node,
-                tx_id,
-                p.session_id,
-                p.attempt,
-            )
-
-
-# ---- vote.<tx_id>.<node> ---------------------------------------------------------------------------------
-
-
-async def _vote(conn: asyncpg.Connection, msg: Message) -> Outcome:
-    checked = _check_vote(msg)
-    if isinstance(checked, Refusal):
-        return await _refuse(conn, msg, checked)
-    tx_id, node = checked
-    v: m.Vote = msg.payload
-    round_id = tx_id
-    await _lock_tx(conn, tx_id)
-    inserted = await conn.fetchval(
-        """INSERT INTO votes (round_id, tx_id, node_id, approve, reasons, envelope, stream_seq)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (round_id, node_id) DO NOTHING RETURNING id""",
-        *_vote_row(msg, tx_id, node),
-    )
-    if inserted is None:
-        first = await conn.fetchval(
-            "SELECT approve FROM votes WHERE round_id = $1 AND node_id = $2", round_id, node
+    if w.presig:
+        await _write_rows(
+            conn,
+            """INSERT INTO presignature_usage (presig_id, scheme, node_id, tx_id, session_id, attempt)
+               VALUES ($1, 'frost', $2, $3, $4, $5) ON CONFLICT (presig_id) DO NOTHING""",
+            w.presig,
         )
-        if first == v.approve:
-            return Outcome("replay", f"vote of {node} on {tx_id} already recorded")
-        details = _vote_conflict_details(node, first, v)
-        audit_id, audit_hash = await _audit(conn, msg, "vote.conflict", "transaction", tx_id, details)
-        why = f"{node} voted differently before on {tx_id}"
-        return Outcome("refused", why, audit_id=audit_id, audit_hash=audit_hash)
-    column = "approvals" if v.approve else "rejections"
-    await conn.execute(f"UPDATE voting_rounds SET {column} = {column} + 1 WHERE tx_id = $1", tx_id)
-    audit_id, audit_hash = await _audit(conn, msg, "vote", "transaction", tx_id, _vote_details(node, v))
-    return Outcome("applied", f"vote {node} on {tx_id}", audit_id=audit_id, audit_hash=audit_hash)
+    if w.release:
+        await conn.execute(
+            "DELETE FROM utxo_reservations WHERE tx_id = ANY($1::text[])", sorted(set(w.release))
+        )
+    if w.transitions:
+        await _write_rows(conn, INSERT_TRANSITION, w.transitions)
+    if w.votes:
+        await _write_rows(
+            conn,
+            """INSERT INTO votes (round_id, tx_id, node_id, approve, reasons, envelope, stream_seq)
+               VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (round_id, node_id) DO NOTHING""",
+            w.votes,
+        )
+    if w.vote_deltas:
+        await _write_rows(
+            conn,
+            """UPDATE voting_rounds SET approvals = approvals + $2, rejections = rejections + $3
+               WHERE tx_id = $1""",
+            [(tx_id, a, r) for tx_id, (a, r) in sorted(w.vote_deltas.items())],
+        )
+    if w.audit:
+        # checks without the database audit first: put every row back in message (= stream) order
+        await _append_audit(conn, sorted(w.audit, key=lambda e: e.msg.seq))
 
 
-# ---- node.violation.<offender> ---------------------------------------------------------------------------
+AUDIT_MANY = """INSERT INTO audit_log (actor, action, entity_type, entity_id, details, stream, stream_seq)
+    SELECT a, b, c, d, e::jsonb, f, g
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+         WITH ORDINALITY AS x(a, b, c, d, e, f, g, ord)
+    ORDER BY ord
+    RETURNING id, hash"""
+AUDIT_ONE = """INSERT INTO audit_log (actor, action, entity_type, entity_id, details, stream, stream_seq)
+    VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7) RETURNING id, hash"""
 
 
-async def _violation(conn: asyncpg.Connection, msg: Message) -> Outcome:
-    offender, details = _violation_details(msg)
-    audit_id, audit_hash = await _audit(conn, msg, "node.violation", "node", offender, details)
-    return Outcome("applied", f"violation by {offender}", audit_id=audit_id, audit_hash=audit_hash)
+async def _append_audit(conn: asyncpg.Connection, entries: list[_Audit]) -> None:
+    """One INSERT for every audit row of the batch, in order (the chain trigger runs per row, in the
+    order the ordered SELECT yields them: ids and hashes follow message order)."""
+    cols: list[list[Any]] = [[] for _ in range(7)]
+    for e in entries:
+        details = {**e.details, "subject": e.msg.subject, "msg_id": e.msg.msg_id}
+        row = (
+            e.msg.sender,
+            e.action,
+            e.entity_type,
+            e.entity_id,
+            json.dumps(details, sort_keys=True, default=str),
+            e.msg.stream,
+            e.msg.seq,
+        )
+        for col, value in zip(cols, row, strict=True):
+            col.append(value)
+    if len(entries) == 1:  # the same row, without the arrays
+        rows = await conn.fetch(AUDIT_ONE, *(col[0] for col in cols))
+    else:
+        rows = await conn.fetch(AUDIT_MANY, *cols)
+    written = sorted((int(r["id"]), bytes(r["hash"])) for r in rows)
+    if len(written) != len(entries):
+        raise RuntimeError(f"audit append wrote {len(written)} rows for {len(entries)} entries")
+    for e, (audit_id, audit_hash) in zip(entries, written, strict=True):
+        e.outcome.audit_id = audit_id
+        e.outcome.audit_hash = audit_hash
 
 
-# ---- reading the audit trail -----------------------------------------------------------------------------
+# ---- reading the audit trail -------------------------------------------------------------------------------
 
 
 async def verify_chain(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[bool, int | None]:
     """``(ok, first_bad_id)`` of the hash-chained audit log (``services.runtime.db.verify_audit_chain``:
     recomputed in Python and cross-checked with SQL ``audit_verify()``)."""
-    from services.runtime.db import verify_audit_chain
-
     problems = await verify_audit_chain(conn)
     if not problems:
         return True, None
@@ -564,7 +805,3 @@ async def verify_audit(database_url: str) -> tuple[bool, int | None]:
         return await verify_chain(conn)
     finally:
         await conn.close()
-
-
-def utc_ms(ts: dt.datetime | None) -> int:
-    return int(ts.timestamp() * 1000) if ts is not None else 0

@@ -1,4 +1,8 @@
-"""The recorder process: durable consumers on ``tx.>``, ``vote.>`` and ``node.violation.>`` feeding
+"""``python -m services.recorder --data-dir DIR [--ack-wait S] [--batch N] [--anchor-interval S]
+[--durable-prefix P]``: runs until SIGTERM/SIGINT, finishes the batch in hand (committed and acked),
+anchors the audit chain's head, exits 0.
+
+The recorder service: durable consumers on ``tx.>``, ``vote.>`` and ``node.violation.>`` feeding
 :func:`services.recorder.project.record`.
 
 Ordering is what makes the stored stream position an exactly-once guard: a message is applied only if
@@ -7,13 +11,13 @@ Each consumer therefore fetches batches of ``batch`` messages with ``max_ack_pen
 hands out the next batch only after the previous one was acked), is reset at every start (and
 reconnect) to begin right after the stored position (``resume_from``: a crashed instance's unacked batch
 can then never be overtaken by later messages; nothing before the position is needed again) and
-applies a whole batch in ONE database transaction (:func:`services.recorder.batch.record_batch`), then
-acks it; the handler never fails a batch: transient database errors are retried (with backoff) until
-they pass, so nothing is nak'ed with a delay that would let a later message overtake it. When a batch
-fails otherwise (a bug, a constraint nobody foresaw) it is recorded message by message, one transaction
-each, the way ``batch = 1`` always works: a message that fails the same way a few times although the
-database is reachable is recorded as a ``record.failed`` audit entry, its position advanced, and the
-stream moves on.
+applies a whole batch in ONE database transaction (:func:`~services.recorder.project.record`; with
+``batch = 1`` every message is a batch of one), then acks it; the handler never fails a batch:
+transient database errors are retried (with backoff) until they pass, so nothing is nak'ed with a delay
+that would let a later message overtake it. When a batch of several fails otherwise (a bug, a
+constraint nobody foresaw) it is recorded again as batches of one: a message that fails the same way a
+few times although the database is reachable is recorded as a ``record.failed`` audit entry, its
+position advanced, and the stream moves on.
 
 After each commit the highest audit row written (and its hash) is handed to the
 :class:`~services.recorder.anchor.Anchorer`, which signs it onto ``audit.anchor.<recorder>.<chain>`` at
@@ -31,21 +35,22 @@ import contextlib
 import functools
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import asyncpg
 import msgspec
 from prometheus_client import Counter, Gauge
 
 from schemas import envelope as E
-from schemas.messages import TxApproved, TxRejected
+from schemas.messages import REGISTRY, TxApproved, TxRejected
 from schemas.names import consumers_with_prefix, stream_for, violation_subject
 from services.runtime.bus import Bus, Received
 from services.runtime.config import ServiceConfig
 from services.runtime.db import advance_stream_position, audit_append, stream_position
 from services.runtime.logging import get_logger
+from services.runtime.service import ServiceContext, run_service, service_argparser
 
 from .anchor import ANCHOR_INTERVAL_S, Anchorer
-from .batch import record_batch
 from .project import CONSUMER, Message, Outcome, record
 
 RECORDED = Counter(
@@ -54,7 +59,7 @@ RECORDED = Counter(
 POSITION = Gauge("mpcw_recorder_stream_position", "Last stream sequence applied", ["stream"])
 DB_RETRIES = Counter("mpcw_recorder_db_retries_total", "Database attempts retried", ["stream"])
 BATCH_FALLBACKS = Counter(
-    "mpcw_recorder_batch_fallbacks_total", "Batches recorded message by message after an error", ["stream"]
+    "mpcw_recorder_batch_fallbacks_total", "Batches recorded as batches of one after an error", ["stream"]
 )
 BATCH = 256  # messages per fetch and per database transaction
 LINGER_S = 0.02  # a batch waits this long to fill: fewer, bigger transactions; views lag by as much
@@ -98,31 +103,19 @@ class Recorder:
 
     def start(self, *, ack_wait: float = 10.0, durable_prefix: str = "recorder", batch: int = BATCH) -> None:
         """Start the consumers (durables ``<prefix>-tx``, ``-vote``, ``-violation``: ``CONSUMERS`` of
-        ``schemas.names``); ``batch = 1``: one message per fetch and per database transaction (the slow,
-        original way)."""
+        ``schemas.names``), ``batch`` messages per fetch and per database transaction."""
         subscriptions = consumers_with_prefix(self.cfg.identity, durable_prefix)
         for durable, subject in subscriptions.items():
-            if batch > 1:
-                task = self.bus.start_batch_consumer(
-                    subject,
-                    durable,
-                    self.handle_batch,
-                    batch=batch,
-                    max_ack_pending=batch,
-                    ack_wait=ack_wait,
-                    resume_from=functools.partial(self._resume_from, stream_for(subject)),
-                    linger=LINGER_S,
-                )
-            else:
-                task = self.bus.start_consumer(
-                    subject,
-                    durable,
-                    self.handle,
-                    batch=1,
-                    max_ack_pending=1,
-                    ack_wait=ack_wait,
-                    ack_sync=True,
-                )
+            task = self.bus.start_batch_consumer(
+                subject,
+                durable,
+                self.handle,
+                batch=batch,
+                max_ack_pending=batch,
+                ack_wait=ack_wait,
+                resume_from=functools.partial(self._resume_from, stream_for(subject)),
+                linger=LINGER_S,
+            )
             self.tasks.append(task)
         self.anchorer.start()
         self.log.info("recorder consuming", consumers=subscriptions, batch=batch)
@@ -133,7 +126,7 @@ class Recorder:
         await self.anchorer.close()
 
     async def _resume_from(self, stream: str) -> int:
-        """Where a batch consumer (re)starts: right after the position stored with the last commit."""
+        """Where a consumer (re)starts: right after the position stored with the last commit."""
         while True:
             try:
                 return await stream_position(self.pool, stream, CONSUMER) + 1
@@ -143,18 +136,13 @@ class Recorder:
                 self.log.warning("reading the stream position failed; retrying", error=repr(exc)[:200])
                 await asyncio.sleep(1.0)
 
-    async def handle(self, rec: Received) -> None:
-        msg = _message(rec)
-        outcome = await self._record_until_done(msg)
-        await self._after([msg], [outcome])
-
-    async def handle_batch(self, recs: list[Received]) -> None:
+    async def handle(self, recs: list[Received]) -> None:
         """One fetched batch (stream order): recorded in one transaction, then acked by the bus."""
         if not recs:
             return
         msgs = [_message(r) for r in recs]
         await self._await_counted_votes(msgs)
-        outcomes = await self._record_batch_until_done(msgs)
+        outcomes = await self._record_until_done(msgs)
         self._remember_votes(msgs, outcomes)
         await self._after(msgs, outcomes)
 
@@ -240,58 +228,45 @@ class Recorder:
             except Exception as exc:  # best effort: the refusal is already in the audit log
                 self.log.error("could not report a violation", subject=msg.subject, error=repr(exc)[:300])
 
-    async def _record_batch_until_done(self, msgs: list[Message]) -> list[Outcome]:
+    async def _record_until_done(self, msgs: Sequence[Message]) -> list[Outcome]:
+        """:func:`record` ``msgs``, retrying transient errors until they pass. After any other error a
+        batch of several is recorded again as batches of one, and a single message that keeps failing
+        (``MAX_BUG_ATTEMPTS``) is given up on (:meth:`_record_failure`)."""
         stream = msgs[0].stream
         delay = 0.1
+        bug_attempts = 0
         while True:
             try:
                 async with self.pool.acquire() as conn:
-                    return await record_batch(conn, msgs)
+                    return await record(conn, msgs)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 DB_RETRIES.labels(stream).inc()
                 error = f"{type(exc).__name__}: {str(exc)[:200]}"
                 if not is_transient(exc):
-                    BATCH_FALLBACKS.labels(stream).inc()
-                    self.log.warning(
-                        "batch failed; recording it message by message",
-                        stream=stream,
-                        first_seq=msgs[0].seq,
-                        last_seq=msgs[-1].seq,
-                        error=error,
-                    )
-                    return [await self._record_until_done(msg) for msg in msgs]
-                self.log.warning("recording a batch failed; retrying", stream=stream, error=error)
-                if self.bus.stopping.is_set():
-                    # shutting down: leave the batch unacked; it is redelivered first next time
-                    raise asyncio.CancelledError from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _record_until_done(self, msg: Message) -> Outcome:
-        delay = 0.1
-        bug_attempts = 0
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    return await record(conn, msg)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                DB_RETRIES.labels(msg.stream).inc()
-                if not is_transient(exc):
+                    if len(msgs) > 1:
+                        BATCH_FALLBACKS.labels(stream).inc()
+                        self.log.warning(
+                            "batch failed; recording it message by message",
+                            stream=stream,
+                            first_seq=msgs[0].seq,
+                            last_seq=msgs[-1].seq,
+                            error=error,
+                        )
+                        return [o for msg in msgs for o in await self._record_until_done([msg])]
                     bug_attempts += 1
                     if bug_attempts >= MAX_BUG_ATTEMPTS:
-                        return await self._record_failure(msg, exc)
+                        return [await self._record_failure(msgs[0], exc)]
                 self.log.warning(
                     "recording failed; retrying",
-                    subject=msg.subject,
-                    seq=msg.seq,
-                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                    stream=stream,
+                    first_seq=msgs[0].seq,
+                    last_seq=msgs[-1].seq,
+                    error=error,
                 )
                 if self.bus.stopping.is_set():
-                    # shutting down: leave the message unacked; it is redelivered first next time
+                    # shutting down: leave the batch unacked; it is redelivered first next time
                     raise asyncio.CancelledError from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -333,3 +308,34 @@ def _message(rec: Received) -> Message:
         envelope_raw=rec.envelope_raw,
         ts_ms=rec.envelope.ts_ms,
     )
+
+
+async def serve(ctx: ServiceContext) -> None:
+    recorder = Recorder(ctx.cfg, ctx.bus, ctx.pool, anchor_interval=ctx.args.anchor_interval)
+    recorder.start(ack_wait=ctx.args.ack_wait, durable_prefix=ctx.args.durable_prefix, batch=ctx.args.batch)
+    ctx.ready()
+    await ctx.stopped()
+    await recorder.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = service_argparser("recorder")
+    parser.add_argument("--ack-wait", type=float, default=10.0, help="unacked message returns after S")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=BATCH,
+        help="messages per fetch and per DB transaction (1: every message a transaction of its own)",
+    )
+    parser.add_argument(
+        "--anchor-interval",
+        type=float,
+        default=ANCHOR_INTERVAL_S,
+        help="the audit chain's head is anchored on the bus at most this often (seconds)",
+    )
+    parser.add_argument(
+        "--durable-prefix",
+        default="recorder",
+        help="consumer names <prefix>-tx, -vote, ... (for tests: mpcw up's broker admits only the default)",
+    )
+    run_service("recorder", serve, argv=argv, registry=REGISTRY, use_db=True, parser=parser)

@@ -881,10 +881,9 @@ class Bus:
         self, subject_filter: str, durable: str, handler: Handler, **kw: Any
     ) -> asyncio.Task[None]:
         """Run :meth:`consume` as a task tracked for graceful shutdown."""
-        task = asyncio.get_running_loop().create_task(
+        return asyncio.get_running_loop().create_task(
             self.consume(subject_filter, durable, handler, **kw), name=f"consume:{durable}"
         )
-        return task
 
     async def consume(
         self,
@@ -894,35 +893,36 @@ class Bus:
         *,
         registry: Registry | None = None,
         batch: int = 16,
+        max_ack_pending: int = 1000,
         fetch_timeout: float = 1.0,
-        ack_wait: float = 10.0,  # a crashed consumer's messages come back after this (handlers keep alive)
+        ack_wait: float = 10.0,
         nak_delay: float = 0.5,
         poison_after: int = 5,
         deliver_policy: str = "all",
-        max_ack_pending: int = 1000,
-        ack_sync: bool = False,
         stop: asyncio.Event | None = None,
     ) -> None:
-        """Durable pull-consumer loop; returns when the bus (or ``stop``) is stopping."""
-        reg = {**BUILTIN_TYPES, **registry} if registry is not None else self.registry
+        """Durable pull-consumer loop for a handler of one message: every fetched message is handled as a
+        batch of one by :meth:`consume_batch` (the same verification, ack, nak and poison rules), in
+        stream order, and acked before the next one is handled. ``batch``: messages per fetch; returns
+        when the bus (or ``stop``) is stopping."""
 
-        async def process(msgs: list[Msg], stopping: Callable[[], bool]) -> None:
-            for i, msg in enumerate(msgs):
-                if stopping():
-                    await _nak_quietly(msgs[i:])  # hand back what we will not process
-                    return
-                await self._handle(msg, durable, handler, reg, nak_delay, poison_after, ack_wait, ack_sync)
+        async def one(recs: list[Received]) -> None:
+            await handler(recs[0])
 
-        await self._pull_loop(
+        await self.consume_batch(
             subject_filter,
             durable,
-            process,
+            one,
+            registry=registry,
             batch=batch,
+            max_ack_pending=max_ack_pending,
             fetch_timeout=fetch_timeout,
             ack_wait=ack_wait,
-            max_ack_pending=max_ack_pending,
+            nak_delay=nak_delay,
+            poison_after=poison_after,
             deliver_policy=deliver_policy,
             stop=stop,
+            one_by_one=True,
         )
 
     async def _pull_loop(
@@ -940,7 +940,7 @@ class Bus:
         resume_from: Callable[[], Awaitable[int]] | None = None,
         linger: float = 0.0,
     ) -> None:
-        """The pull-consumer loop behind :meth:`consume` and :meth:`consume_batch`.
+        """The pull-consumer loop behind :meth:`consume_batch` (and so :meth:`consume`).
 
         (Re)creates the durable pull subscription (on start, after a reconnect and after an error),
         fetches up to ``batch`` messages and awaits ``process(msgs, stopping)`` with them; ``stopping()``
@@ -1034,52 +1034,6 @@ class Bus:
         config.filter_subject = subject_filter
         await self.js.add_consumer(stream, config=config)
 
-    async def _handle(
-        self,
-        msg: Msg,
-        durable: str,
-        handler: Handler,
-        registry: Registry,
-        nak_delay: float,
-        poison_after: int,
-        ack_wait: float,
-        ack_sync: bool,
-    ) -> None:
-        rec = await self._receive(msg, registry)
-        if rec is None:
-            return
-        keepalive = asyncio.get_running_loop().create_task(self._keepalive([msg], ack_wait))
-        t0 = time.perf_counter()
-        try:
-            await handler(rec)
-        except asyncio.CancelledError:
-            raise  # a crash: no ack, the server redelivers after ack_wait
-        except RetryLater as later:
-            await msg.nak(delay=later.delay)
-            return
-        except Exception as exc:
-            M.HANDLER_FAILURES.labels(self.service, durable).inc()
-            self.log.warning(
-                "poison message terminated" if rec.num_delivered >= poison_after else "handler failed; nak",
-                durable=durable,
-                subject=rec.subject,
-                seq=rec.seq,
-                deliveries=rec.num_delivered,
-                error=repr(exc)[:300],
-            )
-            await self._poison_or_nak(msg, rec, durable, exc, nak_delay, poison_after)
-            return
-        finally:
-            keepalive.cancel()
-        M.HANDLER_SECONDS.labels(self.service, durable).observe(time.perf_counter() - t0)
-        if ack_sync:
-            await msg.ack_sync()
-        else:
-            await msg.ack()
-        M.MESSAGES_CONSUMED.labels(self.service, durable).inc()
-
-    # ---- consume in batches -----------------------------------------------------------------------------
-
     def start_batch_consumer(
         self, subject_filter: str, durable: str, handler_batch: BatchHandler, **kw: Any
     ) -> asyncio.Task[None]:
@@ -1105,15 +1059,17 @@ class Bus:
         stop: asyncio.Event | None = None,
         resume_from: Callable[[], Awaitable[int]] | None = None,
         linger: float = 0.0,
+        one_by_one: bool = False,
     ) -> None:
-        """Durable pull-consumer loop that hands ``handler_batch`` every fetched batch at once.
+        """Durable pull-consumer loop that hands ``handler_batch`` every fetched batch at once (with
+        ``one_by_one``: every fetched message as a batch of its own, see :meth:`consume`).
 
-        Each fetched message is verified as in :meth:`consume`; invalid ones are terminated and reported
-        the same way and left out. The valid ones are passed together, in stream order, to ONE awaited
-        ``handler_batch(list[Received])`` call; all of them are acked only after it returns. When it
-        raises :class:`RetryLater` they are all nak'ed with its delay; any other exception naks them all
-        with the growing delay of :meth:`consume`, except those delivered ``poison_after`` times, which
-        are terminated and reported.
+        Each fetched message is verified (:meth:`_receive`); invalid ones are terminated, reported on
+        ``node.violation.<offender>`` and left out. The valid ones are passed together, in stream order,
+        to ONE awaited ``handler_batch(list[Received])`` call; all of them are acked only after it
+        returns. When it raises :class:`RetryLater` they are all nak'ed with its delay; any other
+        exception naks them all with a delay that doubles with every delivery (from ``nak_delay``),
+        except those delivered ``poison_after`` times, which are terminated and reported.
         A ``CancelledError`` (a crash) acks nothing: the server redelivers after ``ack_wait``.
 
         ``max_ack_pending`` defaults to ``batch``: while this loop runs, the server never hands out a
@@ -1132,10 +1088,13 @@ class Bus:
         reg = {**BUILTIN_TYPES, **registry} if registry is not None else self.registry
 
         async def process(msgs: list[Msg], stopping: Callable[[], bool]) -> None:
-            if stopping():
-                await _nak_quietly(msgs)  # hand back what we will not process
-                return
-            await self._handle_batch(msgs, durable, handler_batch, reg, nak_delay, poison_after, ack_wait)
+            done = 0
+            for group in [[msg] for msg in msgs] if one_by_one else [msgs]:
+                if stopping():
+                    await _nak_quietly(msgs[done:])  # hand back what we will not process
+                    return
+                await self._handle(group, durable, handler_batch, reg, nak_delay, poison_after, ack_wait)
+                done += len(group)
 
         await self._pull_loop(
             subject_filter,
@@ -1201,7 +1160,7 @@ class Bus:
             num_delivered=meta.num_delivered,
         )
 
-    async def _handle_batch(
+    async def _handle(
         self,
         msgs: list[Msg],
         durable: str,
@@ -1211,6 +1170,9 @@ class Bus:
         poison_after: int,
         ack_wait: float,
     ) -> None:
+        """Verify ``msgs``, hand the valid ones to ``handler_batch`` in one call, then ack them all; on
+        :class:`RetryLater` nak them with its delay, on any other error nak or terminate each
+        (:meth:`_poison_or_nak`); on cancellation (a crash) leave them unacked."""
         valid: list[tuple[Msg, Received]] = []
         for msg in msgs:
             rec = await self._receive(msg, registry)
@@ -1233,7 +1195,7 @@ class Bus:
         except Exception as exc:
             M.HANDLER_FAILURES.labels(self.service, durable).inc()
             self.log.warning(
-                "batch handler failed; nak",
+                "handler failed; nak",
                 durable=durable,
                 first_seq=valid[0][1].seq,
                 last_seq=valid[-1][1].seq,

@@ -17,7 +17,7 @@ from typing import Any
 
 from schemas.names import node_names
 
-from .pki import identities_path, tls_files
+from .pki_files import identities_path, tls_files
 
 DEFAULT_DATA_DIR = "~/.mpcw"
 CLUSTER_FILE = "cluster.json"

@@ -22,7 +22,7 @@ from schemas import envelope as E
 from schemas.kinds import RejectionKind
 from schemas.names import proto_recipient, sender_may_publish
 
-from .pki import identity_key_dir
+from .pki_files import identity_key_dir
 from .secrets_dir import read_secret
 
 

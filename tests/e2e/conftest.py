@@ -38,10 +38,10 @@ from loadtest.chaos import started_pids
 from schemas import kv as K
 from schemas.messages import REGISTRY
 from schemas.names import subject_matches
+from services.localcluster.supervisor import pid_alive
 from services.runtime.bus import Bus
 from services.runtime.config import load_config
 from services.runtime.key_proof import ProvenKeys
-from services.runtime.supervisor import pid_alive
 from wallet.address import p2wpkh_address
 from wallet.threshold_account import ThresholdAccount
 

@@ -36,9 +36,9 @@ import pytest
 from schemas import kv as K
 from schemas.messages import TxSigned, TxSigning, Violation, Vote
 from schemas.names import BUCKET_BANS, BUCKET_ROUNDS
+from services.localcluster.supervisor import default_table
 from services.runtime.bus import Bus
 from services.runtime.signed_kv import SignedKV
-from services.runtime.supervisor import default_table
 from tests.e2e.byzantine_signer import CORRUPT_PSIG, EQUIVOCATE, EQUIVOCATION_REASON
 from tests.e2e.conftest import (
     Cluster,

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from schemas.names import BUCKETS
+from services.localcluster.supervisor import pid_alive
 from services.mpcw.client import with_admin_bus
 from services.runtime.bus import Bus
-from services.runtime.supervisor import pid_alive
 from tests.e2e.conftest import LIFECYCLE, Cluster, external_address, running_cluster, wait_for
 
 pytestmark = pytest.mark.e2e

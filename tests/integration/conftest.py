@@ -22,11 +22,11 @@ import pytest
 import pytest_asyncio
 
 from schemas.names import all_identities
+from services.localcluster.embedded import start_nats, start_postgres, stop_postgres
+from services.localcluster.pki import init_pki
 from services.runtime.bus import Bus
 from services.runtime.config import load_config
 from services.runtime.db import migrate
-from services.runtime.embedded import start_nats, start_postgres, stop_postgres
-from services.runtime.pki import init_pki
 
 BusFactory = Callable[..., Awaitable[Bus]]
 

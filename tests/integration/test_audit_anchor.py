@@ -35,7 +35,7 @@ from services.recorder import verify_chain
 from services.recorder.anchor import AuditReport, chain_of, read_anchors, verify_anchored
 from services.runtime.bus import Bus
 from services.runtime.db import ZERO_HASH, audit_canonical
-from services.runtime.pki import tls_files
+from services.runtime.pki_files import tls_files
 from services.runtime.seal import IdentityKeys, seal
 
 from .test_recorder_projection import ROOT, requested, start_service, stop_service, wait_for, wait_position

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import asyncpg
 
+from services.localcluster.supervisor import cluster_processes, pid_alive
 from services.runtime.db import lookup_api_key
 from services.runtime.secrets_dir import secrets_dir
-from services.runtime.supervisor import cluster_processes, pid_alive
 
 HELPER = "tests.integration.runtime_helper_service"
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,7 +193,7 @@ def test_a_killed_supervisor_leaves_no_orphans_and_up_neither_duplicates_nor_fai
         running = cluster_processes(d)
         kinds = sorted(
             "postgres" if c.split(" ", 1)[0].endswith("/postgres")
-            else "supervisor" if "services.runtime.supervisor" in c
+            else "supervisor" if "services.localcluster.supervisor" in c
             else "nats" if c.split(" ", 1)[0].endswith("/nats-server")
             else c.split(" -m ", 1)[1].split()[0]
             for _, c in running

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from services.runtime.esplora import (
+from services.chain.esplora import (
     BroadcastRejected,
     ChainBackendUnavailable,
     EsploraBadRequest,

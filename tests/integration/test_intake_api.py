@@ -27,9 +27,9 @@ from schemas import messages as m
 from schemas.kv import KeyRecord, key_record_key, key_result_key
 from schemas.names import BUCKET_KEYS, tx_subject
 from schemas.rest import Policy
+from services.localcluster.embedded import free_port
 from services.runtime.bus import Bus
 from services.runtime.db import new_api_key, revoke_api_key, store_api_key
-from services.runtime.embedded import free_port
 from services.runtime.signed_kv import SignedKV
 from tests.integration.test_recorder_projection import start_service, stop_service, wait_for
 from tests.unit.frost_test_dealer import deal

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from services.localcluster.embedded import free_port, start_postgres, stop_postgres
 from services.runtime.db import migrate, new_api_key, store_api_key
-from services.runtime.embedded import free_port, start_postgres, stop_postgres
 from tests.integration.test_recorder_projection import start_service, stop_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="session")]

@@ -29,9 +29,10 @@ from schemas.names import (
     sender_may_publish,
     stream_for,
 )
+from services.localcluster.embedded import start_nats
+from services.localcluster.pki import init_pki
 from services.runtime.bus import Bus, Received
 from services.runtime.config import load_config
-from services.runtime.embedded import start_nats
 from services.runtime.lookup import last_message
 from services.runtime.natsconf import (
     NatsPorts,
@@ -39,7 +40,7 @@ from services.runtime.natsconf import (
     render_cluster_configs,
     render_server_config,
 )
-from services.runtime.pki import init_pki, tls_files
+from services.runtime.pki_files import tls_files
 
 BusFactory = Callable[..., Awaitable[Bus]]
 

@@ -1,8 +1,8 @@
-"""The recorder's batch path (``services.recorder.batch.record_batch``) against real PostgreSQL, and the
-batch-consuming recorder process against real NATS: the same rows and audit entries as recording one
-message per transaction (replays, redeliveries, illegal transitions in the middle of a batch, bad
-payloads, conflicting votes), a batch that breaks a constraint recorded message by message, and
-exactly-once across a SIGKILL in the middle of large batches."""
+"""The recorder's projection of whole batches (``services.recorder.project.record``) against real
+PostgreSQL, and the batch-consuming recorder process against real NATS: the same rows and audit entries
+as recording every message as a batch of one (replays, redeliveries, illegal transitions in the middle
+of a batch, bad payloads, conflicting votes), a batch that breaks a constraint recorded message by
+message, and exactly-once across a SIGKILL in the middle of large batches."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest_asyncio
 
 from schemas import messages as m
 from schemas.names import tx_subject, vote_subject
-from services.recorder import Message, Outcome, record, record_batch, verify_chain
+from services.recorder import Message, Outcome, record, verify_chain
 from services.runtime.bus import Bus
 from services.runtime.db import migrate
 
@@ -225,7 +225,7 @@ def brief(o: Outcome) -> tuple[str, str, bool]:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-async def test_batches_equal_one_message_per_transaction(two_databases: tuple[str, str], seed: int) -> None:
+async def test_batches_equal_batches_of_one(two_databases: tuple[str, str], seed: int) -> None:
     msgs = scenario(seed)
     batches = chunks(msgs, random.Random(seed))
     one = await asyncpg.connect(two_databases[0])
@@ -235,8 +235,9 @@ async def test_batches_equal_one_message_per_transaction(two_databases: tuple[st
         got: list[tuple[str, str, bool]] = []
         for batch in batches:
             for msg in batch:
-                expected.append(brief(await record(one, msg)))
-            outcomes = await record_batch(many, batch)
+                (alone,) = await record(one, [msg])
+                expected.append(brief(alone))
+            outcomes = await record(many, batch)
             assert len(outcomes) == len(batch)
             got.extend(brief(o) for o in outcomes)
         assert got == expected
@@ -272,7 +273,7 @@ async def test_batch_with_replay_and_illegal_transition_in_the_middle(fresh_data
     s.tx("approved", a, m.TxApproved(tx_id=a, round_id=a, certificate=[b"1", b"2", b"3"]))
     conn = await asyncpg.connect(fresh_database_url)
     try:
-        outcomes = await record_batch(conn, s.log)
+        outcomes = await record(conn, s.log)
         assert [o.status for o in outcomes] == [
             "applied", "applied", "applied", "refused", "replay", "applied", "applied",
         ]  # fmt: skip
@@ -288,9 +289,31 @@ async def test_batch_with_replay_and_illegal_transition_in_the_middle(fresh_data
         assert [o.audit_id for o in outcomes if o.audit_id] == [r["id"] for r in audit]
         assert await conn.fetchval("SELECT last_seq FROM stream_positions WHERE stream = 'TX'") == 7
         # the same batch again (redelivered after a crash before the ack): nothing changes
-        again = await record_batch(conn, s.log)
+        again = await record(conn, s.log)
         assert {o.status for o in again} == {"duplicate"}
         assert await conn.fetchval("SELECT count(*) FROM audit_log") == len(audit)
+        assert await verify_chain(conn) == (True, None)
+    finally:
+        await conn.close()
+
+
+async def test_a_batch_overlapping_the_stored_position(fresh_database_url: str) -> None:
+    """A redelivered batch that starts before the stored position (other batch boundaries than the
+    first delivery): the messages already applied are duplicates, the rest applied, the position is the
+    batch's last sequence."""
+    s = Streams()
+    for tx in ("o-1", "o-2", "o-3", "o-4", "o-5"):
+        s.tx("requested", tx, requested(tx), "intake")
+    conn = await asyncpg.connect(fresh_database_url)
+    try:
+        assert [o.status for o in await record(conn, s.log[:3])] == ["applied"] * 3
+        outcomes = await record(conn, s.log[1:])
+        assert [o.status for o in outcomes] == ["duplicate", "duplicate", "applied", "applied"]
+        assert await conn.fetchval("SELECT last_seq FROM stream_positions WHERE stream = 'TX'") == 5
+        assert await conn.fetchval("SELECT count(*) FROM transactions") == 5
+        assert await conn.fetchval("SELECT count(*) FROM audit_log") == 5
+        (again,) = await record(conn, s.log[4:])
+        assert again.status == "duplicate"
         assert await verify_chain(conn) == (True, None)
     finally:
         await conn.close()
@@ -322,7 +345,7 @@ async def test_constraint_failure_falls_back_to_one_message_per_transaction(
     assert pool is not None
     try:
         rec = Recorder(load_config("recorder", pki), _StubBus(), pool)  # type: ignore[arg-type]
-        outcomes = await rec._record_batch_until_done(s.log)
+        outcomes = await rec._record_until_done(s.log)
         assert [o.status for o in outcomes] == ["applied", "failed", "applied", "applied"]
         states = dict(await pool.fetch("SELECT id, state FROM transactions"))
         assert states == {"good-1": "voting", "good-2": "pending"}
@@ -472,14 +495,14 @@ async def test_a_decision_waits_for_the_votes_it_counted(
     assert pool is not None
     try:
         rec = Recorder(load_config("recorder", pki), _StubBus(), pool)  # type: ignore[arg-type]
-        await rec._record_batch_until_done(s.log[:2])
+        await rec._record_until_done(s.log[:2])
         waiting = asyncio.create_task(rec._await_counted_votes([rejected]))
         await asyncio.sleep(0.15)
         assert not waiting.done()  # node-1 and node-2 are not projected yet
-        await rec._record_batch_until_done(votes[:1])
+        await rec._record_until_done(votes[:1])
         await asyncio.sleep(0.1)
         assert not waiting.done()  # one of the two
-        await rec._record_batch_until_done(votes[1:])
+        await rec._record_until_done(votes[1:])
         await asyncio.wait_for(waiting, 1.0)
 
         # a vote that never comes holds a decision no longer than VOTES_WAIT_S

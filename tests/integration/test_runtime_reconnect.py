@@ -9,10 +9,10 @@ from pathlib import Path
 import msgspec
 
 from schemas.names import all_identities, durable
+from services.localcluster.embedded import start_nats
+from services.localcluster.pki import init_pki
 from services.runtime.bus import Bus, Received
 from services.runtime.config import load_config
-from services.runtime.embedded import start_nats
-from services.runtime.pki import init_pki
 
 
 class Ping(msgspec.Struct, frozen=True):

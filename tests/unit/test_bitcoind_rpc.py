@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.runtime.bitcoind_rpc import (
+from services.chain.bitcoind_rpc import (
     BitcoindRpcClient,
     BitcoindRpcError,
     BitcoindUnavailable,

@@ -27,13 +27,13 @@ from schemas.messages import (
     TxSigned,
     TxSigning,
 )
-from services.runtime.bus import Received, RetryLater
-from services.runtime.esplora import (
+from services.chain.esplora import (
     BroadcastRejected,
     ChainBackendUnavailable,
     TxNotFound,
     TxStatus,
 )
+from services.runtime.bus import Received, RetryLater
 from tests.unit.service_fakes import FakeBus as BaseFakeBus
 from tests.unit.service_fakes import received as delivered
 from tests.unit.service_fakes import service_context

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.runtime.esplora import ChainBackendUnavailable, TxStatus, Utxo, _utxo_list
+from services.chain.esplora import ChainBackendUnavailable, TxStatus, Utxo, _utxo_list
 
 TXID = "ab" * 32
 

@@ -11,9 +11,9 @@ import asyncio
 from typing import Any, cast
 
 import services.intake.app as intake_app
+from services.chain.esplora import ChainBackendUnavailable, EsploraClient
 from services.intake.app import ApiError, Intake
 from services.intake.wallet_state import UtxoView, Wallet, WalletUtxo
-from services.runtime.esplora import ChainBackendUnavailable, EsploraClient
 
 
 class SlowWallet:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.runtime.pki import init_pki
+from services.localcluster.pki import init_pki
 from services.runtime.seal import IdentityKeys
 from services.runtime.secrets_dir import secrets_dir
 from services.signer.keystore import ShareRecord

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.pki import init_pki, tls_files
+from services.localcluster.pki import init_pki
+from services.runtime.pki_files import tls_files
 from services.runtime.seal import IdentityKeys
 from services.runtime.secrets_dir import (
     SECRETS_DIR_ENV,

@@ -44,10 +44,10 @@ from schemas.messages import (
 )
 from schemas.names import BUCKET_PRESIG, proto_subject, subject_matches, tx_subject
 from schemas.rest import Policy
+from services.localcluster.pki import init_pki
 from services.runtime.bus import Bus, KvEntry
 from services.runtime.config import ServiceConfig
 from services.runtime.logging import Logger
-from services.runtime.pki import init_pki
 from services.runtime.seal import Identities, IdentityKeys, seal
 from services.signer import node as signer_node
 from services.signer.__main__ import serve

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .logging import open_log_file
-from .natsconf import ConsumerRights, NatsPorts, render_cluster_configs, render_server_config
-from .pki import server_tls_files
-from .secrets_dir import private_dir, write_private
+from services.runtime.logging import open_log_file
+from services.runtime.natsconf import ConsumerRights, NatsPorts, render_cluster_configs, render_server_config
+from services.runtime.pki_files import server_tls_files
+from services.runtime.secrets_dir import private_dir, write_private
 
 
 def _ephemeral_ports() -> tuple[int, int]:

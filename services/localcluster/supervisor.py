@@ -1,7 +1,7 @@
 """The local cluster supervisor behind ``mpcw up`` / ``mpcw down`` / ``mpcw status``.
 
-``mpcw up`` starts ``python -m services.runtime.supervisor --data-dir DIR`` in a new session (detached from
-the terminal) and waits. The supervisor:
+``mpcw up`` starts ``python -m services.localcluster.supervisor --data-dir DIR`` in a new session
+(detached from the terminal) and waits. The supervisor:
 
 1. writes ``DIR/run/supervisor.pid``; completes the PKI when missing;
 2. starts the embedded nats-server (TLS, JetStream, store ``DIR/nats/``) and PostgreSQL (``DIR/pg/``) on free
@@ -46,8 +46,10 @@ from pathlib import Path
 from typing import Any
 
 from schemas.names import all_identities, node_names
+from services.runtime.config import load_config, read_cluster, write_cluster
+from services.runtime.logging import open_log_file
+from services.runtime.secrets_dir import private_dir
 
-from .config import load_config, read_cluster, write_cluster
 from .embedded import (
     NatsServers,
     Postgres,
@@ -58,9 +60,7 @@ from .embedded import (
     start_postgres,
     stop_postgres,
 )
-from .logging import open_log_file
 from .pki import init_pki, pki_exists
-from .secrets_dir import private_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT = 15.0
@@ -215,7 +215,7 @@ class Supervisor:
         self.nats = start_nats(self.data_dir, all_identities(self.n), cluster_size=self.nats_servers)
         replicas = min(3, self.nats_servers)
         self.pg = start_postgres(self.data_dir)
-        from .db import migrate, new_api_key, store_api_key
+        from services.runtime.db import migrate, new_api_key, store_api_key
 
         asyncio.run(migrate(self.pg.url))
         old = read_cluster(self.data_dir)
@@ -224,7 +224,7 @@ class Supervisor:
         async def setup() -> None:
             import asyncpg
 
-            from .bus import Bus
+            from services.runtime.bus import Bus
 
             conn = await asyncpg.connect(self.pg.url if self.pg else "")
             try:
@@ -503,7 +503,7 @@ def _module_exists(module: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m services.runtime.supervisor")
+    p = argparse.ArgumentParser(prog="python -m services.localcluster.supervisor")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--nodes", type=int, default=5)
     p.add_argument("--threshold", type=int, default=4)

@@ -8,7 +8,7 @@ Public half, under the data directory (directories 0700, files 0600: the owner's
     pki/identities.json               {identity: {"ed25519": hex, "x25519": hex}}: public identity keys
 
 Private half, in the cluster's secrets directory (:mod:`services.runtime.secrets_dir`; 0600 in 0700),
-never in the data directory::
+never in the data directory (where each file is: :mod:`services.runtime.pki_files`)::
 
     pki/ca.key, pki/server.key, pki/<identity>.key   PEM (nats-server and Python's ssl read the paths)
     identities/<identity>/ed25519.key                raw 32-byte Ed25519 seed (signs envelopes)
@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -32,48 +31,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from schemas.names import all_identities
-
-from .secrets_dir import move_legacy_secrets, private_dir, read_secret, secrets_dir, write_private
+from services.runtime.pki_files import identities_path, identity_key_dir, pki_dir, private_pki_dir
+from services.runtime.secrets_dir import (
+    move_legacy_secrets,
+    private_dir,
+    read_secret,
+    secrets_dir,
+    write_private,
+)
 
 CA_NAME = "mpcw-ca"
 VALID_DAYS = 3650
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def pki_dir(data_dir: Path) -> Path:
-    return data_dir / "pki"
-
-
-def identities_path(data_dir: Path) -> Path:
-    return pki_dir(data_dir) / "identities.json"
-
-
-def private_pki_dir(data_dir: Path) -> Path:
-    """Where the TLS private keys are: ``pki/`` of the cluster's secrets directory."""
-    return secrets_dir(data_dir) / "pki"
-
-
-def identity_key_dir(data_dir: Path, identity: str) -> Path:
-    """Where ``identity``'s private identity keys are (in the cluster's secrets directory)."""
-    return secrets_dir(data_dir) / "identities" / identity
-
-
-def tls_files(data_dir: Path, identity: str) -> TlsFiles:
-    d = pki_dir(data_dir)
-    return TlsFiles(
-        ca=d / "ca.crt", cert=d / f"{identity}.crt", key=private_pki_dir(data_dir) / f"{identity}.key"
-    )
-
-
-def server_tls_files(data_dir: Path) -> TlsFiles:
-    d = pki_dir(data_dir)
-    return TlsFiles(ca=d / "ca.crt", cert=d / "server.crt", key=private_pki_dir(data_dir) / "server.key")
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
