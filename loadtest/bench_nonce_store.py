@@ -31,8 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from loadtest.machine import cpu_model  # noqa: E402
-from services.signer.keystore import Keystore  # noqa: E402
 from services.runtime.secrets_dir import fsync_dir  # noqa: E402
+from services.signer.keystore import Keystore  # noqa: E402
 
 OPS = ("save 1", "take 1", "take 8")
 LAYOUTS = ("files", "slots")

@@ -55,8 +55,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from services.localcluster.embedded import postmaster_pid  # noqa: E402
-from services.runtime.secrets_dir import SECRETS_DIR_ENV  # noqa: E402
 from services.localcluster.supervisor import cluster_processes, pid_alive, read_pid  # noqa: E402
+from services.runtime.secrets_dir import SECRETS_DIR_ENV  # noqa: E402
 from tests.suites.invariants import Report, check_invariants, wait_terminal  # noqa: E402
 
 TARGET_KINDS = ("services", "nats", "postgres", "supervisor")

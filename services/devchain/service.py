@@ -102,4 +102,3 @@ def main(argv: list[str] | None = None) -> None:
         app.run(sock=sock, single_process=True, access_log=False, motd=False)
     finally:
         chain.close()
-

@@ -96,4 +96,3 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None, help="0 = a free port")
     parser.add_argument("--esplora-url", default=None, help="chain backend (default: cluster.json)")
     run_service("intake", serve, argv=argv, registry=REGISTRY, use_db=True, parser=parser)
-

@@ -73,4 +73,3 @@ async def serve(ctx: ServiceContext) -> None:
 
 def main() -> None:
     run_service("presig", serve, registry=REGISTRY)
-
