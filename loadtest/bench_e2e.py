@@ -266,6 +266,8 @@ def main() -> None:
     args = ap.parse_args()
     own = args.data_dir is None
     d = args.data_dir or Path(tempfile.mkdtemp(prefix="mpcw-bench-"))
+    if own:  # the throwaway cluster's private keys go beside its directory and are removed with it
+        os.environ["MPCW_SECRETS_DIR"] = f"{d}-secrets"
     try:
         if own:
             print(f"starting a cluster in {d} ...", flush=True)
@@ -289,6 +291,7 @@ def main() -> None:
         if own:  # its own cluster: about 100 MB of stores and logs
             mpcw(d, "down")
             shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(f"{d}-secrets", ignore_errors=True)
     finally:
         if own and (d / "run" / "supervisor.pid").exists():
             mpcw(d, "down")
