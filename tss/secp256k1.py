@@ -87,7 +87,8 @@ def point_mul_base(k: int) -> Point:
 
 
 def point_mul(p: Point, k: int) -> Point:
-    """k*p; None when p is infinity or k = 0 mod N. Variable time: ``k`` must be public."""
+    """k*p; None when p is infinity or k = 0 mod N. Variable time: ``k`` must be public (a secret ``k``
+    goes through :func:`point_mul_secret`)."""
     k %= N
     if p is None or k == 0:
         return None
@@ -95,6 +96,29 @@ def point_mul(p: Point, k: int) -> Point:
     if not lib.secp256k1_ec_pubkey_tweak_mul(_CTX, new_key, k.to_bytes(32, "big")):
         raise ValueError("point multiplication failed")  # unreachable for 0 < k < N
     return PublicKey(new_key)
+
+
+@ffi.callback("int(unsigned char *, const unsigned char *, const unsigned char *, void *)")  # type: ignore[untyped-decorator]
+def _copy_xy(output: object, x32: object, y32: object, data: object) -> int:
+    """``secp256k1_ecdh``'s hash function replaced by a copy of the shared point's coordinates."""
+    ffi.memmove(output, x32, 32)
+    ffi.memmove(output + 32, y32, 32)  # type: ignore[operator]  # cffi pointer arithmetic
+    return 1
+
+
+def point_mul_secret(p: Point, k: int) -> Point:
+    """k*p in constant time in ``k`` (libsecp256k1's ``secp256k1_ecmult_const``, reached through
+    ``secp256k1_ecdh`` with a hash function that returns the point itself): for a secret scalar times a
+    point other than G (for G, ``point_mul_base`` is constant time already). None when p is infinity or
+    k = 0 mod N."""
+    k %= N
+    if p is None or k == 0:
+        return None
+    out = ffi.new("unsigned char[64]")
+    pub = ffi.new("secp256k1_pubkey *", p.public_key[0])
+    if not lib.secp256k1_ecdh(_CTX, out, pub, k.to_bytes(32, "big"), _copy_xy, ffi.NULL):
+        raise ValueError("point multiplication failed")  # unreachable for 0 < k < N
+    return PublicKey(b"\x04" + bytes(ffi.buffer(out, 64)))
 
 
 def ecdh(seckey: bytes, pubkey: bytes) -> bytes:

@@ -36,6 +36,7 @@ from tss.secp256k1 import (
     point_eq,
     point_mul,
     point_mul_base,
+    point_mul_secret,
     point_sum,
 )
 from tss.secp256k1 import N as Q
@@ -96,8 +97,8 @@ def prove(session_id: bytes, prover: int, st: ElogStatement, y: int, lam: int) -
         alpha = secrets.randbelow(Q)
         m = secrets.randbelow(Q)
         a_pt = point_mul_base(alpha)
-        n_pt = point_sum([point_mul_base(m), point_mul(st.X, alpha)])
-        b_pt = point_mul(st.H, m)
+        n_pt = point_sum([point_mul_base(m), point_mul_secret(st.X, alpha)])
+        b_pt = point_mul_secret(st.H, m)
         if a_pt is not None and n_pt is not None and b_pt is not None:
             break  # a commitment at infinity has no encoding (probability ~ 3/q)
     a, n, b = cbytes(a_pt), cbytes(n_pt), cbytes(b_pt)

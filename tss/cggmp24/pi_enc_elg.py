@@ -70,6 +70,7 @@ from tss.secp256k1 import (
     point_eq,
     point_mul,
     point_mul_base,
+    point_mul_secret,
     point_sum,
 )
 
@@ -182,7 +183,7 @@ def _prove_unchecked(
         mu = sample_signed_bound(nh << ELL)
         gamma = sample_signed_bound(nh << (ELL + EPSILON))
         beta = secrets.randbelow(Q)
-        y_pt = point_sum([point_mul(st.a, beta), point_mul_base(int(alpha))])
+        y_pt = point_sum([point_mul_secret(st.a, beta), point_mul_base(int(alpha))])
         z_pt = point_mul_base(beta)
         if y_pt is not None and z_pt is not None:
             break  # a commitment at infinity has no encoding (probability ~ 2/q)

@@ -90,6 +90,7 @@ from tss.secp256k1 import (
     point_eq,
     point_mul,
     point_mul_base,
+    point_mul_secret,
     point_sum,
     point_tweak_add,
 )
@@ -322,8 +323,8 @@ def presigning_start(
     big_k, rho = _encrypt(sk, k, nonces)
     big_g, v = _encrypt(sk, gamma, nonces)
     y = point_mul_base(secrets.randbelow(Q - 1) + 1)
-    a1, a2 = point_mul_base(a), point_add(point_mul(y, a), point_mul_base(k))
-    b1, b2 = point_mul_base(b), point_add(point_mul(y, b), point_mul_base(gamma))
+    a1, a2 = point_mul_base(a), point_add(point_mul_secret(y, a), point_mul_base(k))
+    b1, b2 = point_mul_base(b), point_add(point_mul_secret(y, b), point_mul_base(gamma))
     pts = [y, a1, a2, b1, b2]
     if any(p is None for p in pts):
         raise UnattributableAbortError("presigning: a round-1 point is the point at infinity")
@@ -479,7 +480,7 @@ def _on_round2(state: PresigningState) -> tuple[PresigningState, list[Message]]:
     big_gamma = point_sum([cpoint(state.gamma_point)] + [r.gamma for r in got.values()])
     if big_gamma is None:
         raise UnattributableAbortError("presigning: Gamma is the point at infinity")
-    delta_pt = point_mul(big_gamma, k)
+    delta_pt = point_mul_secret(big_gamma, k)
     delta_i, chi_i = gamma * k, x * k
     for j, r2 in got.items():
         beta, beta_hat = sec.betas[j]
@@ -487,7 +488,7 @@ def _on_round2(state: PresigningState) -> tuple[PresigningState, list[Message]]:
         chi_i += int(sk.decrypt(r2.d_hat)) + beta_hat
     delta_i %= Q
     chi_i %= Q
-    s_pt = point_mul(big_gamma, chi_i)
+    s_pt = point_mul_secret(big_gamma, chi_i)
     if delta_pt is None or s_pt is None:
         raise UnattributableAbortError("presigning: Delta_i or S_i is the point at infinity")
     elog = pi_elog.prove(
