@@ -46,3 +46,17 @@ def test_encpedpop_pads_use_the_constant_time_ecdh(monkeypatch: pytest.MonkeyPat
     pub = cbytes(point_mul_base(7))
     encpedpop.ecdh(scalar_to_bytes(3), cbytes(point_mul_base(3)), pub, b"ctx", sending=True)
     assert calls == [pub]
+
+
+def test_point_mul_secret_equals_point_mul() -> None:
+    """The constant-time multiplication (for secret scalars) gives the same point as the variable-time one,
+    at the edges too (0, 1, N-1, N, a point at infinity)."""
+    import secrets as _secrets
+
+    from tss.secp256k1 import N, point_mul, point_mul_base, point_mul_secret
+
+    p = point_mul_base(_secrets.randbelow(N - 1) + 1)
+    for k in [0, 1, 2, N - 1, N, N + 5, *(_secrets.randbelow(N) for _ in range(50))]:
+        a, b = point_mul(p, k), point_mul_secret(p, k)
+        assert (a is None and b is None) or (a is not None and b is not None and a.format() == b.format()), k
+    assert point_mul_secret(None, 7) is None
