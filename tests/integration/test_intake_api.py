@@ -135,6 +135,28 @@ class Api:
         return await self.http.post("/api/v1/transactions", content=content, headers=headers)
 
 
+async def start_intake(
+    pki: Path, nats_url: str, database_url: str, esplora_url: str, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m services.intake`` on a free port, waited until ``/health`` answers: (process, its URL)."""
+    port = free_port()
+    proc = start_service(
+        "intake", pki, nats_url, database_url, "--port", str(port), "--esplora-url", esplora_url, log=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as probe:
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if (await probe.get(f"{url}/health")).status_code == 200:
+                    return proc, url
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "intake did not start"
+            await asyncio.sleep(0.1)
+
+
 @pytest_asyncio.fixture
 async def api(
     pki: Path, nats_server: str, fresh_database_url: str, devchain: str, tmp_path: Path
@@ -145,31 +167,8 @@ async def api(
     await store_api_key(conn, key, "test operator", "operator")
     await store_api_key(conn, viewer, "test viewer", "viewer")
     await conn.close()
-    port = free_port()
     log = tmp_path / "intake.log"
-    proc = start_service(
-        "intake",
-        pki,
-        nats_server,
-        fresh_database_url,
-        "--port",
-        str(port),
-        "--esplora-url",
-        devchain,
-        log=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient() as probe:
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if (await probe.get(f"{url}/health")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "intake did not start"
-            await asyncio.sleep(0.1)
+    proc, url = await start_intake(pki, nats_server, fresh_database_url, devchain, log)
     client = Api(url, key, viewer, fresh_database_url)
     yield client
     await client.http.aclose()

@@ -14,9 +14,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from services.localcluster.embedded import free_port, start_postgres, stop_postgres
+from services.localcluster.embedded import start_postgres, stop_postgres
 from services.runtime.db import migrate, new_api_key, store_api_key
-from tests.integration.test_recorder_projection import start_service, stop_service
+from tests.integration.test_intake_api import start_intake
+from tests.integration.test_recorder_projection import stop_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180), pytest.mark.asyncio(loop_scope="session")]
 
@@ -33,32 +34,9 @@ async def intake_on_own_postgres(
     _, key = new_api_key()
     await store_api_key(conn, key, "test operator", "operator")
     await conn.close()
-    port = free_port()
     log = tmp_path / "intake.log"
     # no chain backend is needed by the routes used here; nothing listens on port 9
-    proc = start_service(
-        "intake",
-        pki,
-        nats_server,
-        pg.url,
-        "--port",
-        str(port),
-        "--esplora-url",
-        "http://127.0.0.1:9",
-        log=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient() as probe:
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if (await probe.get(f"{url}/health")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "intake did not start"
-            await asyncio.sleep(0.1)
+    proc, url = await start_intake(pki, nats_server, pg.url, "http://127.0.0.1:9", log)
     try:
         yield {"url": url, "key": key, "pg_dir": pg.data_dir, "tmp": tmp_path, "log": log}
     finally:
