@@ -4,7 +4,7 @@ A coordinator (honest or not) names the attempt and the nonces; without a cap, o
 new attempts of an approved spend would have the node spend a pooled nonce on each until the pool is
 empty. The node counts, per ``tx_id``, the distinct sessions it took nonces for and refuses (taking no
 nonce) once :data:`DEFAULT_MAX_ATTEMPTS` are counted. Consensus makes at most that many attempts of a
-spend (``MAX_ATTEMPTS`` in :mod:`services.consensus.__main__`), so an honest one never meets the cap.
+spend (``MAX_ATTEMPTS`` in :mod:`services.consensus.service`), so an honest one never meets the cap.
 
 The count survives a restart: ``<node dir>/signing_attempts.jsonl`` holds one line ``{"tx_id", "session_id",
 "ts_ms"}`` per counted attempt (:mod:`services.signer.synced_lines`), written and synced before the

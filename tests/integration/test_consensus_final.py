@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import services.consensus.__main__ as C
+import services.consensus.service as C
 from schemas import kv as K
 from schemas.messages import REGISTRY, TxFailed
 from schemas.names import BUCKET_ROUNDS, publish_rights, subject_matches, tx_subject

@@ -31,7 +31,7 @@ from schemas import kv as K
 from schemas.envelope import BusRejection
 from schemas.names import BUCKET_BANS, BUCKET_CONFIG
 from schemas.rest import Policy
-from services.consensus.__main__ import Consensus
+from services.consensus.service import Consensus
 from services.runtime.bus import Bus
 from services.runtime.seal import Identities, IdentityKeys
 from services.runtime.signed_kv import SignedKV, seal_value

@@ -11,7 +11,7 @@ from core.scheme import Attempt
 from core.schemes.frost import FROST
 from schemas import kv as K
 from schemas.messages import InputRef, NonceRef, TxFailed, TxRequested, TxSigned, TxSigning, Violation
-from services.broadcaster import __main__ as B
+from services.broadcaster import service as B
 from tests.unit.frost_test_dealer import deal
 from tests.unit.test_broadcaster_service import FakeBus, FakeChain, broadcaster
 from wallet.threshold_account import ThresholdAccount

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import services.broadcaster.__main__ as B
+import services.broadcaster.service as B
 from schemas import kv as K
 from schemas.messages import (
     PartialSignatures,

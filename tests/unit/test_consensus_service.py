@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
-import services.consensus.__main__ as C
+import services.consensus.service as C
 from schemas import kv as K
 from schemas.kv import RoundOutcome
 from schemas.messages import (

@@ -50,10 +50,10 @@ from services.runtime.config import ServiceConfig
 from services.runtime.logging import Logger
 from services.runtime.seal import Identities, IdentityKeys, seal
 from services.signer import node as signer_node
-from services.signer.__main__ import serve
 from services.signer.keystore import Keystore, ShareRecord
 from services.signer.node import SignerNode
 from services.signer.nonce_slots import NonceStoreBusy
+from services.signer.service import serve
 from services.signer.signing_attempts import DEFAULT_MAX_ATTEMPTS
 from tests.unit.frost_test_dealer import DealtKey, deal
 from tests.unit.service_fakes import FakeKV, received
