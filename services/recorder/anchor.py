@@ -52,12 +52,12 @@ import asyncpg
 import msgspec
 import nats.errors
 import nats.js.errors
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 
 from schemas.messages import AuditAnchor
 from schemas.names import STREAM_AUDIT, audit_anchor_filter, audit_anchor_subject, check_token
-from services.runtime.bus import Bus
+from services.runtime.bus import Bus, StoredUnreadable, read_stored
 from services.runtime.db import AuditProblem, verify_audit_chain
 from services.runtime.logging import Logger
 from services.runtime.seal import EnvelopeError, Identities, check_delivery, verify_envelope
@@ -292,32 +292,11 @@ async def read_anchors(js: JetStreamContext, chain: str, timeout: float = 10.0) 
         await js.stream_info(STREAM_AUDIT)
     except nats.js.errors.NotFoundError:
         raise AnchorsUnavailable(f"JetStream has no {STREAM_AUDIT} stream") from None
-    sub = await js.pull_subscribe(
-        audit_anchor_filter(chain),
-        stream=STREAM_AUDIT,
-        config=api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE,
-            deliver_policy=api.DeliverPolicy.ALL,
-            inactive_threshold=60.0,
-        ),
-    )
-    out: list[StoredAnchor] = []
-    info = await sub.consumer_info()
     try:
-        pending = int(info.num_pending or 0)
-        while len(out) < pending:
-            try:
-                msgs = await sub.fetch(min(READ_BATCH, pending - len(out)), timeout=timeout)
-            except nats.errors.TimeoutError:
-                raise AnchorsUnavailable(f"read {len(out)} of {pending} anchors, then nothing") from None
-            out += [StoredAnchor(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(STREAM_AUDIT, info.name)
-    out.sort(key=lambda s: s.stream_seq)
-    return out
+        stored = await read_stored(js, STREAM_AUDIT, audit_anchor_filter(chain), timeout, READ_BATCH)
+    except StoredUnreadable as exc:
+        raise AnchorsUnavailable(f"anchors: {exc}") from None
+    return [StoredAnchor(m.stream_seq, m.subject, m.data) for m in stored]
 
 
 async def verify_anchored(conn: asyncpg.Connection, bus: Bus) -> AuditReport:

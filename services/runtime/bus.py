@@ -1290,3 +1290,49 @@ __all__ = [
     "StreamsMissing",
     "verify_envelope",
 ]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as a stream holds it."""
+
+    stream_seq: int
+    subject: str
+    data: bytes
+
+
+class StoredUnreadable(RuntimeError):
+    """A stream's messages could not all be read (the broker stopped answering)."""
+
+
+async def read_stored(
+    js: JetStreamContext, stream: str, subjects: str, timeout: float = 10.0, batch: int = 1000
+) -> list[StoredMessage]:
+    """Every message stored in ``stream`` under ``subjects``, in stream order, through one ephemeral
+    consumer (no acks; deleted afterwards). Raw bytes: the caller verifies what it reads."""
+    sub = await js.pull_subscribe(
+        subjects,
+        stream=stream,
+        config=api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL, inactive_threshold=60.0
+        ),
+    )
+    out: list[StoredMessage] = []
+    info = await sub.consumer_info()
+    try:
+        pending = int(info.num_pending or 0)
+        while len(out) < pending:
+            try:
+                msgs = await sub.fetch(min(batch, pending - len(out)), timeout=timeout)
+            except nats.errors.TimeoutError:
+                raise StoredUnreadable(
+                    f"{stream} {subjects}: read {len(out)} of {pending}, then nothing"
+                ) from None
+            out += [StoredMessage(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(stream, info.name)
+    out.sort(key=lambda s: s.stream_seq)
+    return out

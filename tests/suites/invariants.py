@@ -55,8 +55,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-import nats.errors
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
 from core.lifecycle import STATE_FOR_EVENT, TERMINAL, TxState, can_transition
 from schemas.messages import (
@@ -68,7 +67,7 @@ from schemas.messages import (
     TxSigned,
     TxSigning,
 )
-from services.runtime.bus import Bus
+from services.runtime.bus import Bus, StoredMessage, read_stored
 from services.runtime.config import load_config, read_cluster
 from services.runtime.seal import EnvelopeError
 from wallet.transaction import input_witness, outpoints_of, parse_transaction, txid
@@ -79,43 +78,14 @@ FETCH_BATCH = 1000
 # ---- reading -----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StoredMsg:
-    seq: int
-    subject: str
-    data: bytes
+StoredMsg = StoredMessage
 
 
 async def read_subjects(
     js: JetStreamContext, stream: str, subjects: str, timeout: float = 10.0
 ) -> list[StoredMsg]:
-    """Every message stored in ``stream`` under ``subjects``, in stream order (one ephemeral consumer)."""
-    sub = await js.pull_subscribe(
-        subjects,
-        stream=stream,
-        config=api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL, inactive_threshold=60.0
-        ),
-    )
-    out: list[StoredMsg] = []
-    info = await sub.consumer_info()
-    try:
-        pending = int(info.num_pending or 0)
-        while len(out) < pending:
-            try:
-                msgs = await sub.fetch(min(FETCH_BATCH, pending - len(out)), timeout=timeout)
-            except nats.errors.TimeoutError:
-                raise RuntimeError(
-                    f"{stream} {subjects}: read {len(out)} of {pending}, then nothing"
-                ) from None
-            out += [StoredMsg(m.metadata.sequence.stream, m.subject, m.data) for m in msgs]
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, info.name)
-    out.sort(key=lambda s: s.seq)
-    return out
+    """Every message stored in ``stream`` under ``subjects``, in stream order."""
+    return await read_stored(js, stream, subjects, timeout, FETCH_BATCH)
 
 
 @dataclass
