@@ -48,6 +48,7 @@ RejectionKind = Literal[
     "bad-signature",  # signature does not verify (forged or tampered)
     "subject-mismatch",  # envelope subject differs from the delivery subject
     "sender-not-allowed",  # the sender may not publish on this subject
+    "flood",  # a verified sender over its rate limit (slowed, not dropped: services.runtime.flood)
     "bad-recipient",  # point-to-point fields inconsistent with the subject
     "decrypt-failed",  # ciphertext does not open
     "unknown-type",  # payload type not in the receiver's registry

@@ -177,6 +177,14 @@ class Violation(BusMessage, frozen=True, kw_only=True):
     tx_id: str = ""
 
 
+class NodeUnban(BusMessage, frozen=True, kw_only=True):
+    """``node.unban.<node>``: the operator lifts ``node``'s ban (only ``admin`` may publish it). The monitor
+    clears the ban and counts only violations after it; the recorder audits it."""
+
+    node: str
+    reason: str
+
+
 class NonceBatchRequest(BusMessage, frozen=True, kw_only=True):
     """``proto.noncegen.<batch>.1.presig.<node>``: presig asks a signer to precompute nonces."""
 
@@ -240,6 +248,7 @@ AnyMessage = (
     | TxFailed
     | Heartbeat
     | Violation
+    | NodeUnban
     | NonceBatchRequest
     | DkgStart
     | DkgMessage

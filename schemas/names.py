@@ -12,6 +12,7 @@ Subjects (first token = stream):
 - ``vote.<tx_id>.<node>``
 - ``proto.<protocol>.<session>.<round>.<from>`` (broadcast), ``...<from>.<to>`` (point to point)
 - ``node.heartbeat.<identity>``, ``node.violation.<offender>`` (any identity may report)
+- ``node.unban.<node>``: the operator lifts a ban (``admin`` only)
 - ``audit.anchor.<recorder>.<chain>``: signed checkpoints of the audit chain of database ``<chain>``
 """
 
@@ -106,6 +107,11 @@ def heartbeat_subject(identity: str) -> str:
 
 def violation_subject(offender: str) -> str:
     return f"node.violation.{check_token(offender)}"
+
+
+def unban_subject(node: str) -> str:
+    """Where the operator (``admin``) lifts ``node``'s ban."""
+    return f"node.unban.{check_token(node)}"
 
 
 def audit_anchor_subject(recorder: str, chain: str) -> str:
@@ -254,10 +260,12 @@ CONSUMERS: Final[dict[str, dict[str, str]]] = {
         "recorder-tx": "tx.>",
         "recorder-vote": "vote.>",
         "recorder-violation": "node.violation.>",
+        "recorder-unban": "node.unban.>",
     },
     "monitor": {
         "monitor-heartbeat": "node.heartbeat.>",
         "monitor-violation": "node.violation.>",
+        "monitor-unban": "node.unban.>",
     },
 }
 
@@ -381,7 +389,11 @@ def _sender_subjects(identity: str) -> re.Pattern[str]:
     this for every message it receives)."""
     if identity == "admin":
         # the operator may write anything the broker lets it, but never speaks for a node or a service
-        alternatives = [_pattern_regex("node.violation.>"), re.escape(heartbeat_subject("admin"))]
+        alternatives = [
+            _pattern_regex("node.violation.>"),
+            _pattern_regex("node.unban.*"),  # the operator lifts bans
+            re.escape(heartbeat_subject("admin")),
+        ]
     else:
         alternatives = [_pattern_regex(p) for p in publish_rights(identity) if not p.startswith("$")]
     return re.compile("|".join(f"(?:{a})" for a in alternatives) or "(?!)")

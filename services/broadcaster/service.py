@@ -500,4 +500,3 @@ async def serve(ctx: ServiceContext) -> None:
 
 def main() -> None:
     run_service("broadcaster", serve, registry=REGISTRY)
-

@@ -564,7 +564,12 @@ class Consensus:
                     )
                     continue
                 self.bans[ban.node] = ban.until_ms
-                self.log.warning("node banned: not chosen as a signer", node=ban.node, until_ms=ban.until_ms)
+                if ban.until_ms > now_ms():
+                    self.log.warning(
+                        "node banned: not chosen as a signer", node=ban.node, until_ms=ban.until_ms
+                    )
+                else:
+                    self.log.info("ban ended or lifted", node=ban.node, reason=ban.reason[:200])
 
     async def watch_timeouts(self) -> None:
         while not self.ctx.stop.is_set():
@@ -656,4 +661,3 @@ async def serve(ctx: ServiceContext) -> None:
 
 def main() -> None:
     run_service("consensus", serve, registry=REGISTRY)
-

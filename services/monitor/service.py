@@ -12,6 +12,9 @@ The monitor: liveness from heartbeats, byzantine violations, bans.
   ``BAN_AFTER`` counting violations of one offender within ``WINDOW`` -> ban for ``BAN_FOR``:
   ``node_status.status = 'banned'``, ``banned_until``, and KV ``bans`` ``<offender>`` -> :class:`BanRecord`
   signed by the monitor (consensus acts only on signed bans: ``services.runtime.signed_kv``).
+- ``node.unban.<node>`` (:class:`NodeUnban`, only ``admin`` may publish it): the operator lifts a ban:
+  ``node_status`` back to ``up``, ``unbanned_at`` set (only violations after it count toward the next
+  ban), and KV ``bans`` ``<node>`` -> a signed :class:`BanRecord` that ended now. The recorder audits it.
 
 The KV ``nodes`` bucket is written by each identity for itself (publish rights ``$KV.nodes.{self}``); the
 monitor keeps its own entry there.
@@ -30,7 +33,7 @@ from prometheus_client import Counter, Gauge
 
 from schemas.envelope import BusRejection
 from schemas.kv import BanRecord
-from schemas.messages import REGISTRY, Heartbeat, Violation
+from schemas.messages import REGISTRY, Heartbeat, NodeUnban, Violation
 from schemas.names import (
     BUCKET_BANS,
     BUCKET_NODES,
@@ -55,6 +58,7 @@ SWEEP_EVERY = 5.0
 HEARTBEATS = Counter("mpcw_monitor_heartbeats_total", "Heartbeats recorded", ["identity"])
 VIOLATIONS = Counter("mpcw_monitor_violations_total", "Violations recorded", ["kind", "counts"])
 BANS = Counter("mpcw_monitor_bans_total", "Bans issued")
+UNBANS = Counter("mpcw_monitor_unbans_total", "Bans lifted by the operator")
 NODES_UP = Gauge("mpcw_monitor_nodes_up", "Identities with a recent heartbeat")
 NODES_BANNED = Gauge("mpcw_monitor_nodes_banned", "Identities currently banned")
 
@@ -90,6 +94,7 @@ class Monitor:
         return [
             self.bus.start_consumer(*consumers["heartbeat"], self.on_heartbeat),
             self.bus.start_consumer(*consumers["violation"], self.on_violation),
+            self.bus.start_consumer(*consumers["unban"], self.on_unban),
             asyncio.create_task(self.sweep_forever(), name="monitor-sweep"),
         ]
 
@@ -217,7 +222,9 @@ class Monitor:
             recent = int(
                 await conn.fetchval(
                     """SELECT count(*) FROM byzantine_violations
-                       WHERE node_id = $1 AND counts AND created_at > now() - $2::interval""",
+                       WHERE node_id = $1 AND counts AND created_at > now() - $2::interval
+                         AND created_at > coalesce(
+                             (SELECT unbanned_at FROM node_status WHERE node_id = $1), '-infinity')""",
                     offender,
                     WINDOW,
                 )
@@ -251,6 +258,49 @@ class Monitor:
             await (await SignedKV.open(self.bus, BUCKET_BANS)).put(offender, ban)  # signed: readers check
         BANS.inc()
         self.log.warning("banned", node=offender, until_ms=ban.until_ms, violations=recent)
+
+    # ---- unban ------------------------------------------------------------------------------------------
+
+    async def on_unban(self, rec: Received) -> None:
+        """The operator lifts a ban (see the module docstring). Idempotent: a redelivery writes the same."""
+        p = rec.payload
+        node = rec.subject.split(".", 2)[2] if rec.subject.count(".") >= 2 else ""
+        if not isinstance(p, NodeUnban) or rec.sender != "admin" or p.node != node:
+            # the broker lets only admin publish here; anything else is dropped and reported
+            await self.bus.report(
+                rec.sender,
+                "sender-not-allowed" if rec.sender != "admin" else "bad-recipient",
+                f"unban of {node[:64]!r} not accepted",
+                rec.subject,
+                rec.stream,
+                rec.seq,
+                rec.envelope_raw,
+            )
+            return
+        at = _clamp(rec.envelope.ts_ms)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO node_status (node_id, status, violations, banned_until, unbanned_at)
+                   VALUES ($1, 'unknown', 0, NULL, $2)
+                   ON CONFLICT (node_id) DO UPDATE SET
+                       status = CASE WHEN node_status.status = 'banned' THEN 'up' ELSE node_status.status END,
+                       violations = 0, banned_until = NULL,
+                       unbanned_at = GREATEST(node_status.unbanned_at, EXCLUDED.unbanned_at),
+                       updated_at = now()""",
+                node,
+                at,
+            )
+            now_ms = int(time.time() * 1000)
+            lifted = BanRecord(
+                node=node,
+                until_ms=now_ms,
+                banned_at_ms=now_ms,
+                violations=0,
+                reason=f"lifted: {p.reason[:200]}",
+            )
+            await (await SignedKV.open(self.bus, BUCKET_BANS)).put(node, lifted)
+        UNBANS.inc()
+        self.log.warning("unbanned", node=node, reason=p.reason[:200])
 
 
 async def serve(ctx: ServiceContext) -> None:

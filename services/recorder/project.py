@@ -43,6 +43,7 @@ Projection, per subject:
   voting round per transaction: ``Vote`` carries no round id); a replayed vote is a no-op, a conflicting
   second vote is audited as ``vote.conflict`` and not counted.
 - ``node.violation.<offender>``: an audit entry (the monitor keeps ``byzantine_violations``).
+- ``node.unban.<node>``: an audit entry ``node.unban`` (the operator lifted a ban; the monitor applies it).
 
 Never stored: protocol payloads, shares, nonces; the audit rows hold summaries (amounts, ids, reasons),
 not transaction bytes.
@@ -436,6 +437,8 @@ async def _record(conn: asyncpg.Connection, stream: str, msgs: Sequence[Message]
                 votes.append((i, *checked_vote))
         elif msg.subject.startswith("node.violation."):
             outcomes[i] = _violation(msg, w)
+        elif msg.subject.startswith("node.unban."):
+            outcomes[i] = _unban(msg, w)
         else:
             outcomes[i] = Outcome("ignored", "subject not projected")
 
@@ -483,6 +486,14 @@ def _violation(msg: Message, w: _Writes) -> Outcome:
     offender, details = _violation_details(msg)
     out = Outcome("applied", f"violation by {offender}")
     return _audit(w, msg, "node.violation", "node", offender, details, out)
+
+
+def _unban(msg: Message, w: _Writes) -> Outcome:
+    p = msg.payload
+    if not isinstance(p, m.NodeUnban) or msg.sender != "admin":
+        return Outcome("ignored", "not an operator's unban")
+    out = Outcome("applied", f"ban of {p.node} lifted")
+    return _audit(w, msg, "node.unban", "node", p.node, {"node": p.node, "reason": p.reason[:500]}, out)
 
 
 # ---- locks and bulk reads ----------------------------------------------------------------------------------

@@ -92,6 +92,9 @@ class Recorder:
     ) -> None:
         self.cfg = cfg
         self.bus = bus
+        # the projection applies every message in stream order (a nak would leave a gap): no flood delay
+        # here; a flood is slowed at the services that act on it and lands in the audit log in full
+        bus.sender_rate = None
         self.pool = pool
         self.log = get_logger(cfg.name)
         self.anchorer = Anchorer(bus, pool, self.log, interval=anchor_interval)

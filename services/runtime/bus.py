@@ -62,6 +62,7 @@ from schemas.wire import UnknownType, check_registry, decode_payload, registry_o
 
 from . import metrics as M
 from .config import ServiceConfig
+from .flood import NAK_DELAY_S, SenderRateLimiter
 from .logging import get_logger
 from .natsconf import jetstream_definitions
 from .seal import (
@@ -630,6 +631,9 @@ class Bus:
         self._generation = 0  # bumped on every reconnect: pull subscriptions and watchers re-create
         self._consumers: set[asyncio.Task[None]] = set()
         self._kvs: dict[str, KV] = {}
+        # per-sender flood limit on what this identity consumes (None: off; the recorder, which must apply
+        # every message in stream order, turns it off)
+        self.sender_rate: SenderRateLimiter | None = SenderRateLimiter.from_config(cfg.extra)
 
     # ---- connection -------------------------------------------------------------------------------------
 
@@ -1147,6 +1151,18 @@ class Bus:
                 detail = f"{exc.detail}, signed by {signer}, delivered on {msg.subject[:200]}"
             await self.report(offender, exc.kind, detail, msg.subject, stream, seq, msg.data)
             await msg.term()
+            return None
+        now = time.monotonic()
+        if self.sender_rate is not None and not self.sender_rate.admit(env.sender, now):
+            # a flood: slowed, never dropped (the server redelivers it later), reported now and then
+            M.MESSAGES_REJECTED.labels(self.service, "flood").inc()
+            await msg.nak(delay=NAK_DELAY_S)
+            over = self.sender_rate.report_due(env.sender, now)
+            if over:
+                limit = f"{self.sender_rate.per_second:g}/s (burst {self.sender_rate.burst:g})"
+                self.log.warning("sender over its rate limit", sender=env.sender, over=over, limit=limit)
+                detail = f"{over} messages over {limit} to {self.service}; delayed, not dropped"
+                await self.report(env.sender, "flood", detail, msg.subject, stream, seq, msg.data)
             return None
         return Received(
             subject=msg.subject,

@@ -27,4 +27,3 @@ async def serve(ctx: ServiceContext) -> None:
 
 def main() -> None:
     run_service("signer", serve, registry=REGISTRY)
-

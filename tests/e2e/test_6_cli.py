@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Cluster
+from tests.e2e.conftest import Cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -147,3 +147,20 @@ def test_apikey_create_list_revoke(cluster: Cluster) -> None:
     assert bad.returncode == 1 and "no API key 'nosuchkey'" in bad.stderr, bad
     bad = cluster.mpcw("apikey", "create", "--name", "x", "--role", "root", check=False)
     assert bad.returncode == 2 and "root" in bad.stderr, bad
+
+
+def test_node_unban(cluster: Cluster) -> None:
+    """``mpcw node unban``: the monitor lifts the ban (a signed record that ended, in KV), the recorder audits
+    it with the reason; a name that is not a node is refused before anything is sent."""
+    node = cluster.info["nodes"][-1]
+    out = cluster.mpcw("node", "unban", node, "--reason", "reviewed: false positive").stdout
+    assert f"{node}: ban lifted" in out, out
+    query = (
+        "SELECT actor, details->>'reason' AS reason FROM audit_log"
+        " WHERE action = 'node.unban' AND entity_id = $1 ORDER BY id"
+    )
+    wait_for("the unban audit entry", lambda: bool(cluster.fetch(query, node)))
+    rows = cluster.fetch(query, node)
+    assert [(r["actor"], r["reason"]) for r in rows][-1:] == [("admin", "reviewed: false positive")], rows
+    bad = cluster.mpcw("node", "unban", "node-99", "--reason", "x", check=False)
+    assert bad.returncode == 2 and "not a node of this cluster" in bad.stderr, bad

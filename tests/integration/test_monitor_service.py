@@ -19,7 +19,7 @@ import pytest_asyncio
 from schemas import messages as m
 from schemas.envelope import BusRejection
 from schemas.kv import BanRecord
-from schemas.names import BUCKET_BANS, heartbeat_subject, violation_subject
+from schemas.names import BUCKET_BANS, heartbeat_subject, unban_subject, violation_subject
 from services.runtime.bus import Bus
 from services.runtime.signed_kv import SignedKV
 from tests.integration.test_recorder_projection import start_service, stop_service, wait_for
@@ -164,6 +164,34 @@ async def test_five_counting_violations_ban(
         )
         assert st["status"] == "banned" and st["banned_until"].timestamp() > time.time() + 23 * 3600
 
+        # the operator lifts the ban (``mpcw node unban``): status up, a signed record that ended now in KV
+        await admin.publish(
+            unban_subject(offender), m.NodeUnban(node=offender, reason="false positive"), f"unban.{offender}"
+        )
+
+        async def lifted() -> bool:
+            got = await SignedKV(admin, bans).get(offender, BanRecord)
+            return (
+                got is not None and got.value.reason.startswith("lifted") and got.value.until_ms <= now_ms()
+            )
+
+        await wait_for(lifted, 20, "lifted ban in KV")
+        lifted_rec = await SignedKV(admin, bans).get(offender, BanRecord)
+        assert lifted_rec is not None and lifted_rec.sender == "monitor"
+        st = await monitor.fetchrow(
+            "SELECT status, banned_until, unbanned_at, violations FROM node_status WHERE node_id = $1",
+            offender,
+        )
+        assert st["status"] != "banned" and st["banned_until"] is None and st["unbanned_at"] is not None
+        # only violations after the unban count: the next one does not ban again at once
+        v = m.Violation(offender=offender, kind="bad-vote", detail="after unban", reporter="consensus")
+        await consensus.publish(violation_subject(offender), v, f"v.{offender}.after")
+        await wait_for(lambda: rows(offender, 6), 20, "sixth violation")
+        st = await monitor.fetchrow("SELECT status, violations FROM node_status WHERE node_id = $1", offender)
+        assert st["status"] != "banned" and st["violations"] == 1
+        still = await SignedKV(admin, bans).get(offender, BanRecord)
+        assert still is not None and still.value.until_ms <= now_ms()
+
         # evidence: a node-to-node report whose evidence envelope is signed by the accused counts
         evidence = n3.seal("vote.abc.node-3", m.Vote(tx_id="abc", node="node-3", approve=True), "ev1")
         rej3 = BusRejection(
@@ -175,6 +203,7 @@ async def test_five_counting_violations_ban(
             evidence=evidence,
         )
         await n1.publish(violation_subject("node-3"), rej3, f"ev.{uuid.uuid4().hex}")
+
         async def counted() -> Any:
             return await monitor.fetchval(
                 """SELECT counts FROM byzantine_violations

@@ -294,11 +294,17 @@ async def test_a_node_uses_its_own_consumers_and_watches_kv(pki: Path, strict_na
 
 def test_every_service_consumer_is_in_the_table() -> None:
     """The names the services use are the broker's: ``durable`` refuses one the table lacks."""
-    assert set(consumers_of("recorder")) == {"recorder-tx", "recorder-vote", "recorder-violation"}
+    assert set(consumers_of("recorder")) == {
+        "recorder-tx",
+        "recorder-vote",
+        "recorder-violation",
+        "recorder-unban",
+    }
     assert consumers_with_prefix("recorder", "rec42") == {
         "rec42-tx": "tx.>",
         "rec42-vote": "vote.>",
         "rec42-violation": "node.violation.>",
+        "rec42-unban": "node.unban.>",
     }
     assert consumers_of("intake") == {} and consumers_of("presig") == {}
     with pytest.raises(KeyError):

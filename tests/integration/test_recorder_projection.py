@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 
 from schemas import messages as m
-from schemas.names import tx_subject, vote_subject
+from schemas.names import tx_subject, unban_subject, vote_subject
 from services.recorder import verify_chain
 from services.runtime.bus import Bus
 
@@ -240,6 +240,19 @@ async def test_lifecycle_projection_replays_and_audit_chain(
                 tx2,
             ),
             what="violation reports",
+        )
+
+        # the operator lifts a ban: audited as node.unban, with the reason
+        admin = await bus_factory("admin")
+        await admin.publish(
+            unban_subject("node-4"), m.NodeUnban(node="node-4", reason="cleared by ops"), f"unban.{tx}"
+        )
+        await wait_for(
+            lambda: conn.fetchval(
+                """SELECT count(*) = 1 FROM audit_log WHERE action = 'node.unban' AND entity_id = 'node-4'
+                   AND actor = 'admin' AND details->>'reason' = 'cleared by ops'"""
+            ),
+            what="unban audit entry",
         )
 
         # every audited message exactly once, and the chain verifies

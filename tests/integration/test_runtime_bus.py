@@ -12,6 +12,7 @@ import pytest
 
 from schemas import envelope as E
 from services.runtime.bus import Bus, CasConflict, Received
+from services.runtime.flood import SenderRateLimiter
 from services.runtime.seal import IdentityKeys, seal
 
 
@@ -324,3 +325,38 @@ async def test_a_deleted_consumer_is_created_again(bus_factory: BusFactory) -> N
     # re-created with deliver_policy "all": the first comes again (handlers are idempotent), then the new
     await wait_for(lambda: 2 in seen, timeout=15)
     assert seen[0] == 1 and seen[-1] == 2
+
+
+async def test_a_flooding_sender_is_slowed_and_reported_never_dropped(bus_factory: BusFactory) -> None:
+    """Over its rate limit a sender's messages are delayed (nak), not dropped: every one arrives in the
+    end; a ``flood`` report with its own signed message as evidence names it; others are not slowed."""
+    n3 = await bus_factory("node-3", registry=REG)
+    n1 = await bus_factory("node-1", registry=REG)
+    cons = await bus_factory("consensus", registry=REG)
+    mon = await bus_factory("monitor", registry=REG)
+    cons.sender_rate = SenderRateLimiter(per_second=20, burst=10, report_every=60)
+    tx = uid()
+    for i in range(40):
+        await n3.publish(f"vote.{tx}.node-3", Ping(n=i), f"flood-{tx}-{i}")
+    await n1.publish(f"vote.{tx}.node-1", Ping(n=1000), f"honest-{tx}")
+
+    got: list[Received] = []
+    reports: list[E.BusRejection] = []
+
+    async def handler(r: Received) -> None:
+        got.append(r)
+
+    async def on_violation(r: Received) -> None:
+        if isinstance(r.payload, E.BusRejection) and r.payload.subject == f"vote.{tx}.node-3":
+            reports.append(r.payload)
+
+    mon.start_consumer("node.violation.node-3", f"mon-{tx}", on_violation, deliver_policy="all")
+    cons.start_consumer(f"vote.{tx}.*", f"v-{tx}", handler, registry=REG)
+    await wait_for(lambda: any(r.sender == "node-1" for r in got) and len(reports) >= 1, timeout=10)
+    honest_at = next(i for i, r in enumerate(got) if r.sender == "node-1")
+    assert honest_at < 40  # not queued behind the flood
+    await wait_for(lambda: len({r.payload.n for r in got if r.sender == "node-3"}) == 40, timeout=30)
+    [rep] = reports  # one report per interval
+    assert rep.kind == "flood" and rep.offender == "node-3" and rep.reporter == "consensus"
+    assert "delayed, not dropped" in rep.detail
+    assert mon.verify_envelope(rep.evidence).sender == "node-3"  # its own signature: it counts
