@@ -14,7 +14,7 @@ import sys
 import sysconfig
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +120,7 @@ class NatsServers:
     procs: list[subprocess.Popen[bytes]]
     ports: list[NatsPorts]
     conf_files: list[Path]
+    render: Callable[[Mapping[str, Sequence[str]] | None], list[str]] | None = None  # configs for subjects
 
     @property
     def url(self) -> str:
@@ -144,6 +145,18 @@ class NatsServers:
             self.procs[i] = _spawn_nats(conf, conf.parent.parent / "logs" / f"nats-{i + 1}.log")
             restarted.append((i, code))
         return restarted
+
+    def reload(self, subjects: Mapping[str, Sequence[str]]) -> None:
+        """Rewrite every server's configuration with these accepted certificate subjects (and the
+        certificate files as they are now) and have each running server reload it (SIGHUP): new
+        connections are checked against it; existing ones stay."""
+        if self.render is None:
+            raise RuntimeError("these servers were not started with a configuration renderer")
+        for conf, text in zip(self.conf_files, self.render(subjects), strict=True):
+            write_private(conf, text.encode(), durable=False)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
 
     def stop(self, timeout: float = 10.0) -> None:
         for p in self.procs:
@@ -201,8 +214,10 @@ def start_nats(
     ports: list[NatsPorts] | None = None,
     timeout: float = 20.0,
     consumer_rights: ConsumerRights = "own",
+    subjects: Mapping[str, Sequence[str]] | None = None,
 ) -> NatsServers:
-    """Start nats-server with its store in ``DIR/nats/`` and wait until JetStream is ready."""
+    """Start nats-server with its store in ``DIR/nats/`` and wait until JetStream is ready.
+    ``subjects``: the client certificate subjects accepted per identity (default ``CN=<identity>``)."""
     nats_dir = private_dir(data_dir / "nats")
     log_dir = private_dir(data_dir / "logs")
     tls = server_tls_files(data_dir)
@@ -211,20 +226,22 @@ def start_nats(
             NatsPorts(free_port(), free_port(), free_port() if cluster_size > 1 else None)
             for _ in range(cluster_size)
         ]
-    if cluster_size == 1:
-        confs = [
-            render_server_config(
-                identities=identities,
-                ports=ports[0],
-                store_dir=nats_dir / "store",
-                ca_file=tls.ca,
-                server_cert=tls.cert,
-                server_key=tls.key,
-                consumer_rights=consumer_rights,
-            )
-        ]
-    else:
-        confs = render_cluster_configs(
+
+    def render(accepted: Mapping[str, Sequence[str]] | None) -> list[str]:
+        if cluster_size == 1:
+            return [
+                render_server_config(
+                    identities=identities,
+                    ports=ports[0],
+                    store_dir=nats_dir / "store",
+                    ca_file=tls.ca,
+                    server_cert=tls.cert,
+                    server_key=tls.key,
+                    consumer_rights=consumer_rights,
+                    subjects=accepted,
+                )
+            ]
+        return render_cluster_configs(
             identities=identities,
             ports=ports,
             store_root=nats_dir / "store",
@@ -232,7 +249,10 @@ def start_nats(
             server_cert=tls.cert,
             server_key=tls.key,
             consumer_rights=consumer_rights,
+            subjects=accepted,
         )
+
+    confs = render(subjects)
     procs: list[subprocess.Popen[bytes]] = []
     conf_files: list[Path] = []
     for i, conf in enumerate(confs):
@@ -240,7 +260,7 @@ def start_nats(
         write_private(cf, conf.encode(), durable=False)
         conf_files.append(cf)
         procs.append(_spawn_nats(cf, log_dir / f"nats-{i + 1}.log"))
-    servers = NatsServers(procs, ports, conf_files)
+    servers = NatsServers(procs, ports, conf_files, render)
     try:
         for i, (p, proc) in enumerate(zip(ports, procs, strict=True)):
             _wait_http_ok(

@@ -16,6 +16,14 @@ never in the data directory (where each file is: :mod:`services.runtime.pki_file
 
 ``init_pki`` is idempotent: it keeps what exists and adds missing identities (e.g. more nodes); it first
 moves private keys an earlier version left in the data directory into the secrets directory.
+
+Rotation (``mpcw certs rotate``, run by the supervisor: :mod:`services.localcluster.cert_rotation`): each
+identity's TLS certificate has an *epoch*, kept in ``pki/epochs.json``. Epoch 0 is the certificate
+``init_pki`` issues (subject ``CN=<identity>``); epoch ``e >= 1`` has subject ``CN=<identity>,OU=epoch-<e>``.
+nats-server maps a client certificate to a user by its whole subject (``verify_and_map``), so the broker
+accepts exactly the subjects :func:`cert_subjects` lists: the current epoch, and while a rotation runs
+the previous one. :func:`issue_rotated` issues the next epoch (the previous stays accepted until
+:func:`finish_rotation`); after that, the old certificate is refused: rotation is also revocation.
 """
 
 from __future__ import annotations
@@ -50,8 +58,11 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def _name(cn: str, epoch: int = 0) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if epoch:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"epoch-{epoch}"))
+    return x509.Name(attrs)
 
 
 def _load_ca(d: Path, keys: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -103,6 +114,8 @@ def _issue(
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
     *,
     server: bool,
+    epoch: int = 0,
+    valid_days: int = VALID_DAYS,
 ) -> None:
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
@@ -112,12 +125,12 @@ def _issue(
         usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn))
+        .subject_name(_name(cn, epoch))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+        .not_valid_after(now + dt.timedelta(days=valid_days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
@@ -192,3 +205,87 @@ def init_pki(data_dir: Path, nodes: int = 5, extra: tuple[str, ...] = ()) -> lis
 def pki_exists(data_dir: Path) -> bool:
     d = pki_dir(data_dir)
     return (d / "ca.crt").exists() and (d / "server.crt").exists() and identities_path(data_dir).exists()
+
+
+# ---- rotation -----------------------------------------------------------------------------------------
+
+SERVER = "server"  # the nats-server certificate (not an identity: no user, no subject to accept)
+
+
+def _epochs_path(data_dir: Path) -> Path:
+    return pki_dir(data_dir) / "epochs.json"
+
+
+def read_epochs(data_dir: Path) -> dict[str, dict[str, int]]:
+    """``{"current": {identity: epoch}, "previous": {identity: epoch}}`` (missing: epoch 0, none)."""
+    path = _epochs_path(data_dir)
+    if not path.exists():
+        return {"current": {}, "previous": {}}
+    data = json.loads(path.read_text())
+    return {"current": dict(data.get("current", {})), "previous": dict(data.get("previous", {}))}
+
+
+def _write_epochs(data_dir: Path, epochs: dict[str, dict[str, int]]) -> None:
+    write_private(_epochs_path(data_dir), (json.dumps(epochs, indent=2, sort_keys=True) + "\n").encode())
+
+
+def subject_of(identity: str, epoch: int) -> str:
+    """The certificate subject nats-server maps to ``identity``'s user at ``epoch``."""
+    return f"CN={identity}" if epoch == 0 else f"CN={identity},OU=epoch-{epoch}"
+
+
+def cert_subjects(data_dir: Path, identities: list[str]) -> dict[str, list[str]]:
+    """The subjects the broker accepts per identity: the current epoch, and the previous one while a
+    rotation runs."""
+    epochs = read_epochs(data_dir)
+    out: dict[str, list[str]] = {}
+    for name in identities:
+        subjects = [subject_of(name, epochs["current"].get(name, 0))]
+        if name in epochs["previous"]:
+            subjects.append(subject_of(name, epochs["previous"][name]))
+        out[name] = subjects
+    return out
+
+
+def issue_rotated(
+    data_dir: Path, identities: list[str], *, server: bool, valid_days: int = VALID_DAYS
+) -> dict[str, int]:
+    """Issue the next epoch's certificate (and key) of each of ``identities`` and, with ``server``, a new
+    server certificate; the previous epoch stays accepted (:func:`cert_subjects`) until
+    :func:`finish_rotation`. Returns the new epochs. The epochs are recorded before the files are
+    replaced, so a crash in between leaves both subjects accepted and the rotation can run again."""
+    d = pki_dir(data_dir)
+    keys = private_pki_dir(data_dir)
+    ca = _load_ca(d, keys)
+    epochs = read_epochs(data_dir)
+    new: dict[str, int] = {}
+    for name in identities:
+        old = epochs["current"].get(name, 0)
+        epochs["previous"].setdefault(name, old)  # an interrupted rotation keeps the oldest still in use
+        new[name] = epochs["current"][name] = old + 1
+    _write_epochs(data_dir, epochs)
+    for name, epoch in new.items():
+        _issue(d, keys, name, name, ca, server=False, epoch=epoch, valid_days=valid_days)
+    if server:
+        _issue(d, keys, SERVER, "localhost", ca, server=True, valid_days=valid_days)
+    return new
+
+
+def finish_rotation(data_dir: Path) -> list[str]:
+    """Stop accepting the previous epochs; returns the identities whose old certificate is now refused."""
+    epochs = read_epochs(data_dir)
+    done = sorted(epochs["previous"])
+    epochs["previous"] = {}
+    _write_epochs(data_dir, epochs)
+    return done
+
+
+def cert_expiry(data_dir: Path, names: list[str]) -> dict[str, dt.datetime]:
+    """When each certificate (identities, ``server``, ``ca``) stops being valid."""
+    d = pki_dir(data_dir)
+    out: dict[str, dt.datetime] = {}
+    for name in [*names, SERVER, "ca"]:
+        path = d / f"{name}.crt"
+        if path.exists():
+            out[name] = x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+    return out

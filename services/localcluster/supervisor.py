@@ -15,7 +15,9 @@
 6. keeps ``DIR/run/supervisor.json`` up to date (processes, pids, restarts, readiness, and whether the
    cluster is healthy right now) for ``mpcw status``;
 7. restarts an exited nats-server or PostgreSQL (looked at every second) as it restarts services;
-8. on SIGTERM/SIGINT stops the services (SIGTERM, then SIGKILL after a timeout), then NATS and PostgreSQL.
+8. on SIGTERM/SIGINT stops the services (SIGTERM, then SIGKILL after a timeout), then NATS and PostgreSQL;
+9. on SIGUSR1 takes ``DIR/run/rotation.request`` and rotates TLS certificates while everything keeps
+   running (:mod:`services.localcluster.cert_rotation`, ``mpcw certs rotate``).
 
 Every process it starts (services and nats-servers) gets SIGTERM when the supervisor dies, even by
 SIGKILL (``die_with_parent``), so a killed supervisor leaves nothing running on the directory's stores
@@ -41,6 +43,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ from services.runtime.config import load_config, read_cluster, write_cluster
 from services.runtime.logging import open_log_file
 from services.runtime.secrets_dir import private_dir
 
+from .cert_rotation import RotationRequest, fail, rotation_steps, take_request
 from .embedded import (
     NatsServers,
     Postgres,
@@ -60,7 +64,7 @@ from .embedded import (
     start_postgres,
     stop_postgres,
 )
-from .pki import init_pki, pki_exists
+from .pki import cert_subjects, init_pki, pki_exists
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STOP_TIMEOUT = 15.0
@@ -160,6 +164,8 @@ class Supervisor:
         self.failed: str | None = None
         self.cluster_ready = False
         self.cluster: dict[str, Any] = {}
+        self.rotation_asked = False  # SIGUSR1: a certificate rotation request waits in run/
+        self.rotation: tuple[RotationRequest, Iterator[None]] | None = None
 
     # ---- files ----------------------------------------------------------------------------------------
 
@@ -212,7 +218,13 @@ class Supervisor:
             init_pki(self.data_dir, self.n)
         else:
             init_pki(self.data_dir, self.n)  # adds identities when n grew; keeps the rest
-        self.nats = start_nats(self.data_dir, all_identities(self.n), cluster_size=self.nats_servers)
+        identities = all_identities(self.n)
+        self.nats = start_nats(
+            self.data_dir,
+            identities,
+            cluster_size=self.nats_servers,
+            subjects=cert_subjects(self.data_dir, identities),  # both epochs if a rotation was cut short
+        )
         replicas = min(3, self.nats_servers)
         self.pg = start_postgres(self.data_dir)
         from services.runtime.db import migrate, new_api_key, store_api_key
@@ -380,6 +392,45 @@ class Supervisor:
                 self.cluster_ready = True
                 (self.run / "cluster.ready").write_text(json.dumps({"ts": time.time()}))
 
+    def restart_now(self, p: Proc) -> None:
+        """Stop ``p`` (SIGTERM, then SIGKILL after ``STOP_TIMEOUT``); :meth:`tick` starts it again at once."""
+        if p.popen is not None and p.popen.poll() is None:
+            p.popen.send_signal(signal.SIGTERM)
+            try:
+                p.last_exit = p.popen.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.last_exit = p.popen.wait()
+        p.popen = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.run / f"{p.name}.ready").unlink()
+        p.status, p.next_start = "backoff", 0.0
+
+    def nats_server_up(self, i: int) -> bool:
+        assert self.nats is not None
+        if self.nats.procs[i].poll() is not None:
+            return False
+        return _http_answers(f"http://127.0.0.1:{self.nats.ports[i].http}/healthz")
+
+    def _advance_rotation(self) -> None:
+        if self.rotation_asked and self.rotation is None and self.cluster_ready:
+            self.rotation_asked = False
+            req = take_request(self.run)
+            if req is not None:
+                self.rotation = (req, rotation_steps(self, req))
+        if self.rotation is None:
+            return
+        req, steps = self.rotation
+        try:
+            next(steps)
+        except StopIteration:
+            self.rotation = None
+            print(f"supervisor: certificate rotation {req.id} done", file=sys.stderr, flush=True)
+        except Exception as exc:
+            self.rotation = None
+            fail(self.run, req, exc)
+            print(f"supervisor: certificate rotation {req.id} failed: {exc!r}", file=sys.stderr, flush=True)
+
     def _restart_postgres_if_gone(self) -> None:
         assert self.pg is not None
         if postmaster_pid(self.pg.data_dir) is not None:
@@ -433,6 +484,11 @@ class Supervisor:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+        def on_rotate(signum: int, frame: Any) -> None:
+            self.rotation_asked = True
+
+        signal.signal(signal.SIGUSR1, on_rotate)
         code = 0
         try:
             try:
@@ -443,6 +499,7 @@ class Supervisor:
                 code = 1
             while not self.stopping and self.failed is None:
                 self.tick()
+                self._advance_rotation()
                 self._write_state()
                 time.sleep(0.1)
             if self.failed is not None:

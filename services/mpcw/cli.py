@@ -78,6 +78,92 @@ def certs_init(ctx: click.Context, nodes: int) -> None:
     click.echo(f"private keys in {secrets_dir(d)} (back it up apart from {d})")
 
 
+@certs.command("rotate")
+@click.option("--identity", "identities", multiple=True, help="Rotate only this identity (repeatable).")
+@click.option("--no-server", is_flag=True, help="Keep the nats-server certificate.")
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="Also restart the nats-servers: no connection made with an old one survives.",
+)
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for the rotation.")
+@click.pass_context
+def certs_rotate(
+    ctx: click.Context, identities: tuple[str, ...], no_server: bool, revoke: bool, timeout: float
+) -> None:
+    """Issue new TLS certificates and retire the old ones, while the cluster runs.
+
+    Every process using a rotated identity is restarted one at a time (spends go on); then the broker
+    refuses the old certificates. On a stopped cluster the new certificates are simply issued."""
+    from services.localcluster.cert_rotation import new_request, read_status, write_request
+    from services.localcluster.pki import finish_rotation, issue_rotated, read_epochs
+
+    d = data_dir_of(ctx)
+    if not pki_dir(d).exists():
+        raise click.ClickException(f"no PKI in {pki_dir(d)}: run `mpcw certs init` or `mpcw up` first")
+    n = int(read_cluster(d).get("n", 5))
+    from schemas.names import all_identities
+
+    unknown = sorted(set(identities) - set(all_identities(n)))
+    if unknown:
+        raise click.UsageError(f"not identities of this cluster: {', '.join(unknown)}")
+    pid = read_pid(run_dir(d) / "supervisor.pid")
+    if pid is None or not pid_alive(pid):
+        new = issue_rotated(d, list(identities) or all_identities(n), server=not no_server)
+        finish_rotation(d)
+        click.echo(f"cluster not running: {len(new)} certificates issued (epoch {max(new.values())})")
+        click.echo(f"epochs: {read_epochs(d)['current']}")
+        return
+    req = new_request(list(identities), server=not no_server, revoke=revoke)
+    write_request(run_dir(d), req)
+    os.kill(pid, signal.SIGUSR1)
+    shown = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = read_status(run_dir(d))
+        if st is not None and st.id == req.id:
+            for line in st.steps[shown:]:
+                click.echo(f"  {line}")
+            shown = len(st.steps)
+            if st.state == "done":
+                click.echo(f"rotation done in {st.finished - st.started:.0f} s")
+                return
+            if st.state == "failed":
+                raise click.ClickException(f"rotation failed: {st.error}")
+        elif st is not None and st.id == "?" and st.state == "failed":
+            raise click.ClickException(st.error)
+        time.sleep(0.2)
+    raise click.ClickException(
+        f"the rotation did not finish within {timeout:.0f} s (it may still be running)"
+    )
+
+
+@certs.command("status")
+@click.pass_context
+def certs_status(ctx: click.Context) -> None:
+    """Each certificate's epoch and expiry (a warning within 30 days)."""
+    import datetime as dt
+
+    from schemas.names import all_identities
+    from services.localcluster.pki import cert_expiry, read_epochs
+
+    d = data_dir_of(ctx)
+    if not pki_dir(d).exists():
+        raise click.ClickException(f"no PKI in {pki_dir(d)}")
+    names = all_identities(int(read_cluster(d).get("n", 5)))
+    epochs = read_epochs(d)
+    now = dt.datetime.now(dt.UTC)
+    for name, until in cert_expiry(d, names).items():
+        days = (until - now).days
+        warn = "  EXPIRED" if until <= now else ("  renew soon: mpcw certs rotate" if days < 30 else "")
+        epoch = epochs["current"].get(name, 0) if name in names else "-"
+        click.echo(f"{name:<12} epoch {epoch!s:<3} valid until {until:%Y-%m-%d} ({days} days){warn}")
+    if epochs["previous"]:
+        click.echo(
+            f"rotation in progress: old certificates still accepted for {', '.join(epochs['previous'])}"
+        )
+
+
 def _init_pki(d: Path, nodes: int) -> list[str]:
     try:
         return init_pki(d, nodes)

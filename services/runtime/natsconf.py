@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -113,17 +114,22 @@ def _q(s: str) -> str:
     return json.dumps(s)  # a double-quoted string, valid in nats config
 
 
-def user_entry(identity: str, consumer_rights: ConsumerRights = "own") -> str:
+def user_entry(
+    identity: str, consumer_rights: ConsumerRights = "own", subjects: Sequence[str] | None = None
+) -> str:
+    """The users of ``identity``: one per certificate subject the broker accepts for it (``CN=<identity>``
+    unless given; two while a certificate rotation runs: ``services.localcluster.pki``), same rights."""
     if identity == "admin":
         pub = [">"]
         sub = [">"]
     else:
         pub = [*publish_rights(identity), *js_api_rights_of(identity, consumer_rights)]
         sub = [p.replace("{inbox}", inbox_prefix(identity)) for p in JS_CLIENT_SUBSCRIBE]
-    return (
-        f"    {{ user: {_q('CN=' + identity)}, permissions: {{\n"
+    return "\n".join(
+        f"    {{ user: {_q(dn)}, permissions: {{\n"
         f"        publish: {{ allow: [{', '.join(_q(p) for p in pub)}] }},\n"
         f"        subscribe: {{ allow: [{', '.join(_q(p) for p in sub)}] }} }} }}"
+        for dn in (subjects or [f"CN={identity}"])
     )
 
 
@@ -146,8 +152,10 @@ def render_server_config(
     routes: list[int] | None = None,
     cluster_name: str = "mpcw",
     consumer_rights: ConsumerRights = "own",
+    subjects: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """``consumer_rights``: "own" (every deployment) lets each identity use only its own durable
+    """``subjects``: the certificate subjects accepted per identity (default ``CN=<identity>``).
+    ``consumer_rights``: "own" (every deployment) lets each identity use only its own durable
     consumers; "any" (the integration tests' shared broker) lets it use any."""
     d = nats_conf_dir()
     common = {
@@ -168,7 +176,7 @@ def render_server_config(
         port=ports.client,
         http_port=ports.http,
         store_dir=str(store_dir),
-        users="\n".join(user_entry(i, consumer_rights) for i in identities),
+        users="\n".join(user_entry(i, consumer_rights, (subjects or {}).get(i)) for i in identities),
         cluster=cluster,
         **common,
     )
@@ -183,6 +191,7 @@ def render_cluster_configs(
     server_cert: Path,
     server_key: Path,
     consumer_rights: ConsumerRights = "own",
+    subjects: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
     """One config per server of a JetStream cluster (each routes to all the others)."""
     confs = []
@@ -199,6 +208,7 @@ def render_cluster_configs(
                 server_name=f"mpcw-{i + 1}",
                 routes=others,
                 consumer_rights=consumer_rights,
+                subjects=subjects,
             )
         )
     return confs
