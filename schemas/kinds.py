@@ -39,8 +39,13 @@ ViolationKind = Literal[
     "illegal-transition",  # a lifecycle event the transaction cannot take (the recorder)
     "dkg-invalid-ack",  # a ChillDKG recovery acknowledgment blamed on its sender
     "dkg-blamed",  # a ChillDKG participant blamed by the session (written by earlier versions)
+    "timeout",  # a signer of an attempt sent no partial signature before the attempt timed out
 ]
 """What a service reports in a ``schemas.messages.Violation``."""
+
+NOT_COUNTING_VIOLATIONS: frozenset[str] = frozenset({"timeout"})
+"""Kept and shown, never counted toward a ban: a node that is down or slow is not malicious, and banning
+it would take a node the quorum needs out for a day."""
 
 RejectionKind = Literal[
     "malformed",  # bytes are not an envelope

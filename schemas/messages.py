@@ -175,6 +175,7 @@ class Violation(BusMessage, frozen=True, kw_only=True):
     reporter: str
     subject: str = ""
     tx_id: str = ""
+    evidence: bytes = b""  # the signed message that shows it (the offender's own where there is one)
 
 
 class NodeUnban(BusMessage, frozen=True, kw_only=True):

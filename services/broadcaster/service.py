@@ -38,6 +38,7 @@ from typing import Any
 
 from core.scheme import Attempt, InvalidPartialSignature, SchemeError, UnknownScheme, scheme_for
 from schemas import kv as K
+from schemas.envelope import EVIDENCE_MAX
 from schemas.kv import FinalOutcome
 from schemas.messages import (
     REGISTRY,
@@ -244,9 +245,7 @@ class Broadcaster:
             )
             sigs = scheme.combine(key, attempt, inputs, psigs)
         except InvalidPartialSignature as exc:
-            await self._blame(
-                exc.signer, req.tx_id, signing.session_id, f"input {exc.input_index}: {exc.reason}"
-            )
+            await self._blame(exc.signer, req, signing.session_id, f"input {exc.input_index}: {exc.reason}")
             return False
         except SchemeError as exc:
             await self._fail(req.tx_id, str(exc))
@@ -286,10 +285,22 @@ class Broadcaster:
             entry = await kv.get(key)
             return entry is not None and entry.decode(K.FinalRecord).outcome == outcome
 
-    async def _blame(self, node: str, tx_id: str, session_id: str, detail: str) -> None:
+    async def _blame(self, node: str, req: TxRequested, session_id: str, detail: str) -> None:
+        """Report ``node``'s invalid partial signatures, its own signed message as the evidence."""
+        tx_id = req.tx_id
         self.log.warning("invalid partial signature", node=node, tx_id=tx_id, detail=detail)
+        evidence = b""
+        with contextlib.suppress(Exception):  # the report goes out without it rather than not at all
+            m = await last_message(self.bus, proto_subject(req.scheme, session_id, 2, node))
+            if m is not None and m.sender == node:
+                evidence = m.envelope_raw[:EVIDENCE_MAX]
         v = Violation(
-            offender=node, kind="invalid-partial-sig", detail=detail, reporter=self.cfg.identity, tx_id=tx_id
+            offender=node,
+            kind="invalid-partial-sig",
+            detail=detail,
+            reporter=self.cfg.identity,
+            tx_id=tx_id,
+            evidence=evidence,
         )
         await self.bus.publish(violation_subject(node), v, f"viol.psig.{node}.{session_id}")
 

@@ -58,6 +58,7 @@ from core import signer_set, tally
 from core.lifecycle import Event, IllegalTransition, TxEvent, TxState
 from core.round import close, round_state
 from schemas import kv as K
+from schemas.envelope import EVIDENCE_MAX
 from schemas.kinds import ViolationKind
 from schemas.kv import FinalOutcome, RoundOutcome
 from schemas.messages import (
@@ -77,6 +78,7 @@ from schemas.names import (
     BUCKET_BANS,
     BUCKET_ROUNDS,
     durable,
+    proto_subject,
     tx_subject,
     violation_subject,
 )
@@ -216,7 +218,13 @@ class Consensus:
                 continue
             tx_id = rec.subject.split(".")[1]
             if vote.node != rec.sender or vote.tx_id != tx_id:
-                await self._violation(rec.sender, "bad-vote", "vote body does not match its subject", tx_id)
+                await self._violation(
+                    rec.sender,
+                    "bad-vote",
+                    "vote body does not match its subject",
+                    tx_id,
+                    evidence=rec.envelope_raw,
+                )
                 continue
             by_tx.setdefault(tx_id, []).append((rec, vote))
         for tx_id, votes in by_tx.items():
@@ -232,7 +240,7 @@ class Consensus:
                 return fx.changed
 
             rnd = await self._update(tx_id, add)
-            await self._after_change(rnd, fx)
+            await self._after_change(rnd, fx, {v.node: rec.envelope_raw for rec, v in votes})
 
     def _step(self, rnd: K.RoundRecord, change: Callable[[], tally.RoundChange]) -> tally.RoundChange:
         """Run a round change of the core; a step the lifecycle refuses changes nothing and is logged."""
@@ -246,10 +254,19 @@ class Consensus:
         state = exc.state.value if exc.state is not None else None
         self.log.warning("lifecycle refused a step", tx_id=rnd.tx_id, state=state, event=exc.event.value)
 
-    async def _after_change(self, rnd: K.RoundRecord, fx: tally.RoundChange) -> None:
-        """Act on a round write: report what it found and, if it approved the round, run attempt 1."""
+    async def _after_change(
+        self, rnd: K.RoundRecord, fx: tally.RoundChange, evidence: dict[str, bytes] | None = None
+    ) -> None:
+        """Act on a round write: report what it found (``evidence``: each node's vote envelope that showed
+        it) and, if it approved the round, run attempt 1."""
         reports = [
-            self._violation(node, kind.value, tally.VIOLATION_DETAIL[kind], rnd.tx_id)
+            self._violation(
+                node,
+                kind.value,
+                tally.VIOLATION_DETAIL[kind],
+                rnd.tx_id,
+                evidence=(evidence or {}).get(node, b""),
+            )
             for node, kind in fx.reports
         ]
         if fx.approved:
@@ -336,6 +353,7 @@ class Consensus:
         attempt = started
         if expired:
             self.log.warning("signing attempt timed out", tx_id=tx_id, attempt=attempt - 1)
+            await self._report_timeouts(tx_id, attempt - 1)  # by the one instance whose retry won
         if signer_set.exhausted(attempt, MAX_ATTEMPTS):
             await self._fail(tx_id, f"no signer set completed after {MAX_ATTEMPTS} attempts")
             return
@@ -627,9 +645,52 @@ class Consensus:
         elif state is TxState.VOTING and tally.outcome(rnd) is not RoundOutcome.OPEN:
             undecided.append(rnd)
 
-    async def _violation(self, offender: str, kind: ViolationKind, detail: str, tx_id: str = "") -> None:
-        v = Violation(offender=offender, kind=kind, detail=detail, reporter=self.cfg.identity, tx_id=tx_id)
-        await self.bus.publish(violation_subject(offender), v, f"viol.{kind}.{offender}.{tx_id}")
+    async def _report_timeouts(self, tx_id: str, attempt: int) -> None:
+        """After attempt ``attempt`` of ``tx_id`` timed out: report (``timeout``, never counted toward a
+        ban) each of its signers that sent neither partial signatures nor a refusal, with the ``tx.signing``
+        it did not answer as evidence. Best effort: a report that cannot be made is logged."""
+        try:
+            signing = await last_message(self.bus, tx_subject("signing", tx_id))
+            req = await last_message(self.bus, tx_subject("requested", tx_id))
+            if signing is None or req is None:
+                return
+            s, r = signing.payload, req.payload
+            if not isinstance(s, TxSigning) or not isinstance(r, TxRequested) or s.attempt != attempt:
+                return
+            for node in s.signers:
+                answers = [
+                    await last_message(self.bus, proto_subject(r.scheme, s.session_id, round_, node))
+                    for round_ in (2, "refused")  # partial signatures, or the signer's refusal
+                ]
+                if any(m is not None and m.sender == node for m in answers):
+                    continue
+                detail = f"no partial signature for attempt {attempt} within {SIGNING_TIMEOUT_S:g} s"
+                await self._violation(
+                    node, "timeout", detail, tx_id, evidence=signing.envelope_raw, key=f"{tx_id}.{attempt}"
+                )
+        except Exception as exc:
+            self.log.warning("could not tell who timed out", tx_id=tx_id, error=repr(exc)[:200])
+
+    async def _violation(
+        self,
+        offender: str,
+        kind: ViolationKind,
+        detail: str,
+        tx_id: str = "",
+        *,
+        evidence: bytes = b"",
+        key: str = "",
+    ) -> None:
+        """Report ``offender`` with ``evidence`` (the signed message that shows it)."""
+        v = Violation(
+            offender=offender,
+            kind=kind,
+            detail=detail,
+            reporter=self.cfg.identity,
+            tx_id=tx_id,
+            evidence=evidence[:EVIDENCE_MAX],
+        )
+        await self.bus.publish(violation_subject(offender), v, f"viol.{kind}.{offender}.{key or tx_id}")
 
 
 async def serve(ctx: ServiceContext) -> None:

@@ -8,7 +8,9 @@ The monitor: liveness from heartbeats, byzantine violations, bans.
 - ``node.violation.<offender>`` (``Violation`` or the bus's ``BusRejection``) -> one
   ``byzantine_violations`` row per stream message (UNIQUE(stream, stream_seq): a redelivery is a no-op).
   A report *counts* toward a ban when a service or the operator filed it, or its evidence envelope
-  verifiably carries the offender's signature (a node cannot get another banned by reporting it).
+  verifiably carries the offender's signature (a node cannot get another banned by reporting it);
+  ``timeout`` reports never count (``schemas.kinds.NOT_COUNTING_VIOLATIONS``). Every report's evidence
+  (the signed message that shows it) is kept in ``byzantine_violations.evidence``.
   ``BAN_AFTER`` counting violations of one offender within ``WINDOW`` -> ban for ``BAN_FOR``:
   ``node_status.status = 'banned'``, ``banned_until``, and KV ``bans`` ``<offender>`` -> :class:`BanRecord`
   signed by the monitor (consensus acts only on signed bans: ``services.runtime.signed_kv``).
@@ -31,7 +33,8 @@ import asyncpg
 import msgspec
 from prometheus_client import Counter, Gauge
 
-from schemas.envelope import BusRejection
+from schemas.envelope import EVIDENCE_MAX, BusRejection
+from schemas.kinds import NOT_COUNTING_VIOLATIONS
 from schemas.kv import BanRecord
 from schemas.messages import REGISTRY, Heartbeat, NodeUnban, Violation
 from schemas.names import (
@@ -167,6 +170,8 @@ class Monitor:
 
     def counts(self, offender: str, p: Violation | BusRejection) -> bool:
         """Whether a report may count toward a ban (see the module docstring)."""
+        if p.kind in NOT_COUNTING_VIOLATIONS:
+            return False
         if p.reporter in SERVICE_IDENTITIES:
             return True
         if isinstance(p, BusRejection) and p.evidence:
@@ -190,7 +195,7 @@ class Monitor:
             offender = UNKNOWN
         counts = offender != UNKNOWN and (p.reporter == rec.sender) and self.counts(offender, p)
         at = _clamp(rec.envelope.ts_ms)
-        evidence = p.evidence if isinstance(p, BusRejection) and p.evidence else None
+        evidence = p.evidence[:EVIDENCE_MAX] or None
         tx_id = p.tx_id if isinstance(p, Violation) else ""
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(

@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from schemas import envelope as E
 from schemas import kv as K
 from schemas.messages import TxSigned, TxSigning, Violation, Vote
 from schemas.names import BUCKET_BANS, BUCKET_ROUNDS
@@ -145,6 +146,15 @@ def violations_on_stream(c: Cluster) -> list[tuple[str, Violation]]:
     return c.with_bus(go)
 
 
+def evidence_of(c: Cluster, v: Violation) -> E.Envelope:
+    """The envelope a violation carries as evidence, verified against the cluster's identities."""
+
+    async def go(bus: Bus) -> E.Envelope:
+        return bus.verify_envelope(v.evidence)
+
+    return c.with_bus(go)
+
+
 def violation_rows(c: Cluster) -> list[dict[str, Any]]:
     rows = c.fetch("SELECT node_id, kind, reporter, tx_id, counts FROM byzantine_violations ORDER BY id")
     return [dict(r) for r in rows]
@@ -244,6 +254,9 @@ def test_byzantine_node_is_blamed_by_the_broadcaster(byz: Cluster, blamed: Spend
         if v.kind == "invalid-partial-sig" and v.tx_id == blamed.tx_id
     ]
     assert [(s, v.offender, v.reporter) for s, v in on_stream] == [("broadcaster", BYZANTINE, "broadcaster")]
+    # the evidence is node-2's own signed partial signatures, which anyone can check
+    evidence = evidence_of(byz, on_stream[0][1])
+    assert evidence.sender == BYZANTINE and evidence.type == "PartialSignatures", evidence
 
     def recorded() -> list[dict[str, Any]]:
         rows = violation_rows(byz)
@@ -281,6 +294,11 @@ def test_equivocating_vote_is_reported_and_not_counted(byz: Cluster, blamed: Spe
         if v.kind == "equivocation" and v.tx_id == tx_id
     ]
     assert reported == [("consensus", BYZANTINE, "consensus")], reported
+    [equivocation] = [
+        v for _, v in violations_on_stream(byz) if v.kind == "equivocation" and v.tx_id == tx_id
+    ]
+    evidence = evidence_of(byz, equivocation)  # node-2's second, contrary vote, signed by node-2
+    assert evidence.sender == BYZANTINE and evidence.subject == f"vote.{tx_id}.{BYZANTINE}", evidence
 
     def recorded() -> bool:
         return any(

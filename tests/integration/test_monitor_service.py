@@ -217,3 +217,26 @@ async def test_five_counting_violations_ban(
         for name in (offender, framed):
             if await bans.get(name) is not None:
                 await bans.delete(name)
+
+
+async def test_timeouts_never_count_and_evidence_is_kept(
+    monitor: asyncpg.Connection, bus_factory: Callable[..., Awaitable[Bus]]
+) -> None:
+    consensus = await bus_factory("consensus")
+    slow = f"node-{random.randint(700_000, 799_999)}"
+    signing = consensus.seal(f"tx.signing.{slow}", m.Heartbeat(node="consensus", ts_ms=now_ms()), "ev")
+    for i in range(6):  # more than BAN_AFTER: a slow or down node is not banned for it
+        v = m.Violation(
+            offender=slow, kind="timeout", detail=f"attempt {i}", reporter="consensus", evidence=signing
+        )
+        await consensus.publish(violation_subject(slow), v, f"to.{slow}.{i}")
+
+    async def rows() -> bool:
+        got = await monitor.fetchval("SELECT count(*) FROM byzantine_violations WHERE node_id = $1", slow)
+        return bool(got >= 6)
+
+    await wait_for(rows, 20, "six timeout reports")
+    got = await monitor.fetch("SELECT counts, evidence FROM byzantine_violations WHERE node_id = $1", slow)
+    assert all(r["counts"] is False and bytes(r["evidence"]) == signing for r in got)
+    st = await monitor.fetchrow("SELECT status FROM node_status WHERE node_id = $1", slow)
+    assert st is None or st["status"] != "banned"

@@ -20,6 +20,7 @@ from schemas.kv import RoundOutcome
 from schemas.messages import (
     InputRef,
     NonceRef,
+    PartialSignatures,
     SigningRefused,
     TxApproved,
     TxFailed,
@@ -99,8 +100,11 @@ def bus(monkeypatch: pytest.MonkeyPatch) -> FakeBus:
     b = FakeBus()
 
     async def last_message(_bus: Any, subject: str) -> Any:
-        payload = b.last(subject)
-        return None if payload is None else SimpleNamespace(payload=payload)
+        found = [(p, sender) for s, p, _, sender in b.published if s == subject]
+        if not found:
+            return None
+        payload, sender = found[-1]
+        return SimpleNamespace(payload=payload, sender=sender, envelope_raw=f"env:{subject}".encode())
 
     monkeypatch.setattr(C, "last_message", last_message)
     return b
@@ -317,6 +321,35 @@ async def test_two_instances_retry_an_expired_attempt_once(bus: FakeBus, clock: 
     assert len(bus.signings("t8")) == 2
     # both keep watching attempt 2
     assert a.active["t8"].attempt == b.active["t8"].attempt == 2
+
+
+async def test_a_timed_out_attempt_reports_the_signers_that_did_not_answer(
+    bus: FakeBus, clock: Clock
+) -> None:
+    """``timeout`` violations (never counted toward a ban) for the signers of the expired attempt that sent
+    neither partial signatures nor a refusal, the tx.signing they did not answer as evidence; once."""
+    a, b = consensus(bus), consensus(bus)
+    req = request("t20")
+    bus.published.append((req.subject, req.payload, "requested.t20", "intake"))
+    await approve(a, "t20")
+    await b.resume()
+    [first] = bus.signings("t20")
+    s1, s2, s3, s4 = first.signers
+    psig = PartialSignatures(
+        tx_id="t20", session_id=first.session_id, attempt=1, node=s1, psigs=[b"\x00" * 32]
+    )
+    bus.published.append((f"proto.frost.{first.session_id}.2.{s1}", psig, "p1", s1))
+    refused = SigningRefused(tx_id="t20", session_id=first.session_id, attempt=1, node=s2, reason="busy")
+    bus.published.append((f"proto.frost.{first.session_id}.refused.{s2}", refused, "r2", s2))
+    # a partial signature on s3's subject from someone else answers nothing
+    bus.published.append((f"proto.frost.{first.session_id}.2.{s3}", psig, "p3", s1))
+    clock.advance(10.1)
+    await asyncio.gather(a.check_timers(), b.check_timers())
+    assert [s.attempt for s in bus.signings("t20")] == [1, 2]
+    reports = bus.violations("timeout")
+    assert sorted(v.offender for v in reports) == sorted([s3, s4])  # once each, by the retry that won
+    assert all(v.tx_id == "t20" and v.evidence == b"env:tx.signing.t20" for v in reports)
+    assert all("attempt 1" in v.detail for v in reports)
 
 
 async def test_after_max_attempts_the_spend_fails(bus: FakeBus, clock: Clock) -> None:
