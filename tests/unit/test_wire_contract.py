@@ -33,7 +33,7 @@ UNION = msgspec.msgpack.Decoder(m.AnyMessage)
 
 def make_bus(identity: str) -> Bus:
     """A bus that never connects: enough for ``open`` and ``_receive``'s verify-and-decode step."""
-    cfg = SimpleNamespace(identity=identity, name=f"test-{identity}")
+    cfg = SimpleNamespace(identity=identity, name=f"test-{identity}", extra={})
     return Bus(cfg, SimpleNamespace(jetstream=lambda: None), identity_keys(identity), IDS, m.REGISTRY)  # type: ignore[arg-type]
 
 
@@ -136,7 +136,7 @@ def test_registries_are_derived_never_mislabelled() -> None:
         check_registry({"TxVoting": m.Vote})
     with pytest.raises(ValueError, match="travels as"):
         Bus(
-            SimpleNamespace(identity="node-1", name="t"),  # type: ignore[arg-type]
+            SimpleNamespace(identity="node-1", name="t", extra={}),  # type: ignore[arg-type]
             SimpleNamespace(jetstream=lambda: None),  # type: ignore[arg-type]
             identity_keys("node-1"),
             IDS,
@@ -231,8 +231,12 @@ def _fixtures() -> list[dict[str, str]]:
     return entries
 
 
+ADDED_AFTER_V1 = {"NodeUnban"}  # message types new since the fixtures were written: no old envelope exists
+
+
 def test_the_fixtures_cover_every_message_type() -> None:
-    assert [e["type"] for e in _fixtures()] == [type(msg).__name__ for _, _, msg in samples()]
+    in_v1 = [type(msg).__name__ for _, _, msg in samples() if type(msg).__name__ not in ADDED_AFTER_V1]
+    assert [e["type"] for e in _fixtures()] == in_v1
 
 
 @pytest.mark.parametrize("entry", _fixtures(), ids=lambda e: e["type"])
@@ -249,9 +253,13 @@ def test_envelopes_written_before_the_union_verify_and_decode(entry: dict[str, s
     got_env, got = make_bus(receiver).open(raw, entry["subject"])
     assert got_env == env and got == expected
     assert decode_payload(m.REGISTRY, env.type, old_payload) == expected
-    # the new code writes the same fields plus the tag
-    new_payload = msgspec.msgpack.encode(expected)
-    assert msgspec.msgpack.decode(new_payload) == {"type": env.type, **msgspec.msgpack.decode(old_payload)}
+    # the new code writes the same fields plus the tag, and fields added since only at their defaults
+    new_fields = msgspec.msgpack.decode(msgspec.msgpack.encode(expected))
+    old_fields = msgspec.msgpack.decode(old_payload)
+    added = {k: v for k, v in new_fields.items() if k not in old_fields and k != "type"}
+    defaults = {f.encode_name: f.default for f in msgspec.structs.fields(type(expected))}
+    assert all(defaults.get(k, msgspec.NODEFAULT) == v for k, v in added.items()), added
+    assert {k: v for k, v in new_fields.items() if k not in added} == {"type": env.type, **old_fields}
 
 
 def test_kv_values_and_the_policy_written_before_the_union_decode() -> None:

@@ -138,6 +138,7 @@ def samples() -> list[tuple[str, str, Any]]:
             "recorder",
             m.AuditAnchor(chain="wallet", seq=42, hash=b"\x44" * 32),
         ),
+        ("node.unban.node-3", "admin", m.NodeUnban(node="node-3", reason="reviewed: a false positive")),
         (
             "node.violation.node-4",
             "node-1",
