@@ -2,7 +2,8 @@
 
     python -m loadtest.chaos [--data-dir DIR] [--duration 120] [--rate 5] [--clients 20]
                              [--kill-every 2] [--nats-servers 1|3] [--settle 120] [--bound 240]
-                             [--seed N] [--targets services,nats,postgres,supervisor] [--coins N] [--keep]
+                             [--seed N] [--targets services,nats,postgres,supervisor] [--coins N]
+                             [--instances 1|2] [--keep]
 
 Starts its own cluster (``mpcw up``, the DKG, one faucet coin per spend plus a few) in a temporary
 directory unless ``--data-dir`` names a running one. Then, for ``--duration`` seconds:
@@ -19,6 +20,11 @@ directory unless ``--data-dir`` names a running one. Then, for ``--duration`` se
   ``services.localcluster.supervisor.cluster_processes(DIR)`` lists are ever killed. A killed supervisor
   takes its children with it; the tool then waits for them to exit and runs ``mpcw up`` again, as an
   operator would, and goes on.
+
+With ``--instances 2`` its cluster runs two instances of each stateless service (intake, consensus,
+broadcaster: ``DIR/services.json``, see :func:`scaled_table`); the clients spread their requests over every
+intake (``cluster.json``'s and each ``DIR/run/intake-*.url``) and move to another one when a request gets
+no answer, and the faults hit any instance.
 
 Then it stops sending, waits up to ``--settle`` seconds for every accepted spend to end, checks the
 invariants (``tests.suites.invariants``) and prints the faults, the load and the invariants as markdown
@@ -55,7 +61,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from services.localcluster.embedded import postmaster_pid  # noqa: E402
-from services.localcluster.supervisor import cluster_processes, pid_alive, read_pid  # noqa: E402
+from services.localcluster.supervisor import cluster_processes, default_table, pid_alive, read_pid  # noqa: E402
 from services.runtime.secrets_dir import SECRETS_DIR_ENV  # noqa: E402
 from tests.suites.invariants import Report, check_invariants, wait_terminal  # noqa: E402
 
@@ -84,8 +90,38 @@ def cluster_json(d: Path) -> dict[str, Any]:
     return data
 
 
-def start_cluster(d: Path, nats_servers: int, coins: int, coin_sats: int = COIN_SATS) -> None:
-    """``mpcw up``, the FROST DKG, and ``coins`` confirmed coins of ``coin_sats`` (faucet blocks)."""
+STATELESS = ("intake", "consensus", "broadcaster")
+
+
+def scaled_table(n: int, instances: int) -> list[dict[str, Any]]:
+    """The default services, with ``instances`` of each stateless one (``<name>-2``, ...: the same identity
+    and durable consumers, so they share the work; extra intakes on a free port, in ``run/<name>.url``)."""
+    table = default_table(n)
+    for e in [e for e in table if e["name"] in STATELESS]:
+        for i in range(2, instances + 1):
+            extra = {**e, "name": f"{e['name']}-{i}", "args": [*e.get("args", []), "--identity", e["name"]]}
+            if e["name"] == "intake":
+                extra["args"] = [*extra["args"], "--port", "0"]
+            table.append(extra)
+    return table
+
+
+def intake_urls(d: Path) -> list[str]:
+    """Every intake instance's URL: ``cluster.json``'s, then each ``run/intake-*.url``."""
+    urls = [cluster_json(d)["intake_url"]]
+    for f in sorted((d / "run").glob("intake-*.url")):
+        with contextlib.suppress(OSError):
+            urls.append(f.read_text().strip())
+    return urls
+
+
+def start_cluster(
+    d: Path, nats_servers: int, coins: int, coin_sats: int = COIN_SATS, instances: int = 1
+) -> None:
+    """``mpcw up``, the FROST DKG, and ``coins`` confirmed coins of ``coin_sats`` (faucet blocks);
+    ``instances`` of each stateless service."""
+    if instances > 1:
+        (d / "services.json").write_text(json.dumps(scaled_table(5, instances), indent=2))
     mpcw(d, "up", "--nats-servers", str(nats_servers))
     mpcw(d, "dkg", "start", "--scheme", "frost", timeout=120.0)
     address = mpcw(d, "wallet", "address").stdout.strip()
@@ -128,6 +164,7 @@ class Load:
     gave_up: int = 0  # no answer within REQUEST_DEADLINE_S
     retries: Counter[str] = field(default_factory=Counter)
     accept_latency: list[float] = field(default_factory=list)
+    by_intake: Counter[str] = field(default_factory=Counter)  # accepted, by the intake URL that answered
     http: dict[str, httpx.AsyncClient] = field(default_factory=dict)  # one per intake URL, shared
 
     def client(self, url: str, api_key: str) -> httpx.AsyncClient:
@@ -150,15 +187,20 @@ async def one_spend(d: Path, load: Load, amount: int) -> None:
     start = time.monotonic()
     deadline = start + REQUEST_DEADLINE_S
     delay = 0.2
+    turn = load.requested  # which intake first: requests go round the instances
     while time.monotonic() < deadline:
         try:
             c = cluster_json(d)
-            r = await load.client(c["intake_url"], c["admin_api_key"]).post("/api/v1/transactions", json=body)
+            urls = intake_urls(d)
+            url = urls[turn % len(urls)]
+            turn += 1  # a retry goes to the next instance
+            r = await load.client(url, c["admin_api_key"]).post("/api/v1/transactions", json=body)
         except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
             load.retries[type(exc).__name__] += 1
         else:
             if r.status_code in (200, 202):
                 load.accepted[r.json()["id"]] = time.time()
+                load.by_intake[url] += 1
                 load.accept_latency.append(time.monotonic() - start)
                 return
             error = ""
@@ -340,12 +382,14 @@ class Result:
                 f"| kill -9 {kind} ({names}) | {len(fs)} | {times}{f'; {never} not back' if never else ''} |"
             )
         ld = self.load
+        by_intake = " / ".join(str(ld.by_intake[u]) for u in sorted(ld.by_intake))
         out += [
             "",
             "| load | value |",
             "|---|---:|",
             f"| spends requested | {ld.requested} |",
             f"| accepted | {len(ld.accepted)} |",
+            f"| accepted, by intake instance | {by_intake} |",
             f"| refused at intake (final 4xx) | {sum(ld.refused.values())} {dict(ld.refused) or ''} |",
             f"| gave up (no answer in {REQUEST_DEADLINE_S:.0f} s) | {ld.gave_up} |",
             f"| retried requests | {sum(ld.retries.values())} {dict(ld.retries.most_common(4)) or ''} |",
@@ -415,6 +459,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--coins", type=int, default=None, help="faucet coins for its own cluster (default: spends + 10)"
     )
+    ap.add_argument(
+        "--instances", type=int, choices=(1, 2), default=1, help="instances of each stateless service"
+    )
     ap.add_argument("--keep", action="store_true", help="keep its own cluster's directory")
     a = ap.parse_args(argv)
     targets = [t for t in a.targets.split(",") if t]
@@ -434,7 +481,9 @@ def main(argv: list[str] | None = None) -> None:
         if own:
             print(f"starting a cluster in {d} ...", flush=True)
             d.mkdir()
-            start_cluster(d, a.nats_servers, a.coins if a.coins is not None else spends + 10)
+            start_cluster(
+                d, a.nats_servers, a.coins if a.coins is not None else spends + 10, instances=a.instances
+            )
         print(
             f"chaos: {spends} spends at {a.rate}/s from {a.clients} clients for {a.duration:.0f}s, "
             f"a kill -9 every ~{a.kill_every}s among {','.join(targets)}, seed {seed}",

@@ -426,6 +426,7 @@ class Consensus:
             ),
             f"signing.{tx_id}.{attempt}",
         )
+        self.log.info("attempt started", tx_id=tx_id, attempt=attempt, signers=",".join(signers))
         current = self.active.get(tx_id)
         if current is None or current.attempt <= attempt:  # not if a later attempt started meanwhile
             self.active[tx_id] = Timer(attempt, rnd.attempt_started_ms + _ms(SIGNING_TIMEOUT_S))
